@@ -1,0 +1,50 @@
+import { mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { isAbsolute, relative, resolve } from 'node:path';
+import { TetherError } from '../../domain/errors.js';
+import type { Files } from '../../ports/files.js';
+
+/** {@link Files} on the local disk, confined to `root`. */
+export class LocalFiles implements Files {
+  readonly root: string;
+
+  constructor(root: string) {
+    this.root = resolve(root);
+  }
+
+  async ensureDir(path: string): Promise<void> {
+    await mkdir(this.inside(path), { recursive: true });
+  }
+
+  async exists(path: string): Promise<boolean> {
+    try {
+      await stat(path);
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw new TetherError('INTERNAL', `stat ${path}: ${String(err)}`, { cause: err });
+    }
+  }
+
+  async removeTree(path: string): Promise<void> {
+    await rm(this.inside(path), { recursive: true, force: true });
+  }
+
+  async list(path: string): Promise<string[]> {
+    try {
+      return await readdir(path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw new TetherError('INTERNAL', `listing ${path}: ${String(err)}`, { cause: err });
+    }
+  }
+
+  /** The resolved path, if strictly under root; NOT_OWNED otherwise. */
+  private inside(path: string): string {
+    const abs = resolve(path);
+    const rel = relative(this.root, abs);
+    if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) {
+      throw new TetherError('NOT_OWNED', `refusing to touch ${abs}: not inside the state dir ${this.root}`);
+    }
+    return abs;
+  }
+}
