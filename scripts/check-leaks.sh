@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# After the tests: fails if any test left a QEMU process, tap device or etcd member behind.
+# Test host ids start with "test-"; a developer's own dev cluster is not counted.
+set -uo pipefail
+leaks=0
+procs=$(pgrep -af 'tether:test-' | grep -v pgrep || true)
+if [ -n "$procs" ]; then echo "[leaks] processes left by tests:"; echo "$procs"; leaks=1; fi
+taps=$(ip -o link show | grep -o 'alias tether:test-[^ ]*' || true)
+if [ -n "$taps" ]; then echo "[leaks] tap devices left by tests:"; echo "$taps"; leaks=1; fi
+dirs=$(ls -d /tmp/tether-test-* 2>/dev/null || true)
+if [ -n "$dirs" ]; then echo "[leaks] temp folders left by tests:"; echo "$dirs"; leaks=1; fi
+[ $leaks = 0 ] && echo "[leaks] none: no test process, tap or temp folder left"
+exit $leaks
