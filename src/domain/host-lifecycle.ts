@@ -1,0 +1,186 @@
+/**
+ * The host side of detached-host GC as a pure state machine:
+ * `evaluate(timings, state, event, now) -> { state, effects }`.
+ *
+ * `now` and every time here are the host's MONOTONIC milliseconds. The only inputs are events;
+ * the agent executes the effects and feeds their outcomes back as events. One loop owns the state.
+ *
+ * Safety invariants (enforced by tests):
+ * - `stop-vms` is emitted only when `now >= lastAck + watchdogTimeout` and the host was not held when
+ *   it detached, or when the cluster says the host was fenced;
+ * - an acknowledged heartbeat before the watchdog deadline returns the host to `attached`;
+ * - once fencing started it completes: later acknowledgements do not resurrect old VMs.
+ */
+import type { GcTimings } from './gc-timing.js';
+
+/** Host lifecycle phases (ARCHITECTURE.md section 4). */
+export type HostPhase = 'starting' | 'attached' | 'suspect' | 'detached' | 'fencing' | 'cleaning' | 'clean' | 'rejoining';
+
+/** Everything the lifecycle decides from. */
+export interface HostState {
+  readonly phase: HostPhase;
+  /** Host epoch as last registered (0 before the first registration). */
+  readonly epoch: number;
+  /** Send time (monotonic ms) of the last acknowledged keepalive; undefined before any. */
+  readonly lastAck?: number;
+  /** Operator hold as last read (from the cluster record while attached, or set locally). */
+  readonly held: boolean;
+  /** Whether the host was held when it detached: then it never self-fences in this detachment. */
+  readonly heldAtDetach: boolean;
+  /** Monotonic ms of detection, while detached. */
+  readonly detachedAt?: number;
+  /** Monotonic ms when fencing started. */
+  readonly fenceStartedAt?: number;
+  /** Why the host fenced, once it did. */
+  readonly fenceReason?: 'watchdog' | 'cluster-fenced';
+}
+
+/** What happens to the host. */
+export type HostEvent =
+  /** Lease granted and record written (first registration, re-registration, or rejoin as ready). `sentAt`: send time of the grant. */
+  | { readonly kind: 'registered'; readonly epoch: number; readonly sentAt: number }
+  /** The cluster refused registration because it fenced this host (or the epoch moved on). */
+  | { readonly kind: 'register-refused'; readonly reason: 'fenced' | 'epoch-mismatch' }
+  /** A keepalive sent at `sentAt` was acknowledged. */
+  | { readonly kind: 'heartbeat-acked'; readonly sentAt: number }
+  /** A keepalive sent at `sentAt` got no answer by its deadline. */
+  | { readonly kind: 'heartbeat-missed'; readonly sentAt: number }
+  /** The cluster answered that the lease no longer exists. */
+  | { readonly kind: 'lease-lost' }
+  /** Time passed (the agent ticks at {@link nextDeadline}). */
+  | { readonly kind: 'tick' }
+  | { readonly kind: 'hold-changed'; readonly held: boolean }
+  /** Every VM stopped (the fencer finished). */
+  | { readonly kind: 'vms-stopped' }
+  /** Cleanup ran; `clean` is the audit's verdict. */
+  | { readonly kind: 'cleanup-finished'; readonly clean: boolean }
+  /** A clean host reached the cluster again and starts registering as ready. */
+  | { readonly kind: 'cluster-reachable' };
+
+/** What the agent must do. */
+export type HostEffect =
+  | { readonly kind: 'stop-vms'; readonly reason: 'watchdog' | 'cluster-fenced' }
+  | { readonly kind: 'run-cleanup' }
+  /** Try to (re-)register: `reattach` keeps the epoch (only if the record is not fenced); `ready` rejoins with epoch + 1. */
+  | { readonly kind: 'register'; readonly mode: 'reattach' | 'ready' }
+  | { readonly kind: 'transition'; readonly from: HostPhase; readonly to: HostPhase; readonly reason: string };
+
+/** Result of {@link evaluate}. */
+export interface Evaluation {
+  readonly state: HostState;
+  readonly effects: readonly HostEffect[];
+}
+
+/** Phases in which the host takes new VMs. */
+export function admitsWork(phase: HostPhase): boolean {
+  return phase === 'attached' || phase === 'suspect';
+}
+
+/** A fresh state. A `lastAck` persisted by a previous agent on this boot keeps its deadlines. */
+export function initialHostState(persisted?: { lastAck?: number; phase?: HostPhase; epoch?: number; held?: boolean }): HostState {
+  const resume = persisted?.phase;
+  const phase: HostPhase = resume === 'fencing' || resume === 'cleaning' || resume === 'clean' || resume === 'rejoining' ? resume : persisted?.lastAck !== undefined ? 'detached' : 'starting';
+  return {
+    phase,
+    epoch: persisted?.epoch ?? 0,
+    ...(persisted?.lastAck === undefined ? {} : { lastAck: persisted.lastAck }),
+    held: persisted?.held ?? false,
+    heldAtDetach: phase === 'detached' ? (persisted?.held ?? false) : false,
+  };
+}
+
+/** Effects to re-issue after a restart in `state` (resume an interrupted fence or cleanup). */
+export function resumeEffects(state: HostState): HostEffect[] {
+  if (state.phase === 'fencing') return [{ kind: 'stop-vms', reason: state.fenceReason ?? 'watchdog' }];
+  if (state.phase === 'cleaning') return [{ kind: 'run-cleanup' }];
+  if (state.phase === 'clean' || state.phase === 'rejoining') return [{ kind: 'register', mode: 'ready' }];
+  return [{ kind: 'register', mode: 'reattach' }];
+}
+
+/** The next monotonic time at which a `tick` can change the state, or undefined. */
+export function nextDeadline(t: GcTimings, s: HostState): number | undefined {
+  if (s.lastAck === undefined) return undefined;
+  if (s.phase === 'attached' || s.phase === 'suspect') return s.lastAck + t.detachAfter;
+  if (s.phase === 'detached' && !s.heldAtDetach) return s.lastAck + t.watchdogTimeout;
+  return undefined;
+}
+
+/** Watchdog time left (ms) while detached and not held; undefined otherwise. */
+export function watchdogRemaining(t: GcTimings, s: HostState, now: number): number | undefined {
+  if (s.phase !== 'detached' || s.heldAtDetach || s.lastAck === undefined) return undefined;
+  return Math.max(0, s.lastAck + t.watchdogTimeout - now);
+}
+
+function to(s: HostState, phase: HostPhase, reason: string, extra: Partial<HostState> = {}, effects: HostEffect[] = []): Evaluation {
+  if (s.phase === phase) return { state: { ...s, ...extra }, effects };
+  return { state: { ...s, ...extra, phase }, effects: [{ kind: 'transition', from: s.phase, to: phase, reason }, ...effects] };
+}
+
+function startFence(s: HostState, now: number, reason: 'watchdog' | 'cluster-fenced'): Evaluation {
+  return to(s, 'fencing', reason === 'watchdog' ? 'watchdog expired' : 'the cluster fenced this host', { fenceStartedAt: now, fenceReason: reason }, [
+    { kind: 'stop-vms', reason },
+  ]);
+}
+
+/** Applies one event. Pure: same inputs, same output. */
+export function evaluate(t: GcTimings, s: HostState, e: HostEvent, now: number): Evaluation {
+  const fencingOrLater = s.phase === 'fencing' || s.phase === 'cleaning' || s.phase === 'clean' || s.phase === 'rejoining';
+  switch (e.kind) {
+    case 'registered': {
+      if (s.phase === 'fencing' || s.phase === 'cleaning') return { state: s, effects: [] };
+      const lastAck = Math.max(s.lastAck ?? -Infinity, e.sentAt);
+      const { detachedAt: _d, fenceStartedAt: _f, fenceReason: _r, ...rest } = s;
+      return to({ ...rest, phase: s.phase }, 'attached', s.phase === 'rejoining' || s.phase === 'clean' ? 'rejoined ready for reprovisioning' : 'registered', {
+        epoch: e.epoch,
+        lastAck,
+        heldAtDetach: false,
+      });
+    }
+    case 'register-refused':
+      if (e.reason === 'fenced' && !fencingOrLater) return startFence(s, now, 'cluster-fenced');
+      return { state: s, effects: [] };
+    case 'heartbeat-acked': {
+      if (fencingOrLater || s.phase === 'starting') return { state: s, effects: [] };
+      const lastAck = Math.max(s.lastAck ?? -Infinity, e.sentAt);
+      // An ack can arrive after the watchdog deadline passed but before a tick saw it:
+      // the deadline is measured from the previous ack, so decide on that first.
+      const pending = evaluate(t, s, { kind: 'tick' }, now);
+      if (pending.state.phase === 'fencing') return pending;
+      const base = pending.state;
+      const { detachedAt: _d, ...rest } = base;
+      return to({ ...rest }, 'attached', s.phase === 'attached' ? 'heartbeat' : 'heartbeat acknowledged again', { lastAck, heldAtDetach: false }, [
+        ...pending.effects.filter((x) => x.kind !== 'transition'),
+      ]);
+    }
+    case 'heartbeat-missed':
+      if (s.phase === 'attached') return to(s, 'suspect', 'keepalive not acknowledged');
+      return evaluate(t, s, { kind: 'tick' }, now);
+    case 'lease-lost':
+      if (fencingOrLater) return { state: s, effects: [] };
+      return to(s, s.phase === 'starting' ? 'starting' : 'detached', 'lease no longer exists in the cluster', s.phase === 'detached' ? {} : { detachedAt: now, heldAtDetach: s.held }, [
+        { kind: 'register', mode: 'reattach' },
+      ]);
+    case 'tick': {
+      if (s.lastAck === undefined) return { state: s, effects: [] };
+      if ((s.phase === 'attached' || s.phase === 'suspect') && now >= s.lastAck + t.detachAfter) {
+        const detached = to(s, 'detached', `no acknowledged heartbeat for ${Math.round(now - s.lastAck)}ms`, { detachedAt: now, heldAtDetach: s.held });
+        const more = evaluate(t, detached.state, e, now);
+        return { state: more.state, effects: [...detached.effects, ...more.effects] };
+      }
+      if (s.phase === 'detached' && !s.heldAtDetach && now >= s.lastAck + t.watchdogTimeout) return startFence(s, now, 'watchdog');
+      return { state: s, effects: [] };
+    }
+    case 'hold-changed':
+      // A release never reaches back into the current detachment (heldAtDetach stays).
+      return { state: { ...s, held: e.held }, effects: [] };
+    case 'vms-stopped':
+      if (s.phase !== 'fencing') return { state: s, effects: [] };
+      return to(s, 'cleaning', 'every VM stopped', {}, [{ kind: 'run-cleanup' }]);
+    case 'cleanup-finished':
+      if (s.phase !== 'cleaning') return { state: s, effects: [] };
+      if (!e.clean) return { state: s, effects: [{ kind: 'run-cleanup' }] };
+      return to(s, 'clean', 'audit found nothing left', {}, [{ kind: 'register', mode: 'ready' }]);
+    case 'cluster-reachable':
+      return s.phase === 'clean' ? to(s, 'rejoining', 'cluster reachable again') : { state: s, effects: [] };
+  }
+}
