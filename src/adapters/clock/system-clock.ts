@@ -1,13 +1,16 @@
-import { performance } from 'node:perf_hooks';
 import type { Clock, TimerHandle } from '../../ports/clock.js';
 
-/** The real clock: wall time from `Date`, monotonic time from `performance.now()`. */
+/**
+ * The real clock: wall time from `Date`; monotonic time from CLOCK_MONOTONIC (`process.hrtime`),
+ * whose origin is the boot, not the process: a restarted agent on the same boot can keep
+ * deadlines measured by its predecessor (compare boot ids before trusting persisted values).
+ */
 export class SystemClock implements Clock {
   now(): number {
     return Date.now();
   }
   nowMono(): number {
-    return performance.now();
+    return Number(process.hrtime.bigint() / 1000n) / 1000;
   }
   setTimer(ms: number, fn: () => void): TimerHandle {
     return setTimeout(fn, Math.max(0, ms));

@@ -85,7 +85,7 @@ export class QcowVolumes implements Volumes {
     const tmp = join(dir, `${overlayTempPrefix(path)}${process.pid}-${randomBytes(4).toString('hex')}`);
     try {
       await this.qemu(['create', '-q', '-f', 'qcow2', '-F', format, '-b', basePath, tmp], `creating overlay ${path}`, path);
-      await fsyncPath(tmp);
+      await guard(`syncing ${tmp}`, path, () => fsyncPath(tmp));
       try {
         await link(tmp, path);
       } catch (err) {
@@ -96,7 +96,7 @@ export class QcowVolumes implements Volumes {
     } finally {
       await unlink(tmp).catch(() => undefined);
     }
-    await fsyncPath(dir);
+    await guard(`syncing ${dir}`, path, () => fsyncPath(dir));
     if (!(await this.isOverlay(path, basePath))) {
       throw new TetherError('VOLUME_ERROR', `overlay ${path} does not read back as a qcow2 overlay of ${basePath}`, { details: { path, basePath } });
     }
@@ -136,7 +136,7 @@ export class QcowVolumes implements Volumes {
     });
     if (st) {
       if (!st.isFile()) throw new TetherError('NOT_OWNED', `${path} is not a regular file; refusing to delete it`, { details: { path } });
-      if (!(await hasQcow2Magic(path))) {
+      if (!(await guard(`reading ${path}`, path, () => hasQcow2Magic(path)))) {
         throw new TetherError('NOT_OWNED', `${path} is not a qcow2 file; refusing to delete it`, { details: { path } });
       }
       await unlink(path).catch((err: NodeJS.ErrnoException) => {
@@ -240,6 +240,15 @@ async function fsyncPath(p: string): Promise<void> {
     await fh.sync();
   } finally {
     await fh.close();
+  }
+}
+
+/** Runs `fn`, turning any error that is not already a TetherError into VOLUME_ERROR. */
+async function guard<T>(what: string, path: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw err instanceof TetherError ? err : volumeError(what, err, path);
   }
 }
 

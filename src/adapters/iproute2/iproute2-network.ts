@@ -2,7 +2,7 @@ import { InvalidArgumentError, TetherError, messageOf } from '../../domain/error
 import { ownerAlias, type Network, type TapOwner } from '../../ports/network.js';
 import { CommandError, runCommand } from '../exec.js';
 import { isOwnedTap, ownerMarkProblem, parseLinkJson, type LinkInfo } from './link-json.js';
-import { isValidIfName } from './tap-name.js';
+import { isValidIfName } from '../../domain/tap-name.js';
 
 /** Options of {@link Iproute2Network}. */
 export interface Iproute2NetworkOptions {

@@ -1,5 +1,6 @@
 import type { Planner, Step } from '../../domain/plan.js';
-import { guestMac, tapName } from '../../domain/naming.js';
+import { guestMac } from '../../domain/naming.js';
+import { tapName } from '../../domain/tap-name.js';
 import type { VmRow } from '../../ports/inventory.js';
 import type { VmLaunchSpec } from '../../ports/vmm.js';
 import { vmDir, type HostContext } from '../host-context.js';

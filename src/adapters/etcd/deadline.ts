@@ -1,0 +1,19 @@
+import { TetherError } from '../../domain/errors.js';
+
+/**
+ * Races `p` against a deadline of `ms`. A call without an answer by then is a miss: rejects with a
+ * retryable TIMEOUT naming `what`. A late answer is ignored (quorum loss makes etcd calls hang).
+ */
+export function withDeadline<T>(what: string, ms: number, p: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new TetherError('TIMEOUT', `${what}: no answer within ${ms}ms`, { retryable: true })), ms);
+  });
+  p.catch(() => undefined);
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** gRPC call options carrying the same deadline. */
+export function deadlineOption(ms: number): { deadline: Date } {
+  return { deadline: new Date(Date.now() + ms) };
+}

@@ -1,0 +1,31 @@
+import type { GcTimings } from './gc-timing.js';
+
+/**
+ * Cluster-side state of a host (ARCHITECTURE.md section 2): `attached` -> `detached` (lease gone)
+ * -> `fenced` (window passed; VMs lost) -> `ready` (came back clean, new epoch) -> `attached`;
+ * `retired` before the record is removed.
+ */
+export type HostRecordState = 'attached' | 'detached' | 'fenced' | 'ready' | 'retired';
+
+/** `hosts/<id>/record`, written by txn only. */
+export interface HostRecord {
+  readonly hostId: string;
+  readonly state: HostRecordState;
+  /** Grows by one each time the host rejoins after a fence. */
+  readonly epoch: number;
+  /** The host's GC timings, published so the controller can check the safety inequality. */
+  readonly timings: GcTimings;
+  /** Operator hold: no self-fence on the host, no fence by the controller. */
+  readonly hold: boolean;
+  /** Whether the host was held when it detached (the controller then never fences it automatically). */
+  readonly heldAtDetach?: boolean;
+  /** Controller wall-clock ms when the lease was seen gone. */
+  readonly detachedAt?: number;
+  /** Controller wall-clock ms after which the host's VMs may be treated as gone. */
+  readonly fenceDeadline?: number;
+  readonly capacity: { readonly vcpu: number; readonly memoryMb: number };
+  readonly labels: Readonly<Record<string, string>>;
+  readonly agentVersion: string;
+  /** Wall-clock ms of the last write (display only). */
+  readonly updatedAt: number;
+}
