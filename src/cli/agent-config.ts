@@ -1,4 +1,6 @@
-import { homedir, hostname } from 'node:os';
+import { availableParallelism, homedir, hostname, totalmem } from 'node:os';
+import { checkTimings, describeViolations, DEFAULT_TIMINGS, type GcTimings } from '../domain/gc-timing.js';
+import { TetherError } from '../domain/errors.js';
 import { join } from 'node:path';
 import type { ConfigKey, ConfigValues } from './config-schema.js';
 
@@ -7,11 +9,15 @@ export interface AgentConfig {
   readonly hostId: string;
   readonly stateDir: string;
   readonly listen: string;
+  readonly httpListen: string;
+  readonly etcdEndpoints: string[];
+  readonly etcdPrefix: string;
+  readonly capacityVcpu: number;
+  readonly capacityMemory: number;
   readonly cacheDir: string;
   readonly imageDir: string;
   readonly accel: 'auto' | 'kvm' | 'tcg';
-  readonly stopGrace: number;
-  readonly killTimeout: number;
+  readonly timings: GcTimings;
   readonly readyTimeout: number;
   readonly logLevel: string;
 }
@@ -29,17 +35,44 @@ export const AGENT_SCHEMA: readonly ConfigKey[] = [
   { key: 'cacheDir', type: 'string', default: defaultCache(), description: 'cache of the built-in guest image' },
   { key: 'imageDir', type: 'string', default: join(defaultCache(), 'images'), description: 'local image store (kernels/, initrds/, disks/)' },
   { key: 'accel', type: { oneOf: ['auto', 'kvm', 'tcg'] }, default: 'auto', description: 'QEMU accelerator; auto probes KVM and falls back to TCG' },
-  { key: 'stopGrace', type: 'duration', default: 8000, description: 'time a guest gets to power off before it is forced' },
-  { key: 'killTimeout', type: 'duration', default: 2000, description: 'time the forced stop may take' },
+  { key: 'httpListen', type: 'string', default: '127.0.0.1:9091', description: 'HTTP address for /metrics and the gc admin endpoints' },
+  { key: 'etcdEndpoints', type: 'list', default: [], description: 'etcd client URLs, comma-separated; empty = standalone (no cluster, no GC)' },
+  { key: 'etcdPrefix', type: 'string', default: '/tether/', description: 'key prefix in etcd' },
+  { key: 'ttl', type: 'duration', default: DEFAULT_TIMINGS.ttl, description: 'lease TTL (whole seconds)' },
+  { key: 'heartbeatInterval', type: 'duration', default: DEFAULT_TIMINGS.heartbeatInterval, description: 'keepalive period and per-keepalive deadline' },
+  { key: 'detachAfter', type: 'duration', default: DEFAULT_TIMINGS.detachAfter, description: 'no acknowledged heartbeat for this long: detached' },
+  { key: 'watchdogTimeout', type: 'duration', default: DEFAULT_TIMINGS.watchdogTimeout, description: 'from the last acknowledged heartbeat to the self-fence' },
+  { key: 'stopGrace', type: 'duration', default: DEFAULT_TIMINGS.stopGrace, description: 'time a guest gets to power off before it is forced' },
+  { key: 'killTimeout', type: 'duration', default: DEFAULT_TIMINGS.killTimeout, description: 'time the forced stop may take' },
+  { key: 'fenceWindow', type: 'duration', default: DEFAULT_TIMINGS.fenceWindow, description: 'cluster side: lease expiry to VMs treated as gone (checked here too)' },
+  { key: 'clockDriftMargin', type: 'duration', default: DEFAULT_TIMINGS.clockDriftMargin, description: 'allowance for clock-rate differences' },
+  { key: 'electionTolerance', type: 'duration', default: DEFAULT_TIMINGS.electionTolerance, description: 'longest etcd leader election to ride out without fencing' },
+  { key: 'capacityVcpu', type: 'int', default: availableParallelism(), description: 'vCPUs this host offers to VMs' },
+  { key: 'capacityMemory', type: 'int', default: Math.floor(totalmem() / 2 ** 20 / 2), description: 'MiB of memory this host offers to VMs' },
   { key: 'readyTimeout', type: 'duration', default: 60_000, description: 'time from VM start to its ready marker' },
   { key: 'logLevel', type: { oneOf: ['debug', 'info', 'warn', 'error'] }, default: 'info', description: 'log level' },
 ];
 
-/** Typed view of resolved values; checks the host id. */
+/** Typed view of resolved values; checks the host id and refuses unsafe GC timings, naming the inequality. */
 export function toAgentConfig(v: ConfigValues): AgentConfig {
   const hostId = String(v.hostId);
   if (!/^[A-Za-z0-9._-]{1,63}$/.test(hostId)) {
-    throw new Error(`invalid hostId "${hostId}": use 1-63 letters, digits, '.', '_' or '-'`);
+    throw new TetherError('INVALID_ARGUMENT', `invalid hostId "${hostId}": use 1-63 letters, digits, '.', '_' or '-'`);
   }
-  return v as unknown as AgentConfig;
+  const timings: GcTimings = {
+    ttl: Number(v.ttl),
+    heartbeatInterval: Number(v.heartbeatInterval),
+    detachAfter: Number(v.detachAfter),
+    watchdogTimeout: Number(v.watchdogTimeout),
+    stopGrace: Number(v.stopGrace),
+    killTimeout: Number(v.killTimeout),
+    fenceWindow: Number(v.fenceWindow),
+    clockDriftMargin: Number(v.clockDriftMargin),
+    electionTolerance: Number(v.electionTolerance),
+  };
+  const violations = checkTimings(timings);
+  if (violations.length > 0) {
+    throw new TetherError('UNSAFE_CONFIG', `unsafe GC timings: ${describeViolations(violations)}`, { details: { violations } });
+  }
+  return { ...(v as unknown as AgentConfig), timings };
 }

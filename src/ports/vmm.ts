@@ -64,6 +64,6 @@ export interface Vmm {
   status(uid: string, stateDir: string): Promise<VmProcessStatus>;
   /** Graceful stop with a deadline, then forced. Already stopped: `already-stopped`. */
   stop(uid: string, stateDir: string, opts: StopOptions): Promise<StopResult>;
-  /** uids of every VMM process on this machine that carries this host's mark. */
-  listOwned(hostId: string): Promise<{ uid: string; pid: number }[]>;
+  /** Every VMM process on this machine that carries this host's mark, with its state folder when known. */
+  listOwned(hostId: string): Promise<{ uid: string; pid: number; stateDir?: string }[]>;
 }

@@ -1,0 +1,430 @@
+import { spawn } from 'node:child_process';
+import { open, readFile, rm } from 'node:fs/promises';
+import type { Clock } from '../../ports/clock.js';
+import type { Logger } from '../../ports/logger.js';
+import type { StopOptions, StopResult, VmLaunchSpec, VmProcessStatus, Vmm } from '../../ports/vmm.js';
+import type { StopMethod } from '../../domain/vm.js';
+import { InvalidArgumentError, TetherError, messageOf } from '../../domain/errors.js';
+import { DEFAULT_QEMU_BINARY, probeAccel } from './accel-probe.js';
+import { type Accel, buildQemuArgs, tscKhzFromCpuinfo, validateLaunchSpec, vmStatePaths } from './qemu-args.js';
+import { HOST_ID_PATTERN, argvCarriesMark, parseOwnerFromArgv } from './owner-mark.js';
+import { listPids, readArgv, readPidFile } from './proc-fs.js';
+import { QmpClient } from './qmp-client.js';
+import { LogScanner, READY_MARKER, fileContains, readTail } from './serial-log.js';
+
+/** Options of {@link QemuVmm}. */
+export interface QemuVmmOptions {
+  /** Every wait and deadline runs on this clock. */
+  readonly clock: Clock;
+  /** Default `qemu-system-x86_64` (looked up in PATH). */
+  readonly qemuBinary?: string;
+  /**
+   * 'kvm', 'tcg', or 'auto' (default): probe once with {@link probeAccel} (firmware check only;
+   * for the stronger guest-boot check, probe at agent start and pass the result here).
+   */
+  readonly accel?: Accel | 'auto';
+  /**
+   * This host's id. When set, status/stop/waitReady only accept processes marked with it
+   * (as well as with the uid), and start refuses specs for another host. When unset, the uid
+   * alone is checked (uids are unique per incarnation, which still rules out pid reuse).
+   */
+  readonly hostId?: string;
+  readonly logger?: Logger;
+  /** Deadline for QEMU to daemonise on start, ms. Default 30 000. */
+  readonly startTimeoutMs?: number;
+  /** Poll period while waiting for a process to exit or a marker to appear, ms. Default 20. */
+  readonly pollMs?: number;
+  /** Deadline for the QMP handshake in stop, ms. Default 1000 (capped by graceMs). */
+  readonly qmpConnectTimeoutMs?: number;
+  /**
+   * During the grace period the graceful signal is repeated every this many ms (default 1000;
+   * 0: press once), so a guest whose handler was not listening yet still powers off.
+   */
+  readonly gracefulRepeatMs?: number;
+}
+
+let cpuinfoKhz: Promise<number | undefined> | undefined;
+
+/** Host TSC frequency (kHz) from the first `cpu MHz` of /proc/cpuinfo; read once per process. */
+export function hostTscKhz(): Promise<number | undefined> {
+  cpuinfoKhz ??= readFile('/proc/cpuinfo', 'utf8').then(tscKhzFromCpuinfo, () => undefined);
+  return cpuinfoKhz;
+}
+
+/** Serialises async work per key (one VM state folder): one start or stop at a time per VM. */
+class KeyedMutex {
+  private readonly tails = new Map<string, Promise<void>>();
+  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.tails.get(key) ?? Promise.resolve();
+    const p = prev.then(fn);
+    const tail = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.tails.set(key, tail);
+    try {
+      return await p;
+    } finally {
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    }
+  }
+}
+
+/**
+ * The {@link Vmm} port on QEMU `microvm`, daemonised (`-daemonize`): VMs outlive the agent, and a
+ * new instance adopts them through `<stateDir>/qemu.pid` and the process command line.
+ *
+ * Invariants:
+ * - NEVER signals or sends QMP to a pid whose `/proc/<pid>/cmdline` was not just read and found
+ *   to be a QEMU marked `-name tether:<hostId>:<uid>` (see owner-mark.ts); a stale pid file, a
+ *   reused pid or a zombie reads as "not running";
+ * - stop escalates: graceful (ACPI button or ctrl-alt-del via QMP, repeated every
+ *   `gracefulRepeatMs`) for `graceMs` after the first press,
+ *   then QMP `quit`, then SIGKILL, and returns only once the process is verified gone (else
+ *   TIMEOUT); a QMP socket that does not answer in the graceful phase skips straight to SIGKILL;
+ * - files in the state folder are never deleted by stop (the caller's cleanup plan owns them);
+ *   start only removes a stale pid file before launching;
+ * - one start/stop at a time per state folder within an instance; every method is idempotent;
+ * - every wait runs on the injected Clock.
+ */
+export class QemuVmm implements Vmm {
+  private readonly clock: Clock;
+  private readonly binary: string;
+  private readonly accelOption: Accel | 'auto';
+  private readonly hostId: string | undefined;
+  private readonly logger: Logger | undefined;
+  private readonly startTimeoutMs: number;
+  private readonly pollMs: number;
+  private readonly qmpConnectTimeoutMs: number;
+  private readonly gracefulRepeatMs: number;
+  private readonly locks = new KeyedMutex();
+
+  constructor(options: QemuVmmOptions) {
+    this.clock = options.clock;
+    this.binary = options.qemuBinary ?? DEFAULT_QEMU_BINARY;
+    this.accelOption = options.accel ?? 'auto';
+    if (options.hostId !== undefined && !HOST_ID_PATTERN.test(options.hostId)) {
+      throw new InvalidArgumentError('hostId', `must match ${HOST_ID_PATTERN}`);
+    }
+    this.hostId = options.hostId;
+    this.logger = options.logger?.child({ component: 'qemu-vmm' });
+    this.startTimeoutMs = options.startTimeoutMs ?? 30_000;
+    this.pollMs = options.pollMs ?? 20;
+    this.qmpConnectTimeoutMs = options.qmpConnectTimeoutMs ?? 1000;
+    this.gracefulRepeatMs = options.gracefulRepeatMs ?? 1000;
+  }
+
+  /** The accelerator VMs start with (probing once when 'auto'). */
+  async accel(): Promise<Accel> {
+    if (this.accelOption !== 'auto') return this.accelOption;
+    return probeAccel({ qemuBinary: this.binary, clock: this.clock, ...(this.logger ? { logger: this.logger } : {}) });
+  }
+
+  /**
+   * Launches the VM daemonised and resolves with its pid once `<stateDir>/qemu.pid` names a
+   * verified process. Already running (verified): resolves with that pid and launches nothing.
+   * QEMU failing to start: VMM_ERROR whose message and `details.stderr` hold QEMU's output.
+   */
+  async start(spec: VmLaunchSpec): Promise<{ pid: number }> {
+    validateLaunchSpec(spec);
+    if (this.hostId !== undefined && spec.hostId !== this.hostId) {
+      throw new InvalidArgumentError('hostId', `spec is for host ${spec.hostId}, this VMM serves ${this.hostId}`);
+    }
+    return this.locks.run(spec.stateDir, () => this.startLocked(spec));
+  }
+
+  private async startLocked(spec: VmLaunchSpec): Promise<{ pid: number }> {
+    const paths = vmStatePaths(spec.stateDir);
+    const log = this.logger?.child({ uid: spec.uid });
+    const existing = await this.verifiedPid(spec.uid, spec.stateDir, spec.hostId);
+    if (existing !== undefined) {
+      log?.info({ pid: existing }, 'VM already running; start is a no-op');
+      return { pid: existing };
+    }
+    const accel = await this.accel();
+    const tscKhz = accel === 'tcg' ? await hostTscKhz() : undefined;
+    const args = buildQemuArgs(spec, { accel, ...(tscKhz !== undefined ? { tscKhz } : {}) });
+    // A stale pid file must not be mistaken for the new process's.
+    await rm(paths.pidFile, { force: true });
+    const t0 = this.clock.nowMono();
+    const exit = await this.runDaemonising(args, paths.qemuLog);
+    const output = (await readTail(paths.qemuLog, 4096)).trim();
+    if (exit.error !== undefined || exit.code !== 0) {
+      const why = exit.error ?? `exited with ${exit.code ?? exit.signal}`;
+      throw new TetherError('VMM_ERROR', `starting VM ${spec.uid}: ${this.binary} ${why}${output ? `: ${output}` : ''}`, {
+        details: { uid: spec.uid, stderr: output, exitCode: exit.code, binary: this.binary },
+      });
+    }
+    // QEMU writes the pid file before its launcher exits; tolerate a slow file system anyway.
+    const deadline = this.clock.nowMono() + 2000;
+    for (;;) {
+      const pid = await this.verifiedPid(spec.uid, spec.stateDir, spec.hostId);
+      if (pid !== undefined) {
+        log?.info({ pid, accel, tookMs: Math.round(this.clock.nowMono() - t0) }, 'VM started');
+        return { pid };
+      }
+      if (this.clock.nowMono() >= deadline) {
+        throw new TetherError('VMM_ERROR', `starting VM ${spec.uid}: QEMU exited 0 but ${paths.pidFile} names no marked process${output ? `: ${output}` : ''}`, {
+          details: { uid: spec.uid, stderr: output },
+        });
+      }
+      await this.clock.sleep(this.pollMs);
+    }
+  }
+
+  /** Runs the QEMU launcher (which forks the daemon and exits) with stdout/stderr into `logPath`. */
+  private async runDaemonising(
+    args: string[],
+    logPath: string,
+  ): Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: string }> {
+    const fh = await open(logPath, 'w');
+    try {
+      return await new Promise((resolve) => {
+        let done = false;
+        const child = spawn(this.binary, args, { stdio: ['ignore', fh.fd, fh.fd] });
+        const timer = this.clock.setTimer(this.startTimeoutMs, () => {
+          if (done) return;
+          done = true;
+          child.kill('SIGKILL'); // our own direct child, not yet reaped: its pid cannot be reused
+          resolve({ code: null, signal: 'SIGKILL', error: `did not daemonise within ${this.startTimeoutMs} ms` });
+        });
+        child.on('error', (err) => {
+          if (done) return;
+          done = true;
+          this.clock.clearTimer(timer);
+          resolve({ code: null, signal: null, error: `could not be run: ${err.message}` });
+        });
+        child.on('exit', (code, signal) => {
+          if (done) return;
+          done = true;
+          this.clock.clearTimer(timer);
+          resolve({ code, signal });
+        });
+      });
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /**
+   * Resolves once the serial log holds {@link READY_MARKER}. Rejects with TIMEOUT (not
+   * retryable) after `timeoutMs`, or with VMM_ERROR as soon as the pid file names a process that
+   * is no longer a marked QEMU (the VM died); both carry the serial log's tail.
+   */
+  async waitReady(stateDir: string, timeoutMs: number): Promise<void> {
+    const paths = vmStatePaths(stateDir);
+    const scanner = new LogScanner(paths.serialLog, READY_MARKER);
+    const t0 = this.clock.nowMono();
+    const deadline = t0 + timeoutMs;
+    for (let i = 0; ; i++) {
+      if (await scanner.poll()) {
+        this.logger?.debug({ stateDir, tookMs: Math.round(this.clock.nowMono() - t0) }, 'VM ready');
+        return;
+      }
+      if (i % 10 === 9 && (await this.launchedAndGone(paths.pidFile))) {
+        if (await scanner.poll()) return;
+        const tail = await readTail(paths.serialLog);
+        throw new TetherError('VMM_ERROR', `VM in ${stateDir} exited before ready; serial log tail:\n${tail}`, {
+          details: { stateDir, serialTail: tail },
+        });
+      }
+      const left = deadline - this.clock.nowMono();
+      if (left <= 0) {
+        const tail = await readTail(paths.serialLog);
+        throw new TetherError('TIMEOUT', `VM in ${stateDir} not ready within ${timeoutMs} ms; serial log tail:\n${tail}`, {
+          retryable: false,
+          details: { stateDir, timeoutMs, serialTail: tail },
+        });
+      }
+      await this.clock.sleep(Math.min(this.pollMs, left));
+    }
+  }
+
+  /** True when a pid file exists but names no marked QEMU any more. */
+  private async launchedAndGone(pidFile: string): Promise<boolean> {
+    const pid = await readPidFile(pidFile);
+    if (pid === undefined) return false;
+    const argv = await readArgv(pid);
+    return argv === undefined || parseOwnerFromArgv(argv, this.binary) === undefined;
+  }
+
+  /**
+   * running: the pid file names a live QEMU marked with `uid` (and this host, when known);
+   * ready: running and the serial log holds the ready marker. A missing, stale or foreign pid
+   * file reads as not running; never throws for those.
+   */
+  async status(uid: string, stateDir: string): Promise<VmProcessStatus> {
+    const pid = await this.verifiedPid(uid, stateDir, this.hostId);
+    if (pid === undefined) return { running: false, ready: false };
+    const ready = await fileContains(vmStatePaths(stateDir).serialLog, READY_MARKER);
+    return { running: true, pid, ready };
+  }
+
+  /** The pid in `<stateDir>/qemu.pid` if it is a live QEMU marked for `uid` (and `hostId`). */
+  private async verifiedPid(uid: string, stateDir: string, hostId: string | undefined): Promise<number | undefined> {
+    const pid = await readPidFile(vmStatePaths(stateDir).pidFile);
+    if (pid === undefined) return undefined;
+    return (await this.isOurs(pid, uid, hostId)) ? pid : undefined;
+  }
+
+  private async isOurs(pid: number, uid: string, hostId: string | undefined): Promise<boolean> {
+    const argv = await readArgv(pid);
+    return argv !== undefined && argvCarriesMark(argv, uid, hostId, this.binary);
+  }
+
+  /** Polls until `pid` is no longer our marked process, or `deadline` (mono ms) passes. */
+  private async waitGone(pid: number, uid: string, deadline: number): Promise<boolean> {
+    for (;;) {
+      if (!(await this.isOurs(pid, uid, this.hostId))) return true;
+      const left = deadline - this.clock.nowMono();
+      if (left <= 0) return false;
+      await this.clock.sleep(Math.min(this.pollMs, left));
+    }
+  }
+
+  /**
+   * {@link waitGone} for the graceful phase, pressing the button again every
+   * `gracefulRepeatMs`: a guest that was not yet listening at the first press (e.g. its ACPI
+   * daemon still starting) still gets the request; a second press to a guest that is powering
+   * off is harmless.
+   */
+  private async waitGoneGraceful(
+    pid: number,
+    uid: string,
+    deadline: number,
+    qmp: QmpClient,
+    press: (timeoutMs: number) => Promise<boolean>,
+  ): Promise<boolean> {
+    let nextPress = this.clock.nowMono() + this.gracefulRepeatMs;
+    for (;;) {
+      if (!(await this.isOurs(pid, uid, this.hostId))) return true;
+      const now = this.clock.nowMono();
+      const left = deadline - now;
+      if (left <= 0) return false;
+      if (this.gracefulRepeatMs > 0 && now >= nextPress && !qmp.isClosed) {
+        await press(Math.max(1, Math.min(500, left)));
+        nextPress = this.clock.nowMono() + this.gracefulRepeatMs;
+        continue;
+      }
+      await this.clock.sleep(Math.min(this.pollMs, left));
+    }
+  }
+
+  private async tryQmp(socketPath: string, timeoutMs: number, uid: string): Promise<QmpClient | undefined> {
+    try {
+      return await QmpClient.connect(socketPath, { clock: this.clock, timeoutMs: Math.max(1, timeoutMs) });
+    } catch (err) {
+      this.logger?.warn({ uid, err: messageOf(err) }, 'QMP unreachable');
+      return undefined;
+    }
+  }
+
+  private async tryExecute(qmp: QmpClient, command: string, args: Record<string, unknown> | undefined, timeoutMs: number, uid: string): Promise<boolean> {
+    try {
+      await qmp.execute(command, args, { timeoutMs: Math.max(1, timeoutMs) });
+      return true;
+    } catch (err) {
+      this.logger?.warn({ uid, command, err: messageOf(err) }, 'QMP command failed');
+      return false;
+    }
+  }
+
+  /**
+   * Stops the VM: graceful, then QMP `quit`, then SIGKILL (see the class invariants). Methods:
+   * 'already-stopped' (nothing verified running), 'graceful' (exited within graceMs of the
+   * signal), 'forced-quit' (exited after `quit` within min(1000, killTimeoutMs/2) ms),
+   * 'forced-kill'. Not gone within killTimeoutMs of the forced phase: TIMEOUT (retryable).
+   */
+  async stop(uid: string, stateDir: string, opts: StopOptions): Promise<StopResult> {
+    return this.locks.run(stateDir, () => this.stopLocked(uid, stateDir, opts));
+  }
+
+  private async stopLocked(uid: string, stateDir: string, opts: StopOptions): Promise<StopResult> {
+    const t0 = this.clock.nowMono();
+    const paths = vmStatePaths(stateDir);
+    const log = this.logger?.child({ uid });
+    const result = (method: StopMethod): StopResult => {
+      const r = { method, tookMs: Math.round(this.clock.nowMono() - t0) };
+      log?.info({ ...r }, 'VM stop');
+      return r;
+    };
+    const pid = await this.verifiedPid(uid, stateDir, this.hostId);
+    if (pid === undefined) return result('already-stopped');
+
+    let qmp: QmpClient | undefined;
+    let qmpUnreachable = false;
+    let lastAction: 'none' | 'graceful' | 'quit' = 'none';
+    try {
+      if (!opts.forceOnly && opts.graceMs > 0) {
+        qmp = await this.tryQmp(paths.qmpSocket, Math.min(this.qmpConnectTimeoutMs, opts.graceMs), uid);
+        qmpUnreachable = qmp === undefined;
+        if (qmp) {
+          const client = qmp;
+          const press = (timeoutMs: number): Promise<boolean> =>
+            opts.gracefulSignal === 'ctrl-alt-del'
+              ? this.tryExecute(client, 'send-key', { keys: ['ctrl', 'alt', 'delete'].map((k) => ({ type: 'qcode', data: k })) }, timeoutMs, uid)
+              : this.tryExecute(client, 'system_powerdown', undefined, timeoutMs, uid);
+          if (await press(Math.min(1000, opts.graceMs))) {
+            lastAction = 'graceful';
+            if (await this.waitGoneGraceful(pid, uid, this.clock.nowMono() + opts.graceMs, client, press)) return result('graceful');
+            log?.warn({ graceMs: opts.graceMs }, 'guest did not power off in time; forcing');
+          }
+        }
+      }
+
+      const forcedStart = this.clock.nowMono();
+      const killDeadline = forcedStart + opts.killTimeoutMs;
+      const quitWaitMs = Math.min(1000, Math.floor(opts.killTimeoutMs / 2));
+      // A QMP that did not answer in the graceful phase (QEMU hung) is not tried again: SIGKILL.
+      if (!qmpUnreachable && (!qmp || qmp.isClosed)) {
+        await qmp?.close();
+        qmp = await this.tryQmp(paths.qmpSocket, Math.min(this.qmpConnectTimeoutMs, quitWaitMs), uid);
+      }
+      if (qmp && (await this.isOurs(pid, uid, this.hostId))) {
+        const left = forcedStart + quitWaitMs - this.clock.nowMono();
+        // QEMU may close the socket before the return arrives: the /proc poll is the authority.
+        await this.tryExecute(qmp, 'quit', undefined, Math.max(1, left), uid);
+        lastAction = 'quit';
+        if (await this.waitGone(pid, uid, forcedStart + quitWaitMs)) return result('forced-quit');
+      }
+
+      // The check and the signal are adjacent: pid reuse in between would need the process to
+      // exit and the pid space to wrap within microseconds.
+      if (!(await this.isOurs(pid, uid, this.hostId))) {
+        return result(lastAction === 'quit' ? 'forced-quit' : lastAction === 'graceful' ? 'graceful' : 'already-stopped');
+      }
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') {
+          throw new TetherError('VMM_ERROR', `stopping VM ${uid}: SIGKILL to ${pid} failed: ${messageOf(err)}`, { cause: err, details: { uid, pid } });
+        }
+      }
+      if (await this.waitGone(pid, uid, killDeadline)) return result('forced-kill');
+      throw new TetherError('TIMEOUT', `stopping VM ${uid}: pid ${pid} still alive ${opts.killTimeoutMs} ms after the forced stop began`, {
+        retryable: true,
+        details: { uid, pid, killTimeoutMs: opts.killTimeoutMs },
+      });
+    } finally {
+      await qmp?.close();
+    }
+  }
+
+  /**
+   * Every live QEMU on this machine whose command line carries `tether:<hostId>:`, by a scan of
+   * /proc. Processes that vanish during the scan are skipped.
+   */
+  async listOwned(hostId: string): Promise<{ uid: string; pid: number; stateDir?: string }[]> {
+    const out: { uid: string; pid: number; stateDir?: string }[] = [];
+    for (const pid of await listPids()) {
+      const argv = await readArgv(pid);
+      if (!argv) continue;
+      const owner = parseOwnerFromArgv(argv, this.binary);
+      if (!owner || owner.hostId !== hostId) continue;
+      const pidFile = argv[argv.indexOf('-pidfile') + 1];
+      const stateDir = argv.includes('-pidfile') && pidFile?.endsWith('/qemu.pid') ? pidFile.slice(0, -'/qemu.pid'.length) : undefined;
+      out.push({ uid: owner.uid, pid, ...(stateDir ? { stateDir } : {}) });
+    }
+    return out.sort((a, b) => a.pid - b.pid);
+  }
+}

@@ -1,0 +1,134 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import { SystemClock } from '../../adapters/clock/system-clock.js';
+import { QcowVolumes } from '../../adapters/disk/qcow-volumes.js';
+import { EtcdClusterStore } from '../../adapters/etcd/etcd-cluster-store.js';
+import { LocalFiles } from '../../adapters/fs/local-files.js';
+import { acquirePidLock } from '../../adapters/fs/pid-lock.js';
+import { builtinGuestPaths, LocalImageStore } from '../../adapters/images/local-image-store.js';
+import { Iproute2Network } from '../../adapters/iproute2/iproute2-network.js';
+import { createLogger } from '../../adapters/log/pino-logger.js';
+import { QemuVmm } from '../../adapters/qemu/qemu-vmm.js';
+import { SqliteInventory } from '../../adapters/sqlite/sqlite-inventory.js';
+import { Agent } from '../../agent/agent.js';
+import { auditHost } from '../../agent/gc/audit.js';
+import { HostGc } from '../../agent/gc/host-gc.js';
+import type { HostContext } from '../../agent/host-context.js';
+import { createMicroVmGrpcServer } from '../../api/grpc/index.js';
+import { AdminHttpServer } from '../../api/http/admin-server.js';
+import { AgentMetrics } from '../../api/http/metrics.js';
+import { TetherError } from '../../domain/errors.js';
+import { AGENT_SCHEMA, toAgentConfig, type AgentConfig } from '../agent-config.js';
+import { kebab, resolveConfig } from '../config-schema.js';
+
+/** Package version, for the host record. */
+export const VERSION = '0.1.0';
+
+function bootId(): string {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** Builds and runs the agent until SIGINT/SIGTERM. */
+export async function runAgent(cfg: AgentConfig): Promise<void> {
+  const logger = createLogger({ level: cfg.logLevel, base: { hostId: cfg.hostId } });
+  const clock = new SystemClock();
+  const stateDir = resolve(cfg.stateDir);
+  const lock = acquirePidLock(`${stateDir}/agent.lock`, 'tether');
+  const inventory = new SqliteInventory(`${stateDir}/inventory.db`);
+  const ctx: HostContext = {
+    hostId: cfg.hostId,
+    clock,
+    inventory,
+    vmm: new QemuVmm({ clock, accel: cfg.accel, hostId: cfg.hostId, logger: logger.child({ c: 'qemu' }) }),
+    network: new Iproute2Network(),
+    volumes: new QcowVolumes({ root: stateDir }),
+    images: new LocalImageStore({ storeDir: cfg.imageDir, builtin: builtinGuestPaths(cfg.cacheDir) }),
+    files: new LocalFiles(stateDir),
+    logger,
+    stop: { graceMs: cfg.timings.stopGrace, killTimeoutMs: cfg.timings.killTimeout },
+    readyTimeoutMs: cfg.readyTimeout,
+  };
+  let gc: HostGc | undefined;
+  const metrics = new AgentMetrics({
+    phase: () => gc?.phase,
+    lastAckAgeMs: () => gc?.status().lastAckAgeMs,
+    watchdogRemainingMs: () => gc?.status().watchdogRemainingMs,
+    vmCount: () => inventory.listVms().length,
+  });
+  const store = cfg.etcdEndpoints.length > 0 ? new EtcdClusterStore({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix }) : undefined;
+  if (store) {
+    gc = new HostGc(ctx, store, {
+      timings: cfg.timings,
+      bootId: bootId(),
+      capacity: { vcpu: cfg.capacityVcpu, memoryMb: cfg.capacityMemory },
+      agentVersion: VERSION,
+      metrics: {
+        vmStopped: (m) => metrics.vmsStopped.inc({ method: m }),
+        cleanupFailed: (n) => metrics.cleanupFailures.inc(n),
+        auditLeaks: (n) => metrics.auditLeaks.set(n),
+      },
+    });
+  }
+  const hostGc = gc;
+  const agent = new Agent(ctx, hostGc ? () => hostGc.admission() : undefined);
+  const api = createMicroVmGrpcServer(agent.service, { logger: logger.child({ c: 'grpc' }) });
+  const noCluster = () => {
+    throw new TetherError('FAILED_PRECONDITION', 'this agent runs standalone (no --etcd-endpoints): there is no detached-host GC');
+  };
+  const admin = new AdminHttpServer({
+    metrics: () => metrics.text(),
+    handlers: {
+      'GET gc/status': async () => (hostGc ? hostGc.status() : noCluster()),
+      'GET gc/report': async () => (hostGc ? (hostGc.lastReport() ?? null) : noCluster()),
+      'GET gc/audit': async () => auditHost(ctx),
+      'POST gc/hold': async (b) => {
+        if (!hostGc) return noCluster();
+        hostGc.setLocalHold(b.held === true, b.acceptSplitBrainRisk === true);
+        return hostGc.status();
+      },
+      'GET events': async (b) => inventory.listEvents(Number(b.limit ?? 50)),
+    },
+  });
+
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'agent stopping (VMs keep running and are adopted by the next agent)');
+    hostGc?.stop();
+    agent.stop();
+    await Promise.allSettled([api.close(), admin.close(), store?.close()]);
+    inventory.close();
+    lock.release();
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+
+  const grpcAddr = await api.listen(cfg.listen);
+  const httpAddr = await admin.listen(cfg.httpListen);
+  await agent.start();
+  hostGc?.start();
+  logger.info({ grpc: grpcAddr, http: httpAddr, stateDir, cluster: cfg.etcdEndpoints, timings: cfg.timings }, 'agent ready');
+}
+
+/** `tether agent`: flags are the config keys in kebab-case. */
+export function registerAgentCommand(program: Command): void {
+  const cmd = program
+    .command('agent')
+    .description('run the host agent: microVMs, Flintlock-compatible API, heartbeats and detached-host GC')
+    .option('-c, --config <file>', 'YAML config file (keys as below, camelCase or kebab-case)');
+  for (const k of AGENT_SCHEMA) {
+    const def = Array.isArray(k.default) ? k.default.join(',') : k.default;
+    cmd.option(`--${kebab(k.key)} <value>`, `${k.description}${def === undefined || def === '' ? '' : ` (default ${def})`}`);
+  }
+  cmd.action(async (o: Record<string, unknown>) => {
+    const cfg = toAgentConfig(resolveConfig(AGENT_SCHEMA, o, process.env, o.config as string | undefined));
+    await runAgent(cfg);
+  });
+}

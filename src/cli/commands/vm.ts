@@ -1,0 +1,164 @@
+import type { Command } from 'commander';
+import type { FlintlockMicroVM, MicroVmSpecIn, NetworkInterfaceIn, VolumeIn } from '../../api/grpc/wire-types.js';
+import { parseDuration } from '../../domain/duration.js';
+import { TetherError } from '../../domain/errors.js';
+import { MicroVmApiClient } from '../microvm-client.js';
+import { ago, printJson, printTable } from '../output.js';
+
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+function keyValues(items: string[] | undefined, flag: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const item of items ?? []) {
+    const i = item.indexOf('=');
+    const k = i < 0 ? item : item.slice(0, i);
+    if (!k) throw new TetherError('INVALID_ARGUMENT', `${flag} ${JSON.stringify(item)}: expected key=value`);
+    out[k] = i < 0 ? '' : item.slice(i + 1);
+  }
+  return out;
+}
+
+/** `eth0[,ip=10.0.0.2/24][,gw=10.0.0.1][,mac=02:..]` -> a TAP interface. */
+export function parseNic(text: string): NetworkInterfaceIn {
+  const [device, ...opts] = text.split(',');
+  const kv = keyValues(opts, '--nic');
+  for (const k of Object.keys(kv)) if (!['ip', 'gw', 'mac'].includes(k)) throw new TetherError('INVALID_ARGUMENT', `--nic ${text}: unknown option "${k}" (use ip=, gw=, mac=)`);
+  return {
+    device_id: device ?? '',
+    type: 'TAP',
+    ...(kv.mac ? { guest_mac: kv.mac } : {}),
+    ...(kv.ip ? { address: { address: kv.ip, ...(kv.gw ? { gateway: kv.gw } : {}) } } : {}),
+  };
+}
+
+/** `id=image[,ro]` -> an additional volume. */
+export function parseVolume(text: string): VolumeIn {
+  const [main, ...flags] = text.split(',');
+  const i = (main ?? '').indexOf('=');
+  if (i <= 0) throw new TetherError('INVALID_ARGUMENT', `--volume ${text}: expected id=image[,ro]`);
+  for (const f of flags) if (f !== 'ro') throw new TetherError('INVALID_ARGUMENT', `--volume ${text}: unknown flag "${f}" (only "ro")`);
+  return { id: main!.slice(0, i), source: { container_source: main!.slice(i + 1) }, is_read_only: flags.includes('ro') };
+}
+
+function intFlag(v: string, flag: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n)) throw new TetherError('INVALID_ARGUMENT', `${flag} ${JSON.stringify(v)}: expected an integer`);
+  return n;
+}
+
+function row(vm: FlintlockMicroVM): (string | number)[] {
+  const taps = Object.values(vm.status.network_interfaces ?? {}).map((n) => n.host_device_name).join(',') || '-';
+  const created = Number(vm.spec.created_at?.seconds ?? 0) * 1000;
+  return [vm.spec.namespace, vm.spec.id, vm.spec.uid, vm.status.state, `${vm.spec.vcpu}/${vm.spec.memory_in_mb}M`, taps, created ? ago(created) : '-'];
+}
+const HEAD = ['NAMESPACE', 'NAME', 'UID', 'STATE', 'CPU/MEM', 'TAPS', 'AGE'];
+
+/** Polls until the VM is CREATED or FAILED (or gone, when deleting); prints progress on stderr. */
+async function waitFor(client: MicroVmApiClient, uid: string, want: 'created' | 'gone', timeoutMs: number): Promise<FlintlockMicroVM | undefined> {
+  const t0 = Date.now();
+  let last = '';
+  for (;;) {
+    let vm: FlintlockMicroVM | undefined;
+    try {
+      vm = await client.get(uid);
+    } catch (err) {
+      if (want === 'gone' && err instanceof TetherError && err.code === 'NOT_FOUND') return undefined;
+      throw err;
+    }
+    if (vm.status.state !== last) {
+      last = vm.status.state;
+      process.stderr.write(`  ${((Date.now() - t0) / 1000).toFixed(1)}s ${uid} ${last}\n`);
+    }
+    if (want === 'created' && (last === 'CREATED' || last === 'FAILED')) return vm;
+    if (Date.now() - t0 > timeoutMs) throw new TetherError('TIMEOUT', `microvm ${uid} still ${last} after ${timeoutMs}ms`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+/** `tether vm create|get|list|delete`. */
+export function registerVmCommands(program: Command): void {
+  const vm = program.command('vm').description('microVMs on an agent (Flintlock-compatible gRPC API)');
+  const withAgent = (c: Command) =>
+    c.option('--agent <addr>', 'agent gRPC address', process.env.TETHER_AGENT ?? '127.0.0.1:9090').option('--json', 'machine-readable output');
+
+  withAgent(vm.command('create <name>').description('create a microVM (returns once recorded; --wait for running)'))
+    .option('-n, --namespace <ns>', 'namespace', 'default')
+    .option('--vcpu <n>', 'virtual CPUs', '1')
+    .option('--memory <MiB>', 'guest memory in MiB (>= 72)', '96')
+    .option('--kernel-image <name>', 'kernel from the local image store (default: built-in guest)', '')
+    .option('--initrd-image <name>', 'initrd from the local image store (default: built-in guest)', '')
+    .option('--root-image <name>', 'root disk image (default: built-in guest disk)', '')
+    .option('--volume <id=image[,ro]>', 'additional disk (repeatable)', collect)
+    .option('--nic <dev[,ip=cidr][,gw=ip][,mac=mac]>', 'network interface backed by a tap (repeatable)', collect)
+    .option('--cmdline <key=value>', 'extra kernel argument (repeatable)', collect)
+    .option('--label <key=value>', 'label (repeatable)', collect)
+    .option('--wait', 'wait until the VM is running (or failed), with progress')
+    .option('--timeout <duration>', 'with --wait: give up after', '2m')
+    .action(async (name: string, o: Record<string, string | string[] | boolean | undefined>) => {
+      const spec: MicroVmSpecIn = {
+        id: name,
+        namespace: o.namespace as string,
+        vcpu: intFlag(o.vcpu as string, '--vcpu'),
+        memory_in_mb: intFlag(o.memory as string, '--memory'),
+        kernel: { image: o.kernelImage as string, cmdline: keyValues(o.cmdline as string[], '--cmdline') },
+        ...(o.initrdImage ? { initrd: { image: o.initrdImage as string } } : {}),
+        root_volume: { id: 'root', source: { container_source: o.rootImage as string } },
+        additional_volumes: ((o.volume as string[] | undefined) ?? []).map(parseVolume),
+        interfaces: ((o.nic as string[] | undefined) ?? []).map(parseNic),
+        labels: keyValues(o.label as string[], '--label'),
+      };
+      const timeoutMs = parseDuration(o.timeout as string);
+      const client = new MicroVmApiClient(o.agent as string);
+      try {
+        let created = await client.create(spec);
+        if (o.wait) created = (await waitFor(client, created.spec.uid, 'created', timeoutMs)) ?? created;
+        if (o.json) printJson(created);
+        else printTable(HEAD, [row(created)]);
+        if (o.wait && created.status.state === 'FAILED') process.exitCode = 1;
+      } finally {
+        client.close();
+      }
+    });
+
+  withAgent(vm.command('get <uid>').description('show one microVM')).action(async (uid: string, o: { agent: string; json?: boolean }) => {
+    const client = new MicroVmApiClient(o.agent);
+    try {
+      const v = await client.get(uid);
+      if (o.json) printJson(v);
+      else printTable(HEAD, [row(v)]);
+    } finally {
+      client.close();
+    }
+  });
+
+  withAgent(vm.command('list').description('list microVMs'))
+    .option('-n, --namespace <ns>', 'only this namespace', '')
+    .option('--name <name>', 'only this name')
+    .action(async (o: { agent: string; json?: boolean; namespace: string; name?: string }) => {
+      const client = new MicroVmApiClient(o.agent);
+      try {
+        const vms = await client.list(o.namespace, o.name);
+        if (o.json) printJson(vms);
+        else if (vms.length === 0) console.log('no microvms');
+        else printTable(HEAD, vms.map(row));
+      } finally {
+        client.close();
+      }
+    });
+
+  withAgent(vm.command('delete <uid>').description('delete a microVM (graceful stop, then every resource removed)'))
+    .option('--wait', 'wait until every resource is gone, with progress')
+    .option('--timeout <duration>', 'with --wait: give up after', '1m')
+    .action(async (uid: string, o: { agent: string; json?: boolean; wait?: boolean; timeout: string }) => {
+      const timeoutMs = parseDuration(o.timeout);
+      const client = new MicroVmApiClient(o.agent);
+      try {
+        await client.delete(uid);
+        if (o.wait) await waitFor(client, uid, 'gone', timeoutMs);
+        if (o.json) printJson({ uid, deleted: o.wait ? true : 'requested' });
+        else console.log(o.wait ? `deleted ${uid}` : `delete of ${uid} requested (tether vm get ${uid} to follow)`);
+      } finally {
+        client.close();
+      }
+    });
+}
