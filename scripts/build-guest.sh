@@ -31,7 +31,7 @@ die() { echo "[build-guest] ERROR: $*" >&2; exit 1; }
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
 GUEST_SRC="$REPO_DIR/guest"
-CACHE_DIR="${TETHER_CACHE_DIR:-$HOME/.cache/tether}"
+CACHE_DIR="${TETHER_CACHE_DIR:-${HOME:?set HOME or TETHER_CACHE_DIR}/.cache/tether}"
 OUT_DIR="$CACHE_DIR/guest"
 DEB_DIR="$CACHE_DIR/debs"
 BUSYBOX=/bin/busybox
@@ -80,9 +80,11 @@ for tool in apt-get dpkg-deb lz4 mkfs.ext4 gzip sha256sum perl; do
 done
 
 T0=$(date +%s.%N)
+rm -rf "$CACHE_DIR"/.guest-build.*  # left by a killed build (we hold the lock)
 WORK=$(mktemp -d "$CACHE_DIR/.guest-build.XXXXXX")
 cleanup() { rm -rf "$WORK"; }
 trap cleanup EXIT
+trap 'echo "[build-guest] interrupted" >&2; exit 130' INT TERM
 trap 'die "failed at line $LINENO: $BASH_COMMAND"' ERR
 
 # --- kernel package ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ export class Agent {
   /** Resumes interrupted plans and adopts running VMs; returns at once (work continues in background). */
   async start(): Promise<void> {
     this.ctx.inventory.addEvent('agent-started', this.ctx.clock.now(), { hostId: this.ctx.hostId });
-    this.ctx.logger.info({ hostId: this.ctx.hostId, vms: this.ctx.inventory.listVms().length }, 'agent starting');
+    this.ctx.logger.info({ vms: this.ctx.inventory.listVms().length }, 'agent starting');
     await this.reconciler.resumeAll();
   }
 

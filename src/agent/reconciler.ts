@@ -45,6 +45,7 @@ export class Reconciler {
         const st = await vmm.status(vm.uid, vmDir(files, vm.spec.id.namespace, vm.spec.id.name, vm.uid));
         if (st.running) {
           inventory.addEvent('vm-adopted', this.ctx.clock.now(), { pid: st.pid }, vm.uid);
+          this.ctx.logger.info({ vmUid: vm.uid, pid: st.pid }, 'vm adopted');
           continue;
         }
         inventory.setPhase(vm.uid, 'failed', this.ctx.clock.now(), 'the VM process exited while the agent was not running');

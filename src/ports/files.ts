@@ -12,6 +12,8 @@ export interface Files {
   exists(path: string): Promise<boolean>;
   /** rm -rf of a path strictly under `root`; a missing path succeeds. */
   removeTree(path: string): Promise<void>;
+  /** Removes `path` only if it is an empty folder (atomic rmdir); missing or non-empty is not an error. */
+  removeEmptyDir(path: string): Promise<void>;
   /** Names of the entries of a folder ([] when missing). */
   list(path: string): Promise<string[]>;
 }

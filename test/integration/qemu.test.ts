@@ -24,7 +24,7 @@ const guestDir = join(process.env.TETHER_CACHE_DIR ?? join(homedir(), '.cache', 
 const kernelPath = join(guestDir, 'vmlinux');
 const initrdPath = join(guestDir, 'initrd.img');
 const rootfsPath = join(guestDir, 'rootfs.img');
-const hostId = `it-${randomBytes(4).toString('hex')}`;
+const hostId = `test-${randomBytes(4).toString('hex')}`;
 const measured: Record<string, number | string> = {};
 const decoys: ChildProcess[] = [];
 let root = '';
@@ -96,7 +96,7 @@ beforeAll(async () => {
     throw new Error(`${DEFAULT_QEMU_BINARY} not runnable (${(err as Error).message}): install qemu-system-x86 (scripts/install-system.sh), then run \`bash scripts/build-guest.sh\``);
   }
   // Short path: the QMP socket path must fit a unix socket (107 bytes).
-  root = await mkdtemp(join(tmpdir(), 'tq-'));
+  root = await mkdtemp(join(tmpdir(), 'tether-test-q-'));
   vmm = new QemuVmm({ clock, hostId, accel: 'auto' });
 });
 

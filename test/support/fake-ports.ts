@@ -92,6 +92,9 @@ export class FakeFiles implements Files {
   async removeTree(path: string): Promise<void> {
     for (const p of [...this.paths.keys()]) if (p === path || p.startsWith(`${path}/`)) this.paths.delete(p);
   }
+  async removeEmptyDir(path: string): Promise<void> {
+    if (![...this.paths.keys()].some((p) => p.startsWith(`${path}/`))) this.paths.delete(path);
+  }
   async list(path: string): Promise<string[]> {
     return [...this.paths.keys()].filter((p) => p.startsWith(`${path}/`)).map((p) => p.slice(path.length + 1).split('/')[0]!);
   }

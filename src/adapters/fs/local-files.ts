@@ -1,4 +1,4 @@
-import { mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, readdir, rm, rmdir, stat } from 'node:fs/promises';
 import { isAbsolute, relative, resolve } from 'node:path';
 import { TetherError } from '../../domain/errors.js';
 import type { Files } from '../../ports/files.js';
@@ -27,6 +27,15 @@ export class LocalFiles implements Files {
 
   async removeTree(path: string): Promise<void> {
     await rm(this.inside(path), { recursive: true, force: true });
+  }
+
+  async removeEmptyDir(path: string): Promise<void> {
+    try {
+      await rmdir(this.inside(path));
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT' && code !== 'ENOTEMPTY' && code !== 'EEXIST') throw new TetherError('INTERNAL', `rmdir ${path}: ${String(err)}`, { cause: err });
+    }
   }
 
   async list(path: string): Promise<string[]> {

@@ -63,10 +63,8 @@ export async function cleanHost(ctx: HostContext): Promise<CleanResult> {
   // Empty namespace/name folders left behind.
   const vmRoot = `${ctx.files.root}/vm`;
   for (const ns of await ctx.files.list(vmRoot)) {
-    for (const name of await ctx.files.list(`${vmRoot}/${ns}`)) {
-      if ((await ctx.files.list(`${vmRoot}/${ns}/${name}`)).length === 0) await ctx.files.removeTree(`${vmRoot}/${ns}/${name}`);
-    }
-    if ((await ctx.files.list(`${vmRoot}/${ns}`)).length === 0) await ctx.files.removeTree(`${vmRoot}/${ns}`);
+    for (const name of await ctx.files.list(`${vmRoot}/${ns}`)) await ctx.files.removeEmptyDir(`${vmRoot}/${ns}/${name}`);
+    await ctx.files.removeEmptyDir(`${vmRoot}/${ns}`);
   }
   const audit = await auditHost(ctx, { expectNothing: true });
   return { removed, failures, audit };

@@ -88,7 +88,13 @@ function removeStep(ctx: HostContext, row: ResourceRow, opts: DeletePlanOptions)
         vmUid,
         kind,
         key,
-        remove: () => ctx.files.removeTree(key),
+        remove: async () => {
+          await ctx.files.removeTree(key);
+          // Empty <name> and <namespace> folders go too (rmdir: never removes a sibling VM's folder).
+          const name = key.slice(0, key.lastIndexOf('/'));
+          await ctx.files.removeEmptyDir(name);
+          await ctx.files.removeEmptyDir(name.slice(0, name.lastIndexOf('/')));
+        },
         gone: async () => !(await ctx.files.exists(key)),
       });
   }

@@ -52,7 +52,8 @@ export class AdminHttpServer {
     const url = new URL(req.url ?? '/', 'http://x');
     try {
       if (req.method === 'GET' && url.pathname === '/metrics') {
-        res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(await this.routes.metrics());
+        const text = await this.routes.metrics();
+        res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(text);
         return;
       }
       const key = `${req.method} ${url.pathname.replace(/^\/v1\//, '')}`;
@@ -69,8 +70,13 @@ export class AdminHttpServer {
           throw new TetherError('INVALID_ARGUMENT', `request body is not JSON: ${messageOf(cause)}`, { cause });
         }
       }
-      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(await handler(body)));
+      const result = JSON.stringify(await handler(body));
+      res.writeHead(200, { 'content-type': 'application/json' }).end(result);
     } catch (err) {
+      if (res.headersSent) {
+        res.destroy();
+        return;
+      }
       const code = (err as { code?: string }).code ?? 'INTERNAL';
       res.writeHead(HTTP_STATUS[code] ?? 500, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { code, message: messageOf(err) } }));
     }

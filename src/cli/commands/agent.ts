@@ -36,6 +36,7 @@ function bootId(): string {
 /** Builds and runs the agent until SIGINT/SIGTERM. */
 export async function runAgent(cfg: AgentConfig): Promise<void> {
   const logger = createLogger({ level: cfg.logLevel, base: { hostId: cfg.hostId } });
+  process.on('unhandledRejection', (err) => logger.error({ err: String(err) }, 'unhandled rejection (please report)'));
   const clock = new SystemClock();
   const stateDir = resolve(cfg.stateDir);
   const lock = acquirePidLock(`${stateDir}/agent.lock`, 'tether');

@@ -1,0 +1,10 @@
+#!/usr/bin/env node
+// The `tether` command. Runs the compiled CLI (npm run build, or any README command, builds it).
+import { existsSync } from 'node:fs';
+const entry = new URL('../dist/src/cli/main.js', import.meta.url);
+if (!existsSync(entry)) {
+  process.stderr.write('tether is not built yet: run `npm run build` (or the README quick start) first\n');
+  process.exit(1);
+}
+const { main } = await import(entry.href);
+await main(process.argv);

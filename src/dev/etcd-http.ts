@@ -1,0 +1,92 @@
+import { request } from 'node:http';
+
+/** What one etcd member says about itself (`/v3/maintenance/status` through the JSON gateway). */
+export interface EtcdMemberStatus {
+  /** This member's raft id, as a decimal string (uint64 does not fit a JS number). */
+  readonly memberId: string;
+  /** The leader's raft id as this member sees it; `'0'` when it knows no leader. */
+  readonly leaderId: string;
+  /** Raft term. */
+  readonly raftTerm: number;
+  /** Raft index of the last entry in this member's log. */
+  readonly raftIndex: number;
+  /** Raft index this member has applied. */
+  readonly raftAppliedIndex: number;
+  /** Server version, e.g. `3.4.23`. */
+  readonly version: string;
+}
+
+interface RawStatus {
+  header?: { member_id?: string };
+  leader?: string;
+  raftTerm?: string;
+  raftIndex?: string;
+  raftAppliedIndex?: string;
+  version?: string;
+}
+
+/**
+ * One HTTP request to `url` with a hard deadline. Uses a fresh connection (`agent: false`,
+ * `Connection: close`) so no pooled socket keeps the event loop alive or reaches a dead member.
+ *
+ * Invariant: settles within about `timeoutMs` whatever the peer does (a SIGSTOPped etcd accepts the
+ * TCP connection in the kernel but never answers: the timeout is what ends the request).
+ */
+export function httpJson(url: string, method: 'GET' | 'POST', body: unknown, timeoutMs: number): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const req = request(url, {
+      method,
+      agent: false,
+      headers: { connection: 'close', ...(payload === undefined ? {} : { 'content-type': 'application/json' }) },
+    });
+    const timer = setTimeout(() => req.destroy(new Error(`${method} ${url}: no answer within ${timeoutMs} ms`)), timeoutMs);
+    req.once('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    req.once('response', (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.once('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+      res.once('end', () => {
+        clearTimeout(timer);
+        const text = Buffer.concat(chunks).toString('utf8');
+        if ((res.statusCode ?? 0) >= 400) {
+          reject(new Error(`${method} ${url}: HTTP ${res.statusCode}: ${text.slice(0, 200)}`));
+          return;
+        }
+        try {
+          resolve(JSON.parse(text) as unknown);
+        } catch (err) {
+          reject(new Error(`${method} ${url}: not JSON: ${text.slice(0, 200)}`, { cause: err }));
+        }
+      });
+    });
+    req.end(payload);
+  });
+}
+
+/** Reads one member's status through etcd's gRPC-gateway (`POST /v3/maintenance/status`). */
+export async function fetchMemberStatus(clientUrl: string, timeoutMs: number): Promise<EtcdMemberStatus> {
+  const raw = (await httpJson(`${clientUrl}/v3/maintenance/status`, 'POST', {}, timeoutMs)) as RawStatus;
+  const memberId = raw.header?.member_id;
+  if (memberId === undefined) throw new Error(`${clientUrl}: status without header.member_id`);
+  return {
+    memberId,
+    leaderId: raw.leader ?? '0',
+    raftTerm: Number(raw.raftTerm ?? 0),
+    raftIndex: Number(raw.raftIndex ?? 0),
+    raftAppliedIndex: Number(raw.raftAppliedIndex ?? 0),
+    version: raw.version ?? '',
+  };
+}
+
+/** True when `GET /health` on the member answers `{"health":"true"}` (it has a leader, no alarm). */
+export async function fetchMemberHealthy(clientUrl: string, timeoutMs: number): Promise<boolean> {
+  const raw = (await httpJson(`${clientUrl}/health`, 'GET', undefined, timeoutMs)) as { health?: string };
+  return raw.health === 'true';
+}
