@@ -185,7 +185,10 @@ describe('QemuVmm on real QEMU', () => {
     // The wrong uid for a state folder is "not running", whatever runs there.
     expect((await vmm.status(b.uid, a.stateDir)).running).toBe(false);
     expect(await vmm.listOwned(hostId)).toEqual(
-      [{ uid: a.uid, pid: pa.pid }, { uid: b.uid, pid: pb.pid }].sort((x, y) => x.pid - y.pid),
+      [
+        { uid: a.uid, pid: pa.pid, stateDir: a.stateDir },
+        { uid: b.uid, pid: pb.pid, stateDir: b.stateDir },
+      ].sort((x, y) => x.pid - y.pid),
     );
   });
 
@@ -234,7 +237,7 @@ describe('QemuVmm on real QEMU', () => {
     const adopted = new QemuVmm({ clock, hostId, accel: 'tcg' });
     const st = await adopted.status(b.uid, b.stateDir);
     expect(st).toMatchObject({ running: true, ready: true });
-    expect(await adopted.listOwned(hostId)).toEqual([{ uid: b.uid, pid: st.pid }]);
+    expect(await adopted.listOwned(hostId)).toEqual([{ uid: b.uid, pid: st.pid, stateDir: b.stateDir }]);
     const res = await adopted.stop(b.uid, b.stateDir, { graceMs: 10_000, killTimeoutMs: 3000, gracefulSignal: 'ctrl-alt-del' });
     measured.gracefulCtrlAltDelStopMs = res.tookMs;
     expect(res.method).toBe('graceful');
