@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { TetherError, messageOf } from '../domain/errors.js';
 import { registerAgentCommand, VERSION } from './commands/agent.js';
+import { registerDevCommands } from './commands/dev.js';
 import { registerGcCommands } from './commands/gc.js';
 import { registerVmCommands } from './commands/vm.js';
 
@@ -14,6 +15,7 @@ export function buildProgram(): Command {
   registerAgentCommand(program);
   registerVmCommands(program);
   registerGcCommands(program);
+  registerDevCommands(program);
   return program;
 }
 

@@ -1,0 +1,77 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { MicroVmApiClient } from '../cli/microvm-client.js';
+import { findFreePorts } from './free-ports.js';
+import { until } from './host-probe.js';
+
+/** The repository root: the first folder above this file holding package.json and bin/tether.js. */
+export function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!(existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'bin', 'tether.js')))) {
+    const up = dirname(dir);
+    if (up === dir) throw new Error('cannot find the tether repository root');
+    dir = up;
+  }
+  return dir;
+}
+
+/** A `tether agent` child process on its own state dir and ports. */
+export class AgentProcess {
+  proc: ChildProcess | undefined;
+  readonly log: string;
+  private client: MicroVmApiClient | undefined;
+
+  constructor(
+    readonly hostId: string,
+    readonly stateDir: string,
+    private readonly extraArgs: string[] = [],
+    ports?: [number, number],
+  ) {
+    this.ports = ports;
+    this.log = join(stateDir, 'agent.log');
+  }
+
+  private ports: [number, number] | undefined;
+
+  /** gRPC address (valid after start). */
+  get grpc(): string {
+    return `127.0.0.1:${this.ports?.[0]}`;
+  }
+
+  /** Admin HTTP address (valid after start). */
+  get http(): string {
+    return `127.0.0.1:${this.ports?.[1]}`;
+  }
+
+  /** Starts the agent and waits until its API answers. */
+  async start(): Promise<void> {
+    this.ports ??= (await findFreePorts(2)) as [number, number];
+    const args = [join(repoRoot(), 'bin/tether.js'), 'agent', '--host-id', this.hostId, '--state-dir', this.stateDir, '--listen', this.grpc, '--http-listen', this.http, '--log-level', 'debug', ...this.extraArgs];
+    mkdirSync(this.stateDir, { recursive: true });
+    const out = openSync(this.log, 'a');
+    this.proc = spawn(process.execPath, args, { stdio: ['ignore', out, out] });
+    await until(`agent ${this.hostId} API`, async () => {
+      if (this.proc?.exitCode !== null) throw new Error(`agent exited (${this.proc?.exitCode}): ${readFileSync(this.log, 'utf8').slice(-2000)}`);
+      return this.api().list().then(() => true, () => false);
+    }, 20_000, 100);
+  }
+
+  api(): MicroVmApiClient {
+    this.client ??= new MicroVmApiClient(this.grpc, 5000);
+    return this.client;
+  }
+
+  /** SIGKILLs the agent (a crash) and waits for it to be gone. */
+  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const p = this.proc;
+    this.client?.close();
+    this.client = undefined;
+    if (!p || p.exitCode !== null) return;
+    const gone = new Promise((r) => p.once('exit', r));
+    p.kill(signal);
+    await gone;
+  }
+}
+

@@ -1,0 +1,148 @@
+import { mkdirSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { join } from 'node:path';
+import { AgentProcess } from './agent-process.js';
+import { LocalEtcdCluster } from './etcd-cluster.js';
+import { FaultProxyGroup } from './tcp-proxy.js';
+
+/** Default port of the dev cluster's control endpoint (`tether dev partition|heal|status`). */
+export const DEV_CONTROL_ADDR = '127.0.0.1:9099';
+
+/** One host of the dev cluster: an agent whose etcd traffic goes through its own fault proxies. */
+export interface DevHost {
+  readonly id: string;
+  readonly agent: AgentProcess;
+  readonly proxies: FaultProxyGroup;
+  partitionedUntil?: number;
+  healTimer?: NodeJS.Timeout;
+}
+
+/** Options of {@link DevCluster}. */
+export interface DevClusterOptions {
+  readonly stateDir: string;
+  readonly hosts?: number;
+  /** Extra `tether agent` flags for every host (timings, ...). */
+  readonly agentArgs?: readonly string[];
+  /** First host's gRPC/HTTP ports (then +2 per host). Default 9090/9091. */
+  readonly basePort?: number;
+  readonly log?: (line: string) => void;
+}
+
+/**
+ * A local cluster for demos and manual testing: a 3-member etcd on loopback, N agents (each with
+ * its own state dir, host id and fault proxy in front of etcd), and a small HTTP control endpoint
+ * to cut a host off (`blackhole`: connections stay open, bytes vanish — a cut cable) and heal it.
+ */
+export class DevCluster {
+  readonly etcd: LocalEtcdCluster;
+  readonly hosts: DevHost[] = [];
+  private control: Server | undefined;
+  private readonly log: (line: string) => void;
+
+  constructor(private readonly opts: DevClusterOptions) {
+    this.log = opts.log ?? ((l) => console.log(l));
+    mkdirSync(opts.stateDir, { recursive: true });
+    rmSync(join(opts.stateDir, 'etcd'), { recursive: true, force: true });
+    this.etcd = new LocalEtcdCluster({ dataDir: join(opts.stateDir, 'etcd'), tag: 'dev' });
+  }
+
+  /** Starts etcd, the proxies and the agents; resolves when every agent answers. */
+  async start(): Promise<void> {
+    this.log('[dev] starting a 3-member etcd cluster (Raft) on loopback');
+    await this.etcd.start();
+    this.log(`[dev] etcd healthy: ${this.etcd.endpoints().join(', ')}`);
+    const n = this.opts.hosts ?? 1;
+    const base = this.opts.basePort ?? 9090;
+    for (let i = 0; i < n; i++) {
+      const id = n === 1 ? 'dev-host' : `dev-host-${String.fromCharCode(97 + i)}`;
+      const proxies = await FaultProxyGroup.start(this.etcd.endpoints());
+      const agent = new AgentProcess(id, join(this.opts.stateDir, 'hosts', id), ['--etcd-endpoints', proxies.endpoints().join(','), '--log-level', 'info', ...(this.opts.agentArgs ?? [])], [base + 2 * i, base + 2 * i + 1]);
+      this.log(`[dev] starting agent ${id} (gRPC ${agent.grpc}, HTTP ${agent.http}), etcd via fault proxy ${proxies.endpoints().join(',')}`);
+      await agent.start();
+      this.hosts.push({ id, agent, proxies });
+    }
+  }
+
+  /** Cuts `hostId` off from etcd (blackhole) for `forMs` (then heals), or until {@link heal}. */
+  async partition(hostId: string, forMs?: number): Promise<void> {
+    const h = this.host(hostId);
+    await h.proxies.blackhole();
+    if (h.healTimer) clearTimeout(h.healTimer);
+    h.partitionedUntil = forMs ? Date.now() + forMs : Infinity;
+    if (forMs) h.healTimer = setTimeout(() => void this.heal(hostId), forMs);
+    this.log(`[dev] ${hostId} cut off from etcd${forMs ? ` for ${forMs / 1000}s` : ' until `tether dev heal`'}`);
+  }
+
+  /** Reconnects `hostId` to etcd. */
+  async heal(hostId: string): Promise<void> {
+    const h = this.host(hostId);
+    if (h.healTimer) clearTimeout(h.healTimer);
+    delete h.partitionedUntil;
+    await h.proxies.heal();
+    this.log(`[dev] ${hostId} reconnected to etcd`);
+  }
+
+  /** Serves `POST /partition {host, forMs}`, `POST /heal {host}`, `GET /status`. */
+  async listenControl(address = DEV_CONTROL_ADDR): Promise<void> {
+    const [host, port] = [address.slice(0, address.lastIndexOf(':')), Number(address.slice(address.lastIndexOf(':') + 1))];
+    this.control = createServer(async (req, res) => {
+      try {
+        const chunks: Buffer[] = [];
+        for await (const c of req) chunks.push(c as Buffer);
+        const body = chunks.length ? (JSON.parse(Buffer.concat(chunks).toString()) as { host?: string; forMs?: number }) : {};
+        const target = body.host || this.hosts[0]?.id || '';
+        let out: unknown;
+        if (req.method === 'POST' && req.url === '/partition') out = await this.partition(target, body.forMs);
+        else if (req.method === 'POST' && req.url === '/heal') out = await this.heal(target);
+        else if (req.method === 'GET' && req.url === '/status') out = this.status();
+        else throw new Error(`no endpoint ${req.method} ${req.url}`);
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(out ?? { ok: true }));
+      } catch (err) {
+        res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { code: 'INVALID_ARGUMENT', message: (err as Error).message } }));
+      }
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.control!.once('error', reject);
+      this.control!.listen(port, host, () => resolve());
+    });
+  }
+
+  /** Hosts with their addresses and partition state. */
+  status(): { etcd: string[]; hosts: { id: string; grpc: string; http: string; partitioned: boolean }[] } {
+    return {
+      etcd: this.etcd.endpoints(),
+      hosts: this.hosts.map((h) => ({ id: h.id, grpc: h.agent.grpc, http: h.agent.http, partitioned: h.partitionedUntil !== undefined })),
+    };
+  }
+
+  /** Deletes every VM, stops the agents, the proxies and etcd. */
+  async stop(): Promise<void> {
+    this.control?.close();
+    for (const h of this.hosts) {
+      if (h.healTimer) clearTimeout(h.healTimer);
+      await h.proxies.heal().catch(() => undefined);
+    }
+    for (const h of this.hosts) {
+      try {
+        const api = h.agent.api();
+        const vms = await api.list();
+        for (const vm of vms) await api.delete(vm.spec.uid).catch(() => undefined);
+        const t0 = Date.now();
+        while ((await api.list()).length > 0 && Date.now() - t0 < 30_000) await new Promise((r) => setTimeout(r, 250));
+        if (vms.length) this.log(`[dev] ${h.id}: deleted ${vms.length} VM(s)`);
+      } catch (err) {
+        this.log(`[dev] ${h.id}: could not delete VMs: ${(err as Error).message}`);
+      }
+      await h.agent.kill('SIGTERM');
+      await h.proxies.close();
+    }
+    await this.etcd.stop();
+    this.log('[dev] stopped');
+  }
+
+  private host(id: string): DevHost {
+    const h = this.hosts.find((x) => x.id === id);
+    if (!h) throw new Error(`unknown host "${id}" (hosts: ${this.hosts.map((x) => x.id).join(', ')})`);
+    return h;
+  }
+}

@@ -1,0 +1,69 @@
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+
+/**
+ * Looks at the real host (/proc, `ip link`) the way an operator would: used by the integration
+ * tests, the benchmarks and the dev cluster to check what exists, never through an agent's view.
+ */
+
+/** Every process whose command line contains `needle` (pid -> argv). */
+export function processesWith(needle: string): Map<number, string[]> {
+  const out = new Map<number, string[]>();
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const raw = readFileSync(`/proc/${name}/cmdline`, 'utf8');
+      if (raw.includes(needle)) out.set(Number(name), raw.split('\0').filter(Boolean));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+/** QEMU processes carrying `tether:<hostId>:`, as uid -> pid. */
+export function qemusOf(hostId: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const [pid, argv] of processesWith(`tether:${hostId}:`)) {
+    if (!argv[0]?.includes('qemu-system')) continue;
+    const name = argv[argv.indexOf('-name') + 1] ?? '';
+    const uid = name.split(',')[0]!.split(':')[2];
+    if (uid) out.set(uid, pid);
+  }
+  return out;
+}
+
+/** Links as `ip -json -details link show` reports them: name -> alias. */
+export function links(): Map<string, string | undefined> {
+  const data = JSON.parse(execFileSync('ip', ['-json', '-details', 'link', 'show'], { encoding: 'utf8' })) as { ifname: string; ifalias?: string }[];
+  return new Map(data.map((l) => [l.ifname, l.ifalias]));
+}
+
+/** Tap devices whose alias marks them as `hostId`'s. */
+export function tapsOf(hostId: string): string[] {
+  return [...links()].filter(([, a]) => a?.startsWith(`tether:${hostId}:`)).map(([n]) => n);
+}
+
+/** Polls `fn` until it returns a truthy value or `timeoutMs` passes (then throws with `what`). */
+export async function until<T>(what: string, fn: () => T | Promise<T>, timeoutMs = 30_000, everyMs = 100): Promise<NonNullable<T>> {
+  const t0 = Date.now();
+  for (;;) {
+    const v = await fn();
+    if (v) return v as NonNullable<T>;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/** Kills every QEMU of `hostId` and removes its taps: the last-resort cleanup of a test. */
+export function killHostLeftovers(hostId: string): void {
+  for (const pid of qemusOf(hostId).values()) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+  for (const tap of tapsOf(hostId)) execFileSync('ip', ['link', 'del', 'dev', tap]);
+}
+
