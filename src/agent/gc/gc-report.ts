@@ -25,6 +25,8 @@ export interface GcReport {
   readonly reason: 'watchdog' | 'cluster-fenced';
   /** Wall-clock ms of fence start. */
   readonly startedAt: number;
+  /** Monotonic ms from lastAck to detection (no acknowledged heartbeat for detachAfter). */
+  readonly detectedAfterAckMs?: number;
   /** Monotonic ms from lastAck to fence start. */
   readonly fenceStartAfterAckMs?: number;
   readonly stops: readonly VmStopReport[];

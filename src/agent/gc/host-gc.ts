@@ -311,10 +311,14 @@ export class HostGc {
   private async fence(reason: 'watchdog' | 'cluster-fenced'): Promise<void> {
     const { clock } = this.ctx;
     const startedMono = clock.nowMono();
-    const fenceStartAfterAckMs = this.state.lastAck === undefined ? undefined : Math.round((this.state.fenceStartedAt ?? startedMono) - this.state.lastAck);
+    const { lastAck, detachedAt, fenceStartedAt } = this.state;
+    const sinceAck = (t: number | undefined) => (lastAck === undefined || t === undefined ? undefined : Math.round(t - lastAck));
+    const detectedAfterAckMs = sinceAck(detachedAt);
+    const fenceStartAfterAckMs = sinceAck(fenceStartedAt ?? startedMono);
     this.saveReport({
       reason,
       startedAt: clock.now(),
+      ...(detectedAfterAckMs === undefined ? {} : { detectedAfterAckMs }),
       ...(fenceStartAfterAckMs === undefined ? {} : { fenceStartAfterAckMs }),
       stops: [],
       removed: [],

@@ -32,6 +32,7 @@ function printReport(r: GcReport | null): void {
     return;
   }
   console.log(`GC run: ${r.reason}, started ${new Date(r.startedAt).toISOString()}`);
+  if (r.detectedAfterAckMs !== undefined) console.log(`  detached ${formatDuration(r.detectedAfterAckMs)} after the last acknowledged heartbeat`);
   if (r.fenceStartAfterAckMs !== undefined) console.log(`  fence started ${formatDuration(r.fenceStartAfterAckMs)} after the last acknowledged heartbeat`);
   if (r.allStoppedAfterMs !== undefined) console.log(`  every VM stopped ${formatDuration(r.allStoppedAfterMs)} after fence start`);
   if (r.cleanAfterMs !== undefined) console.log(`  clean ${formatDuration(r.cleanAfterMs)} after fence start`);
