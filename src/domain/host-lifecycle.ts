@@ -77,7 +77,14 @@ export function admitsWork(phase: HostPhase): boolean {
 }
 
 /** A fresh state. A `lastAck` persisted by a previous agent on this boot keeps its deadlines. */
-export function initialHostState(persisted?: { lastAck?: number; phase?: HostPhase; epoch?: number; held?: boolean }): HostState {
+export function initialHostState(persisted?: {
+  lastAck?: number;
+  phase?: HostPhase;
+  epoch?: number;
+  held?: boolean;
+  fenceStartedAt?: number;
+  fenceReason?: 'watchdog' | 'cluster-fenced';
+}): HostState {
   const resume = persisted?.phase;
   const phase: HostPhase = resume === 'fencing' || resume === 'cleaning' || resume === 'clean' || resume === 'rejoining' ? resume : persisted?.lastAck !== undefined ? 'detached' : 'starting';
   return {
@@ -86,6 +93,8 @@ export function initialHostState(persisted?: { lastAck?: number; phase?: HostPha
     ...(persisted?.lastAck === undefined ? {} : { lastAck: persisted.lastAck }),
     held: persisted?.held ?? false,
     heldAtDetach: phase === 'detached' ? (persisted?.held ?? false) : false,
+    ...(phase !== 'starting' && phase !== 'detached' && persisted?.fenceStartedAt !== undefined ? { fenceStartedAt: persisted.fenceStartedAt } : {}),
+    ...(phase !== 'starting' && phase !== 'detached' && persisted?.fenceReason !== undefined ? { fenceReason: persisted.fenceReason } : {}),
   };
 }
 

@@ -25,7 +25,7 @@ export interface FenceOptions {
  * carry this host's mark but are missing from the inventory (leaks). Never throws: a VM that could
  * not be stopped is reported as `failed` and left to the cleaner.
  */
-export async function fenceVms(ctx: HostContext, opts: FenceOptions): Promise<VmStopReport[]> {
+export async function fenceVms(ctx: HostContext, opts: FenceOptions, onStop?: (r: VmStopReport) => void): Promise<VmStopReport[]> {
   const t0 = ctx.clock.nowMono();
   const vms = ctx.inventory.listVms();
   const known = new Set(vms.map((v) => v.uid));
@@ -34,15 +34,19 @@ export async function fenceVms(ctx: HostContext, opts: FenceOptions): Promise<Vm
     if (!known.has(p.uid)) targets.push({ uid: p.uid, vm: '(not in inventory)', dir: p.stateDir ?? '' });
   }
   const reports: VmStopReport[] = [];
+  const record = (r: VmStopReport) => {
+    reports.push(r);
+    onStop?.(r);
+  };
   await forEachLimited(targets, opts.concurrency ?? 16, async (t) => {
     const started = ctx.clock.nowMono();
     try {
       const r = await ctx.vmm.stop(t.uid, t.dir, { graceMs: opts.stopGraceMs, killTimeoutMs: opts.killTimeoutMs });
-      reports.push({ uid: t.uid, vm: t.vm, method: r.method, tookMs: Math.round(r.tookMs), stoppedAfterMs: Math.round(ctx.clock.nowMono() - t0) });
+      record({ uid: t.uid, vm: t.vm, method: r.method, tookMs: Math.round(r.tookMs), stoppedAfterMs: Math.round(ctx.clock.nowMono() - t0) });
       if (known.has(t.uid)) ctx.inventory.setPhase(t.uid, 'stopped', ctx.clock.now());
       ctx.inventory.addEvent('vm-fenced', ctx.clock.now(), { method: r.method, tookMs: Math.round(r.tookMs) }, t.uid);
     } catch (err) {
-      reports.push({ uid: t.uid, vm: t.vm, method: 'failed', tookMs: Math.round(ctx.clock.nowMono() - started), stoppedAfterMs: Math.round(ctx.clock.nowMono() - t0), error: messageOf(err) });
+      record({ uid: t.uid, vm: t.vm, method: 'failed', tookMs: Math.round(ctx.clock.nowMono() - started), stoppedAfterMs: Math.round(ctx.clock.nowMono() - t0), error: messageOf(err) });
       ctx.logger.error({ vmUid: t.uid, err: messageOf(err) }, 'fence: could not stop VM');
     }
   });

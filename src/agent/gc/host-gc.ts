@@ -58,6 +58,14 @@ export interface GcStatus {
 }
 
 const META_STATE = 'gc.state';
+
+/** What survives an agent restart (monotonic times only trusted on the same boot). */
+type PersistedState = Pick<HostState, 'phase' | 'epoch' | 'held' | 'lastAck' | 'fenceStartedAt' | 'fenceReason'>;
+
+/** `{[k]: v}` when v is defined, `{}` otherwise. */
+function opt<K extends string>(k: K, v: number | undefined): Partial<Record<K, number>> {
+  return v === undefined ? {} : ({ [k]: v } as Record<K, number>);
+}
 const META_REPORT = 'gc.report';
 const META_LOCAL_HOLD = 'gc.localHold';
 
@@ -240,6 +248,8 @@ export class HostGc {
         if (++this.acks % (this.opts.holdPollEvery ?? 5) === 0) void this.pollHold();
       } else {
         this.lease = undefined;
+        this.ctx.logger.warn({ lease }, 'lease lost: the cluster no longer knows this lease; re-registering');
+        this.ctx.inventory.addEvent('lease-lost', this.ctx.clock.now(), { lease });
         this.dispatch({ kind: 'lease-lost' });
       }
     } catch (err) {
@@ -308,41 +318,54 @@ export class HostGc {
 
   // --- fence and cleanup ---------------------------------------------------------------------
 
+  /** Monotonic ms since fence start (persisted, so comparable across an agent restart on the same boot). */
+  private sinceFence(): number | undefined {
+    const f = this.state.fenceStartedAt;
+    return f === undefined ? undefined : Math.round(this.ctx.clock.nowMono() - f);
+  }
+
   private async fence(reason: 'watchdog' | 'cluster-fenced'): Promise<void> {
     const { clock } = this.ctx;
-    const startedMono = clock.nowMono();
     const { lastAck, detachedAt, fenceStartedAt } = this.state;
     const sinceAck = (t: number | undefined) => (lastAck === undefined || t === undefined ? undefined : Math.round(t - lastAck));
     const detectedAfterAckMs = sinceAck(detachedAt);
-    const fenceStartAfterAckMs = sinceAck(fenceStartedAt ?? startedMono);
-    this.saveReport({
-      reason,
-      startedAt: clock.now(),
-      ...(detectedAfterAckMs === undefined ? {} : { detectedAfterAckMs }),
-      ...(fenceStartAfterAckMs === undefined ? {} : { fenceStartAfterAckMs }),
-      stops: [],
-      removed: [],
-      cleanupFailures: [],
+    const fenceStartAfterAckMs = sinceAck(fenceStartedAt);
+    // A fence resumed after an agent restart keeps what the interrupted run already recorded.
+    const prev = this.report;
+    const resumed = prev !== undefined && prev.audit === undefined && prev.reason === reason;
+    this.saveReport(
+      resumed
+        ? prev
+        : {
+            reason,
+            startedAt: clock.now(),
+            ...(detectedAfterAckMs === undefined ? {} : { detectedAfterAckMs }),
+            ...(fenceStartAfterAckMs === undefined ? {} : { fenceStartAfterAckMs }),
+            stops: [],
+            removed: [],
+            cleanupFailures: [],
+          },
+    );
+    const done = new Set(this.report!.stops.filter((x) => x.method !== 'already-stopped').map((x) => x.uid));
+    await fenceVms(this.ctx, { stopGraceMs: this.t.stopGrace, killTimeoutMs: this.t.killTimeout }, (stop) => {
+      this.opts.metrics?.vmStopped(stop.method);
+      if (done.has(stop.uid)) return;
+      const r = this.report!;
+      this.saveReport({ ...r, stops: [...r.stops.filter((x) => x.uid !== stop.uid), { ...stop, stoppedAfterMs: this.sinceFence() ?? stop.stoppedAfterMs }] });
     });
-    const stops = await fenceVms(this.ctx, { stopGraceMs: this.t.stopGrace, killTimeoutMs: this.t.killTimeout });
-    for (const s of stops) this.opts.metrics?.vmStopped(s.method);
-    this.saveReport({ ...this.report!, stops, allStoppedAfterMs: Math.round(clock.nowMono() - startedMono) });
-    this.fenceStartedMono = startedMono;
+    this.saveReport({ ...this.report!, ...opt('allStoppedAfterMs', this.sinceFence()) });
     this.dispatch({ kind: 'vms-stopped' });
   }
-
-  private fenceStartedMono: number | undefined;
 
   private async cleanup(): Promise<void> {
     const r = await cleanHost(this.ctx);
     const base: GcReport = this.report ?? { reason: 'watchdog', startedAt: this.ctx.clock.now(), stops: [], removed: [], cleanupFailures: [] };
-    const cleanAfterMs = this.fenceStartedMono === undefined ? undefined : Math.round(this.ctx.clock.nowMono() - this.fenceStartedMono);
     this.saveReport({
       ...base,
       removed: [...base.removed, ...r.removed],
       cleanupFailures: [...base.cleanupFailures, ...r.failures],
       audit: r.audit,
-      ...(cleanAfterMs === undefined ? {} : { cleanAfterMs }),
+      ...opt('cleanAfterMs', this.sinceFence()),
     });
     this.opts.metrics?.cleanupFailed(r.failures.length);
     this.opts.metrics?.auditLeaks(r.audit.leaks.length + r.audit.missing.length);
@@ -375,19 +398,30 @@ export class HostGc {
   private loadState(): Parameters<typeof initialHostState>[0] {
     const raw = this.ctx.inventory.getMeta(META_STATE);
     if (!raw) return undefined;
-    const saved = JSON.parse(raw) as { bootId: string; phase: HostPhase; epoch: number; lastAck?: number; held: boolean };
+    const saved = JSON.parse(raw) as PersistedState & { bootId: string };
     const sameBoot = saved.bootId === this.opts.bootId;
     return {
       phase: saved.phase,
       epoch: saved.epoch,
       held: saved.held,
+      ...(saved.fenceReason ? { fenceReason: saved.fenceReason } : {}),
       ...(sameBoot && saved.lastAck !== undefined ? { lastAck: saved.lastAck } : {}),
+      ...(sameBoot && saved.fenceStartedAt !== undefined ? { fenceStartedAt: saved.fenceStartedAt } : {}),
     };
   }
 
   private saveState(): void {
     const s = this.state;
-    this.ctx.inventory.setMeta(META_STATE, JSON.stringify({ bootId: this.opts.bootId, phase: s.phase, epoch: s.epoch, lastAck: s.lastAck, held: s.held }));
+    const persisted: PersistedState & { bootId: string } = {
+      bootId: this.opts.bootId,
+      phase: s.phase,
+      epoch: s.epoch,
+      held: s.held,
+      ...(s.lastAck === undefined ? {} : { lastAck: s.lastAck }),
+      ...(s.fenceStartedAt === undefined ? {} : { fenceStartedAt: s.fenceStartedAt }),
+      ...(s.fenceReason === undefined ? {} : { fenceReason: s.fenceReason }),
+    };
+    this.ctx.inventory.setMeta(META_STATE, JSON.stringify(persisted));
   }
 
   private saveReport(r: GcReport): void {
