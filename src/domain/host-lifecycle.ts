@@ -146,7 +146,8 @@ export function evaluate(t: GcTimings, s: HostState, e: HostEvent, now: number):
       });
     }
     case 'register-refused':
-      if (e.reason === 'fenced' && !fencingOrLater) return startFence(s, now, 'cluster-fenced');
+      // Fenced, or the epoch moved on: the cluster may already have placed our VMs elsewhere.
+      if (!fencingOrLater) return startFence(s, now, 'cluster-fenced');
       return { state: s, effects: [] };
     case 'heartbeat-acked': {
       if (fencingOrLater || s.phase === 'starting') return { state: s, effects: [] };

@@ -100,6 +100,8 @@ export interface Change {
   /** When given, the txn also requires that this leadership still holds `controller/leader`. */
   readonly leader?: Leadership;
   readonly hosts?: readonly HostWrite[];
+  /** Host records that must be unchanged (compared, not written), e.g. the target of a placement. */
+  readonly guards?: readonly { readonly hostId: string; readonly expectRevision: Revision }[];
   readonly vms?: readonly VmWrite[];
   /** Events appended in the same txn (so an event exists exactly when its change happened). */
   readonly events?: readonly ClusterEvent[];

@@ -195,7 +195,7 @@ describe('detached-host GC on real etcd, QEMU and taps', () => {
     const fenceAt = Date.now() - t0;
     expect(fenceAt).toBeGreaterThanOrEqual(9000 - 1000 - 200); // lastAck precedes the cut by < 1 heartbeat
     // The stubborn guest holds the fence for the 3 s grace: crash the agent inside it.
-    await until('steady VM stopped', () => !qemusOf(hostId).has(vm1.spec.uid), 5000, 20);
+    await until('steady VM stopped and recorded', async () => !qemusOf(hostId).has(vm1.spec.uid) && (await report())?.stops.some((x) => x.uid === vm1.spec.uid), 5000, 20);
     expect(qemusOf(hostId).get(stubborn.spec.uid)).toBe(pidStubborn);
     await agent.kill('SIGKILL');
     await agent.start();
@@ -218,6 +218,8 @@ describe('detached-host GC on real etcd, QEMU and taps', () => {
   });
 
   it('an agent SIGKILLed mid-cleanup resumes after restart and finishes with nothing leaked', async () => {
+    await proxies.heal(); // independent of the previous test's outcome
+    await phase('attached', 30_000);
     for (const n of ['c1', 'c2', 'c3']) await createVm(n);
     expect(qemusOf(hostId).size).toBe(3);
     await proxies.blackhole();
@@ -228,6 +230,8 @@ describe('detached-host GC on real etcd, QEMU and taps', () => {
     await assertHostClean();
     await proxies.heal();
     await phase('attached', 20_000);
-    expect(await record()).toMatchObject({ state: 'ready', epoch: 3 });
+    const rec = await record();
+    expect(rec.state).toBe('ready');
+    expect(rec.epoch).toBeGreaterThanOrEqual(3);
   });
 });

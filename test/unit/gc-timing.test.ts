@@ -16,6 +16,13 @@ describe('gc timings', () => {
     );
   });
 
+  it('accepts the most aggressive settings documented in docs/gc.md, and nothing tighter', () => {
+    const aggressive = { ...DEFAULT_TIMINGS, ttl: 3000, heartbeatInterval: 1000, detachAfter: 2000, watchdogTimeout: 5000, stopGrace: 1000, killTimeout: 1000, clockDriftMargin: 1000, fenceWindow: 5000 };
+    expect(checkTimings(aggressive)).toEqual([]);
+    expect(checkTimings({ ...aggressive, fenceWindow: 4999 }).map((x) => x.rule)).toEqual(['safety']);
+    expect(checkTimings({ ...aggressive, watchdogTimeout: 4999 }).map((x) => x.rule)).toEqual(['election-safe']);
+  });
+
   it.each([
     [{ watchdogTimeout: 3000, detachAfter: 2000 }, 'election-safe'],
     [{ ttl: 6500 }, 'ttl-seconds'],

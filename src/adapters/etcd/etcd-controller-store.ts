@@ -144,6 +144,7 @@ export class EtcdControllerStore implements ControllerStore {
       if (h.next === null) dels.push(this.client.delete().key(key));
       else ops.push(this.client.put(key).value(JSON.stringify(h.next)));
     }
+    for (const g of change.guards ?? []) cmps.push([this.keys.hostRecord(g.hostId), 'Mod', g.expectRevision]);
     for (const v of change.vms ?? []) {
       const key = this.keys.vm(v.key);
       cmps.push(v.expectRevision === null ? [key, 'Create', 0] : [key, 'Mod', v.expectRevision]);
