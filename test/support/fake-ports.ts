@@ -26,8 +26,8 @@ export class FakeVmm implements Vmm {
     return p ? { running: true, pid: 4242, ready: p.ready } : { running: false, ready: false };
   }
   async stop(uid: string, _dir: string, _opts: StopOptions): Promise<StopResult> {
-    this.calls.push(`vmm.stop:${uid}`);
     const had = this.procs.delete(uid);
+    this.calls.push(had ? `vmm.stop:${uid}` : `vmm.stop-noop:${uid}`);
     return { method: had ? 'graceful' : 'already-stopped', tookMs: 1 };
   }
   async listOwned(): Promise<{ uid: string; pid: number }[]> {

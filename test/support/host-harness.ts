@@ -48,7 +48,7 @@ export function sampleSpec(name = 'vm1', namespace = 'default'): VmSpec {
   };
 }
 
-/** A fresh 32-hex uid, deterministic per index. */
+/** A fresh 32-hex uid, deterministic per index (distinct in the first 11 hex, like real uids). */
 export function uidOf(i: number): string {
-  return i.toString(16).padStart(32, 'a');
+  return i.toString(16).padStart(8, '0') + 'a'.repeat(24);
 }
