@@ -122,6 +122,9 @@ describe('detached-host GC on real etcd, QEMU and taps', () => {
     expect(rec.timings.watchdogTimeout).toBe(9000);
     const alive = await client.get(`/tether/hosts/${hostId}/alive`).exec();
     expect(alive.kvs[0]?.lease).not.toBe('0');
+    const metrics = await (await fetch(`http://${agent.http}/metrics`)).text();
+    expect(metrics).toContain('tether_host_lifecycle_state{phase="attached"} 1');
+    expect(metrics).toMatch(/tether_last_ack_age_seconds 0\.\d+/);
     vm1 = await createVm('steady');
     pid1 = qemusOf(hostId).get(vm1.spec.uid)!;
     expect(pid1).toBeGreaterThan(0);
@@ -193,6 +196,11 @@ describe('detached-host GC on real etcd, QEMU and taps', () => {
     await proxies.blackhole();
     await phase('fencing', 20_000);
     const fenceAt = Date.now() - t0;
+    // Not attached: new VMs are refused with the reason; reads keep working.
+    const refused = (await agent.api().create({ id: 'late', namespace: 'gc', vcpu: 1, memory_in_mb: 96 }).catch((e: unknown) => e)) as { code: string; message: string };
+    expect(refused.code).toBe('UNAVAILABLE');
+    expect(refused.message).toMatch(/host is (fencing|cleaning|clean)/);
+    expect((await agent.api().list()).length).toBeGreaterThan(0);
     expect(fenceAt).toBeGreaterThanOrEqual(9000 - 1000 - 200); // lastAck precedes the cut by < 1 heartbeat
     // The stubborn guest holds the fence for the 3 s grace: crash the agent inside it.
     await until('steady VM stopped and recorded', async () => !qemusOf(hostId).has(vm1.spec.uid) && (await report())?.stops.some((x) => x.uid === vm1.spec.uid), 5000, 20);
