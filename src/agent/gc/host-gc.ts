@@ -1,4 +1,4 @@
-import { messageOf } from '../../domain/errors.js';
+import { TetherError, messageOf } from '../../domain/errors.js';
 import type { GcTimings } from '../../domain/gc-timing.js';
 import {
   admitsWork,
@@ -157,11 +157,9 @@ export class HostGc {
    */
   setLocalHold(held: boolean, acceptSplitBrainRisk = false): void {
     if (held && !admitsWork(this.state.phase) && !acceptSplitBrainRisk) {
-      throw Object.assign(
-        new Error(
-          `refusing a local hold while ${this.state.phase}: the controller cannot learn of it and will fence this host on schedule, so its VMs could run twice. Pass --i-accept-split-brain-risk to force it.`,
-        ),
-        { code: 'FAILED_PRECONDITION' },
+      throw new TetherError(
+        'FAILED_PRECONDITION',
+        `refusing a local hold while ${this.state.phase}: the controller cannot learn of it and will fence this host on schedule, so its VMs could run twice. Pass --i-accept-split-brain-risk to force it.`,
       );
     }
     this.ctx.inventory.setMeta(META_LOCAL_HOLD, held ? '1' : '0');
