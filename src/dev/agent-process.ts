@@ -68,7 +68,7 @@ export class AgentProcess {
     const p = this.proc;
     this.client?.close();
     this.client = undefined;
-    if (!p || p.exitCode !== null) return;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
     const gone = new Promise((r) => p.once('exit', r));
     p.kill(signal);
     await gone;

@@ -10,7 +10,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { accessSync, closeSync, constants as fsConstants, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { tmpdir, setPriority } from 'node:os';
 import { delimiter, isAbsolute, join } from 'node:path';
 import { InvalidArgumentError, TetherError, messageOf } from '../domain/errors.js';
 import { forgetOnExit, keepOnExit, killOnExit, removeOnExit, startOrphanReaper, type OrphanReaper } from './child-guard.js';
@@ -524,6 +524,14 @@ export class LocalEtcdCluster {
     m.paused = false;
     if (proc.pid !== undefined) killOnExit(proc.pid);
     const pid = proc.pid;
+    // Like the agents, the local etcd must keep answering while TCG guests saturate the cores.
+    if (pid !== undefined) {
+      try {
+        setPriority(pid, -10);
+      } catch {
+        /* not root: normal priority */
+      }
+    }
     m.exited = new Promise<void>((resolve) => {
       const done = (): void => {
         if (pid !== undefined) forgetOnExit(pid);

@@ -305,8 +305,11 @@ describe('Iproute2Network (real iproute2, root)', () => {
     const err = await expectCode(broken.listOwned(HOST), 'NETWORK_ERROR');
     expect(err.message).toMatch(/Cannot open network namespace/);
     expect(err.cause).toBeInstanceOf(Error);
+    // Reads come from sysfs; writes need the ip binary.
     const missing = new Iproute2Network({ ipPath: `/nonexistent/ip-${RUN}` });
-    await expectCode(missing.getTap('tt0'), 'NETWORK_ERROR');
+    const t = freshTap();
+    await expectCode(missing.createTap(t.name, { hostId: HOST, vmUid: t.uid }), 'NETWORK_ERROR');
+    expect(rawLink(t.name)).toBeUndefined();
   });
 
   it('works inside a named network namespace without touching the default one', async () => {

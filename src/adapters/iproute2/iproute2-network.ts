@@ -2,6 +2,7 @@ import { InvalidArgumentError, TetherError, messageOf } from '../../domain/error
 import { ownerAlias, type Network, type TapOwner } from '../../ports/network.js';
 import { CommandError, runCommand } from '../exec.js';
 import { isOwnedTap, ownerMarkProblem, parseLinkJson, type LinkInfo } from './link-json.js';
+import { readSysfsLink, readSysfsLinks } from './sysfs-links.js';
 import { isValidIfName } from '../../domain/tap-name.js';
 
 /** Options of {@link Iproute2Network}. */
@@ -97,6 +98,8 @@ export class Iproute2Network implements Network {
    */
   async getTap(name: string): Promise<LinkInfo | undefined> {
     checkName(name);
+    // In our own namespace sysfs answers without starting a process.
+    if (this.netnsArgs.length === 0) return readSysfsLink(name);
     let stdout: string;
     try {
       ({ stdout } = await this.ip(['-json', '-details', 'link', 'show', 'dev', name]));
@@ -142,6 +145,7 @@ export class Iproute2Network implements Network {
 
   /** Every link in the namespace, marked or not (for audits and tests). */
   async listLinks(): Promise<LinkInfo[]> {
+    if (this.netnsArgs.length === 0) return readSysfsLinks();
     let stdout: string;
     try {
       ({ stdout } = await this.ip(['-json', '-details', 'link', 'show']));

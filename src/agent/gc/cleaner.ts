@@ -1,9 +1,13 @@
 import { messageOf } from '../../domain/errors.js';
+import { forEachLimited } from '../../domain/for-each-limited.js';
 import { runPlan } from '../../domain/plan.js';
 import type { HostContext } from '../host-context.js';
 import { deletePlanner } from '../plans/delete-plan.js';
 import { auditHost } from './audit.js';
 import type { AuditResult } from './gc-report.js';
+
+/** VMs whose delete plans run at once (each is mostly waiting on `ip` and the file system). */
+const CLEANUP_CONCURRENCY = 32;
 
 /** Result of {@link cleanHost}. */
 export interface CleanResult {
@@ -25,7 +29,7 @@ export async function cleanHost(ctx: HostContext): Promise<CleanResult> {
   const removed: string[] = [];
   const failures: string[] = [];
   const now = () => ctx.clock.now();
-  for (const vm of ctx.inventory.listVms()) {
+  await forEachLimited(ctx.inventory.listVms(), CLEANUP_CONCURRENCY, async (vm) => {
     if (vm.desired !== 'absent') ctx.inventory.setDesired(vm.uid, 'absent', now());
     try {
       const r = await runPlan(`gc delete ${vm.uid}`, deletePlanner(ctx, vm.uid), {
@@ -37,10 +41,12 @@ export async function cleanHost(ctx: HostContext): Promise<CleanResult> {
     } catch (err) {
       failures.push(`${vm.uid}: ${messageOf(err)}`);
     }
-  }
+  });
   // Leaks: marked with this host's id but unknown to the inventory.
   const before = await auditHost(ctx, { expectNothing: true });
-  const procDirs = new Map((await ctx.vmm.listOwned(ctx.hostId)).map((p) => [p.uid, p.stateDir ?? '']));
+  const procDirs = before.leaks.some((l) => l.startsWith('process:'))
+    ? new Map((await ctx.vmm.listOwned(ctx.hostId)).map((p) => [p.uid, p.stateDir ?? '']))
+    : new Map<string, string>();
   for (const leak of before.leaks) {
     const [kind, ...rest] = leak.split(':');
     const key = rest.join(':');

@@ -1,21 +1,13 @@
 import { messageOf } from '../../domain/errors.js';
+import { forEachLimited } from '../../domain/for-each-limited.js';
 import { vmDir, type HostContext } from '../host-context.js';
 import type { VmStopReport } from './gc-report.js';
-
-/** Runs `fn` over `items` with at most `limit` in flight. */
-export async function forEachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) await fn(items[next++]!);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-}
 
 /** Options of {@link fenceVms}. */
 export interface FenceOptions {
   readonly stopGraceMs: number;
   readonly killTimeoutMs: number;
-  /** VMs stopped at once (default 16). */
+  /** VMs stopped at once (default 64: a stop is mostly waiting for the guest). */
   readonly concurrency?: number;
 }
 
@@ -29,16 +21,12 @@ export async function fenceVms(ctx: HostContext, opts: FenceOptions, onStop?: (r
   const t0 = ctx.clock.nowMono();
   const vms = ctx.inventory.listVms();
   const known = new Set(vms.map((v) => v.uid));
-  const targets = vms.map((vm) => ({ uid: vm.uid, vm: `${vm.spec.id.namespace}/${vm.spec.id.name}`, dir: vmDir(ctx.files, vm.spec.id.namespace, vm.spec.id.name, vm.uid) }));
-  for (const p of await ctx.vmm.listOwned(ctx.hostId)) {
-    if (!known.has(p.uid)) targets.push({ uid: p.uid, vm: '(not in inventory)', dir: p.stateDir ?? '' });
-  }
   const reports: VmStopReport[] = [];
   const record = (r: VmStopReport) => {
     reports.push(r);
     onStop?.(r);
   };
-  await forEachLimited(targets, opts.concurrency ?? 16, async (t) => {
+  const stopOne = async (t: { uid: string; vm: string; dir: string }) => {
     const started = ctx.clock.nowMono();
     try {
       const r = await ctx.vmm.stop(t.uid, t.dir, { graceMs: opts.stopGraceMs, killTimeoutMs: opts.killTimeoutMs });
@@ -49,6 +37,19 @@ export async function fenceVms(ctx: HostContext, opts: FenceOptions, onStop?: (r
       record({ uid: t.uid, vm: t.vm, method: 'failed', tookMs: Math.round(ctx.clock.nowMono() - started), stoppedAfterMs: Math.round(ctx.clock.nowMono() - t0), error: messageOf(err) });
       ctx.logger.error({ vmUid: t.uid, err: messageOf(err) }, 'fence: could not stop VM');
     }
-  });
+  };
+  const limit = opts.concurrency ?? 64;
+  // Known VMs are stopped at once; the /proc scan for marked QEMUs the inventory lacks runs alongside.
+  await Promise.all([
+    forEachLimited(
+      vms.map((vm) => ({ uid: vm.uid, vm: `${vm.spec.id.namespace}/${vm.spec.id.name}`, dir: vmDir(ctx.files, vm.spec.id.namespace, vm.spec.id.name, vm.uid) })),
+      limit,
+      stopOne,
+    ),
+    (async () => {
+      const leaked = (await ctx.vmm.listOwned(ctx.hostId)).filter((p) => !known.has(p.uid));
+      await forEachLimited(leaked.map((p) => ({ uid: p.uid, vm: '(not in inventory)', dir: p.stateDir ?? '' })), limit, stopOne);
+    })(),
+  ]);
   return reports;
 }

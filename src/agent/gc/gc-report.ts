@@ -38,4 +38,6 @@ export interface GcReport {
   readonly audit?: AuditResult;
   /** Epoch the host rejoined with, once it did. */
   readonly rejoinedEpoch?: number;
+  /** Monotonic ms from fence start to the rejoin. */
+  readonly rejoinedAfterMs?: number;
 }

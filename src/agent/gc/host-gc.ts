@@ -90,6 +90,8 @@ export class HostGc {
   private registering: 'reattach' | 'ready' | undefined;
   private report: GcReport | undefined;
   private readonly t: GcTimings;
+  /** Monotonic fence start of the current GC run, kept past the rejoin that clears it from the state. */
+  private fenceStartMono: number | undefined;
 
   constructor(
     private readonly ctx: HostContext,
@@ -99,6 +101,7 @@ export class HostGc {
     this.t = opts.timings;
     const saved = this.loadState();
     this.state = initialHostState(saved);
+    this.fenceStartMono = this.state.fenceStartedAt;
     const rep = ctx.inventory.getMeta(META_REPORT);
     if (rep) this.report = JSON.parse(rep) as GcReport;
   }
@@ -213,8 +216,10 @@ export class HostGc {
     this.opts.onTransition?.(from, to, reason);
     if (to === 'attached') this.scheduleHeartbeat(0);
     if (to === 'attached' && (from === 'rejoining' || from === 'clean') && this.report) {
-      this.saveReport({ ...this.report, rejoinedEpoch: this.state.epoch });
+      const after = this.fenceStartMono === undefined ? undefined : Math.round(this.ctx.clock.nowMono() - this.fenceStartMono);
+      this.saveReport({ ...this.report, rejoinedEpoch: this.state.epoch, ...opt('rejoinedAfterMs', after) });
     }
+    if (to === 'fencing') this.fenceStartMono = this.state.fenceStartedAt;
     if (to === 'fencing' || to === 'cleaning' || to === 'clean') {
       if (this.heartbeatTimer) this.ctx.clock.clearTimer(this.heartbeatTimer);
       this.heartbeatTimer = undefined;

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { setPriority } from 'node:os';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { SystemClock } from '../../adapters/clock/system-clock.js';
@@ -22,6 +23,9 @@ import { TetherError } from '../../domain/errors.js';
 import { AGENT_SCHEMA, toAgentConfig, type AgentConfig } from '../agent-config.js';
 import { kebab, resolveConfig } from '../config-schema.js';
 
+/** Scheduling priority (nice) of the agent process: ahead of the guests it must outlive. */
+const AGENT_PRIORITY = -10;
+
 /** Package version, for the host record. */
 export const VERSION = '0.1.0';
 
@@ -39,6 +43,13 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
   process.on('unhandledRejection', (err) => logger.error({ err: String(err) }, 'unhandled rejection (please report)'));
   const clock = new SystemClock();
   const stateDir = resolve(cfg.stateDir);
+  // Heartbeats must not starve behind busy guests (20 TCG VMs booting saturate 2 cores): run the
+  // agent ahead of its QEMU children. Best effort; needs root.
+  try {
+    setPriority(AGENT_PRIORITY);
+  } catch (err) {
+    logger.warn({ err: String(err) }, `could not raise the agent's priority to ${AGENT_PRIORITY}`);
+  }
   const lock = acquirePidLock(`${stateDir}/agent.lock`, 'tether');
   const inventory = new SqliteInventory(`${stateDir}/inventory.db`);
   const ctx: HostContext = {

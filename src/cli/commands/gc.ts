@@ -36,7 +36,7 @@ function printReport(r: GcReport | null): void {
   if (r.fenceStartAfterAckMs !== undefined) console.log(`  fence started ${formatDuration(r.fenceStartAfterAckMs)} after the last acknowledged heartbeat`);
   if (r.allStoppedAfterMs !== undefined) console.log(`  every VM stopped ${formatDuration(r.allStoppedAfterMs)} after fence start`);
   if (r.cleanAfterMs !== undefined) console.log(`  clean ${formatDuration(r.cleanAfterMs)} after fence start`);
-  if (r.rejoinedEpoch !== undefined) console.log(`  rejoined ready with epoch ${r.rejoinedEpoch}`);
+  if (r.rejoinedEpoch !== undefined) console.log(`  rejoined ready with epoch ${r.rejoinedEpoch}${r.rejoinedAfterMs === undefined ? '' : `, ${formatDuration(r.rejoinedAfterMs)} after fence start`}`);
   if (r.stops.length) printTable(['VM', 'UID', 'STOP', 'TOOK', 'GONE AFTER'], r.stops.map((s) => [s.vm, s.uid, s.method, formatDuration(s.tookMs), formatDuration(s.stoppedAfterMs)]));
   console.log(`  resources removed: ${r.removed.length}; cleanup failures: ${r.cleanupFailures.length}`);
   for (const f of r.cleanupFailures) console.log(`    failure: ${f}`);

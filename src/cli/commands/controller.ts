@@ -1,0 +1,114 @@
+import { hostname } from 'node:os';
+import type { Command } from 'commander';
+import { SystemClock } from '../../adapters/clock/system-clock.js';
+import { EtcdControllerStore } from '../../adapters/etcd/etcd-controller-store.js';
+import { createLogger } from '../../adapters/log/pino-logger.js';
+import { Controller } from '../../controller/controller.js';
+import { TetherError } from '../../domain/errors.js';
+import { DEFAULT_HOST_RECORD_TTL } from '../../domain/host-record-gc.js';
+import { DEFAULT_FREEZE_SHARE } from '../../domain/mass-freeze.js';
+import { kebab, resolveConfig, type ConfigKey, type ConfigValues } from '../config-schema.js';
+
+/** The controller's settings, after parsing. Durations in ms. */
+export interface ControllerConfig {
+  readonly etcdEndpoints: string[];
+  readonly etcdPrefix: string;
+  readonly controllerId: string;
+  /** Share (0..1) of detached hosts above which nothing is fenced. */
+  readonly freezeShare: number;
+  readonly hostRecordTtl: number;
+  /** 0: each host's published window; more: lengthens every window (never shortens one). */
+  readonly fenceWindowOverride: number;
+  readonly leaderTtl: number;
+  readonly eventRetention: number;
+  readonly logLevel: string;
+}
+
+/** Every controller setting: flag `--<kebab>`, env `TETHER_<SNAKE>`, YAML key as written here. */
+export const CONTROLLER_SCHEMA: readonly ConfigKey[] = [
+  { key: 'etcdEndpoints', type: 'list', default: [], description: 'etcd client URLs, comma-separated (required)' },
+  { key: 'etcdPrefix', type: 'string', default: '/tether/', description: 'key prefix in etcd' },
+  { key: 'controllerId', type: 'string', default: `${hostname()}-${process.pid}`, description: 'this replica in controller/leader and logs' },
+  { key: 'freezeShare', type: 'string', default: `${DEFAULT_FREEZE_SHARE * 100}%`, description: 'share of detached hosts above which nothing is fenced (e.g. 55% or 0.55)' },
+  { key: 'hostRecordTtl', type: 'duration', default: DEFAULT_HOST_RECORD_TTL, description: 'fenced and absent this long: the host record is retired, then removed' },
+  { key: 'fenceWindowOverride', type: 'duration', default: 0, description: "lengthen every host's published fence window to this (0: as published; never shortens)" },
+  { key: 'leaderTtl', type: 'duration', default: 5000, description: 'leader lease TTL (whole seconds); a crashed leader is replaced after it' },
+  { key: 'eventRetention', type: 'int', default: 1000, description: 'events kept in etcd' },
+  { key: 'logLevel', type: { oneOf: ['debug', 'info', 'warn', 'error'] }, default: 'info', description: 'log level' },
+];
+
+/** Parses `55%`, `0.55` or `55` into 0.55; refuses values outside (0, 1]. */
+export function parseShare(text: string): number {
+  const s = text.trim();
+  const pct = s.endsWith('%');
+  const n = Number(pct ? s.slice(0, -1) : s);
+  const share = pct || n > 1 ? n / 100 : n;
+  if (!Number.isFinite(share) || share <= 0 || share > 1) {
+    throw new TetherError('INVALID_ARGUMENT', `invalid freezeShare "${text}": give a share of hosts such as 55% or 0.55 (0 < share <= 100%)`, { details: { field: 'freezeShare' } });
+  }
+  return share;
+}
+
+/** Typed view of resolved values; requires etcd endpoints and a whole-second leader TTL. */
+export function toControllerConfig(v: ConfigValues): ControllerConfig {
+  const endpoints = v.etcdEndpoints as string[];
+  if (endpoints.length === 0) throw new TetherError('INVALID_ARGUMENT', 'the controller needs --etcd-endpoints (or TETHER_ETCD_ENDPOINTS)', { details: { field: 'etcdEndpoints' } });
+  const leaderTtl = Number(v.leaderTtl);
+  if (leaderTtl < 1000 || leaderTtl % 1000 !== 0) throw new TetherError('INVALID_ARGUMENT', `invalid leaderTtl ${leaderTtl}ms: a whole number of seconds >= 1s`, { details: { field: 'leaderTtl' } });
+  return {
+    etcdEndpoints: endpoints,
+    etcdPrefix: String(v.etcdPrefix),
+    controllerId: String(v.controllerId),
+    freezeShare: parseShare(String(v.freezeShare)),
+    hostRecordTtl: Number(v.hostRecordTtl),
+    fenceWindowOverride: Number(v.fenceWindowOverride),
+    leaderTtl,
+    eventRetention: Number(v.eventRetention),
+    logLevel: String(v.logLevel),
+  };
+}
+
+/** Runs a controller replica until SIGINT/SIGTERM (then resigns, so a standby takes over at once). */
+export async function runController(cfg: ControllerConfig): Promise<void> {
+  const logger = createLogger({ level: cfg.logLevel, base: { controllerId: cfg.controllerId } });
+  process.on('unhandledRejection', (err) => logger.error({ err: String(err) }, 'unhandled rejection (please report)'));
+  const store = new EtcdControllerStore({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix });
+  const controller = new Controller(store, new SystemClock(), logger, {
+    controllerId: cfg.controllerId,
+    freezeShare: cfg.freezeShare,
+    hostRecordTtl: cfg.hostRecordTtl,
+    fenceWindowOverride: cfg.fenceWindowOverride > 0 ? cfg.fenceWindowOverride : undefined,
+    leaderTtl: cfg.leaderTtl,
+    eventRetention: cfg.eventRetention,
+  });
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'controller stopping (resigning leadership)');
+    await controller.stop({ resign: true });
+    await store.close();
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  controller.start();
+  logger.info({ cluster: cfg.etcdEndpoints, prefix: cfg.etcdPrefix, freezeShare: cfg.freezeShare, hostRecordTtl: cfg.hostRecordTtl }, 'controller replica started (campaigning)');
+  await new Promise<void>(() => undefined); // runs until a signal
+}
+
+/** `tether controller`: flags are the config keys in kebab-case. */
+export function registerControllerCommand(program: Command): void {
+  const cmd = program
+    .command('controller')
+    .description('run a cluster controller replica: watches host leases, fences after the window, reschedules lost VMs (one active via etcd election)')
+    .option('-c, --config <file>', 'YAML config file (keys as below, camelCase or kebab-case)');
+  for (const k of CONTROLLER_SCHEMA) {
+    const def = Array.isArray(k.default) ? k.default.join(',') : k.default;
+    cmd.option(`--${kebab(k.key)} <value>`, `${k.description}${def === undefined || def === '' ? '' : ` (default ${def})`}`);
+  }
+  cmd.action(async (o: Record<string, unknown>) => {
+    const cfg = toControllerConfig(resolveConfig(CONTROLLER_SCHEMA, o, process.env, o.config as string | undefined));
+    await runController(cfg);
+  });
+}

@@ -1,0 +1,243 @@
+import type { Command } from 'commander';
+import { SystemClock } from '../../adapters/clock/system-clock.js';
+import { EtcdControllerStore } from '../../adapters/etcd/etcd-controller-store.js';
+import { operatorFence, setHostHold } from '../../controller/operator.js';
+import type { ClusterEvent } from '../../domain/cluster-event.js';
+import { holdsCapacity } from '../../domain/cluster-vm.js';
+import { formatDuration } from '../../domain/duration.js';
+import { TetherError, messageOf } from '../../domain/errors.js';
+import { describeFence, timingProblems } from '../../domain/fence-window.js';
+import type { HostRecordState } from '../../domain/host-record.js';
+import type { ControllerStatus, StoredEvent } from '../../ports/controller-store.js';
+import { resolveConfig, type ConfigKey } from '../config-schema.js';
+import { printJson, printTable } from '../output.js';
+
+const CALL_DEADLINE = 5000;
+
+const STORE_SCHEMA: readonly ConfigKey[] = [
+  { key: 'etcdEndpoints', type: 'list', default: [], description: 'etcd client URLs, comma-separated (or TETHER_ETCD_ENDPOINTS)' },
+  { key: 'etcdPrefix', type: 'string', default: '/tether/', description: 'key prefix in etcd (or TETHER_ETCD_PREFIX)' },
+];
+
+interface StoreFlags {
+  etcdEndpoints?: string;
+  etcdPrefix?: string;
+  json?: boolean;
+}
+
+function openStore(o: StoreFlags): EtcdControllerStore {
+  const v = resolveConfig(STORE_SCHEMA, { etcdEndpoints: o.etcdEndpoints, etcdPrefix: o.etcdPrefix }, process.env);
+  const endpoints = v.etcdEndpoints as string[];
+  if (endpoints.length === 0) throw new TetherError('INVALID_ARGUMENT', 'no etcd endpoints: pass --etcd-endpoints or set TETHER_ETCD_ENDPOINTS');
+  return new EtcdControllerStore({ endpoints, prefix: String(v.etcdPrefix) });
+}
+
+async function withStore<T>(o: StoreFlags, fn: (s: EtcdControllerStore) => Promise<T>): Promise<T> {
+  const store = openStore(o);
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
+}
+
+function storeOptions(c: Command): Command {
+  return c.option('--etcd-endpoints <urls>', STORE_SCHEMA[0]!.description).option('--etcd-prefix <prefix>', STORE_SCHEMA[1]!.description);
+}
+
+/** One row of `tether host list --json`. */
+export interface HostListRow {
+  readonly hostId: string;
+  readonly state: HostRecordState | 'unregistered';
+  readonly epoch: number | null;
+  readonly hold: boolean;
+  readonly heldAtDetach: boolean;
+  /** Time since the lease was last renewed (granted TTL - remaining TTL; second resolution), null without a lease. */
+  readonly leaseAgeMs: number | null;
+  readonly leaseRemainingMs: number | null;
+  /** The fence deadline the active controller uses (after a failover: its own), else the recorded one. */
+  readonly fenceAt: number | null;
+  /** Countdown, `due`, `never (...)`, `frozen`, or `-`. */
+  readonly fence: string;
+  /** VMs placed on the host and not lost. */
+  readonly vmCount: number;
+  readonly unsafeTimings: string | null;
+}
+
+/** Builds the host list from the store: records, leases, VMs and the controller's status. */
+export async function hostList(store: EtcdControllerStore, nowWall: number): Promise<{ controller: ControllerStatus | null; hosts: HostListRow[] }> {
+  const [snap, vms, status] = await Promise.all([store.listHosts(CALL_DEADLINE), store.listVms(CALL_DEADLINE), store.getStatus(CALL_DEADLINE)]);
+  const rows: HostListRow[] = [];
+  for (const h of [...snap.hosts].sort((a, b) => (a.hostId < b.hostId ? -1 : 1))) {
+    let ttl: { remainingMs: number; grantedMs: number } | undefined;
+    if (h.alive) ttl = await store.leaseTtl(h.alive.lease, CALL_DEADLINE).catch(() => undefined);
+    const r = h.record;
+    const cs = status?.hosts.find((x) => x.hostId === h.hostId);
+    const fenceAt = cs?.fenceAt ?? (r?.state === 'detached' ? (r.fenceDeadline ?? null) : null);
+    let fence = r ? describeFence(r, h.alive !== undefined, nowWall) : '-';
+    if (cs?.fenceAt !== undefined) fence = cs.fenceAt > nowWall ? `in ${Math.ceil((cs.fenceAt - nowWall) / 1000)}s` : 'due';
+    if (cs?.blocked) fence = cs.blocked === 'mass-disruption freeze' ? `${fence} (frozen)` : `never (${cs.blocked})`;
+    rows.push({
+      hostId: h.hostId,
+      state: r?.state ?? 'unregistered',
+      epoch: r?.epoch ?? null,
+      hold: r?.hold ?? false,
+      heldAtDetach: r?.heldAtDetach ?? false,
+      leaseAgeMs: ttl ? Math.max(0, ttl.grantedMs - ttl.remainingMs) : null,
+      leaseRemainingMs: ttl ? ttl.remainingMs : null,
+      fenceAt,
+      fence,
+      vmCount: vms.filter((v) => v.record.hostId === h.hostId && holdsCapacity(v.record)).length,
+      unsafeTimings: r ? (timingProblems(r) ?? null) : null,
+    });
+  }
+  return { controller: status ?? null, hosts: rows };
+}
+
+function printHostList(l: { controller: ControllerStatus | null; hosts: HostListRow[] }, now: number): void {
+  const c = l.controller;
+  if (!c) console.log('controller: none active (no controller/status in etcd): nothing will be fenced until one runs');
+  else {
+    console.log(`controller: ${c.controllerId}, active for ${formatDuration(Math.max(0, now - c.leaderSince))}`);
+    if (c.freeze.mode !== 'normal') console.log(`FREEZE: ${c.freeze.reason ?? c.freeze.mode}`);
+  }
+  printTable(
+    ['HOST', 'STATE', 'EPOCH', 'HOLD', 'LEASE', 'FENCE', 'VMS'],
+    l.hosts.map((h) => [
+      h.hostId,
+      h.state,
+      h.epoch ?? '-',
+      h.hold ? 'yes' : h.heldAtDetach && h.state === 'detached' ? 'at detach' : 'no',
+      h.leaseAgeMs === null ? 'none' : `renewed ${formatDuration(h.leaseAgeMs)} ago`,
+      h.fence,
+      h.vmCount,
+    ]),
+  );
+  for (const h of l.hosts) if (h.unsafeTimings) console.log(`warning: ${h.hostId} publishes unsafe timings (never fenced automatically): ${h.unsafeTimings}`);
+}
+
+function eventLine(e: ClusterEvent): string {
+  const who = ('vm' in e ? e.vm : 'hostId' in e ? e.hostId : '') ?? '';
+  return `${new Date(e.at).toISOString()}  ${e.kind.padEnd(24)} ${who.padEnd(16)} ${e.detail}`;
+}
+
+/** Prints events; with `follow`, keeps watching (re-listing after a watch error) until SIGINT/SIGTERM. */
+async function showEvents(store: EtcdControllerStore, o: { follow?: boolean; json?: boolean; limit: number }): Promise<void> {
+  let last = '';
+  const print = (s: StoredEvent) => {
+    if (s.key <= last) return;
+    last = s.key;
+    console.log(o.json ? JSON.stringify(s.event) : eventLine(s.event));
+  };
+  let listed = await store.listEvents(o.limit, CALL_DEADLINE);
+  if (o.json && !o.follow) {
+    printJson(listed.events.map((s) => s.event));
+    return;
+  }
+  for (const s of listed.events) print(s);
+  if (!o.follow) return;
+  await new Promise<void>((resolve) => {
+    let sub: { close(): Promise<void> } | undefined;
+    let done = false;
+    const stop = () => {
+      done = true;
+      void sub?.close().finally(resolve);
+      if (!sub) resolve();
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+    const watch = async (): Promise<void> => {
+      while (!done) {
+        try {
+          sub = await store.watchEvents(String(BigInt(listed.revision) + 1n), {
+            onEvent: print,
+            onError: (err) => {
+              process.stderr.write(`events watch interrupted (${messageOf(err)}); listing again\n`);
+              sub = undefined;
+              void (async () => {
+                await new Promise((r) => setTimeout(r, 1000));
+                listed = await store.listEvents(100, CALL_DEADLINE).catch(() => listed);
+                for (const s of listed.events) print(s);
+                await watch();
+              })();
+            },
+          }, CALL_DEADLINE);
+          return;
+        } catch (err) {
+          process.stderr.write(`events watch failed (${messageOf(err)}); retrying\n`);
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+      }
+    };
+    void watch();
+  });
+}
+
+/**
+ * Registers `tether host list|hold|release|fence` and `tether events` (cluster-side, straight to etcd).
+ * `fence` is refused without `--confirm`: it tells the cluster the host's VMs are gone.
+ */
+export function registerHostCommands(program: Command): void {
+  const host = program.command('host').description('cluster hosts as the controller sees them (via etcd)');
+
+  storeOptions(host.command('list').description('state, epoch, hold, lease age, fence countdown and VM count of every host'))
+    .option('--json', 'machine-readable output')
+    .action(async (o: StoreFlags) => {
+      await withStore(o, async (store) => {
+        const now = Date.now();
+        const l = await hostList(store, now);
+        if (o.json) printJson(l);
+        else printHostList(l, now);
+      });
+    });
+
+  for (const [name, hold] of [
+    ['hold', true],
+    ['release', false],
+  ] as const) {
+    storeOptions(
+      host
+        .command(`${name} <id>`)
+        .description(hold ? 'operator hold: the controller neither fences the host nor reschedules its VMs, and its watchdog honours the hold' : 'release the hold (takes effect for future detachments)'),
+    )
+      .option('--json', 'machine-readable output')
+      .action(async (id: string, o: StoreFlags) => {
+        await withStore(o, async (store) => {
+          const res = await setHostHold(store, new SystemClock(), id, hold, CALL_DEADLINE);
+          if (o.json) printJson(res);
+          else {
+            console.log(`host ${id}: hold ${hold ? 'set' : 'released'} (state ${res.record.state}, epoch ${res.record.epoch})`);
+            for (const n of res.notes) console.log(`note: ${n}`);
+          }
+        });
+      });
+  }
+
+  storeOptions(host.command('fence <id>').description('mark a host fenced and its VMs lost, for an operator who KNOWS the host is powered off'))
+    .option('--confirm', 'I know this host is powered off (its VMs cannot be running)')
+    .option('--json', 'machine-readable output')
+    .action(async (id: string, o: StoreFlags & { confirm?: boolean }) => {
+      if (!o.confirm) {
+        throw new TetherError(
+          'INVALID_ARGUMENT',
+          `refusing to fence host ${id} without --confirm: fencing tells the cluster that its VMs are gone and reschedules them elsewhere. Only confirm when you know the host is powered off; if it is still running, its VMs would run twice.`,
+        );
+      }
+      await withStore(o, async (store) => {
+        const res = await operatorFence(store, new SystemClock(), id, CALL_DEADLINE);
+        if (o.json) printJson(res);
+        else if (res.alreadyFenced) console.log(`host ${id} was already fenced (epoch ${res.record.epoch}); nothing changed`);
+        else console.log(`host ${id} fenced at epoch ${res.record.epoch}; ${res.lostVms.length} VM(s) marked lost${res.lostVms.length ? `: ${res.lostVms.join(', ')}` : ''}`);
+      });
+    });
+
+  storeOptions(program.command('events').description('cluster events (detach, fence, freeze, reschedule, holds), oldest first'))
+    .option('--follow', 'keep printing new events until interrupted')
+    .option('--json', 'JSON: an array, or one object per line with --follow')
+    .option('--limit <n>', 'how many recent events to show first', '50')
+    .action(async (o: StoreFlags & { follow?: boolean; limit: string }) => {
+      const limit = Number(o.limit);
+      if (!Number.isInteger(limit) || limit < 1) throw new TetherError('INVALID_ARGUMENT', `invalid --limit "${o.limit}": a positive integer`);
+      await withStore(o, (store) => showEvents(store, { follow: o.follow, json: o.json, limit }));
+    });
+}
