@@ -416,8 +416,10 @@ export class QemuVmm implements Vmm {
    */
   async listOwned(hostId: string): Promise<{ uid: string; pid: number; stateDir?: string }[]> {
     const out: { uid: string; pid: number; stateDir?: string }[] = [];
-    for (const pid of await listPids()) {
-      const argv = await readArgv(pid);
+    const pids = await listPids();
+    const argvs = await Promise.all(pids.map((pid) => readArgv(pid)));
+    for (const [i, pid] of pids.entries()) {
+      const argv = argvs[i];
       if (!argv) continue;
       const owner = parseOwnerFromArgv(argv, this.binary);
       if (!owner || owner.hostId !== hostId) continue;
