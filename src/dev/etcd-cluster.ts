@@ -16,6 +16,7 @@ import { InvalidArgumentError, TetherError, messageOf } from '../domain/errors.j
 import { forgetOnExit, keepOnExit, killOnExit, removeOnExit, startOrphanReaper, type OrphanReaper } from './child-guard.js';
 import { fetchMemberHealthy, fetchMemberStatus, type EtcdMemberStatus } from './etcd-http.js';
 import { findFreePorts } from './free-ports.js';
+import { HEARTBEAT_PATH_PRIORITY } from '../adapters/process-priority.js';
 
 export type { EtcdMemberStatus } from './etcd-http.js';
 export { findProcessesByMark } from './child-guard.js';
@@ -527,7 +528,7 @@ export class LocalEtcdCluster {
     // Like the agents, the local etcd must keep answering while TCG guests saturate the cores.
     if (pid !== undefined) {
       try {
-        setPriority(pid, -10);
+        setPriority(pid, HEARTBEAT_PATH_PRIORITY);
       } catch {
         /* not root: normal priority */
       }

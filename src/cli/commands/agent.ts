@@ -17,14 +17,13 @@ import { auditHost } from '../../agent/gc/audit.js';
 import { HostGc } from '../../agent/gc/host-gc.js';
 import type { HostContext } from '../../agent/host-context.js';
 import { createMicroVmGrpcServer } from '../../api/grpc/index.js';
+import { HEARTBEAT_PATH_PRIORITY } from '../../adapters/process-priority.js';
 import { AdminHttpServer } from '../../api/http/admin-server.js';
 import { AgentMetrics } from '../../api/http/metrics.js';
 import { TetherError } from '../../domain/errors.js';
 import { AGENT_SCHEMA, toAgentConfig, type AgentConfig } from '../agent-config.js';
 import { kebab, resolveConfig } from '../config-schema.js';
 
-/** Scheduling priority (nice) of the agent process: ahead of the guests it must outlive. */
-const AGENT_PRIORITY = -10;
 
 /** Package version, for the host record. */
 export const VERSION = '0.1.0';
@@ -46,9 +45,9 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
   // Heartbeats must not starve behind busy guests (20 TCG VMs booting saturate 2 cores): run the
   // agent ahead of its QEMU children. Best effort; needs root.
   try {
-    setPriority(AGENT_PRIORITY);
+    setPriority(HEARTBEAT_PATH_PRIORITY);
   } catch (err) {
-    logger.warn({ err: String(err) }, `could not raise the agent's priority to ${AGENT_PRIORITY}`);
+    logger.warn({ err: String(err) }, `could not raise the agent's priority to ${HEARTBEAT_PATH_PRIORITY}`);
   }
   const lock = acquirePidLock(`${stateDir}/agent.lock`, 'tether');
   const inventory = new SqliteInventory(`${stateDir}/inventory.db`);

@@ -121,56 +121,61 @@ function eventLine(e: ClusterEvent): string {
   return `${new Date(e.at).toISOString()}  ${e.kind.padEnd(24)} ${who.padEnd(16)} ${e.detail}`;
 }
 
-/** Prints events; with `follow`, keeps watching (re-listing after a watch error) until SIGINT/SIGTERM. */
-async function showEvents(store: EtcdControllerStore, o: { follow?: boolean; json?: boolean; limit: number }): Promise<void> {
+/**
+ * Prints the newest `limit` events; with `follow`, keeps printing new ones (re-listing after a watch
+ * error, never printing one twice) until `signal` aborts. `print` receives one line (text or JSON).
+ */
+export async function showEvents(
+  store: EtcdControllerStore,
+  o: { follow?: boolean; json?: boolean; limit: number },
+  print: (line: string) => void = (l) => console.log(l),
+  signal?: AbortSignal,
+): Promise<void> {
   let last = '';
-  const print = (s: StoredEvent) => {
+  const show = (s: StoredEvent) => {
     if (s.key <= last) return;
     last = s.key;
-    console.log(o.json ? JSON.stringify(s.event) : eventLine(s.event));
+    print(o.json ? JSON.stringify(s.event) : eventLine(s.event));
   };
   let listed = await store.listEvents(o.limit, CALL_DEADLINE);
   if (o.json && !o.follow) {
-    printJson(listed.events.map((s) => s.event));
+    print(JSON.stringify(listed.events.map((s) => s.event), null, 2));
     return;
   }
-  for (const s of listed.events) print(s);
-  if (!o.follow) return;
-  await new Promise<void>((resolve) => {
-    let sub: { close(): Promise<void> } | undefined;
-    let done = false;
-    const stop = () => {
-      done = true;
-      void sub?.close().finally(resolve);
-      if (!sub) resolve();
-    };
-    process.once('SIGINT', stop);
-    process.once('SIGTERM', stop);
-    const watch = async (): Promise<void> => {
-      while (!done) {
-        try {
-          sub = await store.watchEvents(String(BigInt(listed.revision) + 1n), {
-            onEvent: print,
-            onError: (err) => {
-              process.stderr.write(`events watch interrupted (${messageOf(err)}); listing again\n`);
-              sub = undefined;
-              void (async () => {
-                await new Promise((r) => setTimeout(r, 1000));
-                listed = await store.listEvents(100, CALL_DEADLINE).catch(() => listed);
-                for (const s of listed.events) print(s);
-                await watch();
-              })();
-            },
-          }, CALL_DEADLINE);
-          return;
-        } catch (err) {
-          process.stderr.write(`events watch failed (${messageOf(err)}); retrying\n`);
-          await new Promise((r) => setTimeout(r, 1000));
-        }
-      }
-    };
-    void watch();
-  });
+  for (const s of listed.events) show(s);
+  if (!o.follow || signal?.aborted) return;
+  const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  while (!signal?.aborted) {
+    let failed: Error | undefined;
+    let wake: () => void = () => undefined;
+    const ended = new Promise<void>((resolve) => (wake = resolve));
+    const onAbort = () => wake();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const sub = await store.watchEvents(String(BigInt(listed.revision) + 1n), {
+        onEvent: show,
+        onError: (err) => {
+          failed = err;
+          wake();
+        },
+      }, CALL_DEADLINE);
+      await ended;
+      await sub.close();
+    } catch (err) {
+      failed = err instanceof Error ? err : new Error(messageOf(err));
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+    if (signal?.aborted) return;
+    process.stderr.write(`events watch interrupted (${messageOf(failed)}); listing again\n`);
+    await pause(1000);
+    try {
+      listed = await store.listEvents(Math.max(o.limit, 100), CALL_DEADLINE);
+      for (const s of listed.events) show(s);
+    } catch (err) {
+      process.stderr.write(`listing events failed (${messageOf(err)}); retrying\n`);
+    }
+  }
 }
 
 /**
@@ -238,6 +243,15 @@ export function registerHostCommands(program: Command): void {
     .action(async (o: StoreFlags & { follow?: boolean; limit: string }) => {
       const limit = Number(o.limit);
       if (!Number.isInteger(limit) || limit < 1) throw new TetherError('INVALID_ARGUMENT', `invalid --limit "${o.limit}": a positive integer`);
-      await withStore(o, (store) => showEvents(store, { follow: o.follow, json: o.json, limit }));
+      const stop = new AbortController();
+      const abort = () => stop.abort();
+      process.once('SIGINT', abort);
+      process.once('SIGTERM', abort);
+      try {
+        await withStore(o, (store) => showEvents(store, { follow: o.follow, json: o.json, limit }, undefined, stop.signal));
+      } finally {
+        process.off('SIGINT', abort);
+        process.off('SIGTERM', abort);
+      }
     });
 }
