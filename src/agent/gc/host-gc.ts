@@ -15,9 +15,10 @@ import {
 import type { ClusterStore, LeaseId } from '../../ports/cluster-store.js';
 import type { TimerHandle } from '../../ports/clock.js';
 import type { HostContext } from '../host-context.js';
-import { cleanHost } from './cleaner.js';
-import { fenceVms } from './fencer.js';
 import type { GcReport } from './gc-report.js';
+import { GcRun, type GcMetrics } from './gc-run.js';
+
+export type { GcMetrics } from './gc-run.js';
 
 /** Settings of {@link HostGc} beyond the timings. */
 export interface HostGcOptions {
@@ -35,12 +36,6 @@ export interface HostGcOptions {
   readonly metrics?: GcMetrics;
 }
 
-/** What the GC reports to metrics. */
-export interface GcMetrics {
-  vmStopped(method: string): void;
-  cleanupFailed(count: number): void;
-  auditLeaks(count: number): void;
-}
 
 /** What `tether gc status` shows. */
 export interface GcStatus {
@@ -62,11 +57,6 @@ const META_STATE = 'gc.state';
 /** What survives an agent restart (monotonic times only trusted on the same boot). */
 type PersistedState = Pick<HostState, 'phase' | 'epoch' | 'held' | 'lastAck' | 'fenceStartedAt' | 'fenceReason'>;
 
-/** `{[k]: v}` when v is defined, `{}` otherwise. */
-function opt<K extends string>(k: K, v: number | undefined): Partial<Record<K, number>> {
-  return v === undefined ? {} : ({ [k]: v } as Record<K, number>);
-}
-const META_REPORT = 'gc.report';
 const META_LOCAL_HOLD = 'gc.localHold';
 
 /**
@@ -88,7 +78,7 @@ export class HostGc {
   private stopped = false;
   private acks = 0;
   private registering: 'reattach' | 'ready' | undefined;
-  private report: GcReport | undefined;
+  private readonly run: GcRun;
   private readonly t: GcTimings;
   /** Monotonic fence start of the current GC run, kept past the rejoin that clears it from the state. */
   private fenceStartMono: number | undefined;
@@ -102,8 +92,7 @@ export class HostGc {
     const saved = this.loadState();
     this.state = initialHostState(saved);
     this.fenceStartMono = this.state.fenceStartedAt;
-    const rep = ctx.inventory.getMeta(META_REPORT);
-    if (rep) this.report = JSON.parse(rep) as GcReport;
+    this.run = new GcRun(ctx, opts.timings, opts.metrics);
   }
 
   /** Current phase. */
@@ -151,7 +140,7 @@ export class HostGc {
 
   /** The last GC run, if any. */
   lastReport(): GcReport | undefined {
-    return this.report;
+    return this.run.last();
   }
 
   /**
@@ -215,9 +204,8 @@ export class HostGc {
     inventory.addEvent('host-transition', clock.now(), { from, to, reason, epoch: this.state.epoch });
     this.opts.onTransition?.(from, to, reason);
     if (to === 'attached') this.scheduleHeartbeat(0);
-    if (to === 'attached' && (from === 'rejoining' || from === 'clean') && this.report) {
-      const after = this.fenceStartMono === undefined ? undefined : Math.round(this.ctx.clock.nowMono() - this.fenceStartMono);
-      this.saveReport({ ...this.report, rejoinedEpoch: this.state.epoch, ...opt('rejoinedAfterMs', after) });
+    if (to === 'attached' && (from === 'rejoining' || from === 'clean')) {
+      this.run.rejoined(this.state.epoch, this.fenceStartMono === undefined ? undefined : Math.round(this.ctx.clock.nowMono() - this.fenceStartMono));
     }
     if (to === 'fencing') this.fenceStartMono = this.state.fenceStartedAt;
     if (to === 'fencing' || to === 'cleaning' || to === 'clean') {
@@ -321,63 +309,15 @@ export class HostGc {
 
   // --- fence and cleanup ---------------------------------------------------------------------
 
-  /** Monotonic ms since fence start (persisted, so comparable across an agent restart on the same boot). */
-  private sinceFence(): number | undefined {
-    const f = this.state.fenceStartedAt;
-    return f === undefined ? undefined : Math.round(this.ctx.clock.nowMono() - f);
-  }
-
   private async fence(reason: 'watchdog' | 'cluster-fenced'): Promise<void> {
-    const { clock } = this.ctx;
-    const { lastAck, detachedAt, fenceStartedAt } = this.state;
-    const sinceAck = (t: number | undefined) => (lastAck === undefined || t === undefined ? undefined : Math.round(t - lastAck));
-    const detectedAfterAckMs = sinceAck(detachedAt);
-    const fenceStartAfterAckMs = sinceAck(fenceStartedAt);
-    // A fence resumed after an agent restart keeps what the interrupted run already recorded.
-    const prev = this.report;
-    const resumed = prev !== undefined && prev.audit === undefined && prev.reason === reason;
-    this.saveReport(
-      resumed
-        ? prev
-        : {
-            reason,
-            startedAt: clock.now(),
-            ...(detectedAfterAckMs === undefined ? {} : { detectedAfterAckMs }),
-            ...(fenceStartAfterAckMs === undefined ? {} : { fenceStartAfterAckMs }),
-            stops: [],
-            removed: [],
-            cleanupFailures: [],
-          },
-    );
-    const done = new Set(this.report!.stops.filter((x) => x.method !== 'already-stopped').map((x) => x.uid));
-    await fenceVms(this.ctx, { stopGraceMs: this.t.stopGrace, killTimeoutMs: this.t.killTimeout }, (stop) => {
-      this.opts.metrics?.vmStopped(stop.method);
-      if (done.has(stop.uid)) return;
-      const r = this.report!;
-      this.saveReport({ ...r, stops: [...r.stops.filter((x) => x.uid !== stop.uid), { ...stop, stoppedAfterMs: this.sinceFence() ?? stop.stoppedAfterMs }] });
-    });
-    this.saveReport({ ...this.report!, ...opt('allStoppedAfterMs', this.sinceFence()) });
+    await this.run.fence(reason, this.state);
     this.dispatch({ kind: 'vms-stopped' });
   }
 
   private async cleanup(): Promise<void> {
-    const r = await cleanHost(this.ctx);
-    const base: GcReport = this.report ?? { reason: 'watchdog', startedAt: this.ctx.clock.now(), stops: [], removed: [], cleanupFailures: [] };
-    this.saveReport({
-      ...base,
-      removed: [...base.removed, ...r.removed],
-      cleanupFailures: [...base.cleanupFailures, ...r.failures],
-      audit: r.audit,
-      ...opt('cleanAfterMs', this.sinceFence()),
-    });
-    this.opts.metrics?.cleanupFailed(r.failures.length);
-    this.opts.metrics?.auditLeaks(r.audit.leaks.length + r.audit.missing.length);
-    this.ctx.inventory.addEvent('gc-audit', this.ctx.clock.now(), { clean: r.audit.clean, leaks: r.audit.leaks, missing: r.audit.missing });
-    if (!r.audit.clean) {
-      this.ctx.logger.error({ leaks: r.audit.leaks, failures: r.failures }, 'cleanup left resources; retrying');
-      await this.ctx.clock.sleep(1000);
-    }
-    this.dispatch({ kind: 'cleanup-finished', clean: r.audit.clean });
+    const clean = await this.run.cleanup(this.state);
+    if (!clean) await this.ctx.clock.sleep(1000);
+    this.dispatch({ kind: 'cleanup-finished', clean });
   }
 
   // --- timers and persistence ----------------------------------------------------------------
@@ -427,8 +367,4 @@ export class HostGc {
     this.ctx.inventory.setMeta(META_STATE, JSON.stringify(persisted));
   }
 
-  private saveReport(r: GcReport): void {
-    this.report = r;
-    this.ctx.inventory.setMeta(META_REPORT, JSON.stringify(r));
-  }
 }
