@@ -1,8 +1,10 @@
 import { Command, CommanderError } from 'commander';
 import { TetherError, messageOf } from '../domain/errors.js';
 import { registerAgentCommand, VERSION } from './commands/agent.js';
+import { registerControllerCommand } from './commands/controller.js';
 import { registerDevCommands } from './commands/dev.js';
 import { registerGcCommands } from './commands/gc.js';
+import { registerHostCommands } from './commands/host.js';
 import { registerVmCommands } from './commands/vm.js';
 
 /** Builds the `tether` command tree. */
@@ -16,6 +18,8 @@ export function buildProgram(): Command {
   registerVmCommands(program);
   registerGcCommands(program);
   registerDevCommands(program);
+  registerControllerCommand(program);
+  registerHostCommands(program);
   return program;
 }
 

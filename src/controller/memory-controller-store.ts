@@ -44,6 +44,7 @@ interface MemLease {
 interface MemWatch {
   prefix: string;
   fn: (key: string, kv: Kv, op: 'put' | 'delete') => void;
+  onError: (err: Error) => void;
 }
 
 /** See the module doc. `prefix` defaults to `/tether/` like the etcd adapter. */
@@ -107,6 +108,18 @@ export class MemoryControllerStore implements ControllerStore {
     return kv ? (JSON.parse(kv.value) as T) : undefined;
   }
 
+  /** Fails every open watch (as a broken etcd watch stream would): each gets `onError` once and ends. */
+  failWatches(err = new Error('simulated watch failure')): void {
+    const ws = [...this.watches];
+    this.watches.clear();
+    for (const w of ws) queueMicrotask(() => w.onError(err));
+  }
+
+  /** Number of open watches. */
+  get openWatches(): number {
+    return this.watches.size;
+  }
+
   /** Every event stored, oldest first. */
   allEvents(): ClusterEvent[] {
     return [...this.kv.entries()]
@@ -140,7 +153,7 @@ export class MemoryControllerStore implements ControllerStore {
 
   async watchHosts(fromRevision: Revision, handlers: WatchHandlers<HostWatchEvent>, _deadlineMs: number): Promise<Subscription> {
     this.check();
-    return this.watch(`${this.prefix}hosts/`, Number(fromRevision), (key, kv, op) => {
+    return this.watch(`${this.prefix}hosts/`, Number(fromRevision), handlers, (key, kv, op) => {
       const k = this.parseHostKey(key);
       if (!k) return;
       const revision = String(kv.mod);
@@ -239,7 +252,7 @@ export class MemoryControllerStore implements ControllerStore {
   async watchEvents(fromRevision: Revision, handlers: WatchHandlers<StoredEvent>, _deadlineMs: number): Promise<Subscription> {
     this.check();
     const p = `${this.prefix}events/`;
-    return this.watch(p, Number(fromRevision), (key, kv, op) => {
+    return this.watch(p, Number(fromRevision), handlers, (key, kv, op) => {
       if (op === 'put') handlers.onEvent({ key: key.slice(p.length), event: JSON.parse(kv.value) as ClusterEvent });
     });
   }
@@ -346,8 +359,8 @@ export class MemoryControllerStore implements ControllerStore {
     }
   }
 
-  private watch(prefix: string, from: number, fn: MemWatch['fn']): Subscription {
-    const w: MemWatch = { prefix, fn };
+  private watch<E>(prefix: string, from: number, handlers: WatchHandlers<E>, fn: MemWatch['fn']): Subscription {
+    const w: MemWatch = { prefix, fn, onError: (err) => handlers.onError(err) };
     this.watches.add(w);
     for (const h of this.history) {
       if (h.kv.mod < from || !h.key.startsWith(prefix)) continue;

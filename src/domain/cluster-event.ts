@@ -31,6 +31,7 @@ export type ClusterEventBody =
   | { readonly kind: 'freeze-entered'; readonly detached: number; readonly total: number; readonly limit: number }
   | { readonly kind: 'freeze-lifted'; readonly detached: number; readonly total: number; readonly resumeAt: number }
   | { readonly kind: 'freeze-resumed' }
+  | { readonly kind: 'vm-lost'; readonly vm: string; readonly hostId: string; readonly hostEpoch: number; readonly hostRejoinedEpoch: number }
   | { readonly kind: 'vm-rescheduled'; readonly vm: string; readonly fromHost: string | null; readonly toHost: string; readonly uid: string }
   | { readonly kind: 'vm-pending'; readonly vm: string; readonly reason: string }
   | { readonly kind: 'vm-lost-kept'; readonly vm: string; readonly hostId: string | null };

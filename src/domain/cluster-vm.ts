@@ -64,3 +64,16 @@ export function lostWithHost(vm: Pick<ClusterVmRecord, 'hostId' | 'hostEpoch' | 
 export function markLost(vm: ClusterVmRecord, reason: string, nowWall: number): ClusterVmRecord {
   return { ...vm, phase: 'lost', generation: vm.generation + 1, reason, updatedAt: nowWall };
 }
+
+/**
+ * True when the VM's incarnation is stale: its host has since registered at a newer epoch (it rejoined
+ * `ready` after a verified cleanup, or re-registered after a fence), so this incarnation is gone and the
+ * host will never act on it. Such a VM must be marked `lost` (then rescheduled), or it would stay
+ * assigned to nobody forever.
+ */
+export function staleOnRejoinedHost(
+  vm: Pick<ClusterVmRecord, 'hostId' | 'hostEpoch' | 'phase'>,
+  host: { readonly hostId: string; readonly epoch: number; readonly state: string },
+): boolean {
+  return vm.hostId === host.hostId && vm.phase !== 'lost' && (vm.hostEpoch ?? 0) < host.epoch && (host.state === 'ready' || host.state === 'attached');
+}

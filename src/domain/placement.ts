@@ -47,8 +47,9 @@ export type Placement =
  * capacity-holding ones count against their host).
  *
  * Invariants: no host is given more vCPUs or memory than its capacity minus what `existing` and the
- * earlier placements hold; a request that fits nowhere gets a `reason` naming what it needs and what
- * the best host has free.
+ * earlier placements hold; a request that fits nowhere gets a `reason` naming what it needs. The reason
+ * depends only on the request and the number of schedulable hosts (not on free amounts), so it stays
+ * the same while nothing changes and the VM record is not rewritten at every retry.
  */
 export function placeVms(
   requests: readonly PlacementRequest[],
@@ -77,13 +78,12 @@ export function placeVms(
       continue;
     }
     const need = `${r.spec.vcpu} vCPU and ${r.spec.memoryMb} MiB`;
-    const best = candidates[0];
     out.push({
       key: r.key,
       reason:
-        best === undefined
+        candidates.length === 0
           ? `no schedulable host (attached or ready, alive, not held) for ${need}`
-          : `no host has ${need} free (${candidates.length} schedulable; most free: ${best.host.hostId} with ${best.vcpu} vCPU, ${best.memoryMb} MiB)`,
+          : `no host has ${need} free (${candidates.length} schedulable host${candidates.length === 1 ? '' : 's'})`,
     });
   }
   return out;

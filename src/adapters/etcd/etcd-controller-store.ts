@@ -28,12 +28,15 @@ import { Keys, type EtcdStoreOptions } from './etcd-cluster-store.js';
 
 /** Keys of the controller's part of the keyspace (ARCHITECTURE.md section 2), under a prefix. */
 export class ControllerKeys extends Keys {
+  /** Prefix of every cluster VM record. */
   vms(): string {
     return `${this.prefix}vms/`;
   }
+  /** `vms/<ns>/<name>` for `key` = `<ns>/<name>`. */
   vm(key: string): string {
     return `${this.prefix}vms/${key}`;
   }
+  /** Prefix of every event. */
   events(): string {
     return `${this.prefix}events/`;
   }
@@ -41,9 +44,11 @@ export class ControllerKeys extends Keys {
   event(at: number): string {
     return `${this.prefix}events/${String(Math.max(0, Math.floor(at))).padStart(15, '0')}-${randomBytes(4).toString('hex')}`;
   }
+  /** The election key, on the leader's lease. */
   leader(): string {
     return `${this.prefix}controller/leader`;
   }
+  /** The active controller's status document, on the leader's lease. */
   status(): string {
     return `${this.prefix}controller/status`;
   }
@@ -109,7 +114,7 @@ export class EtcdControllerStore implements ControllerStore {
   }
 
   async watchHosts(fromRevision: Revision, handlers: WatchHandlers<HostWatchEvent>, deadlineMs: number): Promise<Subscription> {
-    return this.watch(this.keys.hosts(), fromRevision, handlers, deadlineMs, (kv, op) => {
+    return this.watch(this.keys.hosts(), fromRevision, handlers, deadlineMs, (kv, op): HostWatchEvent | undefined => {
       const k = this.keys.parseHostKey(kv.key.toString());
       if (!k) return undefined;
       const revision = kv.mod_revision;

@@ -1,0 +1,385 @@
+/**
+ * The controller against a REAL 3-member etcd (LocalEtcdCluster, tag `test`, one cluster for the file).
+ * Simulated hosts do what the agent does: a real lease, `EtcdClusterStore.register` (record by CAS txn,
+ * `alive` key on the lease) and keepalives every heartbeat; a host is cut by stopping its keepalives
+ * (the lease expires) or revoking its lease. Short, safe timings: ttl 3 s, fence window 1.5 s
+ * (2.5 + 0.5 + 0.5 + 0.5 = 4 <= 3 + 1.5); ttl 3 s rather than 2 s so a starved machine (other sessions'
+ * VMs) does not expire the healthy hosts' leases. Each test uses its own key prefix; assertions count
+ * only the events of the host under test.
+ *
+ * afterAll stops the cluster and asserts that no process carries its mark and its data dir is gone.
+ */
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { Command } from 'commander';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { SystemClock } from '../../src/adapters/clock/system-clock.js';
+import { registerHostCommands, showEvents, type HostListRow } from '../../src/cli/commands/host.js';
+import { EtcdClusterStore } from '../../src/adapters/etcd/etcd-cluster-store.js';
+import { EtcdControllerStore } from '../../src/adapters/etcd/etcd-controller-store.js';
+import { Controller, type ControllerOptions } from '../../src/controller/controller.js';
+import { setHostHold } from '../../src/controller/operator.js';
+import { findEtcdBinary, findProcessesByMark, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
+import type { ClusterEvent } from '../../src/domain/cluster-event.js';
+import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
+import { checkTimings, type GcTimings } from '../../src/domain/gc-timing.js';
+import type { HostRecord } from '../../src/domain/host-record.js';
+import { silentLogger } from '../support/fake-ports.js';
+
+const T: GcTimings = {
+  ttl: 3000,
+  heartbeatInterval: 500,
+  detachAfter: 1000,
+  watchdogTimeout: 2500,
+  stopGrace: 500,
+  killTimeout: 500,
+  fenceWindow: 1500,
+  clockDriftMargin: 500,
+  electionTolerance: 2000,
+};
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Deadline of the test's own observer calls: generous, the machine may be shared and starved. */
+const OBS_DL = 3000;
+/** Extra time waits allow before failing (only a failing run waits that long). */
+const SLACK = 10_000;
+
+let cluster: LocalEtcdCluster | undefined;
+let dataDir: string;
+const closers: (() => Promise<void>)[] = [];
+
+/** A host as the agent registers it, with keepalives on its own timer. */
+class SimHost {
+  readonly store: EtcdClusterStore;
+  lease: string | undefined;
+  epoch = 0;
+  /** Wall-clock send time of the last acknowledged keepalive (or of the grant). */
+  lastAckSent = 0;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly hostId: string,
+    prefix: string,
+    private readonly timings: GcTimings = T,
+  ) {
+    this.store = new EtcdClusterStore({ endpoints: cluster!.endpoints(), prefix });
+    closers.push(() => this.close());
+  }
+
+  async register(mode: 'reattach' | 'ready' = 'reattach'): Promise<void> {
+    this.stopKeepalives();
+    const sent = Date.now();
+    this.lease = await this.store.grantLease(this.timings.ttl, OBS_DL);
+    const res = await this.store.register(
+      {
+        hostId: this.hostId,
+        mode,
+        epoch: this.epoch,
+        record: { hostId: this.hostId, timings: this.timings, capacity: { vcpu: 4, memoryMb: 2048 }, labels: {}, agentVersion: 'test' },
+        lease: this.lease,
+      },
+      OBS_DL,
+    );
+    if (!res.ok) throw new Error(`registration of ${this.hostId} refused: ${res.detail}`);
+    this.epoch = res.epoch;
+    this.lastAckSent = sent;
+    const lease = this.lease;
+    this.timer = setInterval(() => {
+      const s = Date.now();
+      this.store.keepalive(lease, this.timings.heartbeatInterval).then(
+        (a) => {
+          if (a === 'alive') this.lastAckSent = Math.max(this.lastAckSent, s);
+        },
+        () => undefined,
+      );
+    }, this.timings.heartbeatInterval);
+  }
+
+  /** Cut: no more keepalives; the lease expires a TTL after the last acknowledged one. */
+  stopKeepalives(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  async revoke(): Promise<void> {
+    this.stopKeepalives();
+    if (this.lease) await this.store.revokeLease(this.lease, OBS_DL);
+  }
+
+  async close(): Promise<void> {
+    this.stopKeepalives();
+    await this.store.close();
+  }
+}
+
+function observer(prefix: string): EtcdControllerStore {
+  const s = new EtcdControllerStore({ endpoints: cluster!.endpoints(), prefix });
+  closers.push(() => s.close());
+  return s;
+}
+
+function controller(prefix: string, id: string, opts: Partial<ControllerOptions> = {}): { c: Controller; store: EtcdControllerStore } {
+  const store = new EtcdControllerStore({ endpoints: cluster!.endpoints(), prefix });
+  const c = new Controller(store, new SystemClock(), silentLogger(), { controllerId: id, leaderTtl: 3000, callDeadline: 1000, ...opts });
+  closers.push(async () => {
+    await c.stop();
+    await store.close();
+  });
+  c.start();
+  return { c, store };
+}
+
+async function waitFor(pred: () => Promise<boolean> | boolean, timeoutMs: number, what: string, stepMs = 50): Promise<number> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    if (await pred()) return Date.now();
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(stepMs);
+  }
+}
+
+/** Samples a host record every 50 ms; remembers the first wall time of each state. */
+function sampleStates(obs: EtcdControllerStore, hostId: string): { first: Map<string, number>; last: () => HostRecord | undefined; stop: () => void } {
+  const first = new Map<string, number>();
+  let last: HostRecord | undefined;
+  let busy = false;
+  const timer = setInterval(() => {
+    if (busy) return;
+    busy = true;
+    obs.getHost(hostId, OBS_DL).then(
+      (h) => {
+        busy = false;
+        last = h.record;
+        if (h.record && !first.has(h.record.state)) first.set(h.record.state, Date.now());
+      },
+      () => (busy = false),
+    );
+  }, 50);
+  closers.push(async () => clearInterval(timer)); // also when a test fails before stop()
+  return { first, last: () => last, stop: () => clearInterval(timer) };
+}
+
+async function events(obs: EtcdControllerStore, kind?: ClusterEvent['kind'], hostId?: string): Promise<ClusterEvent[]> {
+  const { events: es } = await obs.listEvents(1000, OBS_DL);
+  return es.map((s) => s.event).filter((e) => (kind === undefined || e.kind === kind) && (hostId === undefined || ('hostId' in e && e.hostId === hostId)));
+}
+
+async function healthyHosts(prefix: string, ids: string[]): Promise<SimHost[]> {
+  const hosts = ids.map((id) => new SimHost(id, prefix));
+  await Promise.all(hosts.map((h) => h.register()));
+  return hosts;
+}
+
+describe('controller against real etcd (3 members)', () => {
+  beforeAll(async () => {
+    expect(checkTimings(T)).toEqual([]);
+    findEtcdBinary();
+    dataDir = mkdtempSync('/tmp/tether-test-controller-');
+    cluster = new LocalEtcdCluster({ dataDir, tag: 'test' });
+    await cluster.start();
+  });
+
+  afterAll(async () => {
+    for (const close of closers.reverse()) await close().catch(() => undefined);
+    if (!cluster) {
+      rmSync(dataDir, { recursive: true, force: true });
+      return;
+    }
+    await cluster.stop();
+    expect(findProcessesByMark(cluster.mark)).toEqual([]);
+    expect(existsSync(dataDir)).toBe(false);
+  });
+
+  it('detaches a host soon after its lease expires and fences it only after the deadline, once; its VM is rescheduled', async () => {
+    const prefix = '/t1/';
+    const obs = observer(prefix);
+    const [a] = await healthyHosts(prefix, ['a', 'b', 'c']);
+    const vm: ClusterVmRecord = {
+      uid: 'orig',
+      spec: { id: { namespace: 'ns', name: 'v1' }, vcpu: 1, memoryMb: 96, kernelImage: '', kernelCmdline: {}, initrdImage: '', volumes: [], interfaces: [], labels: {}, metadata: {} },
+      hostId: 'a',
+      hostEpoch: 1,
+      phase: 'running',
+      generation: 1,
+    };
+    expect((await obs.commit({ vms: [{ key: 'ns/v1', expectRevision: null, next: vm }] }, OBS_DL)).ok).toBe(true);
+    const { c } = controller(prefix, 'c1');
+    await waitFor(() => c.isLeader, 5000 + SLACK, 'leadership');
+    await sleep(300);
+
+    const s = sampleStates(obs, 'a');
+    a!.stopKeepalives();
+    await sleep(100); // a keepalive in flight may still be acknowledged
+    const expiry = a!.lastAckSent + T.ttl;
+    await waitFor(() => s.first.has('detached'), T.ttl + SLACK, 'detached');
+    const det = (await obs.getHost('a', OBS_DL)).record!;
+    await waitFor(() => s.first.has('fenced'), T.fenceWindow + SLACK, 'fenced');
+    await sleep(1500);
+    s.stop();
+    // the deadline the fence obeyed: the recorded one, unless a re-election (starved machine) extended it
+    const fin = (await obs.getHost('a', OBS_DL)).record!;
+    expect(fin.fenceDeadline!).toBeGreaterThanOrEqual(det.fenceDeadline!);
+
+    const detachLatency = s.first.get('detached')! - expiry;
+    const fenceLate = s.first.get('fenced')! - fin.fenceDeadline!;
+    console.log(`[controller] detach observed ${detachLatency} ms after lease expiry (lastAck + ttl); fenced ${fenceLate} ms after the deadline`);
+    expect(det.fenceDeadline! - det.detachedAt!).toBe(T.fenceWindow);
+    expect(det.detachedAt!).toBeGreaterThanOrEqual(expiry - 50);
+    expect(detachLatency).toBeLessThan(1500);
+    expect(s.first.get('fenced')!).toBeGreaterThanOrEqual(fin.fenceDeadline!);
+    expect(fenceLate).toBeLessThan(2000);
+    expect(await events(obs, 'host-fenced', 'a')).toHaveLength(1);
+    const moved = (await obs.listVms(OBS_DL)).find((v) => v.key === 'ns/v1')!.record;
+    expect(moved).toMatchObject({ phase: 'pending', hostEpoch: 1 });
+    expect(['b', 'c']).toContain(moved.hostId);
+    expect(moved.uid).not.toBe('orig');
+  });
+
+  it('a host that re-registers before the deadline wins: back to attached, never fenced', async () => {
+    const prefix = '/t2/';
+    const obs = observer(prefix);
+    const [a] = await healthyHosts(prefix, ['a', 'b', 'c']);
+    const { c } = controller(prefix, 'c1');
+    await waitFor(() => c.isLeader, 5000 + SLACK, 'leadership');
+    await sleep(300);
+    await a!.revoke();
+    await waitFor(async () => (await obs.getHost('a', OBS_DL)).record?.state === 'detached', SLACK, 'detached');
+    const deadline = (await obs.getHost('a', OBS_DL)).record!.fenceDeadline!;
+    await sleep(Math.max(0, deadline - Date.now() - 1200));
+    await a!.register('reattach');
+    const s = sampleStates(obs, 'a');
+    await sleep(deadline - Date.now() + T.fenceWindow + 1000);
+    s.stop();
+    expect((await obs.getHost('a', OBS_DL)).record).toMatchObject({ state: 'attached', epoch: 1 });
+    expect(s.first.has('fenced')).toBe(false);
+    expect(await events(obs, 'host-fenced', 'a')).toEqual([]);
+    expect((await events(obs, 'host-returned', 'a')).length).toBe(1);
+  });
+
+  it('never fences a held host nor a host publishing unsafe timings', async () => {
+    const prefix = '/t3/';
+    const obs = observer(prefix);
+    await healthyHosts(prefix, ['b', 'c', 'd']);
+    const held = new SimHost('held', prefix);
+    await held.register();
+    const bad = new SimHost('bad', prefix, { ...T, fenceWindow: 0 });
+    await bad.register();
+    const { c } = controller(prefix, 'c1');
+    await waitFor(() => c.isLeader, 5000 + SLACK, 'leadership');
+    await setHostHold(obs, new SystemClock(), 'held', true, OBS_DL);
+    await sleep(300);
+    await Promise.all([held.revoke(), bad.revoke()]);
+    await waitFor(
+      async () => (await obs.getHost('held', OBS_DL)).record?.state === 'detached' && (await obs.getHost('bad', OBS_DL)).record?.state === 'detached',
+      SLACK,
+      'both detached',
+    );
+    await sleep(2 * T.fenceWindow + 1000);
+    expect((await obs.getHost('held', OBS_DL)).record).toMatchObject({ state: 'detached', heldAtDetach: true });
+    expect((await obs.getHost('bad', OBS_DL)).record!.state).toBe('detached');
+    expect(await events(obs, 'host-fenced', 'held')).toEqual([]);
+    expect(await events(obs, 'host-fenced', 'bad')).toEqual([]);
+    const blocked = (await events(obs, 'host-fence-blocked')).filter((e) => 'hostId' in e && ['held', 'bad'].includes(e.hostId ?? '')) as Extract<ClusterEvent, { kind: 'host-fence-blocked' }>[];
+    expect(blocked.map((e) => [e.hostId, e.blockers.join(',')]).sort()).toEqual([
+      ['bad', 'unsafe-timings'],
+      ['held', 'held,held-at-detach'],
+    ]);
+    expect((await events(obs, 'host-unsafe-timings', 'bad')).length).toBe(1);
+    const status = await obs.getStatus(OBS_DL);
+    expect(status!.hosts.filter((h) => h.blocked !== undefined).map((h) => [h.hostId, h.blocked]).sort()).toEqual([
+      ['bad', 'unsafe-timings'],
+      ['held', 'held, held-at-detach'],
+    ]);
+  });
+
+  it('two replicas elect one leader; killing it inside a window makes the other fence at the right time, not earlier, once', async () => {
+    const prefix = '/t4/';
+    const obs = observer(prefix);
+    const [a] = await healthyHosts(prefix, ['a', 'b', 'c']);
+    const r1 = controller(prefix, 'c1');
+    await waitFor(() => r1.c.isLeader, 5000 + SLACK, 'c1 leadership');
+    const r2 = controller(prefix, 'c2');
+    await sleep(1500);
+    expect([r1.c.isLeader, r2.c.isLeader]).toEqual([true, false]);
+    expect((await obs.getLeader(OBS_DL))?.candidateId).toBe('c1');
+
+    const s = sampleStates(obs, 'a');
+    await a!.revoke();
+    await waitFor(() => s.first.has('detached'), SLACK, 'detached by c1');
+    const recorded = (await obs.getHost('a', OBS_DL)).record!.fenceDeadline!;
+    // kill the active controller inside the window: no resign, its client closed; its lease expires
+    await r1.c.stop();
+    await r1.store.close();
+    const killedAt = Date.now();
+    await waitFor(() => r2.c.isLeader, 3000 + SLACK, 'c2 takeover');
+    await waitFor(() => s.first.has('fenced'), T.fenceWindow + SLACK, 'fenced by c2');
+    await sleep(1500);
+    s.stop();
+    const fencedAt = s.first.get('fenced')!;
+    // c2's (last) election before the fence: its takeover time
+    const elected = (await events(obs, 'controller-elected')).filter((e) => e.kind === 'controller-elected' && e.controllerId === 'c2' && e.at <= fencedAt);
+    expect(elected.length).toBeGreaterThanOrEqual(1);
+    const takeover = Math.max(...elected.map((e) => e.at));
+    const expected = Math.max(recorded, takeover + T.fenceWindow);
+    console.log(
+      `[controller] failover: c1 killed ${killedAt - s.first.get('detached')!} ms after detach, c2 elected ${takeover - killedAt} ms later; recorded deadline +${recorded - killedAt} ms, c2 fenced ${fencedAt - expected} ms after max(recorded, takeover + window)`,
+    );
+    expect(fencedAt).toBeGreaterThanOrEqual(expected);
+    expect(fencedAt - expected).toBeLessThan(2000);
+    const fenced = await events(obs, 'host-fenced', 'a');
+    expect(fenced).toHaveLength(1);
+    expect((await obs.getHost('a', OBS_DL)).record!.state).toBe('fenced');
+  });
+
+  it('CLI: host list shows state, epoch, lease age and fence countdown; fence needs --confirm; hold and events work', async () => {
+    const prefix = '/t5/';
+    const obs = observer(prefix);
+    const [a] = await healthyHosts(prefix, ['a', 'b', 'c']);
+    const { c } = controller(prefix, 'c1');
+    await waitFor(() => c.isLeader, 5000 + SLACK, 'leadership');
+    await sleep(300);
+    await a!.revoke();
+    await waitFor(async () => (await obs.getHost('a', OBS_DL)).record?.state === 'detached', SLACK, 'detached');
+    await sleep(200);
+    const cli = async (...args: string[]): Promise<string> => {
+      const program = new Command('tether').exitOverride();
+      registerHostCommands(program);
+      const out: string[] = [];
+      const spy = vi.spyOn(console, 'log').mockImplementation((...m: unknown[]) => void out.push(m.join(' ')));
+      try {
+        await program.parseAsync(['node', 'tether', ...args, '--etcd-endpoints', cluster!.endpoints().join(','), '--etcd-prefix', prefix]);
+      } finally {
+        spy.mockRestore();
+      }
+      return out.join('\n');
+    };
+    const list = JSON.parse(await cli('host', 'list', '--json')) as { controller: { controllerId: string }; hosts: HostListRow[] };
+    expect(list.controller.controllerId).toBe('c1');
+    const byId = new Map(list.hosts.map((h) => [h.hostId, h]));
+    expect(byId.get('a')).toMatchObject({ state: 'detached', epoch: 1, leaseAgeMs: null, fence: expect.stringMatching(/^(in \d+s|due)$/), vmCount: 0 });
+    expect(byId.get('b')).toMatchObject({ state: 'attached', epoch: 1, fence: '-' });
+    expect(byId.get('b')!.leaseAgeMs).toBeLessThan(T.ttl);
+    const table = await cli('host', 'list');
+    expect(table).toMatch(/controller: c1/);
+    expect(table).toMatch(/HOST +STATE +EPOCH +HOLD +LEASE +FENCE +VMS/);
+
+    await expect(cli('host', 'fence', 'b')).rejects.toThrow(/without --confirm.*powered off/);
+    expect((await obs.getHost('b', OBS_DL)).record!.state).toBe('attached');
+    expect(await cli('host', 'hold', 'b')).toMatch(/hold set/);
+    expect((await obs.getHost('b', OBS_DL)).record!.hold).toBe(true);
+    expect(await cli('host', 'release', 'b')).toMatch(/hold released/);
+
+    const followed: string[] = [];
+    const stopFollow = new AbortController();
+    const following = showEvents(obs, { follow: true, json: true, limit: 1 }, (l) => followed.push(l), stopFollow.signal);
+    await waitFor(async () => (await obs.getHost('a', OBS_DL)).record?.state === 'fenced', T.fenceWindow + SLACK, 'fenced');
+    await waitFor(() => followed.some((l) => (JSON.parse(l) as ClusterEvent).kind === 'host-fenced'), SLACK, 'followed host-fenced');
+    stopFollow.abort();
+    await following;
+    const kinds = followed.map((l) => (JSON.parse(l) as ClusterEvent).kind);
+    expect(kinds).toContain('host-hold-changed');
+    expect(new Set(followed).size).toBe(followed.length); // none printed twice
+    const evs = JSON.parse(await cli('events', '--json')) as ClusterEvent[];
+    expect(evs.map((e) => e.kind)).toEqual(expect.arrayContaining(['controller-elected', 'host-detached', 'host-hold-changed', 'host-fenced']));
+    expect(await cli('events', '--limit', '2')).toMatch(/host-fenced +a /);
+  });
+});
