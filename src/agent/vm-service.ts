@@ -22,10 +22,14 @@ export class AgentVmService implements MicroVmService {
   ) {}
 
   async create(spec: VmSpec): Promise<VmRecord> {
+    return this.createWithUid(spec, newVmUid());
+  }
+
+  /** Creates a VM under a given uid (a cluster record's); same checks as {@link create}. */
+  async createWithUid(spec: VmSpec, uid: string): Promise<VmRecord> {
     const refusal = this.admission();
     if (refusal) throw new TetherError('UNAVAILABLE', `this host does not take new microvms now: ${refusal}`, { retryable: true });
     await this.checkImages(spec);
-    const uid = randomBytes(16).toString('hex');
     const row = this.ctx.inventory.addVm(uid, spec, this.ctx.clock.now());
     this.ctx.inventory.addEvent('vm-accepted', this.ctx.clock.now(), { namespace: spec.id.namespace, name: spec.id.name }, uid);
     void this.reconciler.kick(uid);
@@ -53,7 +57,7 @@ export class AgentVmService implements MicroVmService {
   }
 
   /** Unknown images are INVALID_ARGUMENT naming the field and the image. */
-  private async checkImages(spec: VmSpec): Promise<void> {
+  async checkImages(spec: VmSpec): Promise<void> {
     const { images } = this.ctx;
     await field('microvm.kernel.image', () => images.kernel(spec.kernelImage));
     await field('microvm.initrd.image', () => images.initrd(spec.initrdImage));
@@ -63,6 +67,11 @@ export class AgentVmService implements MicroVmService {
       await field(path, () => images.disk(vol.image));
     }
   }
+}
+
+/** A fresh VM uid: 32 lowercase hex chars. */
+export function newVmUid(): string {
+  return randomBytes(16).toString('hex');
 }
 
 async function field(path: string, resolve: () => Promise<unknown>): Promise<void> {

@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { SystemClock } from '../../adapters/clock/system-clock.js';
 import { QcowVolumes } from '../../adapters/disk/qcow-volumes.js';
 import { EtcdClusterStore } from '../../adapters/etcd/etcd-cluster-store.js';
+import { EtcdControllerStore } from '../../adapters/etcd/etcd-controller-store.js';
 import { LocalFiles } from '../../adapters/fs/local-files.js';
 import { acquirePidLock } from '../../adapters/fs/pid-lock.js';
 import { builtinGuestPaths, LocalImageStore } from '../../adapters/images/local-image-store.js';
@@ -14,6 +15,8 @@ import { QemuVmm } from '../../adapters/qemu/qemu-vmm.js';
 import { SqliteInventory } from '../../adapters/sqlite/sqlite-inventory.js';
 import { Agent } from '../../agent/agent.js';
 import { auditHost } from '../../agent/gc/audit.js';
+import { ClusterVmSync } from '../../agent/cluster-sync.js';
+import { ClusterVmService } from '../../agent/cluster-vm-service.js';
 import { HostGc } from '../../agent/gc/host-gc.js';
 import type { HostContext } from '../../agent/host-context.js';
 import { createMicroVmGrpcServer } from '../../api/grpc/index.js';
@@ -21,6 +24,7 @@ import { HEARTBEAT_PATH_PRIORITY } from '../../adapters/process-priority.js';
 import { AdminHttpServer } from '../../api/http/admin-server.js';
 import { AgentMetrics } from '../../api/http/metrics.js';
 import { TetherError } from '../../domain/errors.js';
+import type { MicroVmService } from '../../ports/microvm-service.js';
 import { AGENT_SCHEMA, toAgentConfig, type AgentConfig } from '../agent-config.js';
 import { kebab, resolveConfig } from '../config-schema.js';
 
@@ -87,7 +91,16 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
   }
   const hostGc = gc;
   const agent = new Agent(ctx, hostGc ? () => hostGc.admission() : undefined);
-  const api = createMicroVmGrpcServer(agent.service, { logger: logger.child({ c: 'grpc' }) });
+  let service: MicroVmService = agent.service;
+  let sync: ClusterVmSync | undefined;
+  const vmStore = hostGc ? new EtcdControllerStore({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix }) : undefined;
+  if (hostGc && vmStore) {
+    // Clustered: VMs come from (and go back to) the cluster's vms/ records placed on this host.
+    const standing = () => ({ attached: hostGc.admission() === undefined, epoch: hostGc.status().epoch });
+    sync = new ClusterVmSync(ctx, vmStore, agent.service, standing, cfg.timings.heartbeatInterval);
+    service = new ClusterVmService(cfg.hostId, agent.service, vmStore, sync, standing, cfg.timings.heartbeatInterval * 2, () => clock.now());
+  }
+  const api = createMicroVmGrpcServer(service, { logger: logger.child({ c: 'grpc' }) });
   const noCluster = () => {
     throw new TetherError('FAILED_PRECONDITION', 'this agent runs standalone (no --etcd-endpoints): there is no detached-host GC');
   };
@@ -112,8 +125,9 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
     stopping = true;
     logger.info({ signal }, 'agent stopping (VMs keep running and are adopted by the next agent)');
     hostGc?.stop();
+    sync?.stop();
     agent.stop();
-    await Promise.allSettled([api.close(), admin.close(), store?.close()]);
+    await Promise.allSettled([api.close(), admin.close(), store?.close(), vmStore?.close()]);
     inventory.close();
     lock.release();
     process.exit(0);
@@ -125,6 +139,7 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
   const httpAddr = await admin.listen(cfg.httpListen);
   await agent.start();
   hostGc?.start();
+  sync?.start();
   logger.info({ grpc: grpcAddr, http: httpAddr, stateDir, cluster: cfg.etcdEndpoints, timings: cfg.timings }, 'agent ready');
 }
 

@@ -1,0 +1,68 @@
+import { NotFoundError, TetherError } from '../domain/errors.js';
+import type { ClusterVmRecord } from '../domain/cluster-vm.js';
+import type { VmRecord, VmSpec } from '../domain/vm.js';
+import type { MicroVmService, VmFilter } from '../ports/microvm-service.js';
+import type { AgentClusterStore, ClusterVmSync, HostStanding } from './cluster-sync.js';
+import { newVmUid, type AgentVmService } from './vm-service.js';
+
+/**
+ * The Flintlock-compatible API of a clustered agent: a create becomes a cluster record placed on
+ * this host at its current epoch (written in a txn guarded by this host's record, so a fenced or
+ * re-epoched host cannot add work), then runs locally; a delete marks the record `deleting`.
+ * Reads are served from the local inventory.
+ */
+export class ClusterVmService implements MicroVmService {
+  constructor(
+    private readonly hostId: string,
+    private readonly local: AgentVmService,
+    private readonly store: AgentClusterStore,
+    private readonly sync: ClusterVmSync,
+    private readonly standing: () => HostStanding,
+    private readonly deadlineMs: number,
+    private readonly now: () => number,
+  ) {}
+
+  async create(spec: VmSpec): Promise<VmRecord> {
+    const { attached, epoch } = this.standing();
+    if (!attached) return this.local.create(spec); // refused by the local admission gate, with the reason
+    await this.local.checkImages(spec);
+    const host = await this.sync.guard(epoch);
+    if (!host) throw new TetherError('UNAVAILABLE', `this host's cluster record is not attached at epoch ${epoch}; not taking new microvms`, { retryable: true });
+    const key = `${spec.id.namespace}/${spec.id.name}`;
+    const uid = newVmUid();
+    const record: ClusterVmRecord = { uid, spec, hostId: this.hostId, hostEpoch: epoch, phase: 'pending', generation: 1, updatedAt: this.now() };
+    const res = await this.store.commit(
+      { guards: [{ hostId: this.hostId, expectRevision: host.recordRevision! }], vms: [{ key, expectRevision: null, next: record }], events: [] },
+      this.deadlineMs,
+    );
+    if (!res.ok) {
+      const exists = (await this.store.listVms(this.deadlineMs)).find((v) => v.key === key);
+      if (exists) throw new TetherError('ALREADY_EXISTS', `microvm ${key} already exists in the cluster (uid ${exists.record.uid}, host ${exists.record.hostId ?? 'none'})`);
+      throw new TetherError('UNAVAILABLE', `this host's cluster record changed while creating ${key}; try again`, { retryable: true });
+    }
+    return this.local.createWithUid(spec, uid);
+  }
+
+  async delete(uid: string): Promise<void> {
+    const vm = await this.local.get(uid).catch(() => undefined);
+    const entries = await this.store.listVms(this.deadlineMs);
+    const entry = entries.find((e) => e.record.uid === uid);
+    if (!vm && !entry) throw new NotFoundError(`microvm ${uid}`);
+    const { attached, epoch } = this.standing();
+    const host = attached ? await this.sync.guard(epoch) : undefined;
+    if (host && entry && entry.record.phase !== 'deleting' && entry.record.hostId === this.hostId && entry.record.hostEpoch === epoch) {
+      const next: ClusterVmRecord = { ...entry.record, phase: 'deleting', generation: entry.record.generation + 1, updatedAt: this.now() };
+      await this.store.commit({ guards: [{ hostId: this.hostId, expectRevision: host.recordRevision! }], vms: [{ key: entry.key, expectRevision: entry.revision, next }] }, this.deadlineMs);
+    }
+    if (vm) await this.local.delete(uid);
+    void this.sync.syncOnce();
+  }
+
+  get(uid: string): Promise<VmRecord> {
+    return this.local.get(uid);
+  }
+
+  list(filter: VmFilter): Promise<VmRecord[]> {
+    return this.local.list(filter);
+  }
+}

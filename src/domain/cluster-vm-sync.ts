@@ -1,0 +1,88 @@
+/**
+ * What a host agent does with the cluster's VM records, pure: which records are its work, which
+ * local VMs must go, and which status to write back. The agent acts only on records placed on it at
+ * its CURRENT epoch; records of older epochs (from before a fence) are never its work.
+ */
+import type { ClusterVmPhase, ClusterVmRecord } from './cluster-vm.js';
+import type { VmPhase } from './vm.js';
+
+/** A local VM as the sync sees it. */
+export interface LocalVm {
+  readonly uid: string;
+  readonly phase: VmPhase;
+  readonly desired: 'present' | 'absent';
+}
+
+/** One cluster record with its key. */
+export interface ClusterVmView {
+  readonly key: string;
+  readonly record: ClusterVmRecord;
+}
+
+/** What to do in one sync round. */
+export interface SyncPlan {
+  /** Records to start locally (not in the local inventory yet). */
+  readonly create: readonly ClusterVmView[];
+  /** Local uids to delete: their record is gone, was moved, lost, or asks for deletion. */
+  readonly deleteLocal: readonly string[];
+  /** Records whose VM is gone locally after a requested delete: remove the record. */
+  readonly removeRecord: readonly ClusterVmView[];
+  /** Records whose phase must follow the local VM. */
+  readonly status: readonly { readonly view: ClusterVmView; readonly phase: ClusterVmPhase }[];
+}
+
+/** Cluster phase that reports a local phase. */
+export function clusterPhaseOf(local: VmPhase): ClusterVmPhase {
+  switch (local) {
+    case 'pending':
+    case 'creating':
+      return 'creating';
+    case 'running':
+      return 'running';
+    case 'failed':
+      return 'failed';
+    case 'stopped':
+      return 'stopped';
+    case 'deleting':
+    case 'deleted':
+      return 'deleting';
+  }
+}
+
+/**
+ * Decides one sync round for host `hostId` at `epoch`.
+ * Invariants: only records with `hostId` = this host and `hostEpoch` = `epoch` are ever created or
+ * written; a local VM whose record is not such a record (and not being created from one) is deleted.
+ */
+export function planSync(hostId: string, epoch: number, records: readonly ClusterVmView[], local: readonly LocalVm[]): SyncPlan {
+  const mine = records.filter((v) => v.record.hostId === hostId && v.record.hostEpoch === epoch);
+  const byUid = new Map(mine.map((v) => [v.record.uid, v]));
+  const localByUid = new Map(local.map((l) => [l.uid, l]));
+  const create: ClusterVmView[] = [];
+  const removeRecord: ClusterVmView[] = [];
+  const status: { view: ClusterVmView; phase: ClusterVmPhase }[] = [];
+  for (const v of mine) {
+    const l = localByUid.get(v.record.uid);
+    if (v.record.phase === 'deleting') {
+      if (!l) removeRecord.push(v);
+      continue;
+    }
+    if (v.record.phase === 'lost') continue;
+    if (!l) {
+      create.push(v);
+      continue;
+    }
+    const phase = clusterPhaseOf(l.phase);
+    if (l.desired === 'present' && phase !== v.record.phase && !(v.record.phase === 'pending' && phase === 'creating' && l.phase === 'pending')) {
+      status.push({ view: v, phase });
+    }
+  }
+  const deleteLocal = local
+    .filter((l) => l.desired === 'present')
+    .filter((l) => {
+      const v = byUid.get(l.uid);
+      return !v || v.record.phase === 'deleting' || v.record.phase === 'lost';
+    })
+    .map((l) => l.uid);
+  return { create, deleteLocal, removeRecord, status };
+}

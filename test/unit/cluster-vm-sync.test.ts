@@ -1,0 +1,42 @@
+import { describe, expect, it } from 'vitest';
+import { clusterPhaseOf, planSync, type ClusterVmView } from '../../src/domain/cluster-vm-sync.js';
+import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
+import { sampleSpec } from '../support/host-harness.js';
+
+const rec = (key: string, uid: string, extra: Partial<ClusterVmRecord>): ClusterVmView => ({
+  key,
+  record: { uid, spec: sampleSpec(key.split('/')[1]!, key.split('/')[0]!), phase: 'pending', generation: 1, ...extra },
+});
+
+describe('planSync (what a host does with the cluster records)', () => {
+  it('creates only records placed on this host at its current epoch', () => {
+    const p = planSync('a', 3, [rec('ns/mine', 'u1', { hostId: 'a', hostEpoch: 3 }), rec('ns/old', 'u2', { hostId: 'a', hostEpoch: 2 }), rec('ns/other', 'u3', { hostId: 'b', hostEpoch: 3 }), rec('ns/unplaced', 'u4', {})], []);
+    expect(p.create.map((v) => v.key)).toEqual(['ns/mine']);
+    expect(p.deleteLocal).toEqual([]);
+  });
+
+  it('deletes local VMs whose record is gone, moved, lost or being deleted; removes the record once the VM is gone', () => {
+    const records = [
+      rec('ns/moved', 'u1', { hostId: 'b', hostEpoch: 1 }),
+      rec('ns/lost', 'u2', { hostId: 'a', hostEpoch: 3, phase: 'lost' }),
+      rec('ns/del', 'u3', { hostId: 'a', hostEpoch: 3, phase: 'deleting' }),
+      rec('ns/done', 'u5', { hostId: 'a', hostEpoch: 3, phase: 'deleting' }),
+    ];
+    const local = ['u1', 'u2', 'u3', 'u4'].map((uid) => ({ uid, phase: 'running' as const, desired: 'present' as const }));
+    const p = planSync('a', 3, records, local);
+    expect(p.deleteLocal.sort()).toEqual(['u1', 'u2', 'u3', 'u4']);
+    expect(p.removeRecord.map((v) => v.key)).toEqual(['ns/done']);
+    expect(p.create).toEqual([]);
+  });
+
+  it('reports the local phase back, and nothing when it already matches', () => {
+    const records = [rec('ns/a', 'u1', { hostId: 'a', hostEpoch: 1, phase: 'pending' }), rec('ns/b', 'u2', { hostId: 'a', hostEpoch: 1, phase: 'running' })];
+    const p = planSync('a', 1, records, [
+      { uid: 'u1', phase: 'running', desired: 'present' },
+      { uid: 'u2', phase: 'running', desired: 'present' },
+    ]);
+    expect(p.status.map((s) => [s.view.key, s.phase])).toEqual([['ns/a', 'running']]);
+    expect(clusterPhaseOf('creating')).toBe('creating');
+    expect(clusterPhaseOf('deleted')).toBe('deleting');
+  });
+});
