@@ -24,7 +24,7 @@ describe('planSync (what a host does with the cluster records)', () => {
     ];
     const local = ['u1', 'u2', 'u3', 'u4'].map((uid) => ({ uid, phase: 'running' as const, desired: 'present' as const }));
     const p = planSync('a', 3, records, local);
-    expect(p.deleteLocal.sort()).toEqual(['u1', 'u2', 'u3', 'u4']);
+    expect([...p.deleteLocal].sort()).toEqual(['u1', 'u2', 'u3', 'u4']);
     expect(p.removeRecord.map((v) => v.key)).toEqual(['ns/done']);
     expect(p.create).toEqual([]);
   });

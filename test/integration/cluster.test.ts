@@ -1,0 +1,175 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { openSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EtcdControllerStore } from '../../src/adapters/etcd/etcd-controller-store.js';
+import { raiseOwnPriority } from '../../src/adapters/process-priority.js';
+import type { GcStatus } from '../../src/agent/gc/host-gc.js';
+import { adminCall } from '../../src/api/http/admin-server.js';
+import { repoRoot } from '../../src/dev/agent-process.js';
+import { LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
+import { processesWith } from '../../src/dev/host-probe.js';
+import { FaultProxyGroup } from '../../src/dev/tcp-proxy.js';
+import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
+import type { HostPhase } from '../../src/domain/host-lifecycle.js';
+import { AgentProcess, killHostLeftovers, qemusOf, removeDir, requireRealParts, tapsOf, testDir, testHostId, until } from '../support/real-host.js';
+
+/**
+ * The whole story on three real hosts (agents with their own state dirs, host ids and fault proxies
+ * to etcd), a real controller, a real 3-member etcd and real QEMU VMs: partition host B; its VMs stop
+ * on B; only after the controller's fence deadline are they created again on A or C — and a sampler
+ * reading the process table every 100 ms fails the test if two QEMU processes of the same VM (same
+ * namespace/name) ever run at once. B heals, rejoins ready with a new epoch, takes new work, never
+ * restarts its old VMs, and its stale writes are refused.
+ *
+ * Agent timings: ttl 3s, heartbeat 1s, detach 2s, watchdog 9s, grace 3s, kill 2s, fence window 12s
+ * (9 + 3 + 2 + 1 <= 3 + 12).
+ */
+const TIMINGS = ['--ttl', '3s', '--heartbeat-interval', '1s', '--detach-after', '2s', '--watchdog-timeout', '9s', '--stop-grace', '3s', '--kill-timeout', '2s', '--fence-window', '12s'];
+const ids = { a: testHostId('ca'), b: testHostId('cb'), c: testHostId('cc') };
+type H = keyof typeof ids;
+let dir = '';
+let etcd: LocalEtcdCluster;
+let store: EtcdControllerStore;
+const proxies = {} as Record<H, FaultProxyGroup>;
+const agents = {} as Record<H, AgentProcess>;
+let controller: ChildProcess | undefined;
+
+const status = (h: H) => adminCall<GcStatus>(agents[h].http, 'GET', 'gc/status', undefined, 3000);
+async function phase(h: H, p: HostPhase, timeoutMs = 60_000): Promise<GcStatus> {
+  return until(`${h} ${p}`, async () => {
+    const s = await status(h).catch(() => undefined);
+    return s?.phase === p ? s : undefined;
+  }, timeoutMs, 50);
+}
+async function vmRecord(key: string): Promise<ClusterVmRecord | undefined> {
+  return (await store.listVms(3000)).find((v) => v.key === key)?.record;
+}
+
+/** ns/name -> pids of QEMU processes of any test host, read from their -pidfile path. */
+function qemusByVm(): Map<string, number[]> {
+  const out = new Map<string, number[]>();
+  for (const hostId of Object.values(ids)) {
+    for (const [pid, argv] of processesWith(`tether:${hostId}:`)) {
+      if (!argv[0]?.includes('qemu-system')) continue;
+      const m = /\/vm\/([^/]+)\/([^/]+)\/[0-9a-f]{32}\/qemu\.pid$/.exec(argv[argv.indexOf('-pidfile') + 1] ?? '');
+      if (m) out.set(`${m[1]}/${m[2]}`, [...(out.get(`${m[1]}/${m[2]}`) ?? []), pid]);
+    }
+  }
+  return out;
+}
+
+/** Samples the process table every 100 ms for the whole file; records any VM running twice. */
+const doubles: string[] = [];
+let sampling = true;
+const sampler = (async () => {
+  while (sampling) {
+    for (const [vm, pids] of qemusByVm()) if (pids.length > 1) doubles.push(`${new Date().toISOString()} ${vm}: ${pids.join(',')}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+})();
+
+beforeAll(async () => {
+  requireRealParts(['root', 'qemu', 'guest', 'etcd', 'build']);
+  raiseOwnPriority(); // the fault proxies run in this process, on the heartbeat path
+  dir = testDir('cluster');
+  etcd = new LocalEtcdCluster({ dataDir: join(dir, 'etcd'), tag: 'test' });
+  await etcd.start();
+  store = new EtcdControllerStore({ endpoints: etcd.endpoints() });
+  for (const h of ['a', 'b', 'c'] as H[]) {
+    proxies[h] = await FaultProxyGroup.start(etcd.endpoints());
+    agents[h] = new AgentProcess(ids[h], join(dir, h), ['--etcd-endpoints', proxies[h].endpoints().join(','), ...TIMINGS]);
+  }
+  await Promise.all((['a', 'b', 'c'] as H[]).map((h) => agents[h].start()));
+  const log = openSync(join(dir, 'controller.log'), 'a');
+  controller = spawn(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'controller', '--etcd-endpoints', etcd.endpoints().join(','), '--controller-id', `ctl-${ids.a}`, '--leader-ttl', '3s', '--log-level', 'debug'], { stdio: ['ignore', log, log] });
+  for (const h of ['a', 'b', 'c'] as H[]) await phase(h, 'attached', 30_000);
+}, 180_000);
+
+afterAll(async () => {
+  sampling = false;
+  await sampler;
+  controller?.kill('SIGKILL');
+  for (const h of ['a', 'b', 'c'] as H[]) {
+    await agents[h]?.kill();
+    killHostLeftovers(ids[h]);
+    await proxies[h]?.close();
+  }
+  await store?.close();
+  await etcd?.stop();
+  if (dir) removeDir(dir);
+  for (const id of Object.values(ids)) {
+    expect(qemusOf(id).size).toBe(0);
+    expect(tapsOf(id)).toEqual([]);
+  }
+  expect(controller?.pid !== undefined && processesWith(`ctl-${ids.a}`).has(controller.pid)).toBe(false);
+});
+
+describe('cluster: partition, fence window, reschedule, rejoin (real hosts, controller, etcd, QEMU)', () => {
+  let oldUid = '';
+  let bRevisionBefore = '';
+
+  it('VMs created through an agent API become cluster records placed on that host, and run there', async () => {
+    const vm = await agents.b.api().create({ id: 'web', namespace: 'cl', vcpu: 1, memory_in_mb: 96, kernel: { image: '', cmdline: {} }, interfaces: [{ device_id: 'eth0', type: 'TAP' }] });
+    oldUid = vm.spec.uid;
+    const rec = await until('web running on b', async () => {
+      const r = await vmRecord('cl/web');
+      return r?.phase === 'running' ? r : undefined;
+    }, 60_000, 200);
+    expect(rec).toMatchObject({ uid: oldUid, hostId: ids.b, hostEpoch: 1 });
+    expect(qemusOf(ids.b).has(oldUid)).toBe(true);
+    bRevisionBefore = (await store.getHost(ids.b, 3000)).recordRevision!;
+  }, 90_000);
+
+  it('partition B: its VM stops on B; only after the fence deadline does it run again on A or C, never twice at once', async () => {
+    const t0 = Date.now();
+    await proxies.b.blackhole();
+    // Cluster side: detached with a deadline, then fenced and the VM lost, then rescheduled.
+    const detached = await until('B detached in the cluster', async () => {
+      const h = await store.getHost(ids.b, 3000);
+      return h.record?.state === 'detached' ? h.record : undefined;
+    }, 30_000, 100);
+    expect(detached.fenceDeadline).toBeGreaterThan(detached.detachedAt!);
+    const moved = await until('web running elsewhere', async () => {
+      const r = await vmRecord('cl/web');
+      return r && r.uid !== oldUid && r.phase === 'running' ? r : undefined;
+    }, 90_000, 200);
+    expect([ids.a, ids.c]).toContain(moved.hostId);
+    const fenced = (await store.getHost(ids.b, 3000)).record!;
+    expect(fenced.state).toBe('fenced');
+    // The old incarnation was gone from B before the new one started (sampler checks the overlap).
+    expect(qemusOf(ids.b).has(oldUid)).toBe(false);
+    expect(Date.now()).toBeGreaterThanOrEqual(detached.fenceDeadline!);
+    const host = moved.hostId === ids.a ? ids.a : ids.c;
+    expect(qemusOf(host).has(moved.uid)).toBe(true);
+    expect(doubles).toEqual([]);
+    expect(Date.now() - t0).toBeGreaterThan(12_000);
+  }, 150_000);
+
+  it('B heals: rejoins ready at a new epoch, never restarts its old VM, takes new work; its stale writes are refused', async () => {
+    await proxies.b.heal();
+    const s = await until('B attached at epoch 2', async () => {
+      const st = await status('b').catch(() => undefined);
+      return st?.phase === 'attached' && st.epoch >= 2 ? st : undefined;
+    }, 60_000, 100);
+    expect((await store.getHost(ids.b, 3000)).record).toMatchObject({ epoch: s.epoch });
+    expect(qemusOf(ids.b).has(oldUid)).toBe(false);
+    // A write guarded by B's record as it was before the fence (what a zombie B would send) is refused.
+    const stale = await store.commit(
+      { guards: [{ hostId: ids.b, expectRevision: bRevisionBefore }], vms: [{ key: 'cl/zombie', expectRevision: null, next: { uid: 'f'.repeat(32), spec: (await vmRecord('cl/web'))!.spec, hostId: ids.b, hostEpoch: 1, phase: 'running', generation: 1 } }] },
+      3000,
+    );
+    expect(stale.ok).toBe(false);
+    expect(await vmRecord('cl/zombie')).toBeUndefined();
+    const fresh = await agents.b.api().create({ id: 'after', namespace: 'cl', vcpu: 1, memory_in_mb: 96, kernel: { image: '', cmdline: {} } });
+    const rec = await until('after running on b', async () => {
+      const r = await vmRecord('cl/after');
+      return r?.phase === 'running' ? r : undefined;
+    }, 60_000, 200);
+    expect(rec).toMatchObject({ uid: fresh.spec.uid, hostId: ids.b, hostEpoch: s.epoch });
+    await new Promise((r) => setTimeout(r, 2000));
+    expect(qemusOf(ids.b).has(oldUid)).toBe(false);
+    expect(doubles).toEqual([]);
+    expect(readFileSync(join(dir, 'controller.log'), 'utf8')).toContain('VM rescheduled');
+  }, 120_000);
+});
