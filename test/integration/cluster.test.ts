@@ -46,25 +46,33 @@ async function vmRecord(key: string): Promise<ClusterVmRecord | undefined> {
   return (await store.listVms(3000)).find((v) => v.key === key)?.record;
 }
 
-/** ns/name -> pids of QEMU processes of any test host, read from their -pidfile path. */
-function qemusByVm(): Map<string, number[]> {
-  const out = new Map<string, number[]>();
+/**
+ * ns/name -> uids of the QEMU processes of any test host running it, read from their -pidfile path
+ * (`<stateDir>/vm/<ns>/<name>/<uid>/qemu.pid`). Distinct uids: one process per incarnation is counted
+ * once, even while `-daemonize` briefly shows a parent and its child.
+ */
+function qemusByVm(): Map<string, Set<string>> {
+  const out = new Map<string, Set<string>>();
   for (const hostId of Object.values(ids)) {
-    for (const [pid, argv] of processesWith(`tether:${hostId}:`)) {
+    for (const [, argv] of processesWith(`tether:${hostId}:`)) {
       if (!argv[0]?.includes('qemu-system')) continue;
-      const m = /\/vm\/([^/]+)\/([^/]+)\/[0-9a-f]{32}\/qemu\.pid$/.exec(argv[argv.indexOf('-pidfile') + 1] ?? '');
-      if (m) out.set(`${m[1]}/${m[2]}`, [...(out.get(`${m[1]}/${m[2]}`) ?? []), pid]);
+      const m = /\/vm\/([^/]+)\/([^/]+)\/([0-9a-f]{32})\/qemu\.pid$/.exec(argv[argv.indexOf('-pidfile') + 1] ?? '');
+      if (m) out.set(`${m[1]}/${m[2]}`, (out.get(`${m[1]}/${m[2]}`) ?? new Set()).add(m[3]!));
     }
   }
   return out;
 }
 
-/** Samples the process table every 100 ms for the whole file; records any VM running twice. */
+/** Samples the process table every 100 ms for the whole file; records any VM running as two incarnations at once. */
 const doubles: string[] = [];
+const firstSeen = new Map<string, number>();
 let sampling = true;
 const sampler = (async () => {
   while (sampling) {
-    for (const [vm, pids] of qemusByVm()) if (pids.length > 1) doubles.push(`${new Date().toISOString()} ${vm}: ${pids.join(',')}`);
+    for (const [vm, uids] of qemusByVm()) {
+      for (const u of uids) if (!firstSeen.has(u)) firstSeen.set(u, Date.now());
+      if (uids.size > 1) doubles.push(`${new Date().toISOString()} ${vm}: ${[...uids].join(',')}`);
+    }
     await new Promise((r) => setTimeout(r, 100));
   }
 })();
@@ -139,7 +147,8 @@ describe('cluster: partition, fence window, reschedule, rejoin (real hosts, cont
     expect(fenced.state).toBe('fenced');
     // The old incarnation was gone from B before the new one started (sampler checks the overlap).
     expect(qemusOf(ids.b).has(oldUid)).toBe(false);
-    expect(Date.now()).toBeGreaterThanOrEqual(detached.fenceDeadline!);
+    // The new incarnation's process appeared only after the controller's fence deadline.
+    expect(firstSeen.get(moved.uid)).toBeGreaterThanOrEqual(detached.fenceDeadline!);
     const host = moved.hostId === ids.a ? ids.a : ids.c;
     expect(qemusOf(host).has(moved.uid)).toBe(true);
     expect(doubles).toEqual([]);
