@@ -19,20 +19,20 @@ const STORE_SCHEMA: readonly ConfigKey[] = [
   { key: 'etcdPrefix', type: 'string', default: '/tether/', description: 'key prefix in etcd (or TETHER_ETCD_PREFIX)' },
 ];
 
-interface StoreFlags {
+export interface StoreFlags {
   etcdEndpoints?: string;
   etcdPrefix?: string;
   json?: boolean;
 }
 
-function openStore(o: StoreFlags): EtcdControllerStore {
+export function openStore(o: StoreFlags): EtcdControllerStore {
   const v = resolveConfig(STORE_SCHEMA, { etcdEndpoints: o.etcdEndpoints, etcdPrefix: o.etcdPrefix }, process.env);
   const endpoints = v.etcdEndpoints as string[];
   if (endpoints.length === 0) throw new TetherError('INVALID_ARGUMENT', 'no etcd endpoints: pass --etcd-endpoints or set TETHER_ETCD_ENDPOINTS');
   return new EtcdControllerStore({ endpoints, prefix: String(v.etcdPrefix) });
 }
 
-async function withStore<T>(o: StoreFlags, fn: (s: EtcdControllerStore) => Promise<T>): Promise<T> {
+export async function withStore<T>(o: StoreFlags, fn: (s: EtcdControllerStore) => Promise<T>): Promise<T> {
   const store = openStore(o);
   try {
     return await fn(store);

@@ -2,7 +2,11 @@ import type { Command } from 'commander';
 import type { FlintlockMicroVM, MicroVmSpecIn, NetworkInterfaceIn, VolumeIn } from '../../api/grpc/wire-types.js';
 import { parseDuration } from '../../domain/duration.js';
 import { TetherError } from '../../domain/errors.js';
+import { specFromFlintlock } from '../../api/grpc/spec-mapping.js';
+import type { ClusterVmRecord } from '../../domain/cluster-vm.js';
+import { clusterCreate, clusterDelete } from '../cluster-vms.js';
 import { MicroVmApiClient } from '../microvm-client.js';
+import { withStore, type StoreFlags } from './host.js';
 import { ago, printJson, printTable } from '../output.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
@@ -75,11 +79,42 @@ async function waitFor(client: MicroVmApiClient, uid: string, want: 'created' | 
   }
 }
 
+const CLUSTER_HEAD = ['NAMESPACE', 'NAME', 'UID', 'PHASE', 'HOST', 'EPOCH', 'REASON'];
+function clusterRow(key: string, r: ClusterVmRecord): (string | number)[] {
+  const [ns, name] = key.split('/');
+  return [ns ?? '', name ?? '', r.uid, r.phase, r.hostId ?? '-', r.hostEpoch ?? '-', r.reason ?? ''];
+}
+
+/** Cluster mode: etcd endpoints from the flag or TETHER_ETCD_ENDPOINTS. */
+function clustered(o: StoreFlags): boolean {
+  return Boolean(o.etcdEndpoints || process.env.TETHER_ETCD_ENDPOINTS);
+}
+
+/** Polls the cluster record until `done` says so; progress on stderr. */
+async function waitRecord(o: StoreFlags, key: string, done: (r: ClusterVmRecord | undefined) => boolean, timeoutMs: number): Promise<ClusterVmRecord | undefined> {
+  const t0 = Date.now();
+  let last = '';
+  return withStore(o, async (store) => {
+    for (;;) {
+      const r = (await store.listVms(5000)).find((v) => v.key === key)?.record;
+      const now = r ? `${r.phase}${r.hostId ? ` on ${r.hostId}` : ''}` : 'gone';
+      if (now !== last) process.stderr.write(`  ${((Date.now() - t0) / 1000).toFixed(1)}s ${key} ${(last = now)}\n`);
+      if (done(r)) return r;
+      if (Date.now() - t0 > timeoutMs) throw new TetherError('TIMEOUT', `microvm ${key} still ${now} after ${timeoutMs}ms`);
+      await new Promise((res) => setTimeout(res, 250));
+    }
+  });
+}
+
 /** `tether vm create|get|list|delete`. */
 export function registerVmCommands(program: Command): void {
   const vm = program.command('vm').description('microVMs on an agent (Flintlock-compatible gRPC API)');
   const withAgent = (c: Command) =>
-    c.option('--agent <addr>', 'agent gRPC address', process.env.TETHER_AGENT ?? '127.0.0.1:9090').option('--json', 'machine-readable output');
+    c
+      .option('--agent <addr>', 'agent gRPC address', process.env.TETHER_AGENT ?? '127.0.0.1:9090')
+      .option('--etcd-endpoints <urls>', 'talk to the cluster instead of one agent (or TETHER_ETCD_ENDPOINTS); VMs are then named <ns>/<name>')
+      .option('--etcd-prefix <prefix>', 'key prefix in etcd (or TETHER_ETCD_PREFIX)')
+      .option('--json', 'machine-readable output');
 
   withAgent(vm.command('create <name>').description('create a microVM (returns once recorded; --wait for running)'))
     .option('-n, --namespace <ns>', 'namespace', 'default')
@@ -92,6 +127,7 @@ export function registerVmCommands(program: Command): void {
     .option('--nic <dev[,ip=cidr][,gw=ip][,mac=mac]>', 'network interface backed by a tap (repeatable)', collect)
     .option('--cmdline <key=value>', 'extra kernel argument (repeatable)', collect)
     .option('--label <key=value>', 'label (repeatable)', collect)
+    .option('--host <id>', 'cluster mode: place on this host (default: by capacity)')
     .option('--wait', 'wait until the VM is running (or failed), with progress')
     .option('--timeout <duration>', 'with --wait: give up after', '2m')
     .action(async (name: string, o: Record<string, string | string[] | boolean | undefined>) => {
@@ -108,6 +144,15 @@ export function registerVmCommands(program: Command): void {
         labels: keyValues(o.label as string[], '--label'),
       };
       const timeoutMs = parseDuration(o.timeout as string);
+      if (clustered(o as StoreFlags)) {
+        const c = await withStore(o as StoreFlags, (store) => clusterCreate(store, specFromFlintlock(spec), o.host as string | undefined));
+        let rec: ClusterVmRecord | undefined = c.record;
+        if (o.wait) rec = await waitRecord(o as StoreFlags, c.key, (r) => r?.phase === 'running' || r?.phase === 'failed' || r === undefined, timeoutMs);
+        if (o.json) printJson({ key: c.key, record: rec });
+        else printTable(CLUSTER_HEAD, [clusterRow(c.key, rec ?? c.record)]);
+        if (rec?.phase === 'failed') process.exitCode = 1;
+        return;
+      }
       const client = new MicroVmApiClient(o.agent as string);
       try {
         let created = await client.create(spec);
@@ -120,7 +165,14 @@ export function registerVmCommands(program: Command): void {
       }
     });
 
-  withAgent(vm.command('get <uid>').description('show one microVM')).action(async (uid: string, o: { agent: string; json?: boolean }) => {
+  withAgent(vm.command('get <uid>').description('show one microVM (cluster mode: <ns>/<name>)')).action(async (uid: string, o: StoreFlags & { agent: string; json?: boolean }) => {
+    if (clustered(o)) {
+      const v = await withStore(o, async (store) => (await store.listVms(5000)).find((x) => x.key === uid));
+      if (!v) throw new TetherError('NOT_FOUND', `microvm ${uid} not found in the cluster (use <namespace>/<name>)`);
+      if (o.json) printJson(v);
+      else printTable(CLUSTER_HEAD, [clusterRow(v.key, v.record)]);
+      return;
+    }
     const client = new MicroVmApiClient(o.agent);
     try {
       const v = await client.get(uid);
@@ -134,7 +186,15 @@ export function registerVmCommands(program: Command): void {
   withAgent(vm.command('list').description('list microVMs'))
     .option('-n, --namespace <ns>', 'only this namespace', '')
     .option('--name <name>', 'only this name')
-    .action(async (o: { agent: string; json?: boolean; namespace: string; name?: string }) => {
+    .action(async (o: StoreFlags & { agent: string; json?: boolean; namespace: string; name?: string }) => {
+      if (clustered(o)) {
+        const all = await withStore(o, (store) => store.listVms(5000));
+        const vms = all.filter((v) => (!o.namespace || v.key.startsWith(`${o.namespace}/`)) && (!o.name || v.key.endsWith(`/${o.name}`)));
+        if (o.json) printJson(vms);
+        else if (vms.length === 0) console.log('no microvms in the cluster');
+        else printTable(CLUSTER_HEAD, vms.map((v) => clusterRow(v.key, v.record)));
+        return;
+      }
       const client = new MicroVmApiClient(o.agent);
       try {
         const vms = await client.list(o.namespace, o.name);
@@ -146,11 +206,18 @@ export function registerVmCommands(program: Command): void {
       }
     });
 
-  withAgent(vm.command('delete <uid>').description('delete a microVM (graceful stop, then every resource removed)'))
+  withAgent(vm.command('delete <uid>').description('delete a microVM (graceful stop, then every resource removed; cluster mode: <ns>/<name>)'))
     .option('--wait', 'wait until every resource is gone, with progress')
     .option('--timeout <duration>', 'with --wait: give up after', '1m')
-    .action(async (uid: string, o: { agent: string; json?: boolean; wait?: boolean; timeout: string }) => {
+    .action(async (uid: string, o: StoreFlags & { agent: string; json?: boolean; wait?: boolean; timeout: string }) => {
       const timeoutMs = parseDuration(o.timeout);
+      if (clustered(o)) {
+        const how = await withStore(o, (store) => clusterDelete(store, uid));
+        if (o.wait && how === 'deleting') await waitRecord(o, uid, (r) => r === undefined, timeoutMs);
+        if (o.json) printJson({ key: uid, deleted: o.wait || how === 'removed' ? true : 'requested' });
+        else console.log(how === 'removed' || o.wait ? `deleted ${uid}` : `delete of ${uid} requested: its host stops it and removes the record`);
+        return;
+      }
       const client = new MicroVmApiClient(o.agent);
       try {
         await client.delete(uid);

@@ -1,0 +1,65 @@
+import { randomBytes } from 'node:crypto';
+import type { ClusterVmRecord } from '../domain/cluster-vm.js';
+import { NotFoundError, TetherError } from '../domain/errors.js';
+import { isSchedulable, placeVms } from '../domain/placement.js';
+import type { VmSpec } from '../domain/vm.js';
+import type { ControllerStore } from '../ports/controller-store.js';
+
+const DEADLINE = 5000;
+
+/** Result of {@link clusterCreate}: the record as written. */
+export interface ClusterCreated {
+  readonly key: string;
+  readonly record: ClusterVmRecord;
+}
+
+/**
+ * Creates `vms/<ns>/<name>` placed by capacity (spread) on a schedulable host, or on `host` when
+ * given. The write is one txn: the key must not exist and the target host's record must be
+ * unchanged since it was read (so a host fenced or re-epoched meanwhile gets nothing). With no
+ * capacity the VM is recorded `pending` without a host and with the reason; the controller places
+ * it when capacity appears.
+ */
+export async function clusterCreate(store: Pick<ControllerStore, 'listHosts' | 'listVms' | 'commit'>, spec: VmSpec, host?: string): Promise<ClusterCreated> {
+  const key = `${spec.id.namespace}/${spec.id.name}`;
+  const [snapshot, vms] = await Promise.all([store.listHosts(DEADLINE), store.listVms(DEADLINE)]);
+  const existing = vms.find((v) => v.key === key);
+  if (existing) throw new TetherError('ALREADY_EXISTS', `microvm ${key} already exists (uid ${existing.record.uid}, ${existing.record.phase} on ${existing.record.hostId ?? 'no host'})`);
+  if (host && !snapshot.hosts.some((h) => h.hostId === host)) throw new NotFoundError(`host "${host}" (known: ${snapshot.hosts.map((h) => h.hostId).join(', ') || 'none'})`);
+  const candidates = snapshot.hosts
+    .filter((h) => (!host || h.hostId === host) && h.record && isSchedulable(h.record, h.alive !== undefined))
+    .map((h) => ({ hostId: h.hostId, epoch: h.record!.epoch, capacity: h.record!.capacity }));
+  if (host && candidates.length === 0) {
+    const h = snapshot.hosts.find((x) => x.hostId === host)!;
+    throw new TetherError('FAILED_PRECONDITION', `host ${host} takes no new VMs now (state ${h.record?.state ?? 'unknown'}${h.record?.hold ? ', held' : ''}${h.alive ? '' : ', not alive'})`);
+  }
+  const [p] = placeVms([{ key, spec }], candidates, vms.map((v) => v.record));
+  const uid = randomBytes(16).toString('hex');
+  const base = { uid, spec, generation: 1, updatedAt: Date.now() };
+  let record: ClusterVmRecord;
+  let guards: { hostId: string; expectRevision: string }[] = [];
+  if (p && 'hostId' in p) {
+    record = { ...base, hostId: p.hostId, hostEpoch: p.hostEpoch, phase: 'pending' };
+    guards = [{ hostId: p.hostId, expectRevision: snapshot.hosts.find((h) => h.hostId === p.hostId)!.recordRevision! }];
+  } else {
+    if (host) throw new TetherError('FAILED_PRECONDITION', `host ${host} has no room: ${p?.reason ?? 'no capacity'}`);
+    record = { ...base, phase: 'pending', reason: p?.reason ?? 'no schedulable host' };
+  }
+  const res = await store.commit({ guards, vms: [{ key, expectRevision: null, next: record }] }, DEADLINE);
+  if (!res.ok) throw new TetherError('UNAVAILABLE', `microvm ${key}: the cluster changed while placing it (${res.reason}); try again`, { retryable: true });
+  return { key, record };
+}
+
+/**
+ * Asks for the deletion of `vms/<key>`: a placed VM is marked `deleting` (its host stops it,
+ * removes its resources, then the record); an unplaced or lost one is removed at once.
+ */
+export async function clusterDelete(store: Pick<ControllerStore, 'listVms' | 'commit'>, key: string): Promise<'deleting' | 'removed'> {
+  const v = (await store.listVms(DEADLINE)).find((x) => x.key === key);
+  if (!v) throw new NotFoundError(`microvm ${key}`);
+  const placed = v.record.hostId !== undefined && v.record.phase !== 'lost';
+  const next: ClusterVmRecord | null = placed ? { ...v.record, phase: 'deleting', generation: v.record.generation + 1, updatedAt: Date.now() } : null;
+  const res = await store.commit({ vms: [{ key, expectRevision: v.revision, next }] }, DEADLINE);
+  if (!res.ok) throw new TetherError('UNAVAILABLE', `microvm ${key} changed meanwhile; try again`, { retryable: true });
+  return placed ? 'deleting' : 'removed';
+}
