@@ -1,7 +1,8 @@
-import { mkdirSync, rmSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, openSync, rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
-import { AgentProcess } from './agent-process.js';
+import { AgentProcess, repoRoot } from './agent-process.js';
 import { LocalEtcdCluster } from './etcd-cluster.js';
 import { raiseOwnPriority } from '../adapters/process-priority.js';
 import { FaultProxyGroup } from './tcp-proxy.js';
@@ -30,13 +31,16 @@ export interface DevClusterOptions {
 }
 
 /**
- * A local cluster for demos and manual testing: a 3-member etcd on loopback, N agents (each with
- * its own state dir, host id and fault proxy in front of etcd), and a small HTTP control endpoint
- * to cut a host off (`blackhole`: connections stay open, bytes vanish — a cut cable) and heal it.
+ * A local cluster for demos and manual testing: a 3-member etcd on loopback, N agents (default 3,
+ * each with its own state dir, host id and fault proxy in front of etcd), a controller, and a small
+ * HTTP control endpoint to cut a host off (`blackhole`: connections stay open, bytes vanish — a cut
+ * cable) and heal it.
  */
 export class DevCluster {
   readonly etcd: LocalEtcdCluster;
   readonly hosts: DevHost[] = [];
+  /** The controller replica (fence window, reschedule), when started. */
+  controller: ChildProcess | undefined;
   private control: Server | undefined;
   private readonly log: (line: string) => void;
 
@@ -53,7 +57,7 @@ export class DevCluster {
     this.log('[dev] starting a 3-member etcd cluster (Raft) on loopback');
     await this.etcd.start();
     this.log(`[dev] etcd healthy: ${this.etcd.endpoints().join(', ')}`);
-    const n = this.opts.hosts ?? 1;
+    const n = this.opts.hosts ?? 3;
     const base = this.opts.basePort ?? 9090;
     for (let i = 0; i < n; i++) {
       const id = n === 1 ? 'dev-host' : `dev-host-${String.fromCharCode(97 + i)}`;
@@ -63,6 +67,11 @@ export class DevCluster {
       await agent.start();
       this.hosts.push({ id, agent, proxies });
     }
+    const log = join(this.opts.stateDir, 'controller.log');
+    this.log(`[dev] starting the controller (log: ${log})`);
+    this.controller = spawn(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'controller', '--etcd-endpoints', this.etcd.endpoints().join(','), '--controller-id', 'dev-controller'], {
+      stdio: ['ignore', openSync(log, 'a'), openSync(log, 'a')],
+    });
   }
 
   /** Cuts `hostId` off from etcd (blackhole) for `forMs` (then heals), or until {@link heal}. */
@@ -117,9 +126,10 @@ export class DevCluster {
     };
   }
 
-  /** Deletes every VM, stops the agents, the proxies and etcd. */
+  /** Deletes every VM, stops the agents, the controller, the proxies and etcd. */
   async stop(): Promise<void> {
     this.control?.close();
+    this.controller?.kill('SIGTERM');
     for (const h of this.hosts) {
       if (h.healTimer) clearTimeout(h.healTimer);
       await h.proxies.heal().catch(() => undefined);

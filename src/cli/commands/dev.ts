@@ -1,6 +1,9 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
+import { EtcdControllerStore } from '../../adapters/etcd/etcd-controller-store.js';
+import { specFromFlintlock } from '../../api/grpc/spec-mapping.js';
 import { DEV_CONTROL_ADDR, DevCluster } from '../../dev/dev-cluster.js';
+import { clusterCreate } from '../cluster-vms.js';
 import { parseDuration } from '../../domain/duration.js';
 import { TetherError, messageOf } from '../../domain/errors.js';
 
@@ -18,19 +21,20 @@ async function control<T>(method: 'GET' | 'POST', path: string, body?: unknown):
 
 /** `tether dev up|partition|heal|status`: a local cluster to watch detached-host GC happen. */
 export function registerDevCommands(program: Command): void {
-  const dev = program.command('dev').description('local dev cluster: 3-member etcd, agents behind fault proxies, demo VMs');
+  const dev = program.command('dev').description('local dev cluster: 3-member etcd, agents behind fault proxies, a controller, demo VMs');
   dev
     .command('up')
-    .description('start etcd, an agent with a demo VM, and wait (Ctrl-C deletes the VMs and stops everything)')
+    .description('start etcd, 3 agents, a controller and demo VMs, and wait (Ctrl-C deletes the VMs and stops everything)')
     .option('--state-dir <dir>', 'where the dev cluster keeps its state', 'state/dev')
-    .option('--vms <n>', 'demo VMs to create', '1')
-    .action(async (o: { stateDir: string; vms: string }) => {
-      const cluster = new DevCluster({ stateDir: resolve(o.stateDir) });
+    .option('--hosts <n>', 'hosts (agents) to start', '3')
+    .option('--vms <n>', 'demo VMs to create, spread over the hosts by capacity', '3')
+    .action(async (o: { stateDir: string; hosts: string; vms: string }) => {
+      const cluster = new DevCluster({ stateDir: resolve(o.stateDir), hosts: Number(o.hosts) });
       let stopping = false;
       const stop = async () => {
         if (stopping) return;
         stopping = true;
-        console.log('\n[dev] stopping: deleting VMs, stopping the agent and etcd ...');
+        console.log('\n[dev] stopping: deleting VMs, stopping the agents, the controller and etcd ...');
         await cluster.stop().catch((e: unknown) => console.error(`[dev] stop failed: ${messageOf(e)}`));
         process.exit(0);
       };
@@ -39,36 +43,44 @@ export function registerDevCommands(program: Command): void {
       try {
         await cluster.start();
         await cluster.listenControl();
+        const store = new EtcdControllerStore({ endpoints: cluster.etcd.endpoints() });
+        try {
+          for (let i = 0; i < Number(o.vms); i++) {
+            const spec = specFromFlintlock({ id: `demo-${i + 1}`, namespace: 'default', vcpu: 1, memory_in_mb: 96, interfaces: [{ device_id: 'eth0', type: 'TAP', address: { address: `10.99.${i}.2/24` } }] });
+            const c = await clusterCreate(store, spec);
+            console.log(`[dev] ${c.key} placed on ${c.record.hostId ?? '(no host: ' + (c.record.reason ?? '') + ')'} as ${c.record.uid}`);
+          }
+          const t0 = Date.now();
+          for (;;) {
+            const vms = await store.listVms(5000);
+            if (vms.every((v) => v.record.phase === 'running' || v.record.phase === 'failed')) {
+              console.log(`[dev] ${vms.length} VM(s) running after ${((Date.now() - t0) / 1000).toFixed(1)}s`);
+              break;
+            }
+            if (Date.now() - t0 > 120_000) throw new Error('demo VMs not running after 2 minutes');
+            await new Promise((r) => setTimeout(r, 500));
+          }
+        } finally {
+          await store.close();
+        }
       } catch (err) {
         console.error(`[dev] start failed: ${messageOf(err)}`);
         await cluster.stop().catch(() => undefined);
         process.exit(1);
       }
-      const host = cluster.hosts[0]!;
-      const api = host.agent.api();
-      for (let i = 0; i < Number(o.vms); i++) {
-        const name = `demo-${i + 1}`;
-        const vm = await api.create({ id: name, namespace: 'default', vcpu: 1, memory_in_mb: 96, kernel: { image: '', cmdline: {} }, interfaces: [{ device_id: 'eth0', type: 'TAP', address: { address: `10.99.${i}.2/24` } }] });
-        process.stdout.write(`[dev] creating ${name} (${vm.spec.uid}) ...`);
-        const t0 = Date.now();
-        for (;;) {
-          const cur = await api.get(vm.spec.uid);
-          if (cur.status.state === 'CREATED' || cur.status.state === 'FAILED') {
-            console.log(` ${cur.status.state} in ${((Date.now() - t0) / 1000).toFixed(1)}s`);
-            console.log(`[dev]   serial log: ${resolve(o.stateDir, 'hosts', host.id, 'vm', 'default', name, vm.spec.uid, 'serial.log')}`);
-            break;
-          }
-          await new Promise((r) => setTimeout(r, 200));
-        }
-      }
+      const eps = cluster.etcd.endpoints().join(',');
+      const b = cluster.hosts[1] ?? cluster.hosts[0]!;
       console.log(`
-[dev] ready. In another terminal:
-  npx tether vm list --agent ${host.agent.grpc}            # the demo VMs
-  npx tether gc status --agent-http ${host.agent.http}     # lifecycle state, last ack, watchdog countdown
-  npx tether dev partition --for 30s                    # cut ${host.id} off from etcd (a cut cable)
-  npx tether gc report --agent-http ${host.agent.http}     # what the GC did: stops, removals, audit
-  npx tether vm delete <uid> --agent ${host.agent.grpc} --wait
-Agent log: ${host.agent.log}
+[dev] ready: ${cluster.hosts.map((h) => `${h.id} (gRPC ${h.agent.grpc}, HTTP ${h.agent.http})`).join(', ')}.
+In another terminal:
+  export TETHER_ETCD_ENDPOINTS=${eps}
+  npx tether host list                                   # hosts: state, epoch, lease age, fence countdown
+  npx tether vm list                                     # VMs cluster-wide: phase and host
+  npx tether dev partition ${b.id} --for 60s            # cut ${b.id} off from etcd (a cut cable)
+  npx tether gc status --agent-http ${b.agent.http}      # on ${b.id}: detached, watchdog countdown, fencing, clean
+  npx tether events --follow                             # the cluster's view: detached, fenced, rescheduled, rejoined
+  npx tether gc report --agent-http ${b.agent.http}      # what ${b.id} did: stops, removals, audit, rejoin
+Logs: ${resolve(o.stateDir)}/hosts/<host>/agent.log and ${resolve(o.stateDir)}/controller.log
 Ctrl-C here deletes the VMs and stops everything.`);
     });
   dev
