@@ -181,4 +181,28 @@ describe('cluster: partition, fence window, reschedule, rejoin (real hosts, cont
     expect(doubles).toEqual([]);
     expect(readFileSync(join(dir, 'controller.log'), 'utf8')).toContain('VM rescheduled');
   }, 120_000);
+
+  it('hold on C: cut off past its watchdog and the fence window, C does not self-fence, nothing is fenced or rescheduled', async () => {
+    const vm = await agents.c.api().create({ id: 'held', namespace: 'cl', vcpu: 1, memory_in_mb: 96, kernel: { image: '', cmdline: {} } });
+    await until('held running on c', async () => (await vmRecord('cl/held'))?.phase === 'running', 60_000, 200);
+    const pid = qemusOf(ids.c).get(vm.spec.uid);
+    await store.setHold(ids.c, true, Date.now(), 3000);
+    await until('c read the hold', async () => (await status('c')).held, 20_000, 200);
+    await proxies.c.blackhole();
+    await until('C detached in the cluster', async () => (await store.getHost(ids.c, 3000)).record?.state === 'detached', 30_000, 100);
+    // Past watchdog (9 s) + grace + kill and past ttl + fence window (15 s).
+    await new Promise((r) => setTimeout(r, 20_000));
+    const st = await status('c');
+    expect(st.phase).toBe('detached');
+    expect(st.heldAtDetach).toBe(true);
+    expect(qemusOf(ids.c).get(vm.spec.uid)).toBe(pid);
+    expect((await store.getHost(ids.c, 3000)).record?.state).toBe('detached');
+    expect(await vmRecord('cl/held')).toMatchObject({ uid: vm.spec.uid, hostId: ids.c, phase: 'running' });
+    await proxies.c.heal();
+    await phase('c', 'attached', 30_000);
+    expect((await status('c')).epoch).toBe(1);
+    expect(qemusOf(ids.c).get(vm.spec.uid)).toBe(pid);
+    await store.setHold(ids.c, false, Date.now(), 3000);
+    expect(doubles).toEqual([]);
+  }, 150_000);
 });

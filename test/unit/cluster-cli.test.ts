@@ -1,0 +1,58 @@
+import { describe, expect, it } from 'vitest';
+import { clusterCreate, clusterDelete } from '../../src/cli/cluster-vms.js';
+import { MemoryControllerStore } from '../../src/controller/memory-controller-store.js';
+import { DEFAULT_TIMINGS } from '../../src/domain/gc-timing.js';
+import type { HostRecord } from '../../src/domain/host-record.js';
+import { TetherError } from '../../src/domain/errors.js';
+import { specFromFlintlock } from '../../src/api/grpc/spec-mapping.js';
+import { FakeClock } from '../support/fake-clock.js';
+import { sampleSpec } from '../support/host-harness.js';
+
+function host(store: MemoryControllerStore, hostId: string, extra: Partial<HostRecord> = {}, alive = true): void {
+  const rec: HostRecord = { hostId, state: 'attached', epoch: 2, timings: DEFAULT_TIMINGS, hold: false, capacity: { vcpu: 4, memoryMb: 1024 }, labels: {}, agentVersion: 't', updatedAt: 0, ...extra };
+  store.putRaw(`hosts/${hostId}/record`, rec);
+  if (alive) store.putRaw(`hosts/${hostId}/alive`, { epoch: rec.epoch, agentVersion: 't' }, store.grantLease(6000));
+}
+
+const code = async (p: Promise<unknown>) => ((await p.catch((e: unknown) => e)) as TetherError).code;
+
+describe('cluster VM operations (tether vm ... --etcd-endpoints)', () => {
+  it('places by capacity on a schedulable host at its epoch, or on --host; never on a held, detached or dead host', async () => {
+    const store = new MemoryControllerStore(new FakeClock());
+    host(store, 'a', { capacity: { vcpu: 4, memoryMb: 512 } });
+    host(store, 'b', { capacity: { vcpu: 4, memoryMb: 2048 } });
+    host(store, 'held', { hold: true, capacity: { vcpu: 64, memoryMb: 65536 } });
+    host(store, 'gone', { state: 'detached', capacity: { vcpu: 64, memoryMb: 65536 } });
+    host(store, 'dead', { capacity: { vcpu: 64, memoryMb: 65536 } }, false);
+    const c = await clusterCreate(store, sampleSpec('one', 'ns'));
+    expect(c.record).toMatchObject({ hostId: 'b', hostEpoch: 2, phase: 'pending', generation: 1 });
+    expect((await clusterCreate(store, sampleSpec('two', 'ns'), 'a')).record.hostId).toBe('a');
+    expect(await code(clusterCreate(store, sampleSpec('one', 'ns')))).toBe('ALREADY_EXISTS');
+    expect(await code(clusterCreate(store, sampleSpec('x', 'ns'), 'nope'))).toBe('NOT_FOUND');
+    expect(await code(clusterCreate(store, sampleSpec('x', 'ns'), 'held'))).toBe('FAILED_PRECONDITION');
+    expect(await code(clusterCreate(store, sampleSpec('x', 'ns'), 'gone'))).toBe('FAILED_PRECONDITION');
+    expect((await store.listVms(1000)).map((v) => v.key).sort()).toEqual(['ns/one', 'ns/two']);
+  });
+
+  it('without capacity the VM waits pending with the reason; bad specs are refused before anything is written', async () => {
+    const store = new MemoryControllerStore(new FakeClock());
+    host(store, 'small', { capacity: { vcpu: 1, memoryMb: 64 } });
+    const c = await clusterCreate(store, sampleSpec('big', 'ns'));
+    expect(c.record.hostId).toBeUndefined();
+    expect(c.record.reason).toMatch(/no host has/);
+    expect(() => specFromFlintlock({ id: 'Bad_Name', namespace: 'ns', vcpu: 0, memory_in_mb: 96 })).toThrow(/microvm\.(id|vcpu)/);
+    expect((await store.listVms(1000)).map((v) => v.key)).toEqual(['ns/big']);
+  });
+
+  it('delete marks a placed VM deleting (its host removes it) and removes an unplaced one at once', async () => {
+    const store = new MemoryControllerStore(new FakeClock());
+    host(store, 'a');
+    await clusterCreate(store, sampleSpec('placed', 'ns'));
+    expect(await clusterDelete(store, 'ns/placed')).toBe('deleting');
+    expect((await store.listVms(1000)).find((v) => v.key === 'ns/placed')?.record.phase).toBe('deleting');
+    host(store, 'a', { hold: true });
+    await clusterCreate(store, sampleSpec('waiting', 'ns'));
+    expect(await clusterDelete(store, 'ns/waiting')).toBe('removed');
+    expect(await code(clusterDelete(store, 'ns/none'))).toBe('NOT_FOUND');
+  });
+});
