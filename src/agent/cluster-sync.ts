@@ -99,6 +99,11 @@ export class ClusterVmSync {
       for (const v of plan.removeRecord) {
         await this.store.commit({ guards, vms: [{ key: v.key, expectRevision: rev.get(v.key)!, next: null }] }, this.intervalMs);
       }
+      for (const v of plan.release) {
+        const { drain: _drain, ...rest } = v.record;
+        const next: ClusterVmRecord = { ...rest, phase: 'lost', reason: `drained from ${this.ctx.hostId}: stopped and cleaned there`, generation: v.record.generation + 1, updatedAt: clock.now() };
+        await this.store.commit({ guards, vms: [{ key: v.key, expectRevision: rev.get(v.key)!, next }] }, this.intervalMs);
+      }
       for (const s of plan.status) {
         const next: ClusterVmRecord = { ...s.view.record, phase: s.phase, generation: s.view.record.generation + 1, updatedAt: clock.now() };
         const res = await this.store.commit({ guards, vms: [{ key: s.view.key, expectRevision: rev.get(s.view.key)!, next }] }, this.intervalMs);

@@ -27,6 +27,8 @@ export interface SyncPlan {
   readonly deleteLocal: readonly string[];
   /** Records whose VM is gone locally after a requested delete: remove the record. */
   readonly removeRecord: readonly ClusterVmView[];
+  /** Drained records whose VM is gone locally: mark them lost so they are placed elsewhere. */
+  readonly release: readonly ClusterVmView[];
   /** Records whose phase must follow the local VM. */
   readonly status: readonly { readonly view: ClusterVmView; readonly phase: ClusterVmPhase }[];
 }
@@ -60,11 +62,12 @@ export function planSync(hostId: string, epoch: number, records: readonly Cluste
   const localByUid = new Map(local.map((l) => [l.uid, l]));
   const create: ClusterVmView[] = [];
   const removeRecord: ClusterVmView[] = [];
+  const release: ClusterVmView[] = [];
   const status: { view: ClusterVmView; phase: ClusterVmPhase }[] = [];
   for (const v of mine) {
     const l = localByUid.get(v.record.uid);
     if (v.record.phase === 'deleting') {
-      if (!l) removeRecord.push(v);
+      if (!l) (v.record.drain ? release : removeRecord).push(v);
       continue;
     }
     if (v.record.phase === 'lost') continue;
@@ -84,5 +87,5 @@ export function planSync(hostId: string, epoch: number, records: readonly Cluste
       return !v || v.record.phase === 'deleting' || v.record.phase === 'lost';
     })
     .map((l) => l.uid);
-  return { create, deleteLocal, removeRecord, status };
+  return { create, deleteLocal, removeRecord, release, status };
 }

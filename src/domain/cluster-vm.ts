@@ -30,6 +30,11 @@ export interface ClusterVmRecord {
   readonly generation: number;
   /** Absent means `reschedule`. */
   readonly restartPolicy?: RestartPolicy;
+  /**
+   * Set with phase `deleting` by a drain: once its host has stopped it and removed its resources,
+   * the host marks it `lost` (to be placed elsewhere) instead of removing the record.
+   */
+  readonly drain?: boolean;
   /** Why the VM is `pending` without a host, or why it is `lost`. */
   readonly reason?: string;
   /** Wall-clock ms of the last write (display only). */

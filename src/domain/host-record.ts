@@ -17,6 +17,8 @@ export interface HostRecord {
   readonly timings: GcTimings;
   /** Operator hold: no self-fence on the host, no fence by the controller. */
   readonly hold: boolean;
+  /** Operator drain: the host takes no new VMs and its VMs are being moved elsewhere. */
+  readonly draining?: boolean;
   /** Whether the host was held when it detached (the controller then never fences it automatically). */
   readonly heldAtDetach?: boolean;
   /** Controller wall-clock ms when the lease was seen gone. */

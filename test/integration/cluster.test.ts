@@ -3,6 +3,7 @@ import { openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EtcdControllerStore } from '../../src/adapters/etcd/etcd-controller-store.js';
+import { drainHost, setDraining } from '../../src/cli/host-drain.js';
 import { raiseOwnPriority } from '../../src/adapters/process-priority.js';
 import type { GcStatus } from '../../src/agent/gc/host-gc.js';
 import { adminCall } from '../../src/api/http/admin-server.js';
@@ -229,4 +230,23 @@ describe('cluster: partition, fence window, reschedule, rejoin (real hosts, cont
     }, 120_000, 500);
     expect(doubles).toEqual([]);
   }, 240_000);
+
+  it('drain A: its VMs stop on A first, then run on B or C; A takes no new VMs until undrained', async () => {
+    const onA = (await store.listVms(3000)).filter((v) => v.record.hostId === ids.a && v.record.phase === 'running');
+    expect(onA.length).toBeGreaterThan(0);
+    const res = await drainHost(store, ids.a, 60_000, () => undefined);
+    expect(res.moved.map((m) => m.key).sort()).toEqual(onA.map((v) => v.key).sort());
+    await until('drained VMs running elsewhere', async () => {
+      const vms = await store.listVms(3000);
+      return onA.every((o) => {
+        const v = vms.find((x) => x.key === o.key)?.record;
+        return v && v.phase === 'running' && v.hostId !== ids.a && v.uid !== o.record.uid;
+      });
+    }, 60_000, 300);
+    expect(qemusOf(ids.a).size).toBe(0);
+    expect(doubles).toEqual([]);
+    expect((await store.getHost(ids.a, 3000)).record?.draining).toBe(true);
+    await setDraining(store, ids.a, false);
+    expect((await store.getHost(ids.a, 3000)).record?.draining).toBeUndefined();
+  }, 120_000);
 });

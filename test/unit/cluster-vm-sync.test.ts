@@ -29,6 +29,15 @@ describe('planSync (what a host does with the cluster records)', () => {
     expect(p.create).toEqual([]);
   });
 
+  it('a drained record whose VM is gone locally is released (marked lost to be placed elsewhere), not removed', () => {
+    const p = planSync('a', 1, [rec('ns/d', 'u1', { hostId: 'a', hostEpoch: 1, phase: 'deleting', drain: true })], []);
+    expect(p.release.map((v) => v.key)).toEqual(['ns/d']);
+    expect(p.removeRecord).toEqual([]);
+    const running = planSync('a', 1, [rec('ns/d', 'u1', { hostId: 'a', hostEpoch: 1, phase: 'deleting', drain: true })], [{ uid: 'u1', phase: 'running', desired: 'present' }]);
+    expect(running.deleteLocal).toEqual(['u1']);
+    expect(running.release).toEqual([]);
+  });
+
   it('reports the local phase back, and nothing when it already matches', () => {
     const records = [rec('ns/a', 'u1', { hostId: 'a', hostEpoch: 1, phase: 'pending' }), rec('ns/b', 'u2', { hostId: 'a', hostEpoch: 1, phase: 'running' })];
     const p = planSync('a', 1, records, [

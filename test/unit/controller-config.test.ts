@@ -23,13 +23,13 @@ describe('tether controller: configuration', () => {
     expect(() => toControllerConfig(resolveConfig(CONTROLLER_SCHEMA, { etcdEndpoints: 'x', leaderTtl: '1500ms' }, {}))).toThrow(/leaderTtl/);
   });
 
-  it('registers controller, host list|hold|release|fence and events', () => {
+  it('registers controller, host list|hold|release|drain|undrain|fence and events', () => {
     const p = new Command('tether');
     registerControllerCommand(p);
     registerHostCommands(p);
     expect(p.commands.map((c) => c.name()).sort()).toEqual(['controller', 'events', 'host']);
     const host = p.commands.find((c) => c.name() === 'host')!;
-    expect(host.commands.map((c) => c.name()).sort()).toEqual(['fence', 'hold', 'list', 'release']);
+    expect(host.commands.map((c) => c.name()).sort()).toEqual(['drain', 'fence', 'hold', 'list', 'release', 'undrain']);
     const ctl = p.commands.find((c) => c.name() === 'controller')!;
     for (const f of ['--etcd-endpoints', '--etcd-prefix', '--freeze-share', '--host-record-ttl', '--log-level']) expect(ctl.options.map((o) => o.long)).toContain(f);
   });

@@ -89,6 +89,7 @@ export class EtcdClusterStore implements ClusterStore {
         state: decision.state,
         epoch: decision.epoch,
         hold: cur?.record.hold ?? false,
+        ...(cur?.record.draining ? { draining: true } : {}),
         updatedAt: Date.now(),
       };
       const cmp = cur ? this.client.if(key, 'Mod', '==', cur.modRevision) : this.client.if(key, 'Create', '==', 0);

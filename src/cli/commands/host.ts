@@ -11,6 +11,8 @@ import type { HostRecordState } from '../../domain/host-record.js';
 import type { ControllerStatus, StoredEvent } from '../../ports/controller-store.js';
 import { resolveConfig, type ConfigKey } from '../config-schema.js';
 import { printJson, printTable } from '../output.js';
+import { drainHost, setDraining } from '../host-drain.js';
+import { parseDuration } from '../../domain/duration.js';
 
 const CALL_DEADLINE = 5000;
 
@@ -217,6 +219,23 @@ export function registerHostCommands(program: Command): void {
         });
       });
   }
+
+  storeOptions(host.command('drain <id>').description('stop the host\'s VMs gracefully and place them on other hosts; the host takes no new VMs until undrain'))
+    .option('--timeout <duration>', 'how long to wait for the host to confirm the stops', '2m')
+    .option('--json', 'machine-readable output')
+    .action(async (id: string, o: StoreFlags & { timeout: string }) => {
+      await withStore(o, async (store) => {
+        const res = await drainHost(store, id, parseDuration(o.timeout), (l) => process.stderr.write(`  ${l}\n`));
+        if (o.json) printJson(res);
+        else console.log(`host ${id} drained: ${res.moved.length} VM(s) moved; it takes no new VMs until 'tether host undrain ${id}'`);
+      });
+    });
+
+  storeOptions(host.command('undrain <id>').description('let a drained host take new VMs again'))
+    .action(async (id: string, o: StoreFlags) => {
+      await withStore(o, (store) => setDraining(store, id, false));
+      console.log(`host ${id} takes new VMs again`);
+    });
 
   storeOptions(host.command('fence <id>').description('mark a host fenced and its VMs lost, for an operator who KNOWS the host is powered off'))
     .option('--confirm', 'I know this host is powered off (its VMs cannot be running)')
