@@ -17,16 +17,20 @@ import { lazyEtcd, type BenchContext, type ScenarioResult } from './lib/context.
 import { progress } from './lib/progress.js';
 import { BenchResources } from './lib/resources.js';
 import { renderTable, type Table } from './lib/table.js';
+import { runControllerScale } from './scenarios/controller-scale.js';
 import { runGc } from './scenarios/gc.js';
+import { runReschedule } from './scenarios/reschedule.js';
 import { runAgentIdleRss, runCreateReady, runGracefulStop } from './scenarios/substrate.js';
 
-type Section = 'create-ready' | 'graceful-stop' | 'agent-idle-rss' | 'gc';
+type Section = 'create-ready' | 'graceful-stop' | 'agent-idle-rss' | 'gc' | 'reschedule' | 'controller-scale';
 
 const RUNNERS: Record<Section, (ctx: BenchContext) => Promise<ScenarioResult>> = {
   'create-ready': runCreateReady,
   'graceful-stop': runGracefulStop,
   'agent-idle-rss': runAgentIdleRss,
   gc: runGc,
+  reschedule: runReschedule,
+  'controller-scale': runControllerScale,
 };
 
 /** Names accepted on the command line and the sections they run. */
@@ -36,6 +40,8 @@ const SCENARIOS: Record<string, readonly Section[]> = {
   'graceful-stop': ['graceful-stop'],
   'agent-idle-rss': ['agent-idle-rss'],
   gc: ['gc'],
+  reschedule: ['reschedule'],
+  'controller-scale': ['controller-scale'],
 };
 
 const USAGE = `usage: npm run bench -- [scenario...] [--quick] [--gc-n 1,5,10,20]
@@ -46,6 +52,8 @@ scenarios (default: all):
   graceful-stop   delete of a running VM: stop time, QEMU gone, delete+clean (x3)
   agent-idle-rss  RSS of an idle agent, standalone and heartbeating to etcd
   gc              detached-host GC for N = 1, 5, 10, 20 VMs (cut etcd, fence, clean, rejoin)
+  reschedule      partition -> VM running again on another host (3 hosts, controller), default and aggressive timings
+  controller-scale  one controller, N = 1000, 5000 simulated hosts (quick: 200, 1000): lease gone -> detached
 
 --quick   smoke run: 1 repetition, 3-VM batch, gc N = 1, 5
 --gc-n    the N values of the gc scenario (comma-separated)`;
