@@ -1,4 +1,4 @@
-import { TetherError } from '../../domain/errors.js';
+import { TetherError, messageOf } from '../../domain/errors.js';
 
 /**
  * Races `p` against a deadline of `ms`. A call without an answer by then is a miss: rejects with a
@@ -16,4 +16,19 @@ export function withDeadline<T>(what: string, ms: number, p: Promise<T>): Promis
 /** gRPC call options carrying the same deadline. */
 export function deadlineOption(ms: number): { deadline: Date } {
   return { deadline: new Date(Date.now() + ms) };
+}
+
+/** An etcd failure as a retryable UNAVAILABLE naming the call (a TetherError passes through). */
+export function asRetryable(what: string, err: unknown): TetherError {
+  if (err instanceof TetherError) return err;
+  return new TetherError('UNAVAILABLE', `${what}: ${messageOf(err)}`, { cause: err, retryable: true });
+}
+
+/** Runs an etcd call under {@link withDeadline}; every failure comes out as {@link asRetryable}. */
+export async function callWithDeadline<T>(what: string, deadlineMs: number, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await withDeadline(what, deadlineMs, fn());
+  } catch (err) {
+    throw asRetryable(what, err);
+  }
 }

@@ -1,9 +1,9 @@
 import { noop } from 'cockatiel';
 import { Etcd3, EtcdLeaseInvalidError, type Lease } from 'etcd3';
-import { TetherError, messageOf } from '../../domain/errors.js';
+import { TetherError } from '../../domain/errors.js';
 import type { HostRecord } from '../../domain/host-record.js';
 import type { ClusterStore, KeepaliveAnswer, LeaseId, Registration, RegistrationResult } from '../../ports/cluster-store.js';
-import { deadlineOption, withDeadline } from './deadline.js';
+import { asRetryable, callWithDeadline, deadlineOption, withDeadline } from './deadline.js';
 
 /** Options of {@link EtcdClusterStore}. */
 export interface EtcdStoreOptions {
@@ -137,18 +137,9 @@ export class EtcdClusterStore implements ClusterStore {
     return { record: JSON.parse(kv.value.toString()) as HostRecord, modRevision: kv.mod_revision };
   }
 
-  private async call<T>(what: string, deadlineMs: number, fn: () => Promise<T>): Promise<T> {
-    try {
-      return await withDeadline(what, deadlineMs, fn());
-    } catch (err) {
-      throw asRetryable(what, err);
-    }
+  private call<T>(what: string, deadlineMs: number, fn: () => Promise<T>): Promise<T> {
+    return callWithDeadline(what, deadlineMs, fn);
   }
-}
-
-function asRetryable(what: string, err: unknown): TetherError {
-  if (err instanceof TetherError) return err;
-  return new TetherError('UNAVAILABLE', `${what}: ${messageOf(err)}`, { cause: err, retryable: true });
 }
 
 /**

@@ -3,7 +3,7 @@ import { noop } from 'cockatiel';
 import { Etcd3, EtcdLeaseInvalidError, type IKeyValue, type Lease, type Watcher } from 'etcd3';
 import type { ClusterEvent } from '../../domain/cluster-event.js';
 import type { ClusterVmRecord } from '../../domain/cluster-vm.js';
-import { NotFoundError, TetherError, messageOf } from '../../domain/errors.js';
+import { NotFoundError, TetherError } from '../../domain/errors.js';
 import type { HostRecord } from '../../domain/host-record.js';
 import type { LeaseId } from '../../ports/cluster-store.js';
 import type {
@@ -23,7 +23,7 @@ import type {
   VmEntry,
   WatchHandlers,
 } from '../../ports/controller-store.js';
-import { deadlineOption, withDeadline } from './deadline.js';
+import { asRetryable, callWithDeadline, deadlineOption, withDeadline } from './deadline.js';
 import { Keys, type EtcdStoreOptions } from './etcd-cluster-store.js';
 
 /** Keys of the controller's part of the keyspace (ARCHITECTURE.md section 2), under a prefix. */
@@ -400,16 +400,7 @@ export class EtcdControllerStore implements ControllerStore {
     return { close };
   }
 
-  private async call<T>(what: string, deadlineMs: number, fn: () => Promise<T>): Promise<T> {
-    try {
-      return await withDeadline(what, deadlineMs, fn());
-    } catch (err) {
-      throw asRetryable(what, err);
-    }
+  private call<T>(what: string, deadlineMs: number, fn: () => Promise<T>): Promise<T> {
+    return callWithDeadline(what, deadlineMs, fn);
   }
-}
-
-function asRetryable(what: string, err: unknown): TetherError {
-  if (err instanceof TetherError) return err;
-  return new TetherError('UNAVAILABLE', `${what}: ${messageOf(err)}`, { cause: err, retryable: true });
 }
