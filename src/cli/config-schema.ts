@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
-import { parseDuration } from '../domain/duration.js';
+import type { Command } from 'commander';
+import { formatDuration, parseDuration } from '../domain/duration.js';
 import { TetherError } from '../domain/errors.js';
 
 /** Kinds of configuration values. */
@@ -98,4 +99,18 @@ export function resolveConfig(
     throw new TetherError('INVALID_ARGUMENT', `missing required setting(s): ${missing.map((k) => `--${kebab(k.key)} (or ${envName(k.key)})`).join(', ')}`);
   }
   return out;
+}
+
+/**
+ * Adds `-c, --config <file>` and one `--<kebab-key> <value>` option per key to `cmd`, each help line
+ * with its default as a user would write it (`8s`, not `8000`).
+ */
+export function addConfigOptions(cmd: Command, schema: readonly ConfigKey[]): Command {
+  cmd.option('-c, --config <file>', 'YAML config file (keys as below, camelCase or kebab-case)');
+  for (const k of schema) {
+    const d = k.default;
+    const shown = d === undefined ? '' : Array.isArray(d) ? d.join(',') : k.type === 'duration' && typeof d === 'number' ? formatDuration(d) : String(d);
+    cmd.option(`--${kebab(k.key)} <value>`, `${k.description}${shown === '' ? '' : ` (default ${shown})`}`);
+  }
+  return cmd;
 }

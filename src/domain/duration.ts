@@ -24,10 +24,15 @@ export function parseDuration(text: string | number): number {
   return total;
 }
 
-/** Short human form: `850ms`, `8s`, `2m30s`. */
+/** Short human form: `850ms`, `8s`, `2m30s`, `24h`. */
 export function formatDuration(ms: number): string {
   if (ms < 1000) return `${Math.round(ms)}ms`;
   if (ms < 60_000) return `${+(ms / 1000).toFixed(ms % 1000 === 0 ? 0 : 1)}s`;
+  if (ms >= 3_600_000) {
+    const h = Math.floor(ms / 3_600_000);
+    const min = Math.round((ms % 3_600_000) / 60_000);
+    return min ? `${h}h${min}m` : `${h}h`;
+  }
   const m = Math.floor(ms / 60_000);
   const s = Math.round((ms % 60_000) / 1000);
   return s ? `${m}m${s}s` : `${m}m`;

@@ -21,5 +21,7 @@ describe('parseDuration', () => {
     expect(formatDuration(850)).toBe('850ms');
     expect(formatDuration(8000)).toBe('8s');
     expect(formatDuration(150_000)).toBe('2m30s');
+    expect(formatDuration(86_400_000)).toBe('24h');
+    expect(formatDuration(5_400_000)).toBe('1h30m');
   });
 });

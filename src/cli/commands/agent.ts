@@ -26,7 +26,7 @@ import { AgentMetrics } from '../../api/http/metrics.js';
 import { TetherError } from '../../domain/errors.js';
 import type { MicroVmService } from '../../ports/microvm-service.js';
 import { AGENT_SCHEMA, toAgentConfig, type AgentConfig } from '../agent-config.js';
-import { kebab, resolveConfig } from '../config-schema.js';
+import { addConfigOptions, resolveConfig } from '../config-schema.js';
 
 
 /** Package version, for the host record. */
@@ -147,12 +147,8 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
 export function registerAgentCommand(program: Command): void {
   const cmd = program
     .command('agent')
-    .description('run the host agent: microVMs, Flintlock-compatible API, heartbeats and detached-host GC')
-    .option('-c, --config <file>', 'YAML config file (keys as below, camelCase or kebab-case)');
-  for (const k of AGENT_SCHEMA) {
-    const def = Array.isArray(k.default) ? k.default.join(',') : k.default;
-    cmd.option(`--${kebab(k.key)} <value>`, `${k.description}${def === undefined || def === '' ? '' : ` (default ${def})`}`);
-  }
+    .description('run the host agent: microVMs, Flintlock-compatible API, heartbeats and detached-host GC');
+  addConfigOptions(cmd, AGENT_SCHEMA);
   cmd.action(async (o: Record<string, unknown>) => {
     const cfg = toAgentConfig(resolveConfig(AGENT_SCHEMA, o, process.env, o.config as string | undefined));
     await runAgent(cfg);

@@ -7,7 +7,7 @@ import { Controller } from '../../controller/controller.js';
 import { TetherError } from '../../domain/errors.js';
 import { DEFAULT_HOST_RECORD_TTL } from '../../domain/host-record-gc.js';
 import { DEFAULT_FREEZE_SHARE } from '../../domain/mass-freeze.js';
-import { kebab, resolveConfig, type ConfigKey, type ConfigValues } from '../config-schema.js';
+import { addConfigOptions, resolveConfig, type ConfigKey, type ConfigValues } from '../config-schema.js';
 
 /** The controller's settings, after parsing. Durations in ms. */
 export interface ControllerConfig {
@@ -29,7 +29,7 @@ export const CONTROLLER_SCHEMA: readonly ConfigKey[] = [
   { key: 'etcdEndpoints', type: 'list', default: [], description: 'etcd client URLs, comma-separated (required)' },
   { key: 'etcdPrefix', type: 'string', default: '/tether/', description: 'key prefix in etcd' },
   { key: 'controllerId', type: 'string', default: `${hostname()}-${process.pid}`, description: 'this replica in controller/leader and logs' },
-  { key: 'freezeShare', type: 'string', default: `${DEFAULT_FREEZE_SHARE * 100}%`, description: 'share of detached hosts above which nothing is fenced (e.g. 55% or 0.55)' },
+  { key: 'freezeShare', type: 'string', default: `${Math.round(DEFAULT_FREEZE_SHARE * 100)}%`, description: 'share of detached hosts above which nothing is fenced (e.g. 55% or 0.55)' },
   { key: 'hostRecordTtl', type: 'duration', default: DEFAULT_HOST_RECORD_TTL, description: 'fenced and absent this long: the host record is retired, then removed' },
   { key: 'fenceWindowOverride', type: 'duration', default: 0, description: "lengthen every host's published fence window to this (0: as published; never shortens)" },
   { key: 'leaderTtl', type: 'duration', default: 5000, description: 'leader lease TTL (whole seconds); a crashed leader is replaced after it' },
@@ -101,12 +101,8 @@ export async function runController(cfg: ControllerConfig): Promise<void> {
 export function registerControllerCommand(program: Command): void {
   const cmd = program
     .command('controller')
-    .description('run a cluster controller replica: watches host leases, fences after the window, reschedules lost VMs (one active via etcd election)')
-    .option('-c, --config <file>', 'YAML config file (keys as below, camelCase or kebab-case)');
-  for (const k of CONTROLLER_SCHEMA) {
-    const def = Array.isArray(k.default) ? k.default.join(',') : k.default;
-    cmd.option(`--${kebab(k.key)} <value>`, `${k.description}${def === undefined || def === '' ? '' : ` (default ${def})`}`);
-  }
+    .description('run a cluster controller replica: watches host leases, fences after the window, reschedules lost VMs (one active via etcd election)');
+  addConfigOptions(cmd, CONTROLLER_SCHEMA);
   cmd.action(async (o: Record<string, unknown>) => {
     const cfg = toControllerConfig(resolveConfig(CONTROLLER_SCHEMA, o, process.env, o.config as string | undefined));
     await runController(cfg);
