@@ -74,8 +74,10 @@ export class EtcdDiskWindow {
 
 /** `p99 <= X ms, slowest <= Y ms` over the members (the worst member). */
 export function fmtDisk(per: readonly (DiskLatency | undefined)[]): string {
-  const ok = per.filter((d): d is DiskLatency => d !== undefined && d.count > 0);
-  if (ok.length === 0) return '—';
+  const known = per.filter((d): d is DiskLatency => d !== undefined);
+  if (known.length === 0) return '—';
+  const ok = known.filter((d) => d.count > 0);
+  if (ok.length === 0) return 'no writes';
   const p99 = Math.max(...ok.map((d) => d.p99LeMs ?? 0));
   const max = Math.max(...ok.map((d) => d.maxLeMs ?? 0));
   return `<= ${p99} / <= ${max} ms`;

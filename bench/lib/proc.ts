@@ -87,7 +87,7 @@ export class ProcWindow {
       if (w !== undefined) this.wait0.set(name, w);
     }
     this.sample();
-    this.timer = setInterval(() => this.sample(), this.everyMs);
+    this.timer = setInterval(() => this.sample(), this.everyMs).unref();
     return this;
   }
 

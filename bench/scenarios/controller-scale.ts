@@ -217,6 +217,7 @@ class Fleet {
   private readonly streams: KeepaliveStream[];
   private readonly limiter = new Limiter(KEEPALIVE_CONCURRENCY);
   private closed = false;
+  private closing: Promise<void> | undefined;
   private ageTimer: NodeJS.Timeout | undefined;
   win = new KaWindow();
 
@@ -232,7 +233,7 @@ class Fleet {
     this.hosts = ids.map((id, i) => ({ id, store: this.stores[i % clients]!, ka: this.streams[i % clients]!, stopped: false, revoked: false, lastAckSent: 0, lastAckRttMs: 0, leaseLost: false }));
     // The oldest acknowledgement of a heartbeating host: must stay well below ttl, or the simulation
     // (not the controller) is what expires leases.
-    this.ageTimer = setInterval(() => (this.win.maxAckAgeMs = Math.max(this.win.maxAckAgeMs, this.maxAckAge())), 500);
+    this.ageTimer = setInterval(() => (this.win.maxAckAgeMs = Math.max(this.win.maxAckAgeMs, this.maxAckAge())), 500).unref();
   }
 
   get clientCount(): number {
@@ -363,9 +364,13 @@ class Fleet {
     return { sent, sentWall, rttMs: performance.now() - sent };
   }
 
-  /** Stops every keepalive, revokes every lease still held (bounded), closes the clients. Idempotent. */
-  async close(): Promise<void> {
-    if (this.closed) return;
+  /** Stops every keepalive, revokes every lease still held (bounded), closes the clients. Idempotent; concurrent calls share one close. */
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
     this.closed = true;
     if (this.ageTimer) clearInterval(this.ageTimer);
     for (const h of this.hosts) {
@@ -649,12 +654,10 @@ async function runSize(ctx: BenchContext, n: number, steadyMs: number, mode: Kee
 
   const cluster = new LocalEtcdCluster({ tag: 'bench' });
   res.watchMark(cluster.mark);
-  const stopEtcd = res.onCleanup(`etcd ${cluster.clusterId}`, () => cluster.stop());
+  res.onCleanup(`etcd ${cluster.clusterId}`, () => cluster.stop());
   let fleet: Fleet | undefined;
-  let closeFleet: (() => Promise<void>) | undefined;
   let watch: RecordWatch | undefined;
   let controller: ControllerChild | undefined;
-  let stopController: (() => Promise<void>) | undefined;
   const loop = monitorEventLoopDelay({ resolution: 10 });
   try {
     progress(`${label}: starting a 3-member etcd cluster (${cluster.clusterId})`);
@@ -667,7 +670,7 @@ async function runSize(ctx: BenchContext, n: number, steadyMs: number, mode: Kee
     // 1. register
     fleet = new Fleet(endpoints, prefix, ids, mode);
     const f = fleet;
-    closeFleet = res.onCleanup(`simulated hosts ${base}-h*`, () => f.close());
+    res.onCleanup(`simulated hosts ${base}-h*`, () => f.close());
     progress(`${label}: registering ${n} simulated hosts over ${fleet.clientCount} etcd clients (${REGISTER_CONCURRENCY} at a time; ttl ${TTL} ms, keepalive every ${HB} ms, ${mode === 'stream' ? 'shared keepalive streams' : 'a stream per keepalive'})`);
     const regWin = new ProcWindow(new Map([...etcdPids, ...benchPid])).start();
     const t0 = performance.now();
@@ -692,7 +695,7 @@ async function runSize(ctx: BenchContext, n: number, steadyMs: number, mode: Kee
     const profDir = process.env.TETHER_BENCH_CONTROLLER_PROF ? join(dir, 'prof') : undefined;
     const c = ControllerChild.start(endpoints, prefix, `${base}-controller`, log, profDir);
     controller = c;
-    stopController = res.onCleanup(`controller ${base}-controller`, () => c.stop());
+    res.onCleanup(`controller ${base}-controller`, () => c.stop());
     const syncWin = new ProcWindow(new Map([['controller', c.pid]])).start();
     const c0 = performance.now();
     for (;;) {
@@ -892,11 +895,14 @@ async function runSize(ctx: BenchContext, n: number, steadyMs: number, mode: Kee
     if (controller) progress(`${label}: failed; controller log kept at ${res.keepLog(controller.log, `${base}-controller`)}`);
     throw err;
   } finally {
+    // The stops are idempotent and shared with the bench's cleanup (which, after Ctrl-C, may be running
+    // them already): calling them directly, not through onCleanup's run-once wrappers, leaves the
+    // cleanup's tasks pending, so the cleanup still awaits them before its leak check.
     loop.disable();
-    await stopController?.();
+    await controller?.stop();
     await watch?.close();
-    await closeFleet?.();
-    await stopEtcd();
+    await fleet?.close();
+    await cluster.stop();
   }
 }
 
@@ -912,7 +918,13 @@ export async function runControllerScale(ctx: BenchContext): Promise<ScenarioRes
   const steadyMs = ctx.quick ? 5000 : 10_000;
   const runs: ScaleRun[] = [];
   const failures: string[] = [];
+  // After Ctrl-C the bench's cleanup runs while this scenario unwinds: start nothing new then.
+  let interrupted = false;
+  const onSignal = () => void (interrupted = true);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   for (const n of sizes) {
+    if (interrupted) break;
     try {
       const r = await runSize(ctx, n, steadyMs, mode);
       runs.push(r);
@@ -930,6 +942,8 @@ export async function runControllerScale(ctx: BenchContext): Promise<ScenarioRes
       progress(`controller-scale N=${n} FAILED: ${(err as Error).message}`);
     }
   }
+  process.off('SIGINT', onSignal);
+  process.off('SIGTERM', onSignal);
   return {
     data: {
       timings: SIM_TIMINGS,

@@ -17,8 +17,9 @@ import { AgentProcess, killHostLeftovers, qemusOf, removeDir, requireRealParts, 
 
 /**
  * The whole story on three real hosts (agents with their own state dirs, host ids and fault proxies
- * to etcd), a real controller, a real 3-member etcd and real QEMU VMs: partition host B; its VMs stop
- * on B; only after the controller's fence deadline are they created again on A or C — and a sampler
+ * to etcd), two controller replicas, a real 3-member etcd and real QEMU VMs: partition host B; its
+ * VMs stop on B; the active controller is killed inside the fence window; only after the fence
+ * deadline (fenced once, by the standby) are they created again on A or C — and a sampler
  * reading the process table every 100 ms fails the test if two QEMU processes of the same VM (same
  * namespace/name) ever run at once. B heals, rejoins ready with a new epoch, takes new work, never
  * restarts its old VMs, and its stale writes are refused.
@@ -34,7 +35,7 @@ let etcd: LocalEtcdCluster;
 let store: EtcdControllerStore;
 const proxies = {} as Record<H, FaultProxyGroup>;
 const agents = {} as Record<H, AgentProcess>;
-let controller: ChildProcess | undefined;
+const controllers = new Map<string, ChildProcess>();
 
 const status = (h: H) => adminCall<GcStatus>(agents[h].http, 'GET', 'gc/status', undefined, 3000);
 async function phase(h: H, p: HostPhase, timeoutMs = 60_000): Promise<GcStatus> {
@@ -90,15 +91,19 @@ beforeAll(async () => {
     agents[h] = new AgentProcess(ids[h], join(dir, h), ['--etcd-endpoints', proxies[h].endpoints().join(','), ...TIMINGS]);
   }
   await Promise.all((['a', 'b', 'c'] as H[]).map((h) => agents[h].start()));
+  // Two controller replicas: one active through etcd election, the other standing by.
   const log = openSync(join(dir, 'controller.log'), 'a');
-  controller = spawn(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'controller', '--etcd-endpoints', etcd.endpoints().join(','), '--controller-id', `ctl-${ids.a}`, '--leader-ttl', '3s', '--log-level', 'debug'], { stdio: ['ignore', log, log] });
+  for (const n of ['1', '2']) {
+    const id = `ctl${n}-${ids.a}`;
+    controllers.set(id, spawn(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'controller', '--etcd-endpoints', etcd.endpoints().join(','), '--controller-id', id, '--leader-ttl', '3s', '--log-level', 'debug'], { stdio: ['ignore', log, log] }));
+  }
   for (const h of ['a', 'b', 'c'] as H[]) await phase(h, 'attached', 30_000);
 }, 180_000);
 
 afterAll(async () => {
   sampling = false;
   await sampler;
-  controller?.kill('SIGKILL');
+  for (const c of controllers.values()) c.kill('SIGKILL');
   for (const h of ['a', 'b', 'c'] as H[]) {
     await agents[h]?.kill();
     killHostLeftovers(ids[h]);
@@ -111,7 +116,7 @@ afterAll(async () => {
     expect(qemusOf(id).size).toBe(0);
     expect(tapsOf(id)).toEqual([]);
   }
-  expect(controller?.pid !== undefined && processesWith(`ctl-${ids.a}`).has(controller.pid)).toBe(false);
+  for (const c of controllers.values()) expect(c.pid !== undefined && processesWith(ids.a).has(c.pid)).toBe(false);
 });
 
 describe('cluster: partition, fence window, reschedule, rejoin (real hosts, controller, etcd, QEMU)', () => {
@@ -130,7 +135,7 @@ describe('cluster: partition, fence window, reschedule, rejoin (real hosts, cont
     bRevisionBefore = (await store.getHost(ids.b, 3000)).recordRevision!;
   }, 90_000);
 
-  it('partition B: its VM stops on B; only after the fence deadline does it run again on A or C, never twice at once', async () => {
+  it('partition B, active controller killed inside the window: the standby fences once, at the deadline; the VM runs again on A or C, never twice at once', async () => {
     const t0 = Date.now();
     await proxies.b.blackhole();
     // Cluster side: detached with a deadline, then fenced and the VM lost, then rescheduled.
@@ -139,6 +144,11 @@ describe('cluster: partition, fence window, reschedule, rejoin (real hosts, cont
       return h.record?.state === 'detached' ? h.record : undefined;
     }, 30_000, 100);
     expect(detached.fenceDeadline).toBeGreaterThan(detached.detachedAt!);
+    // Kill the active controller inside the fence window: the standby takes over and fences once, not earlier.
+    const leader = await store.getLeader(3000);
+    expect(leader && controllers.has(leader.candidateId)).toBe(true);
+    controllers.get(leader!.candidateId)!.kill('SIGKILL');
+    expect(Date.now()).toBeLessThan(detached.fenceDeadline!);
     const moved = await until('web running elsewhere', async () => {
       const r = await vmRecord('cl/web');
       return r && r.uid !== oldUid && r.phase === 'running' ? r : undefined;
@@ -154,6 +164,10 @@ describe('cluster: partition, fence window, reschedule, rejoin (real hosts, cont
     expect(qemusOf(host).has(moved.uid)).toBe(true);
     expect(doubles).toEqual([]);
     expect(Date.now() - t0).toBeGreaterThan(12_000);
+    const fences = (await store.listEvents(1000, 3000)).events.filter((e) => e.event.kind === 'host-fenced' && e.event.hostId === ids.b);
+    expect(fences).toHaveLength(1);
+    const newLeader = await store.getLeader(3000);
+    expect(newLeader?.candidateId).not.toBe(leader!.candidateId);
   }, 150_000);
 
   it('B heals: rejoins ready at a new epoch, never restarts its old VM, takes new work; its stale writes are refused', async () => {
