@@ -204,6 +204,9 @@ export class Controller {
   private campaignTimer: TimerHandle | undefined;
   private keepaliveTimer: TimerHandle | undefined;
   private freezeTimer: TimerHandle | undefined;
+  /** Host states changed since the freeze was last evaluated. */
+  private freezeDirty = false;
+  private freezeCheckQueued = false;
   private gcTimer: TimerHandle | undefined;
   private resyncTimer: TimerHandle | undefined;
   private statusTimer: TimerHandle | undefined;
@@ -287,10 +290,13 @@ export class Controller {
         await new Promise<void>((resolve) => (this.wake = resolve));
         continue;
       }
-      if ('term' in i && i.term !== this.term) continue;
+      if ('term' in i && i.term !== this.term) {
+        if (i.kind === 'freeze-check') this.freezeCheckQueued = false;
+        continue;
+      }
       try {
         await this.handle(i);
-        if (this.leadership && this.synced && !this.stopped && this.statusTimer === undefined) {
+        if (i.kind !== 'status' && this.leadership && this.synced && !this.stopped && this.statusTimer === undefined) {
           const term = this.term;
           this.statusTimer = this.clock.setTimer(STATUS_DEBOUNCE_MS, () => this.push({ kind: 'status', term }));
         }
@@ -325,6 +331,7 @@ export class Controller {
       }
       case 'freeze-check':
         this.freezeTimer = undefined;
+        this.freezeCheckQueued = false;
         return this.evaluateFreeze();
       case 'gc':
         return this.gc();
@@ -527,7 +534,7 @@ export class Controller {
       this.hosts.delete(t.hostId);
     } else await this.reconcile(t);
     if (!wasSchedulable && isSchedulable(t.record, t.alive !== undefined)) this.requestSweep();
-    await this.evaluateFreeze();
+    this.markFreezeDirty();
   }
 
   // ---- per-host decisions ------------------------------------------------------------------------
@@ -658,7 +665,7 @@ export class Controller {
       this.log.info({ hostId: t.hostId, epoch: i.next.epoch, fenceInMs: Math.round(t.fenceAtMono - this.clock.nowMono()), heldAtDetach: i.next.heldAtDetach }, 'host detached');
     }
     await this.reconcile(t);
-    await this.evaluateFreeze();
+    this.markFreezeDirty();
   }
 
   /**
@@ -724,6 +731,7 @@ export class Controller {
     const d = decideHost(t.record, t.alive !== undefined);
     if (d.kind !== 'await-fence') return this.reconcile(t);
     if (this.clock.nowMono() < t.fenceAtMono!) return this.armFence(t); // never early
+    if (this.freezeDirty) await this.evaluateFreeze(); // decide on the current detached share
     if (!fencingAllowed(this.freeze)) {
       this.log.warn({ hostId, freeze: describeFreeze(this.freeze, this.o.freezeShare, this.clock.nowMono()) }, 'fence deadline passed but the mass-disruption freeze holds it');
       return;
@@ -825,7 +833,20 @@ export class Controller {
 
   // ---- mass-disruption freeze ------------------------------------------------------------------
 
+  /**
+   * Host states changed: the freeze is re-evaluated once per burst (one queued check), not once per
+   * event — it scans every host. Fence and sweep decisions re-evaluate first when it is dirty, so they
+   * never act on a stale share.
+   */
+  private markFreezeDirty(): void {
+    this.freezeDirty = true;
+    if (this.freezeCheckQueued) return;
+    this.freezeCheckQueued = true;
+    this.push({ kind: 'freeze-check', term: this.term });
+  }
+
   private async evaluateFreeze(): Promise<void> {
+    this.freezeDirty = false;
     if (!this.leadership || !this.synced) return;
     const records = [...this.hosts.values()].map((t) => t.record).filter((r): r is HostRecord => r !== undefined);
     const count = countDetached(records.map((r) => r.state));
@@ -881,6 +902,7 @@ export class Controller {
    * Policy `none` leaves a lost VM lost (noted once in its record and an event). Nothing moves during a freeze.
    */
   private async sweep(): Promise<void> {
+    if (this.freezeDirty) await this.evaluateFreeze();
     if (!this.leadership || !this.synced || !fencingAllowed(this.freeze)) return;
     let vms;
     try {
