@@ -72,7 +72,8 @@ export function planSync(hostId: string, epoch: number, records: readonly Cluste
     }
     if (v.record.phase === 'lost') continue;
     if (!l) {
-      create.push(v);
+      // A record that failed here (e.g. an unknown image) is not retried in a loop.
+      if (v.record.phase !== 'failed' && v.record.phase !== 'stopped') create.push(v);
       continue;
     }
     const phase = clusterPhaseOf(l.phase);

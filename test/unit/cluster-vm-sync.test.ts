@@ -10,7 +10,18 @@ const rec = (key: string, uid: string, extra: Partial<ClusterVmRecord>): Cluster
 
 describe('planSync (what a host does with the cluster records)', () => {
   it('creates only records placed on this host at its current epoch', () => {
-    const p = planSync('a', 3, [rec('ns/mine', 'u1', { hostId: 'a', hostEpoch: 3 }), rec('ns/old', 'u2', { hostId: 'a', hostEpoch: 2 }), rec('ns/other', 'u3', { hostId: 'b', hostEpoch: 3 }), rec('ns/unplaced', 'u4', {})], []);
+    const p = planSync(
+      'a',
+      3,
+      [
+        rec('ns/mine', 'u1', { hostId: 'a', hostEpoch: 3 }),
+        rec('ns/old', 'u2', { hostId: 'a', hostEpoch: 2 }),
+        rec('ns/other', 'u3', { hostId: 'b', hostEpoch: 3 }),
+        rec('ns/unplaced', 'u4', {}),
+        rec('ns/failed-here', 'u5', { hostId: 'a', hostEpoch: 3, phase: 'failed', reason: 'unknown image' }),
+      ],
+      [],
+    );
     expect(p.create.map((v) => v.key)).toEqual(['ns/mine']);
     expect(p.deleteLocal).toEqual([]);
   });
