@@ -1,9 +1,9 @@
-import { noop } from 'cockatiel';
 import { Etcd3, EtcdLeaseInvalidError, type Lease } from 'etcd3';
 import { TetherError } from '../../domain/errors.js';
 import type { HostRecord } from '../../domain/host-record.js';
 import type { ClusterStore, KeepaliveAnswer, LeaseId, Registration, RegistrationResult } from '../../ports/cluster-store.js';
 import { asRetryable, callWithDeadline, deadlineOption, withDeadline } from './deadline.js';
+import { createEtcdClient } from './etcd-client.js';
 
 /** Options of {@link EtcdClusterStore}. */
 export interface EtcdStoreOptions {
@@ -40,12 +40,7 @@ export class EtcdClusterStore implements ClusterStore {
   private readonly leases = new Map<LeaseId, Lease>();
 
   constructor(opts: EtcdStoreOptions) {
-    if (opts.endpoints.length === 0) throw new TetherError('INVALID_ARGUMENT', 'no etcd endpoints given (--etcd-endpoints)');
-    this.client = new Etcd3({
-      hosts: [...opts.endpoints],
-      dialTimeout: 1000,
-      faultHandling: { host: () => noop, global: noop },
-    });
+    this.client = createEtcdClient(opts.endpoints);
     this.keys = new Keys(opts.prefix ?? '/tether/');
   }
 

@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import { noop } from 'cockatiel';
 import { Etcd3, EtcdLeaseInvalidError, type IKeyValue, type Lease, type Watcher } from 'etcd3';
 import type { ClusterEvent } from '../../domain/cluster-event.js';
 import type { ClusterVmRecord } from '../../domain/cluster-vm.js';
@@ -24,6 +23,7 @@ import type {
   WatchHandlers,
 } from '../../ports/controller-store.js';
 import { asRetryable, callWithDeadline, deadlineOption, withDeadline } from './deadline.js';
+import { createEtcdClient } from './etcd-client.js';
 import { Keys, type EtcdStoreOptions } from './etcd-cluster-store.js';
 
 /** Keys of the controller's part of the keyspace (ARCHITECTURE.md section 2), under a prefix. */
@@ -88,12 +88,7 @@ export class EtcdControllerStore implements ControllerStore {
   private readonly watchers = new Set<Watcher>();
 
   constructor(opts: EtcdStoreOptions) {
-    if (opts.endpoints.length === 0) throw new TetherError('INVALID_ARGUMENT', 'no etcd endpoints given (--etcd-endpoints)');
-    this.client = new Etcd3({
-      hosts: [...opts.endpoints],
-      dialTimeout: 1000,
-      faultHandling: { host: () => noop, global: noop },
-    });
+    this.client = createEtcdClient(opts.endpoints);
     this.keys = new ControllerKeys(opts.prefix ?? '/tether/');
   }
 
