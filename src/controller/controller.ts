@@ -145,6 +145,8 @@ export interface ControllerView {
 
 /** Status is published at most this often (it is for people and `tether host list`). */
 const STATUS_DEBOUNCE_MS = 250;
+/** A burst of host changes is folded into one freeze evaluation this long after its first change. */
+const FREEZE_DEBOUNCE_MS = 100;
 
 /** Concurrent detach txns (a mass expiry must not detach one host per etcd round trip). */
 const MAX_DETACHES_IN_FLIGHT = 32;
@@ -207,6 +209,7 @@ export class Controller {
   /** Host states changed since the freeze was last evaluated. */
   private freezeDirty = false;
   private freezeCheckQueued = false;
+  private freezeCheckTimer: TimerHandle | undefined;
   private gcTimer: TimerHandle | undefined;
   private resyncTimer: TimerHandle | undefined;
   private statusTimer: TimerHandle | undefined;
@@ -419,8 +422,9 @@ export class Controller {
   }
 
   private clearAll(): void {
-    for (const h of [this.campaignTimer, this.keepaliveTimer, this.freezeTimer, this.gcTimer, this.resyncTimer, this.statusTimer]) if (h) this.clock.clearTimer(h);
-    this.campaignTimer = this.keepaliveTimer = this.freezeTimer = this.gcTimer = this.resyncTimer = this.statusTimer = undefined;
+    for (const h of [this.campaignTimer, this.keepaliveTimer, this.freezeTimer, this.freezeCheckTimer, this.gcTimer, this.resyncTimer, this.statusTimer]) if (h) this.clock.clearTimer(h);
+    this.campaignTimer = this.keepaliveTimer = this.freezeTimer = this.freezeCheckTimer = this.gcTimer = this.resyncTimer = this.statusTimer = undefined;
+    this.freezeCheckQueued = false;
     for (const t of this.hosts.values()) {
       if (t.fenceTimer) this.clock.clearTimer(t.fenceTimer);
       if (t.retryTimer) this.clock.clearTimer(t.retryTimer);
@@ -834,15 +838,19 @@ export class Controller {
   // ---- mass-disruption freeze ------------------------------------------------------------------
 
   /**
-   * Host states changed: the freeze is re-evaluated once per burst (one queued check), not once per
-   * event — it scans every host. Fence and sweep decisions re-evaluate first when it is dirty, so they
+   * Host states changed: the freeze is re-evaluated once per burst (one check, FREEZE_DEBOUNCE_MS
+   * later), not once per event — it scans every host. Fence and sweep decisions re-evaluate first when it is dirty, so they
    * never act on a stale share.
    */
   private markFreezeDirty(): void {
     this.freezeDirty = true;
     if (this.freezeCheckQueued) return;
     this.freezeCheckQueued = true;
-    this.push({ kind: 'freeze-check', term: this.term });
+    const term = this.term;
+    this.freezeCheckTimer = this.clock.setTimer(FREEZE_DEBOUNCE_MS, () => {
+      this.freezeCheckTimer = undefined;
+      this.push({ kind: 'freeze-check', term });
+    });
   }
 
   private async evaluateFreeze(): Promise<void> {
