@@ -1,7 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, openSync, rmSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
+import { AdminHttpServer } from '../api/http/admin-server.js';
+import { InvalidArgumentError } from '../domain/errors.js';
 import { AgentProcess, repoRoot } from './agent-process.js';
 import { LocalEtcdCluster } from './etcd-cluster.js';
 import { raiseOwnPriority } from '../adapters/process-priority.js';
@@ -41,7 +42,7 @@ export class DevCluster {
   readonly hosts: DevHost[] = [];
   /** The controller replica (fence window, reschedule), when started. */
   controller: ChildProcess | undefined;
-  private control: Server | undefined;
+  private control: AdminHttpServer | undefined;
   private readonly log: (line: string) => void;
 
   constructor(private readonly opts: DevClusterOptions) {
@@ -93,29 +94,23 @@ export class DevCluster {
     this.log(`[dev] ${hostId} reconnected to etcd`);
   }
 
-  /** Serves `POST /partition {host, forMs}`, `POST /heal {host}`, `GET /status`. */
+  /** Serves `POST /v1/partition {host, forMs}`, `POST /v1/heal {host}`, `GET /v1/status` (client: `adminCall`). */
   async listenControl(address = DEV_CONTROL_ADDR): Promise<void> {
-    const [host, port] = [address.slice(0, address.lastIndexOf(':')), Number(address.slice(address.lastIndexOf(':') + 1))];
-    this.control = createServer(async (req, res) => {
-      try {
-        const chunks: Buffer[] = [];
-        for await (const c of req) chunks.push(c as Buffer);
-        const body = chunks.length ? (JSON.parse(Buffer.concat(chunks).toString()) as { host?: string; forMs?: number }) : {};
-        const target = body.host || this.hosts[0]?.id || '';
-        let out: unknown;
-        if (req.method === 'POST' && req.url === '/partition') out = await this.partition(target, body.forMs);
-        else if (req.method === 'POST' && req.url === '/heal') out = await this.heal(target);
-        else if (req.method === 'GET' && req.url === '/status') out = this.status();
-        else throw new Error(`no endpoint ${req.method} ${req.url}`);
-        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(out ?? { ok: true }));
-      } catch (err) {
-        res.writeHead(400, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { code: 'INVALID_ARGUMENT', message: (err as Error).message } }));
-      }
+    const target = (b: Record<string, unknown>) => (typeof b.host === 'string' && b.host) || this.hosts[0]?.id || '';
+    this.control = new AdminHttpServer({
+      handlers: {
+        'POST partition': async (b) => {
+          await this.partition(target(b), typeof b.forMs === 'number' ? b.forMs : undefined);
+          return { ok: true };
+        },
+        'POST heal': async (b) => {
+          await this.heal(target(b));
+          return { ok: true };
+        },
+        'GET status': async () => this.status(),
+      },
     });
-    await new Promise<void>((resolve, reject) => {
-      this.control!.once('error', reject);
-      this.control!.listen(port, host, () => resolve());
-    });
+    await this.control.listen(address);
   }
 
   /** Hosts with their addresses and partition state. */
@@ -128,7 +123,7 @@ export class DevCluster {
 
   /** Deletes every VM, stops the agents, the controller, the proxies and etcd. */
   async stop(): Promise<void> {
-    this.control?.close();
+    await this.control?.close();
     this.controller?.kill('SIGTERM');
     for (const h of this.hosts) {
       if (h.healTimer) clearTimeout(h.healTimer);
@@ -154,7 +149,7 @@ export class DevCluster {
 
   private host(id: string): DevHost {
     const h = this.hosts.find((x) => x.id === id);
-    if (!h) throw new Error(`unknown host "${id}" (hosts: ${this.hosts.map((x) => x.id).join(', ')})`);
+    if (!h) throw new InvalidArgumentError('host', `unknown host "${id}" (hosts: ${this.hosts.map((x) => x.id).join(', ')})`);
     return h;
   }
 }

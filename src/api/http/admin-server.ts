@@ -4,8 +4,8 @@ import { TetherError, messageOf } from '../../domain/errors.js';
 
 /** What the admin HTTP endpoints serve; each handler returns JSON-able data or throws a TetherError. */
 export interface AdminRoutes {
-  /** Prometheus text exposition for `GET /metrics`. */
-  metrics(): Promise<string>;
+  /** Prometheus text exposition for `GET /metrics` (absent: no `/metrics`). */
+  metrics?(): Promise<string>;
   /** `GET /v1/<path>` and `POST /v1/<path>` handlers, keyed by `METHOD path` (e.g. `GET gc/status`). */
   readonly handlers: Readonly<Record<string, (body: Record<string, unknown>) => Promise<unknown>>>;
 }
@@ -51,7 +51,7 @@ export class AdminHttpServer {
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://x');
     try {
-      if (req.method === 'GET' && url.pathname === '/metrics') {
+      if (req.method === 'GET' && url.pathname === '/metrics' && this.routes.metrics) {
         const text = await this.routes.metrics();
         res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(text);
         return;
@@ -84,7 +84,7 @@ export class AdminHttpServer {
 }
 
 /** Client side of {@link AdminHttpServer} for the CLI. */
-export async function adminCall<T>(address: string, method: 'GET' | 'POST', path: string, body?: unknown, timeoutMs = 10_000): Promise<T> {
+export async function adminCall<T>(address: string, method: 'GET' | 'POST', path: string, body?: unknown, timeoutMs = 10_000, what = "the agent's HTTP port"): Promise<T> {
   let res: Response;
   try {
     res = await fetch(`http://${address}/v1/${path}`, {
@@ -93,7 +93,7 @@ export async function adminCall<T>(address: string, method: 'GET' | 'POST', path
       signal: AbortSignal.timeout(timeoutMs),
     });
   } catch (cause) {
-    throw new TetherError('UNAVAILABLE', `cannot reach the agent's HTTP port at ${address}: ${messageOf((cause as Error).cause ?? cause)}`, { cause, retryable: true });
+    throw new TetherError('UNAVAILABLE', `cannot reach ${what} at ${address}: ${messageOf((cause as Error).cause ?? cause)}`, { cause, retryable: true });
   }
   const data = (await res.json()) as T & { error?: { code: string; message: string } };
   if (!res.ok) throw new TetherError((data.error?.code ?? 'INTERNAL') as never, data.error?.message ?? `HTTP ${res.status}`);

@@ -2,21 +2,14 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { EtcdControllerStore } from '../../adapters/etcd/etcd-controller-store.js';
 import { specFromFlintlock } from '../../api/grpc/spec-mapping.js';
+import { adminCall } from '../../api/http/admin-server.js';
 import { DEV_CONTROL_ADDR, DevCluster } from '../../dev/dev-cluster.js';
 import { clusterCreate } from '../cluster-vms.js';
 import { parseDuration } from '../../domain/duration.js';
-import { TetherError, messageOf } from '../../domain/errors.js';
+import { messageOf } from '../../domain/errors.js';
 
-async function control<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
-  let res: Response;
-  try {
-    res = await fetch(`http://${DEV_CONTROL_ADDR}${path}`, { method, ...(body ? { body: JSON.stringify(body) } : {}), signal: AbortSignal.timeout(5000) });
-  } catch (cause) {
-    throw new TetherError('UNAVAILABLE', `no dev cluster answers at ${DEV_CONTROL_ADDR}: start one with \`npm run dev\` (or \`tether dev up\`)`, { cause });
-  }
-  const data = (await res.json()) as T & { error?: { message: string } };
-  if (!res.ok) throw new TetherError('INVALID_ARGUMENT', data.error?.message ?? `HTTP ${res.status}`);
-  return data;
+function control<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
+  return adminCall<T>(DEV_CONTROL_ADDR, method, path, body, 5000, 'a dev cluster (start one with `npm run dev` or `tether dev up`)');
 }
 
 /** `tether dev up|partition|heal|status`: a local cluster to watch detached-host GC happen. */
@@ -89,14 +82,14 @@ Ctrl-C here deletes the VMs and stops everything.`);
     .option('--for <duration>', 'heal by itself after this long (default: until `tether dev heal`)')
     .action(async (host: string | undefined, o: { for?: string }) => {
       const forMs = o.for ? parseDuration(o.for) : undefined;
-      await control('POST', '/partition', { host, forMs });
+      await control('POST', 'partition', { host, forMs });
       console.log(`${host ?? 'the host'} is cut off from etcd${forMs ? ` for ${o.for}` : ''}; watch: npx tether gc status`);
     });
   dev
     .command('heal [host]')
     .description('reconnect a host to etcd')
     .action(async (host: string | undefined) => {
-      await control('POST', '/heal', { host });
+      await control('POST', 'heal', { host });
       console.log(`${host ?? 'the host'} reconnected`);
     });
   dev
@@ -104,7 +97,7 @@ Ctrl-C here deletes the VMs and stops everything.`);
     .description('the dev cluster: etcd endpoints, hosts, partitions')
     .option('--json', 'machine-readable output')
     .action(async (o: { json?: boolean }) => {
-      const s = await control<{ etcd: string[]; hosts: { id: string; grpc: string; http: string; partitioned: boolean }[] }>('GET', '/status');
+      const s = await control<{ etcd: string[]; hosts: { id: string; grpc: string; http: string; partitioned: boolean }[] }>('GET', 'status');
       if (o.json) return console.log(JSON.stringify(s, null, 2));
       console.log(`etcd: ${s.etcd.join(', ')}`);
       for (const h of s.hosts) console.log(`${h.id}  gRPC ${h.grpc}  HTTP ${h.http}  ${h.partitioned ? 'PARTITIONED' : 'connected'}`);
