@@ -169,6 +169,18 @@ async function healthyHosts(prefix: string, ids: string[]): Promise<SimHost[]> {
   return hosts;
 }
 
+/** Three healthy hosts and one leading controller under `prefix`; host `a`'s lease is revoked and its record seen `detached`. */
+async function detachedHostA(prefix: string) {
+  const obs = observer(prefix);
+  const [a] = await healthyHosts(prefix, ['a', 'b', 'c']);
+  const { c } = controller(prefix, 'c1');
+  await waitFor(() => c.isLeader, 5000 + SLACK, 'leadership');
+  await sleep(300);
+  await a!.revoke();
+  await waitFor(async () => (await obs.getHost('a', OBS_DL)).record?.state === 'detached', SLACK, 'detached');
+  return { obs, a: a!, c };
+}
+
 describe('controller against real etcd (3 members)', () => {
   beforeAll(async () => {
     expect(checkTimings(T)).toEqual([]);
@@ -236,13 +248,7 @@ describe('controller against real etcd (3 members)', () => {
 
   it('a host that re-registers before the deadline wins: back to attached, never fenced', async () => {
     const prefix = '/t2/';
-    const obs = observer(prefix);
-    const [a] = await healthyHosts(prefix, ['a', 'b', 'c']);
-    const { c } = controller(prefix, 'c1');
-    await waitFor(() => c.isLeader, 5000 + SLACK, 'leadership');
-    await sleep(300);
-    await a!.revoke();
-    await waitFor(async () => (await obs.getHost('a', OBS_DL)).record?.state === 'detached', SLACK, 'detached');
+    const { obs, a } = await detachedHostA(prefix);
     const deadline = (await obs.getHost('a', OBS_DL)).record!.fenceDeadline!;
     await sleep(Math.max(0, deadline - Date.now() - 1200));
     await a!.register('reattach');
@@ -332,13 +338,7 @@ describe('controller against real etcd (3 members)', () => {
 
   it('CLI: host list shows state, epoch, lease age and fence countdown; fence needs --confirm; hold and events work', async () => {
     const prefix = '/t5/';
-    const obs = observer(prefix);
-    const [a] = await healthyHosts(prefix, ['a', 'b', 'c']);
-    const { c } = controller(prefix, 'c1');
-    await waitFor(() => c.isLeader, 5000 + SLACK, 'leadership');
-    await sleep(300);
-    await a!.revoke();
-    await waitFor(async () => (await obs.getHost('a', OBS_DL)).record?.state === 'detached', SLACK, 'detached');
+    const { obs } = await detachedHostA(prefix);
     await sleep(200);
     const cli = async (...args: string[]): Promise<string> => {
       const program = new Command('tether').exitOverride();

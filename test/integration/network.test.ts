@@ -12,8 +12,8 @@ import { performance } from 'node:perf_hooks';
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Iproute2Network } from '../../src/adapters/iproute2/iproute2-network.js';
 import { tapName } from '../../src/domain/tap-name.js';
-import { TetherError } from '../../src/domain/errors.js';
 import { ownerAlias, type TapOwner } from '../../src/ports/network.js';
+import { expectCode } from '../support/expect-code.js';
 
 interface RawLink {
   ifindex: number;
@@ -65,15 +65,6 @@ function decoyTap(alias?: string, mode: 'tap' | 'tun' = 'tap'): string {
   return name;
 }
 
-async function expectCode(p: Promise<unknown>, code: string): Promise<TetherError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err, `expected a TetherError ${code}`).toBeInstanceOf(TetherError);
-  expect((err as TetherError).code).toBe(code);
-  return err as TetherError;
-}
 
 function removeCreated(): void {
   for (const name of created) {

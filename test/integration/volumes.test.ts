@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { overlayTempPrefix, QcowVolumes } from '../../src/adapters/disk/qcow-volumes.js';
-import { TetherError } from '../../src/domain/errors.js';
+import { expectCode } from '../support/expect-code.js';
 
 let dir = '';
 let base = '';
@@ -25,15 +25,6 @@ function info(path: string): Record<string, unknown> {
   return JSON.parse(qemuImg('info', '-U', '--output=json', path)) as Record<string, unknown>;
 }
 
-async function expectCode(p: Promise<unknown>, code: string): Promise<TetherError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err, `expected a TetherError ${code}`).toBeInstanceOf(TetherError);
-  expect((err as TetherError).code).toBe(code);
-  return err as TetherError;
-}
 
 /** Why the fixtures could not be built (e.g. qemu-img missing), or undefined. */
 let setupError: string | undefined;

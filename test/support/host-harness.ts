@@ -52,3 +52,8 @@ export function sampleSpec(name = 'vm1', namespace = 'default'): VmSpec {
 export function uidOf(i: number): string {
   return i.toString(16).padStart(8, '0') + 'a'.repeat(24);
 }
+
+/** A spec with no disks or NICs, for placement and controller tests. */
+export function bareSpec(name: string, vcpu = 1, memoryMb = 128, namespace = 'ns'): VmSpec {
+  return { id: { namespace, name }, vcpu, memoryMb, kernelImage: '', kernelCmdline: {}, initrdImage: '', volumes: [], interfaces: [], labels: {}, metadata: {} };
+}

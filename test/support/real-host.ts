@@ -4,8 +4,6 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
-/** Repository root. */
-export const ROOT = new URL('../../', import.meta.url).pathname;
 
 /**
  * Fails (never skips) when a real part the integration tests need is missing, naming the fix.
@@ -28,7 +26,7 @@ export function requireRealParts(parts: ('root' | 'qemu' | 'guest' | 'etcd' | 'b
   if (parts.includes('guest') && !['vmlinux', 'initrd.img', 'rootfs.img'].every((f) => existsSync(join(guest, f)))) {
     missing.push(`the guest image in ${guest} (run scripts/build-guest.sh)`);
   }
-  if (parts.includes('build') && !existsSync(join(ROOT, 'dist/src/cli/main.js'))) missing.push('the build (run npm run build)');
+  if (parts.includes('build') && !existsSync(join(repoRoot(), 'dist/src/cli/main.js'))) missing.push('the build (run npm run build)');
   if (missing.length > 0) throw new Error(`integration test cannot run: missing ${missing.join('; ')}`);
 }
 
@@ -49,4 +47,5 @@ export function removeDir(dir: string): void {
 }
 
 export { AgentProcess } from '../../src/dev/agent-process.js';
+import { repoRoot } from '../../src/dev/agent-process.js';
 export * from '../../src/dev/host-probe.js';

@@ -3,8 +3,8 @@ import { clusterCreate, clusterDelete } from '../../src/cli/cluster-vms.js';
 import { MemoryControllerStore } from '../../src/controller/memory-controller-store.js';
 import { DEFAULT_TIMINGS } from '../../src/domain/gc-timing.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
-import { TetherError } from '../../src/domain/errors.js';
 import { specFromFlintlock } from '../../src/api/grpc/spec-mapping.js';
+import { expectCode } from '../support/expect-code.js';
 import { FakeClock } from '../support/fake-clock.js';
 import { sampleSpec } from '../support/host-harness.js';
 
@@ -14,7 +14,6 @@ function host(store: MemoryControllerStore, hostId: string, extra: Partial<HostR
   if (alive) store.putRaw(`hosts/${hostId}/alive`, { epoch: rec.epoch, agentVersion: 't' }, store.grantLease(6000));
 }
 
-const code = async (p: Promise<unknown>) => ((await p.catch((e: unknown) => e)) as TetherError).code;
 
 describe('cluster VM operations (tether vm ... --etcd-endpoints)', () => {
   it('places by capacity on a schedulable host at its epoch, or on --host; never on a held, detached or dead host', async () => {
@@ -27,10 +26,10 @@ describe('cluster VM operations (tether vm ... --etcd-endpoints)', () => {
     const c = await clusterCreate(store, sampleSpec('one', 'ns'));
     expect(c.record).toMatchObject({ hostId: 'b', hostEpoch: 2, phase: 'pending', generation: 1 });
     expect((await clusterCreate(store, sampleSpec('two', 'ns'), 'a')).record.hostId).toBe('a');
-    expect(await code(clusterCreate(store, sampleSpec('one', 'ns')))).toBe('ALREADY_EXISTS');
-    expect(await code(clusterCreate(store, sampleSpec('x', 'ns'), 'nope'))).toBe('NOT_FOUND');
-    expect(await code(clusterCreate(store, sampleSpec('x', 'ns'), 'held'))).toBe('FAILED_PRECONDITION');
-    expect(await code(clusterCreate(store, sampleSpec('x', 'ns'), 'gone'))).toBe('FAILED_PRECONDITION');
+    await expectCode(clusterCreate(store, sampleSpec('one', 'ns')), 'ALREADY_EXISTS');
+    await expectCode(clusterCreate(store, sampleSpec('x', 'ns'), 'nope'), 'NOT_FOUND');
+    await expectCode(clusterCreate(store, sampleSpec('x', 'ns'), 'held'), 'FAILED_PRECONDITION');
+    await expectCode(clusterCreate(store, sampleSpec('x', 'ns'), 'gone'), 'FAILED_PRECONDITION');
     expect((await store.listVms(1000)).map((v) => v.key).sort()).toEqual(['ns/one', 'ns/two']);
   });
 
@@ -53,6 +52,6 @@ describe('cluster VM operations (tether vm ... --etcd-endpoints)', () => {
     host(store, 'a', { hold: true });
     await clusterCreate(store, sampleSpec('waiting', 'ns'));
     expect(await clusterDelete(store, 'ns/waiting')).toBe('removed');
-    expect(await code(clusterDelete(store, 'ns/none'))).toBe('NOT_FOUND');
+    await expectCode(clusterDelete(store, 'ns/none'), 'NOT_FOUND');
   });
 });

@@ -16,6 +16,7 @@ import { operatorFence, setHostHold } from '../../src/controller/operator.js';
 import type { LeaseId } from '../../src/ports/cluster-store.js';
 import { FakeClock } from '../support/fake-clock.js';
 import { silentLogger } from '../support/fake-ports.js';
+import { bareSpec } from '../support/host-harness.js';
 
 const T = DEFAULT_TIMINGS; // ttl 6 s, fenceWindow 10 s
 
@@ -23,18 +24,7 @@ async function settle(): Promise<void> {
   for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
 }
 
-const spec = (name: string, vcpu = 1, memoryMb = 128): VmSpec => ({
-  id: { namespace: 'ns', name },
-  vcpu,
-  memoryMb,
-  kernelImage: '',
-  kernelCmdline: {},
-  initrdImage: '',
-  volumes: [],
-  interfaces: [],
-  labels: {},
-  metadata: {},
-});
+const spec = (name: string, vcpu = 1, memoryMb = 128): VmSpec => bareSpec(name, vcpu, memoryMb);
 
 /** A cluster of simulated hosts on one fake clock. */
 class Sim {

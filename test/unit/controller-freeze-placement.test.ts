@@ -6,6 +6,7 @@ import type { HostRecord } from '../../src/domain/host-record.js';
 import { aboveLimit, countDetached, evaluateFreeze, fencingAllowed, NOT_FROZEN, type FreezeState } from '../../src/domain/mass-freeze.js';
 import { isSchedulable, placeVms } from '../../src/domain/placement.js';
 import type { VmSpec } from '../../src/domain/vm.js';
+import { bareSpec } from '../support/host-harness.js';
 
 describe('mass-disruption freeze (pure)', () => {
   const opts = { limit: 0.55, window: 10_000 };
@@ -67,18 +68,7 @@ describe('mass-disruption freeze (pure)', () => {
   });
 });
 
-const spec = (vcpu: number, memoryMb: number, name = 'x'): VmSpec => ({
-  id: { namespace: 'ns', name },
-  vcpu,
-  memoryMb,
-  kernelImage: '',
-  kernelCmdline: {},
-  initrdImage: '',
-  volumes: [],
-  interfaces: [],
-  labels: {},
-  metadata: {},
-});
+const spec = (vcpu: number, memoryMb: number, name = 'x'): VmSpec => bareSpec(name, vcpu, memoryMb);
 const vm = (over: Partial<ClusterVmRecord>): ClusterVmRecord => ({ uid: 'u', spec: spec(1, 128), phase: 'running', generation: 1, ...over });
 const host = (hostId: string, vcpu: number, memoryMb: number, epoch = 1) => ({ hostId, epoch, capacity: { vcpu, memoryMb } });
 
