@@ -32,7 +32,7 @@ import { EtcdClusterStore } from '../../src/adapters/etcd/etcd-cluster-store.js'
 import { repoRoot } from '../../src/dev/agent-process.js';
 import { forgetOnExit, killOnExit } from '../../src/dev/child-guard.js';
 import { LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
-import { checkTimings, describeViolations, type GcTimings } from '../../src/domain/gc-timing.js';
+import { checkTimings, DEFAULT_TIMINGS, describeViolations, type GcTimings } from '../../src/domain/gc-timing.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
 import type { BenchContext, ScenarioResult } from '../lib/context.js';
 import { progress, sleep, throttle } from '../lib/progress.js';
@@ -44,17 +44,7 @@ import type { Table } from '../lib/table.js';
  * What every simulated host publishes: ttl 10 s, a keepalive every ttl / 3. Safe by checkTimings:
  * 3333 * 3 <= 10000; watchdog 8000 >= tolerance 4000 + 3333; 8000 + 4000 + 2000 + 1000 <= 10000 + 10000.
  */
-export const SIM_TIMINGS: GcTimings = {
-  ttl: 10_000,
-  heartbeatInterval: 3333,
-  detachAfter: 6000,
-  watchdogTimeout: 8000,
-  stopGrace: 4000,
-  killTimeout: 2000,
-  fenceWindow: 10_000,
-  clockDriftMargin: 1000,
-  electionTolerance: 4000,
-};
+export const SIM_TIMINGS: GcTimings = { ...DEFAULT_TIMINGS, ttl: 10_000, heartbeatInterval: 3333, detachAfter: 6000 };
 
 const TTL = SIM_TIMINGS.ttl;
 const HB = SIM_TIMINGS.heartbeatInterval;

@@ -1,11 +1,18 @@
 import { randomBytes } from 'node:crypto';
 import type { ClusterVmRecord } from '../domain/cluster-vm.js';
 import { NotFoundError, TetherError } from '../domain/errors.js';
-import { isSchedulable, placeVms } from '../domain/placement.js';
+import { isSchedulable, placeVms, type SchedulableHost } from '../domain/placement.js';
 import type { VmSpec } from '../domain/vm.js';
-import type { ControllerStore } from '../ports/controller-store.js';
+import type { ControllerStore, HostEntry } from '../ports/controller-store.js';
 
 const DEADLINE = 5000;
+
+/** The hosts of a snapshot that may take new VMs (see {@link isSchedulable}), as placement wants them. */
+export function schedulableHosts(hosts: readonly HostEntry[]): SchedulableHost[] {
+  return hosts
+    .filter((h) => h.record && isSchedulable(h.record, h.alive !== undefined))
+    .map((h) => ({ hostId: h.hostId, epoch: h.record!.epoch, capacity: h.record!.capacity }));
+}
 
 /** Result of {@link clusterCreate}: the record as written. */
 export interface ClusterCreated {
@@ -26,9 +33,7 @@ export async function clusterCreate(store: Pick<ControllerStore, 'listHosts' | '
   const existing = vms.find((v) => v.key === key);
   if (existing) throw new TetherError('ALREADY_EXISTS', `microvm ${key} already exists (uid ${existing.record.uid}, ${existing.record.phase} on ${existing.record.hostId ?? 'no host'})`);
   if (host && !snapshot.hosts.some((h) => h.hostId === host)) throw new NotFoundError(`host "${host}" (known: ${snapshot.hosts.map((h) => h.hostId).join(', ') || 'none'})`);
-  const candidates = snapshot.hosts
-    .filter((h) => (!host || h.hostId === host) && h.record && isSchedulable(h.record, h.alive !== undefined))
-    .map((h) => ({ hostId: h.hostId, epoch: h.record!.epoch, capacity: h.record!.capacity }));
+  const candidates = schedulableHosts(snapshot.hosts).filter((h) => !host || h.hostId === host);
   if (host && candidates.length === 0) {
     const h = snapshot.hosts.find((x) => x.hostId === host)!;
     throw new TetherError('FAILED_PRECONDITION', `host ${host} takes no new VMs now (state ${h.record?.state ?? 'unknown'}${h.record?.hold ? ', held' : ''}${h.alive ? '' : ', not alive'})`);

@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import type { ClusterVmRecord } from '../domain/cluster-vm.js';
 import { NotFoundError, TetherError } from '../domain/errors.js';
-import { isSchedulable, placeVms } from '../domain/placement.js';
+import { placeVms } from '../domain/placement.js';
+import { schedulableHosts } from './cluster-vms.js';
 import type { ControllerStore } from '../ports/controller-store.js';
 
 const DEADLINE = 5000;
@@ -62,9 +63,7 @@ export async function drainHost(
     await new Promise((r) => setTimeout(r, 500));
   }
   const [snapshot, vms] = await Promise.all([store.listHosts(DEADLINE), store.listVms(DEADLINE)]);
-  const hosts = snapshot.hosts
-    .filter((x) => x.record && isSchedulable(x.record, x.alive !== undefined))
-    .map((x) => ({ hostId: x.hostId, epoch: x.record!.epoch, capacity: x.record!.capacity }));
+  const hosts = schedulableHosts(snapshot.hosts);
   const lost = vms.filter((v) => keys.has(v.key) && v.record.phase === 'lost');
   const placements = placeVms(lost.map((v) => ({ key: v.key, spec: v.record.spec })), hosts, vms.map((v) => v.record));
   const moved: DrainResult['moved'] = [];
