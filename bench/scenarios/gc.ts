@@ -22,7 +22,6 @@ import { benchVmSpec, BenchHost } from '../lib/host.js';
 import { progress, sleep, throttle } from '../lib/progress.js';
 import { countBy, fmtCounts, fmtMs, summarize } from '../lib/stats.js';
 import type { Table } from '../lib/table.js';
-import { raiseOwnPriority } from '../../src/adapters/process-priority.js';
 
 /** Overhead targets from the brief; other N have none. */
 const TARGET_MS: Readonly<Record<number, number>> = { 1: 100, 20: 1000 };
@@ -289,7 +288,6 @@ async function partitionRun(host: BenchHost, proxies: FaultProxyGroup, n: number
 /** `gc`: detached-host GC for each N, one etcd cluster, one fault-proxy group and one agent. */
 export async function runGc(ctx: BenchContext): Promise<ScenarioResult> {
   const etcd = await ctx.etcd();
-  raiseOwnPriority(); // the proxies below sit on the heartbeat path
   const proxies = await FaultProxyGroup.start(etcd.endpoints());
   const closeProxies = ctx.res.onCleanup('fault proxies', () => proxies.close());
   const runs: GcRun[] = [];

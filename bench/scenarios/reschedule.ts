@@ -2,7 +2,6 @@ import { spawn } from 'node:child_process';
 import { openSync } from 'node:fs';
 import { join } from 'node:path';
 import { EtcdControllerStore } from '../../src/adapters/etcd/etcd-controller-store.js';
-import { raiseOwnPriority } from '../../src/adapters/process-priority.js';
 import { specFromFlintlock } from '../../src/api/grpc/spec-mapping.js';
 import { clusterCreate } from '../../src/cli/cluster-vms.js';
 import { repoRoot } from '../../src/dev/agent-process.js';
@@ -37,7 +36,6 @@ async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutM
  */
 export async function runReschedule(ctx: BenchContext): Promise<ScenarioResult> {
   const etcd = await ctx.etcd();
-  raiseOwnPriority(); // the fault proxies run in this process, on the heartbeat path
   const rows: string[][] = [];
   const data: Record<string, unknown> = {};
   const failures: string[] = [];

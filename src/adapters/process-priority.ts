@@ -4,7 +4,7 @@ import { setPriority } from 'node:os';
 export const HEARTBEAT_PATH_PRIORITY = -10;
 
 /**
- * Raises this process (the one running fault proxies between agents and etcd) ahead of TCG guests
+ * Raises this process (one running fault proxies between agents and etcd: FaultProxyGroup calls it) ahead of TCG guests
  * that saturate the cores, so the cut cable is the only thing that delays a heartbeat. Best effort:
  * returns false when not permitted (not root).
  */

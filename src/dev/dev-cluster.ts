@@ -5,7 +5,6 @@ import { AdminHttpServer } from '../api/http/admin-server.js';
 import { InvalidArgumentError } from '../domain/errors.js';
 import { AgentProcess, repoRoot } from './agent-process.js';
 import { LocalEtcdCluster } from './etcd-cluster.js';
-import { raiseOwnPriority } from '../adapters/process-priority.js';
 import { FaultProxyGroup } from './tcp-proxy.js';
 
 /** Default port of the dev cluster's control endpoint (`tether dev partition|heal|status`). */
@@ -54,7 +53,6 @@ export class DevCluster {
 
   /** Starts etcd, the proxies and the agents; resolves when every agent answers. */
   async start(): Promise<void> {
-    raiseOwnPriority();
     this.log('[dev] starting a 3-member etcd cluster (Raft) on loopback');
     await this.etcd.start();
     this.log(`[dev] etcd healthy: ${this.etcd.endpoints().join(', ')}`);

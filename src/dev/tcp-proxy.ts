@@ -18,6 +18,7 @@
  * the proxy closes its upstream side too (the server sees it), to leak nothing.
  */
 import { connect, createServer, type Server, type Socket } from 'node:net';
+import { raiseOwnPriority } from '../adapters/process-priority.js';
 import { InvalidArgumentError, TetherError } from '../domain/errors.js';
 
 /** Behaviour of a {@link FaultProxy}. */
@@ -361,6 +362,9 @@ export class FaultProxyGroup {
   /** Starts one proxy per endpoint (`http://host:port` or `host:port`). */
   static async start(endpoints: readonly string[], options: Omit<FaultProxyOptions, 'listenPort'> = {}): Promise<FaultProxyGroup> {
     if (endpoints.length === 0) throw new InvalidArgumentError('endpoints', 'at least one endpoint');
+    // A group fronts an agent's etcd: this process is now on the heartbeat path, and must not be
+    // what delays a heartbeat while TCG guests saturate the cores (best effort, needs root).
+    raiseOwnPriority();
     const parsed = endpoints.map(parseEndpoint);
     const proxies: FaultProxy[] = [];
     try {

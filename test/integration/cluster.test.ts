@@ -4,7 +4,6 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EtcdControllerStore } from '../../src/adapters/etcd/etcd-controller-store.js';
 import { drainHost, setDraining } from '../../src/cli/host-drain.js';
-import { raiseOwnPriority } from '../../src/adapters/process-priority.js';
 import type { GcStatus } from '../../src/agent/gc/host-gc.js';
 import { adminCall } from '../../src/api/http/admin-server.js';
 import { repoRoot } from '../../src/dev/agent-process.js';
@@ -81,7 +80,6 @@ const sampler = (async () => {
 
 beforeAll(async () => {
   requireRealParts(['root', 'qemu', 'guest', 'etcd', 'build']);
-  raiseOwnPriority(); // the fault proxies run in this process, on the heartbeat path
   dir = testDir('cluster');
   etcd = new LocalEtcdCluster({ dataDir: join(dir, 'etcd'), tag: 'test' });
   await etcd.start();

@@ -8,7 +8,6 @@ import type { GcStatus } from '../../src/agent/gc/host-gc.js';
 import { adminCall } from '../../src/api/http/admin-server.js';
 import type { FlintlockMicroVM, MicroVmSpecIn } from '../../src/api/grpc/wire-types.js';
 import { LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
-import { raiseOwnPriority } from '../../src/adapters/process-priority.js';
 import { FaultProxyGroup } from '../../src/dev/tcp-proxy.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
 import type { HostPhase } from '../../src/domain/host-lifecycle.js';
@@ -97,7 +96,6 @@ beforeAll(async () => {
   dir = testDir('gc');
   etcd = new LocalEtcdCluster({ dataDir: join(dir, 'etcd'), tag: 'test' });
   await etcd.start();
-  raiseOwnPriority(); // the proxies run in this process, on the heartbeat path
   proxies = await FaultProxyGroup.start(etcd.endpoints());
   client = new Etcd3({ hosts: etcd.endpoints(), faultHandling: { host: () => noop, global: noop } });
   agent = new AgentProcess(hostId, join(dir, 'state'), ['--etcd-endpoints', proxies.endpoints().join(','), ...TIMINGS]);
