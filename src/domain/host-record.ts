@@ -15,8 +15,20 @@ export interface HostRecord {
   readonly epoch: number;
   /** The host's GC timings, published so the controller can check the safety inequality. */
   readonly timings: GcTimings;
-  /** Operator hold: no self-fence on the host, no fence by the controller. */
+  /**
+   * Operator hold as requested (by `tether host hold` or `tether gc hold`). It takes effect only once
+   * the host acknowledges it in {@link HostRecord.holdSeen}.
+   */
   readonly hold: boolean;
+  /**
+   * The hold the host APPLIES, written by the host itself in a txn guarded by its epoch.
+   * Invariant (hold protocol, ARCHITECTURE.md section 4): whenever the host applies a hold,
+   * `holdSeen` is true in the cluster — the host writes `holdSeen: true` BEFORE it applies a hold and
+   * drops a hold locally BEFORE it writes `holdSeen: false`. So the controller honours exactly
+   * `holdSeen` (never `hold`): a hold the host has not acknowledged does not stop a fence, and a
+   * release the host has not acknowledged does not allow one. Absent: false.
+   */
+  readonly holdSeen?: boolean;
   /** Operator drain: the host takes no new VMs and its VMs are being moved elsewhere. */
   readonly draining?: boolean;
   /** Whether the host was held when it detached (the controller then never fences it automatically). */
