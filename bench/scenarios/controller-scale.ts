@@ -278,6 +278,9 @@ class Fleet {
             mode: 'reattach',
             epoch,
             lease,
+            agentId: `bench-${h.id}`,
+            holder: `bench simulated host ${h.id}`,
+            holdApplied: false,
             record: { hostId: h.id, timings: SIM_TIMINGS, capacity: { vcpu: 8, memoryMb: 16_384 }, labels: { bench: 'controller-scale' }, agentVersion: 'bench-sim' },
           },
           2 * HB,
@@ -319,7 +322,7 @@ class Fleet {
     w.lags.push(sent - due);
     w.sent++;
     try {
-      const answer = this.mode === 'stream' ? await h.ka.keepalive(h.lease!, HB) : await h.store.keepalive(h.lease!, HB);
+      const answer = this.mode === 'stream' ? await h.ka.keepalive(h.lease!, HB) : (await h.store.keepalive(h.id, h.lease!, HB)).kind;
       const rtt = performance.now() - sent;
       if (answer === 'alive') {
         h.lastAckSent = sent;

@@ -8,6 +8,8 @@ import type { ConfigKey, ConfigValues } from './config-schema.js';
 export interface AgentConfig {
   readonly hostId: string;
   readonly stateDir: string;
+  /** Folder of the per-host-id locks (one agent per host id on a machine, whatever its state dir). */
+  readonly lockDir: string;
   readonly listen: string;
   readonly httpListen: string;
   readonly etcdEndpoints: string[];
@@ -31,6 +33,7 @@ export function defaultCache(): string {
 export const AGENT_SCHEMA: readonly ConfigKey[] = [
   { key: 'hostId', type: 'string', default: hostname().toLowerCase().replace(/[^a-z0-9.-]/g, '-'), description: 'this host id (letters, digits, . _ -)' },
   { key: 'stateDir', type: 'string', default: '/var/lib/tether', description: 'state folder: inventory, VM folders, locks' },
+  { key: 'lockDir', type: 'string', default: '/run/tether', description: 'folder of the host-id locks: one agent per host id on this machine, whatever its state dir' },
   { key: 'listen', type: 'string', default: '127.0.0.1:9090', description: 'gRPC listen address (Flintlock-compatible MicroVM API)' },
   { key: 'cacheDir', type: 'string', default: defaultCache(), description: 'cache of the built-in guest image' },
   { key: 'imageDir', type: 'string', default: join(defaultCache(), 'images'), description: 'local image store (kernels/, initrds/, disks/)' },

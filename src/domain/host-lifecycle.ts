@@ -9,7 +9,13 @@
  * - `stop-vms` is emitted only when `now >= lastAck + watchdogTimeout` and the host was not held when
  *   it detached, or when the cluster says the host was fenced;
  * - an acknowledged heartbeat before the watchdog deadline returns the host to `attached`;
- * - once fencing started it completes: later acknowledgements do not resurrect old VMs.
+ * - once fencing started it completes: later acknowledgements do not resurrect old VMs;
+ * - the out-of-process guardian is fed {@link guardianDeadline}: it kills every VM by that deadline
+ *   plus `killTimeout` even when the agent is dead or frozen, and a `guardian-fired` event makes the
+ *   agent finish the GC from there (it never treats VMs the guardian killed as still running);
+ * - a registration refused as `duplicate`, or a `taken-over` alive key, never makes this host fence
+ *   VMs for the other agent's sake and never makes it register again in a loop: it just stops
+ *   renewing, and its own watchdog (measured from its own last acknowledged heartbeat) decides.
  */
 import type { GcTimings } from './gc-timing.js';
 
@@ -32,15 +38,25 @@ export interface HostState {
   /** Monotonic ms when fencing started. */
   readonly fenceStartedAt?: number;
   /** Why the host fenced, once it did. */
-  readonly fenceReason?: 'watchdog' | 'cluster-fenced';
+  readonly fenceReason?: FenceReason;
 }
+
+/** Why a host fences: its own watchdog, the cluster said so, or the guardian already killed the VMs. */
+export type FenceReason = 'watchdog' | 'cluster-fenced' | 'guardian';
 
 /** What happens to the host. */
 export type HostEvent =
   /** Lease granted and record written (first registration, re-registration, or rejoin as ready). `sentAt`: send time of the grant. */
   | { readonly kind: 'registered'; readonly epoch: number; readonly sentAt: number }
-  /** The cluster refused registration because it fenced this host (or the epoch moved on). */
-  | { readonly kind: 'register-refused'; readonly reason: 'fenced' | 'epoch-mismatch' }
+  /**
+   * The cluster refused registration: it fenced this host or the epoch moved on (the host fences),
+   * or another agent holds this host id's `alive` key (`duplicate`: nothing changes here).
+   */
+  | { readonly kind: 'register-refused'; readonly reason: 'fenced' | 'epoch-mismatch' | 'duplicate' }
+  /** A verified keepalive found this host's `alive` key on another agent's lease. */
+  | { readonly kind: 'taken-over' }
+  /** The guardian's deadline passed and it killed this host's VMs (read from its fired marker). */
+  | { readonly kind: 'guardian-fired' }
   /** A keepalive sent at `sentAt` was acknowledged. */
   | { readonly kind: 'heartbeat-acked'; readonly sentAt: number }
   /** A keepalive sent at `sentAt` got no answer by its deadline. */
@@ -49,7 +65,11 @@ export type HostEvent =
   | { readonly kind: 'lease-lost' }
   /** Time passed (the agent ticks at {@link nextDeadline}). */
   | { readonly kind: 'tick' }
-  | { readonly kind: 'hold-changed'; readonly held: boolean }
+  /**
+   * The hold this host applies changed. `forceWhileDetached`: an operator's local hold on a detached
+   * host with the split-brain risk accepted: it also suspends the pending watchdog.
+   */
+  | { readonly kind: 'hold-changed'; readonly held: boolean; readonly forceWhileDetached?: boolean }
   /** Every VM stopped (the fencer finished). */
   | { readonly kind: 'vms-stopped' }
   /** Cleanup ran; `clean` is the audit's verdict. */
@@ -59,7 +79,7 @@ export type HostEvent =
 
 /** What the agent must do. */
 export type HostEffect =
-  | { readonly kind: 'stop-vms'; readonly reason: 'watchdog' | 'cluster-fenced' }
+  | { readonly kind: 'stop-vms'; readonly reason: FenceReason }
   | { readonly kind: 'run-cleanup' }
   /** Try to (re-)register: `reattach` keeps the epoch (only if the record is not fenced); `ready` rejoins with epoch + 1. */
   | { readonly kind: 'register'; readonly mode: 'reattach' | 'ready' }
@@ -83,7 +103,7 @@ export function initialHostState(persisted?: {
   epoch?: number;
   held?: boolean;
   fenceStartedAt?: number;
-  fenceReason?: 'watchdog' | 'cluster-fenced';
+  fenceReason?: FenceReason;
 }): HostState {
   const resume = persisted?.phase;
   const phase: HostPhase = resume === 'fencing' || resume === 'cleaning' || resume === 'clean' || resume === 'rejoining' ? resume : persisted?.lastAck !== undefined ? 'detached' : 'starting';
@@ -114,6 +134,22 @@ export function nextDeadline(t: GcTimings, s: HostState): number | undefined {
   return undefined;
 }
 
+/**
+ * The deadline fed to the out-of-process guardian (monotonic ms): every VM of this host must be gone
+ * by it plus `killTimeout`. It is `lastAck + watchdogTimeout + stopGrace`: the agent's own graceful
+ * stop starts at `lastAck + watchdogTimeout` and is forced by then, so the guardian is the backstop
+ * that holds the bound `lastAck + watchdogTimeout + stopGrace + killTimeout` when the agent cannot.
+ * `null`: suspended, because the host applies a hold (attached and held, or held when it detached:
+ * the cluster then never fences it automatically either). `undefined`: nothing to say (no heartbeat
+ * acknowledged yet, or the host is already fencing or later: the last fed deadline stays).
+ */
+export function guardianDeadline(t: GcTimings, s: HostState): number | null | undefined {
+  if (s.lastAck === undefined) return undefined;
+  if (s.phase === 'attached' || s.phase === 'suspect') return s.held ? null : s.lastAck + t.watchdogTimeout + t.stopGrace;
+  if (s.phase === 'detached') return s.heldAtDetach ? null : s.lastAck + t.watchdogTimeout + t.stopGrace;
+  return undefined;
+}
+
 /** Watchdog time left (ms) while detached and not held; undefined otherwise. */
 export function watchdogRemaining(t: GcTimings, s: HostState, now: number): number | undefined {
   if (s.phase !== 'detached' || s.heldAtDetach || s.lastAck === undefined) return undefined;
@@ -125,8 +161,14 @@ function to(s: HostState, phase: HostPhase, reason: string, extra: Partial<HostS
   return { state: { ...s, ...extra, phase }, effects: [{ kind: 'transition', from: s.phase, to: phase, reason }, ...effects] };
 }
 
-function startFence(s: HostState, now: number, reason: 'watchdog' | 'cluster-fenced'): Evaluation {
-  return to(s, 'fencing', reason === 'watchdog' ? 'watchdog expired' : 'the cluster fenced this host', { fenceStartedAt: now, fenceReason: reason }, [
+const FENCE_REASON_TEXT: Record<FenceReason, string> = {
+  watchdog: 'watchdog expired',
+  'cluster-fenced': 'the cluster fenced this host',
+  guardian: 'the guardian killed the VMs (the agent could not act in time)',
+};
+
+function startFence(s: HostState, now: number, reason: FenceReason): Evaluation {
+  return to(s, 'fencing', FENCE_REASON_TEXT[reason], { fenceStartedAt: now, fenceReason: reason }, [
     { kind: 'stop-vms', reason },
   ]);
 }
@@ -146,9 +188,17 @@ export function evaluate(t: GcTimings, s: HostState, e: HostEvent, now: number):
       });
     }
     case 'register-refused':
+      // Another agent holds this host id: it is not ours to fence for. Our own watchdog decides.
+      if (e.reason === 'duplicate') return { state: s, effects: [] };
       // Fenced, or the epoch moved on: the cluster may already have placed our VMs elsewhere.
       if (!fencingOrLater) return startFence(s, now, 'cluster-fenced');
       return { state: s, effects: [] };
+    case 'taken-over':
+      if (fencingOrLater || s.phase === 'starting' || s.phase === 'detached') return { state: s, effects: [] };
+      return to(s, 'detached', 'another agent took over this host id', { detachedAt: now, heldAtDetach: s.held });
+    case 'guardian-fired':
+      if (fencingOrLater) return { state: s, effects: [] };
+      return startFence(s, now, 'guardian');
     case 'heartbeat-acked': {
       if (fencingOrLater || s.phase === 'starting') return { state: s, effects: [] };
       const lastAck = Math.max(s.lastAck ?? -Infinity, e.sentAt);
@@ -181,7 +231,13 @@ export function evaluate(t: GcTimings, s: HostState, e: HostEvent, now: number):
       return { state: s, effects: [] };
     }
     case 'hold-changed':
-      // A release never reaches back into the current detachment (heldAtDetach stays).
+      // A release never reaches back into the current detachment (heldAtDetach stays); only an
+      // operator's forced local hold (split-brain risk accepted) suspends a pending watchdog.
+      if (e.forceWhileDetached && s.phase === 'detached') {
+        const forced = { ...s, held: e.held, heldAtDetach: e.held };
+        // A release resumes the watchdog at once: the deadline may have passed already.
+        return e.held ? { state: forced, effects: [] } : evaluate(t, forced, { kind: 'tick' }, now);
+      }
       return { state: { ...s, held: e.held }, effects: [] };
     case 'vms-stopped':
       if (s.phase !== 'fencing') return { state: s, effects: [] };

@@ -1,10 +1,21 @@
 import type { HostRecord } from '../domain/host-record.js';
+import type { RegistrationRefusal } from '../domain/registration.js';
 
 /** An etcd lease id (decimal string). */
 export type LeaseId = string;
 
-/** Outcome of one keepalive that was answered. */
-export type KeepaliveAnswer = 'alive' | 'lease-lost';
+/**
+ * Outcome of one keepalive that was answered.
+ * - `alive`: the lease was renewed AND a linearizable read after the renewal found this host's
+ *   `alive` key still on this lease (etcd 3.4.23 can renew a revoked lease, #14758: the renewal alone
+ *   proves nothing);
+ * - `lease-lost`: the cluster no longer knows the lease, or the `alive` key is gone from it;
+ * - `taken-over`: the `alive` key is on another agent's lease: another agent registered this host id.
+ */
+export type KeepaliveAnswer =
+  | { readonly kind: 'alive' }
+  | { readonly kind: 'lease-lost'; readonly detail: string }
+  | { readonly kind: 'taken-over'; readonly detail: string };
 
 /** What a host sends when it (re-)registers. */
 export interface Registration {
@@ -13,6 +24,15 @@ export interface Registration {
   readonly mode: 'reattach' | 'ready';
   /** The epoch the host believes it has (0 when it never registered). */
   readonly epoch: number;
+  /** This agent instance's persistent id (kept in its state dir): who writes `alive`. */
+  readonly agentId: string;
+  /** Human description of this agent (pid, machine, state dir), shown to a refused duplicate. */
+  readonly holder: string;
+  /**
+   * The hold this host applies right now, written as `holdSeen` in the same txn (hold protocol:
+   * the cluster's `holdSeen` is true whenever the host applies a hold).
+   */
+  readonly holdApplied: boolean;
   readonly record: Omit<HostRecord, 'state' | 'epoch' | 'hold' | 'updatedAt'>;
   readonly lease: LeaseId;
 }
@@ -20,7 +40,10 @@ export interface Registration {
 /** Result of a registration txn. */
 export type RegistrationResult =
   | { readonly ok: true; readonly epoch: number; readonly hold: boolean }
-  | { readonly ok: false; readonly reason: 'fenced' | 'epoch-mismatch'; readonly detail: string };
+  | { readonly ok: false; readonly reason: RegistrationRefusal; readonly detail: string };
+
+/** Outcome of {@link ClusterStore.ackHold}. */
+export type HoldAckResult = { readonly ok: true } | { readonly ok: false; readonly detail: string };
 
 /**
  * The cluster's store (etcd in production).
@@ -33,8 +56,8 @@ export type RegistrationResult =
 export interface ClusterStore {
   /** Grants a lease of `ttlMs` (whole seconds). */
   grantLease(ttlMs: number, deadlineMs: number): Promise<LeaseId>;
-  /** One keepalive; 'lease-lost' when the cluster no longer knows the lease. */
-  keepalive(lease: LeaseId, deadlineMs: number): Promise<KeepaliveAnswer>;
+  /** One keepalive of `lease`, verified against `hosts/<hostId>/alive` (see {@link KeepaliveAnswer}). */
+  keepalive(hostId: string, lease: LeaseId, deadlineMs: number): Promise<KeepaliveAnswer>;
   /** Revokes a lease (best effort). */
   revokeLease(lease: LeaseId, deadlineMs: number): Promise<void>;
   /** Registration txn: record + `alive` key on the lease. */
@@ -43,6 +66,13 @@ export interface ClusterStore {
   getHost(hostId: string, deadlineMs: number): Promise<HostRecord | undefined>;
   /** Sets the operator hold on a record (refused for unknown hosts). */
   setHold(hostId: string, hold: boolean, deadlineMs: number): Promise<HostRecord>;
+  /**
+   * Writes `holdSeen` (the hold this host applies) in a txn guarded by the record's epoch and by the
+   * host's `alive` key being on `lease`: a host that lost its lease or was fenced writes nothing.
+   * An ambiguous outcome (deadline passed) rejects with a retryable error: the caller must then act
+   * as if it may or may not have been applied.
+   */
+  ackHold(hostId: string, epoch: number, lease: LeaseId, holdSeen: boolean, deadlineMs: number): Promise<HoldAckResult>;
   /** Closes connections. */
   close(): Promise<void>;
 }

@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,6 +12,7 @@ import { processesWith } from '../../src/dev/host-probe.js';
 import { FaultProxyGroup } from '../../src/dev/tcp-proxy.js';
 import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
 import type { HostPhase } from '../../src/domain/host-lifecycle.js';
+import { DoubleRunSampler } from '../support/double-run.js';
 import { AgentProcess, killHostLeftovers, qemusOf, removeDir, requireRealParts, tapsOf, testDir, testHostId, until } from '../support/real-host.js';
 
 /**
@@ -47,36 +48,10 @@ async function vmRecord(key: string): Promise<ClusterVmRecord | undefined> {
   return (await store.listVms(3000)).find((v) => v.key === key)?.record;
 }
 
-/**
- * ns/name -> uids of the QEMU processes of any test host running it, read from their -pidfile path
- * (`<stateDir>/vm/<ns>/<name>/<uid>/qemu.pid`). Distinct uids: one process per incarnation is counted
- * once, even while `-daemonize` briefly shows a parent and its child.
- */
-function qemusByVm(): Map<string, Set<string>> {
-  const out = new Map<string, Set<string>>();
-  for (const hostId of Object.values(ids)) {
-    for (const [, argv] of processesWith(`tether:${hostId}:`)) {
-      if (!argv[0]?.includes('qemu-system')) continue;
-      const m = /\/vm\/([^/]+)\/([^/]+)\/([0-9a-f]{32})\/qemu\.pid$/.exec(argv[argv.indexOf('-pidfile') + 1] ?? '');
-      if (m) out.set(`${m[1]}/${m[2]}`, (out.get(`${m[1]}/${m[2]}`) ?? new Set()).add(m[3]!));
-    }
-  }
-  return out;
-}
-
-/** Samples the process table every 100 ms for the whole file; records any VM running as two incarnations at once. */
-const doubles: string[] = [];
-const firstSeen = new Map<string, number>();
-let sampling = true;
-const sampler = (async () => {
-  while (sampling) {
-    for (const [vm, uids] of qemusByVm()) {
-      for (const u of uids) if (!firstSeen.has(u)) firstSeen.set(u, Date.now());
-      if (uids.size > 1) doubles.push(`${new Date().toISOString()} ${vm}: ${[...uids].join(',')}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-})();
+/** The process-table sampler (every 100 ms) for the whole file: any VM running as two incarnations at once fails it. */
+const sampler = new DoubleRunSampler(Object.values(ids));
+const doubles = sampler.doubles;
+const firstSeen = sampler.firstSeen;
 
 beforeAll(async () => {
   requireRealParts(['root', 'qemu', 'guest', 'etcd', 'build']);
@@ -99,8 +74,7 @@ beforeAll(async () => {
 }, 180_000);
 
 afterAll(async () => {
-  sampling = false;
-  await sampler;
+  await sampler.stop();
   for (const c of controllers.values()) c.kill('SIGKILL');
   for (const h of ['a', 'b', 'c'] as H[]) {
     await agents[h]?.kill();
@@ -195,27 +169,35 @@ describe('cluster: partition, fence window, reschedule, rejoin (real hosts, cont
     expect(readFileSync(join(dir, 'controller.log'), 'utf8')).toContain('VM rescheduled');
   }, 120_000);
 
-  it('hold on C: cut off past its watchdog and the fence window, C does not self-fence, nothing is fenced or rescheduled', async () => {
+  it('hold on C: acknowledged by C before it applies; cut off past its watchdog and the fence window, and released while cut off: C does not self-fence, nothing is fenced or rescheduled', async () => {
     const vm = await agents.c.api().create({ id: 'held', namespace: 'cl', vcpu: 1, memory_in_mb: 96, kernel: { image: '', cmdline: {} } });
     await until('held running on c', async () => (await vmRecord('cl/held'))?.phase === 'running', 60_000, 200);
     const pid = qemusOf(ids.c).get(vm.spec.uid);
     await store.setHold(ids.c, true, Date.now(), 3000);
-    await until('c read the hold', async () => (await status('c')).held, 20_000, 200);
+    await until('c applies the hold', async () => (await status('c')).held, 20_000, 200);
+    // The hold protocol: C wrote holdSeen before it applied the hold.
+    expect((await store.getHost(ids.c, 3000)).record).toMatchObject({ hold: true, holdSeen: true });
+    const list = JSON.parse(execFileSync(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'host', 'list', '--json', '--etcd-endpoints', etcd.endpoints().join(',')], { encoding: 'utf8' })) as { hostId: string; holdSeen?: boolean; hold?: boolean }[];
+    expect(list.find((h) => h.hostId === ids.c)).toMatchObject({ hold: true, holdSeen: true });
     await proxies.c.blackhole();
     await until('C detached in the cluster', async () => (await store.getHost(ids.c, 3000)).record?.state === 'detached', 30_000, 100);
+    // A release sent while C is cut off: C cannot learn of it and keeps applying the hold, so the
+    // controller (which honours only what C acknowledged) must not fence it.
+    await store.setHold(ids.c, false, Date.now(), 3000);
     // Past watchdog (9 s) + grace + kill and past ttl + fence window (15 s).
     await new Promise((r) => setTimeout(r, 20_000));
     const st = await status('c');
     expect(st.phase).toBe('detached');
     expect(st.heldAtDetach).toBe(true);
     expect(qemusOf(ids.c).get(vm.spec.uid)).toBe(pid);
-    expect((await store.getHost(ids.c, 3000)).record?.state).toBe('detached');
+    expect((await store.getHost(ids.c, 3000)).record).toMatchObject({ state: 'detached', hold: false, holdSeen: true });
     expect(await vmRecord('cl/held')).toMatchObject({ uid: vm.spec.uid, hostId: ids.c, phase: 'running' });
     await proxies.c.heal();
     await phase('c', 'attached', 30_000);
     expect((await status('c')).epoch).toBe(1);
     expect(qemusOf(ids.c).get(vm.spec.uid)).toBe(pid);
-    await store.setHold(ids.c, false, Date.now(), 3000);
+    // Back in contact, C applies the release first, then acknowledges it.
+    await until('c acknowledged the release', async () => (await store.getHost(ids.c, 3000)).record?.holdSeen === false && !(await status('c')).held, 20_000, 200);
     expect(doubles).toEqual([]);
   }, 150_000);
 

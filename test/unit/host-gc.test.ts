@@ -4,20 +4,34 @@ import { TetherError } from '../../src/domain/errors.js';
 import { DEFAULT_TIMINGS as T } from '../../src/domain/gc-timing.js';
 import type { HostPhase } from '../../src/domain/host-lifecycle.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
-import type { ClusterStore, KeepaliveAnswer, Registration, RegistrationResult } from '../../src/ports/cluster-store.js';
+import type { ClusterStore, HoldAckResult, KeepaliveAnswer, Registration, RegistrationResult } from '../../src/ports/cluster-store.js';
+import type { Guardian } from '../../src/ports/guardian.js';
+import { decideRegistration } from '../../src/domain/registration.js';
 import type { FakeClock } from '../support/fake-clock.js';
 import { fakeHost, sampleSpec, uidOf } from '../support/host-harness.js';
 import { runPlan } from '../../src/domain/plan.js';
 import { createPlanner } from '../../src/agent/plans/create-plan.js';
 
-/** A cluster whose answers the test controls: `ok`, `hang` (until the call's deadline), or `lost`. */
+/**
+ * A cluster whose answers the test controls: `ok`, `hang` (until the call's deadline), `lost` (the
+ * lease is gone), or `taken` (another agent's lease holds the alive key). Registration follows the
+ * real rules (src/domain/registration.ts); the hold protocol's `holdSeen` is kept like etcd would.
+ */
 class FakeCluster implements ClusterStore {
-  mode: 'ok' | 'hang' | 'lost' = 'ok';
+  mode: 'ok' | 'hang' | 'lost' | 'taken' = 'ok';
+  /** When set, ackHold calls hang until their deadline (an ambiguous commit) but are applied. */
+  ackAmbiguous = false;
   epoch = 0;
   state: HostRecord['state'] | undefined;
   hold = false;
+  holdSeen = false;
+  /** Another agent's alive key, if any. */
+  otherAgent: string | undefined;
   registrations: Registration[] = [];
+  acks: { seen: boolean; heldAtCall: boolean }[] = [];
+  heldProbe: () => boolean = () => false;
   private leases = 0;
+  private lease: string | undefined;
   constructor(private readonly clock: FakeClock) {}
   private answer<R>(deadlineMs: number, value: () => R): Promise<R> {
     if (this.mode === 'hang') {
@@ -28,8 +42,12 @@ class FakeCluster implements ClusterStore {
   grantLease(_ttl: number, d: number): Promise<string> {
     return this.answer(d, () => String(++this.leases));
   }
-  keepalive(_lease: string, d: number): Promise<KeepaliveAnswer> {
-    return this.answer(d, () => (this.mode === 'lost' ? 'lease-lost' : 'alive'));
+  keepalive(_host: string, lease: string, d: number): Promise<KeepaliveAnswer> {
+    return this.answer(d, () => {
+      if (this.mode === 'taken') return { kind: 'taken-over', detail: 'alive key on lease 999 of agent other' };
+      if (this.mode === 'lost' || lease !== this.lease) return { kind: 'lease-lost', detail: 'gone' };
+      return { kind: 'alive' };
+    });
   }
   revokeLease(): Promise<void> {
     return Promise.resolve();
@@ -38,25 +56,66 @@ class FakeCluster implements ClusterStore {
     return this.answer(d, () => {
       this.registrations.push(reg);
       if (this.mode === 'lost') this.mode = 'ok';
-      if (reg.mode === 'ready') {
-        this.epoch += 1;
-        this.state = 'ready';
-        return { ok: true, epoch: this.epoch, hold: this.hold };
-      }
-      if (this.state === 'fenced') return { ok: false, reason: 'fenced', detail: 'fenced' };
-      if (this.state === undefined) this.epoch = 1;
-      this.state = 'attached';
+      const cur = this.state === undefined ? undefined : { state: this.state, epoch: this.epoch };
+      const alive = this.otherAgent === undefined ? undefined : { agentId: this.otherAgent, lease: '999' };
+      const dec = decideRegistration(reg, cur, alive);
+      if (!dec.ok) return dec;
+      this.epoch = dec.epoch;
+      this.state = dec.state;
+      this.holdSeen = reg.holdApplied;
+      this.lease = reg.lease;
       return { ok: true, epoch: this.epoch, hold: this.hold };
     });
   }
-  getHost(): Promise<HostRecord | undefined> {
-    return Promise.resolve(undefined);
+  record(): HostRecord {
+    return { hostId: 'h', state: this.state ?? 'attached', epoch: this.epoch, timings: T, hold: this.hold, holdSeen: this.holdSeen, capacity: { vcpu: 1, memoryMb: 1 }, labels: {}, agentVersion: 't', updatedAt: 0 };
   }
-  setHold(): Promise<HostRecord> {
-    throw new Error('unused');
+  getHost(_id: string, d: number): Promise<HostRecord | undefined> {
+    return this.answer(d, () => (this.state === undefined ? undefined : this.record()));
+  }
+  setHold(_id: string, hold: boolean, d: number): Promise<HostRecord> {
+    return this.answer(d, () => {
+      this.hold = hold;
+      return this.record();
+    });
+  }
+  ackHold(_id: string, epoch: number, lease: string, seen: boolean, d: number): Promise<HoldAckResult> {
+    this.acks.push({ seen, heldAtCall: this.heldProbe() });
+    if (this.ackAmbiguous) {
+      if (epoch === this.epoch && lease === this.lease) this.holdSeen = seen;
+      return new Promise((_, reject) => this.clock.setTimer(d, () => reject(new TetherError('TIMEOUT', 'no answer', { retryable: true }))));
+    }
+    return this.answer(d, (): HoldAckResult => {
+      if (epoch !== this.epoch || lease !== this.lease) return { ok: false, detail: 'not ours' };
+      this.holdSeen = seen;
+      return { ok: true };
+    });
   }
   close(): Promise<void> {
     return Promise.resolve();
+  }
+}
+
+/** The guardian as the agent sees it: records what it is fed; `fire()` plays its deadline passing. */
+class FakeGuardian implements Guardian {
+  fed: (number | null)[] = [];
+  firedRecord: unknown;
+  shutdowns = 0;
+  starts = 0;
+  feed(deadline: number | null): void {
+    this.fed.push(deadline);
+  }
+  shutdown(): void {
+    this.shutdowns++;
+  }
+  fired(): unknown {
+    return this.firedRecord;
+  }
+  acknowledgeFired(): void {
+    this.firedRecord = undefined;
+  }
+  ensureRunning(): Promise<{ started: boolean; pid: number }> {
+    return Promise.resolve({ started: this.starts++ === 0, pid: 42 });
   }
 }
 
@@ -68,16 +127,21 @@ async function setup(vms = 1) {
     await runPlan('create', createPlanner(h.ctx, uidOf(i)));
   }
   const transitions: string[] = [];
+  const guardian = new FakeGuardian();
   const gc = new HostGc(h.ctx, cluster, {
     timings: T,
     bootId: 'boot-1',
     capacity: { vcpu: 2, memoryMb: 1024 },
     agentVersion: 'test',
+    agentId: 'agent-1',
+    holder: 'test agent',
+    guardian,
     onTransition: (from, to) => transitions.push(`${from}->${to}`),
   });
+  cluster.heldProbe = () => gc.status().held;
   gc.start();
   await h.clock.advance(10);
-  return { ...h, cluster, gc, transitions };
+  return { ...h, cluster, gc, transitions, guardian };
 }
 
 describe('HostGc loop on a fake clock', () => {
@@ -146,20 +210,112 @@ describe('HostGc loop on a fake clock', () => {
     expect(s.calls.filter((c) => c.startsWith('vmm.stop:'))).toEqual([]);
   });
 
-  it('a host held when it detached never self-fences, even after a release; a local hold while detached needs the explicit risk flag', async () => {
+  it('a hold requested in the cluster is acknowledged (holdSeen) BEFORE it is applied; then a partition never self-fences and the guardian is suspended', async () => {
     const s = await setup();
-    s.gc.setLocalHold(true);
+    s.cluster.hold = true;
+    await s.clock.advance(5 * T.heartbeatInterval + 10);
+    expect(s.cluster.acks).toEqual([{ seen: true, heldAtCall: false }]);
+    expect(s.cluster.holdSeen).toBe(true);
+    expect(s.gc.status().held).toBe(true);
+    expect(s.guardian.fed.at(-1)).toBeNull();
+    s.cluster.mode = 'hang';
+    await s.clock.advance(20 * T.watchdogTimeout);
+    expect(s.gc.phase).toBe('detached');
+    expect(s.gc.status().heldAtDetach).toBe(true);
+    expect(s.calls.filter((c) => c.startsWith('vmm.stop:'))).toEqual([]);
+  });
+
+  it('a release is applied BEFORE it is acknowledged; an ambiguous hold ack is never applied', async () => {
+    const s = await setup();
+    s.cluster.hold = true;
+    await s.clock.advance(5 * T.heartbeatInterval + 10);
+    expect(s.gc.status().held).toBe(true);
+    s.cluster.hold = false;
+    await s.clock.advance(5 * T.heartbeatInterval + 10);
+    expect(s.cluster.acks.at(-1)).toEqual({ seen: false, heldAtCall: false });
+    expect(s.cluster.holdSeen).toBe(false);
+    expect(typeof s.guardian.fed.at(-1)).toBe('number');
+    // The next hold's ack hangs past its deadline although etcd applied it: the host must not apply it.
+    s.cluster.ackAmbiguous = true;
+    s.cluster.hold = true;
+    await s.clock.advance(5 * T.heartbeatInterval + 10);
+    expect(s.cluster.holdSeen).toBe(true);
+    expect(s.gc.status().held).toBe(false);
+    // The next poll sees holdSeen already true and applies it (applied => seen still holds).
+    s.cluster.ackAmbiguous = false;
+    await s.clock.advance(5 * T.heartbeatInterval + 10);
+    expect(s.gc.status().held).toBe(true);
+  });
+
+  it('tether gc hold on an attached host goes through the cluster and resolves once applied; a local hold while detached needs the risk flag; its local release resumes the watchdog', async () => {
+    const s = await setup();
+    await s.gc.setHold(true);
+    expect(s.cluster.hold).toBe(true);
+    expect(s.cluster.holdSeen).toBe(true);
+    expect(s.gc.status().held).toBe(true);
+    await s.gc.setHold(false);
+    expect(s.cluster.hold).toBe(false);
+    expect(s.gc.status().held).toBe(false);
     s.cluster.mode = 'hang';
     await s.clock.advance(T.detachAfter + 10);
     expect(s.gc.phase).toBe('detached');
-    expect(() => s.gc.setLocalHold(true)).toThrow(/split-brain|VMs could run twice/);
-    s.gc.setLocalHold(false);
+    await expect(s.gc.setHold(true)).rejects.toThrow(/split-brain|VMs could run twice/);
+    await s.gc.setHold(true, true);
+    expect(s.inventory.listEvents(20).map((e) => e.kind)).toContain('gc-local-hold-split-brain-risk');
     await s.clock.advance(20 * T.watchdogTimeout);
     expect(s.gc.phase).toBe('detached');
     expect(s.calls.filter((c) => c.startsWith('vmm.stop:'))).toEqual([]);
-    expect(s.gc.status().heldAtDetach).toBe(true);
-    s.gc.setLocalHold(true, true);
-    expect(s.inventory.listEvents(20).map((e) => e.kind)).toContain('gc-local-hold-split-brain-risk');
+    await s.gc.setHold(false);
+    await s.clock.advance(10);
+    expect(s.gc.phase).not.toBe('detached');
+    expect(s.calls.filter((c) => c.startsWith('vmm.stop:'))).toHaveLength(1);
+  });
+
+  it('a registration refused as duplicate never fences and retries every TTL; an alive key taken over stops the heartbeats and the own watchdog fences on time', async () => {
+    const h = fakeHost();
+    const cluster = new FakeCluster(h.clock);
+    h.inventory.addVm(uidOf(0), sampleSpec('vm0'), 0);
+    await runPlan('create', createPlanner(h.ctx, uidOf(0)));
+    cluster.state = 'attached';
+    cluster.epoch = 3;
+    cluster.otherAgent = 'agent-2';
+    const gc = new HostGc(h.ctx, cluster, { timings: T, bootId: 'b', capacity: { vcpu: 1, memoryMb: 1 }, agentVersion: 't', agentId: 'agent-1', holder: 't' });
+    gc.start();
+    await h.clock.advance(5 * T.ttl);
+    expect(gc.phase).toBe('starting');
+    expect(cluster.registrations.length).toBeGreaterThanOrEqual(4);
+    expect(cluster.registrations.length).toBeLessThanOrEqual(7);
+    expect(gc.status().duplicateOf).toMatch(/another agent/);
+    expect(h.calls.filter((c) => c.startsWith('vmm.stop:'))).toEqual([]);
+    gc.stop();
+
+    const s = await setup();
+    const regs = s.cluster.registrations.length;
+    s.cluster.mode = 'taken';
+    await s.clock.advance(T.heartbeatInterval + 10);
+    expect(s.gc.phase).toBe('detached');
+    expect(s.calls.filter((c) => c.startsWith('vmm.stop:'))).toEqual([]);
+    await s.clock.advance(T.watchdogTimeout);
+    expect(s.calls.filter((c) => c.startsWith('vmm.stop:'))).toHaveLength(1);
+    expect(s.cluster.registrations.slice(regs).map((r) => r.mode)).not.toContain('reattach');
+  });
+
+  it('feeds the guardian lastAck + watchdogTimeout + stopGrace; a guardian fire makes the agent fence, clean and rejoin, then forget the fire', async () => {
+    const s = await setup();
+    await s.clock.advance(3 * T.heartbeatInterval);
+    const fed = s.guardian.fed.filter((d): d is number => typeof d === 'number');
+    expect(fed.length).toBeGreaterThanOrEqual(3);
+    const st = s.gc.status();
+    expect(fed.at(-1)).toBe(s.clock.nowMono() - st.lastAckAgeMs! + T.watchdogTimeout + T.stopGrace);
+    for (let i = 1; i < fed.length; i++) expect(fed[i]!).toBeGreaterThan(fed[i - 1]!);
+    s.guardian.firedRecord = { at: 1, killed: [] };
+    await s.clock.advance(T.heartbeatInterval + 10);
+    expect(s.transitions).toContain('attached->fencing');
+    expect(s.gc.lastReport()?.reason).toBe('guardian');
+    await s.clock.advance(5000);
+    expect(s.gc.phase).toBe('attached');
+    expect(s.gc.status().epoch).toBe(2);
+    expect(s.guardian.firedRecord).toBeUndefined();
   });
 
   it('a host whose record was fenced while it was away fences itself at once on re-registration', async () => {
@@ -177,7 +333,7 @@ describe('HostGc loop on a fake clock', () => {
     await s.clock.advance(T.detachAfter + 10);
     s.gc.stop();
     const phases: HostPhase[] = [];
-    const gc2 = new HostGc(s.ctx, s.cluster, { timings: T, bootId: 'boot-1', capacity: { vcpu: 1, memoryMb: 1 }, agentVersion: 't', onTransition: (_f, to) => phases.push(to) });
+    const gc2 = new HostGc(s.ctx, s.cluster, { timings: T, bootId: 'boot-1', capacity: { vcpu: 1, memoryMb: 1 }, agentVersion: 't', agentId: 'agent-1', holder: 't', onTransition: (_f, to) => phases.push(to) });
     expect(gc2.phase).toBe('detached');
     gc2.start();
     await s.clock.advance(T.watchdogTimeout);

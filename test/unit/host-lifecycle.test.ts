@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { DEFAULT_TIMINGS as T } from '../../src/domain/gc-timing.js';
 import {
   evaluate,
+  guardianDeadline,
   initialHostState,
   nextDeadline,
   resumeEffects,
@@ -59,6 +60,26 @@ describe('host lifecycle: state x event table', () => {
     ['clean', { kind: 'lease-lost' }, wd + 10, 'clean', []],
     ['rejoining', { kind: 'registered', epoch: 4, sentAt: wd + 100 }, wd + 110, 'attached', []],
     ['rejoining', { kind: 'cluster-reachable' }, wd + 10, 'rejoining', []],
+    // Another agent holds this host id: never a fence for its sake, in any phase.
+    ['starting', { kind: 'register-refused', reason: 'duplicate' }, 2000, 'starting', []],
+    ['detached', { kind: 'register-refused', reason: 'duplicate' }, 2000, 'detached', []],
+    ['clean', { kind: 'register-refused', reason: 'duplicate' }, wd + 10, 'clean', []],
+    // Taken over: stop acting on the cluster (no register), the own watchdog still runs.
+    ['attached', { kind: 'taken-over' }, 2000, 'detached', []],
+    ['suspect', { kind: 'taken-over' }, 2000, 'detached', []],
+    ['detached', { kind: 'taken-over' }, 2000, 'detached', []],
+    ['cleaning', { kind: 'taken-over' }, wd + 10, 'cleaning', []],
+    // The guardian killed the VMs: the agent finishes the GC from there.
+    ['attached', { kind: 'guardian-fired' }, 2000, 'fencing', ['stop-vms']],
+    ['detached', { kind: 'guardian-fired' }, wd - 1, 'fencing', ['stop-vms']],
+    ['detached', { kind: 'guardian-fired' }, wd * 100, 'fencing', ['stop-vms'], { heldAtDetach: true, held: true }],
+    ['fencing', { kind: 'guardian-fired' }, wd + 10, 'fencing', []],
+    ['clean', { kind: 'guardian-fired' }, wd + 10, 'clean', []],
+    // A forced local hold (risk accepted) suspends a pending watchdog; its local release resumes it.
+    ['detached', { kind: 'hold-changed', held: true, forceWhileDetached: true }, 2000, 'detached', []],
+    ['detached', { kind: 'hold-changed', held: false, forceWhileDetached: true }, 2000, 'detached', [], { heldAtDetach: true, held: true }],
+    ['detached', { kind: 'hold-changed', held: false, forceWhileDetached: true }, wd, 'fencing', ['stop-vms'], { heldAtDetach: true, held: true }],
+    ['detached', { kind: 'hold-changed', held: false }, wd, 'detached', [], { heldAtDetach: true, held: true }],
   ];
   it.each(rows)('%s + %j at %i -> %s %j', (from, event, now, phase, effects, extra) => {
     const r = evaluate(T, base(from, extra), event, now);
@@ -167,5 +188,27 @@ describe('host lifecycle: restart', () => {
     expect(resumeEffects(initialHostState({ phase: 'fencing', lastAck: 1 }))).toEqual([{ kind: 'stop-vms', reason: 'watchdog' }]);
     expect(resumeEffects(initialHostState({ phase: 'cleaning' }))).toEqual([{ kind: 'run-cleanup' }]);
     expect(resumeEffects(initialHostState())).toEqual([{ kind: 'register', mode: 'reattach' }]);
+  });
+});
+
+describe('guardian deadline: what the out-of-process fence is fed', () => {
+  it('is lastAck + watchdogTimeout + stopGrace while attached, suspect or detached and not held', () => {
+    for (const phase of ['attached', 'suspect', 'detached'] as const) {
+      expect(guardianDeadline(T, base(phase))).toBe(1000 + T.watchdogTimeout + T.stopGrace);
+    }
+  });
+  it('is suspended (null) only while the host applies a hold', () => {
+    expect(guardianDeadline(T, base('attached', { held: true }))).toBeNull();
+    expect(guardianDeadline(T, base('detached', { held: false, heldAtDetach: true }))).toBeNull();
+    // A hold read after the detachment does not suspend anything.
+    expect(guardianDeadline(T, base('detached', { held: true, heldAtDetach: false }))).toBe(1000 + T.watchdogTimeout + T.stopGrace);
+  });
+  it('says nothing before the first acknowledged heartbeat and once the fence started', () => {
+    expect(guardianDeadline(T, base('starting', { lastAck: undefined }))).toBeUndefined();
+    for (const phase of ['fencing', 'cleaning', 'clean', 'rejoining'] as const) expect(guardianDeadline(T, base(phase))).toBeUndefined();
+  });
+  it('never fences later than the bound the controller relies on: deadline + killTimeout = lastAck + watchdog + stopGrace + killTimeout', () => {
+    const d = guardianDeadline(T, base('attached'))!;
+    expect(d + T.killTimeout).toBe(1000 + T.watchdogTimeout + T.stopGrace + T.killTimeout);
   });
 });

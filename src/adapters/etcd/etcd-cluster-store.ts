@@ -1,7 +1,8 @@
 import { Etcd3, EtcdLeaseInvalidError, type Lease } from 'etcd3';
 import { TetherError } from '../../domain/errors.js';
 import type { HostRecord } from '../../domain/host-record.js';
-import type { ClusterStore, KeepaliveAnswer, LeaseId, Registration, RegistrationResult } from '../../ports/cluster-store.js';
+import { decideRegistration, type AliveHolder } from '../../domain/registration.js';
+import type { ClusterStore, HoldAckResult, KeepaliveAnswer, LeaseId, Registration, RegistrationResult } from '../../ports/cluster-store.js';
 import { asRetryable, callWithDeadline, deadlineOption, withDeadline } from './deadline.js';
 import { createEtcdClient } from './etcd-client.js';
 
@@ -52,19 +53,32 @@ export class EtcdClusterStore implements ClusterStore {
     return id;
   }
 
-  async keepalive(id: LeaseId, deadlineMs: number): Promise<KeepaliveAnswer> {
+  /**
+   * One keepalive, then a linearizable read of `hosts/<hostId>/alive`: the answer is `alive` only
+   * when the key is still on this lease. etcd 3.4.23 can acknowledge a keepalive of a lease that was
+   * already revoked (#14758), and a deposed leader can revoke a lease early (#15247): the read makes
+   * an acknowledgement mean "the cluster still sees this host on this lease", which is what every
+   * host-side deadline is measured from.
+   */
+  async keepalive(hostId: string, id: LeaseId, deadlineMs: number): Promise<KeepaliveAnswer> {
     const lease = this.leases.get(id);
-    if (!lease) return 'lease-lost';
+    if (!lease) return { kind: 'lease-lost', detail: `lease ${id} is not held by this agent` };
+    const t0 = Date.now();
     try {
       await withDeadline(`keepalive of lease ${id}`, deadlineMs, lease.keepaliveOnce(deadlineOption(deadlineMs)));
-      return 'alive';
     } catch (err) {
       if (err instanceof EtcdLeaseInvalidError) {
         this.leases.delete(id);
-        return 'lease-lost';
+        return { kind: 'lease-lost', detail: `etcd no longer knows lease ${id}` };
       }
       throw asRetryable(`keepalive of lease ${id}`, err);
     }
+    const left = Math.max(1, deadlineMs - (Date.now() - t0));
+    const alive = await this.readAlive(hostId, left);
+    if (alive?.lease === id) return { kind: 'alive' };
+    this.leases.delete(id);
+    if (!alive) return { kind: 'lease-lost', detail: `lease ${id} renewed but hosts/${hostId}/alive is gone (revoked lease)` };
+    return { kind: 'taken-over', detail: `hosts/${hostId}/alive is now on lease ${alive.lease}, held by ${alive.holder ?? alive.agentId ?? 'another agent'}` };
   }
 
   async revokeLease(id: LeaseId, deadlineMs: number): Promise<void> {
@@ -75,31 +89,56 @@ export class EtcdClusterStore implements ClusterStore {
 
   async register(reg: Registration, deadlineMs: number): Promise<RegistrationResult> {
     const key = this.keys.hostRecord(reg.hostId);
+    const aliveKey = this.keys.hostAlive(reg.hostId);
     for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
-      const cur = await this.readRecord(key, deadlineMs);
-      const decision = decideRegistration(reg, cur?.record);
+      const [cur, alive] = await Promise.all([this.readRecord(key, deadlineMs), this.readAliveKv(reg.hostId, deadlineMs)]);
+      const decision = decideRegistration(reg, cur?.record, alive?.holder);
       if (!decision.ok) return decision;
       const record: HostRecord = {
         ...reg.record,
         state: decision.state,
         epoch: decision.epoch,
         hold: cur?.record.hold ?? false,
+        holdSeen: reg.holdApplied,
         ...(cur?.record.draining ? { draining: true } : {}),
         updatedAt: Date.now(),
       };
-      const cmp = cur ? this.client.if(key, 'Mod', '==', cur.modRevision) : this.client.if(key, 'Create', '==', 0);
+      const aliveValue = { epoch: record.epoch, agentVersion: reg.record.agentVersion, agentId: reg.agentId, holder: reg.holder };
       const res = await this.call('registration txn', deadlineMs, () =>
-        cmp
-          .then(
-            this.client.put(key).value(JSON.stringify(record)),
-            this.client.put(this.keys.hostAlive(reg.hostId)).value(JSON.stringify({ epoch: record.epoch, agentVersion: reg.record.agentVersion })).lease(reg.lease),
-          )
+        this.client
+          .if(key, cur ? 'Mod' : 'Create', '==', cur ? cur.modRevision : 0)
+          .and(aliveKey, alive ? 'Mod' : 'Create', '==', alive ? alive.modRevision : 0)
+          .then(this.client.put(key).value(JSON.stringify(record)), this.client.put(aliveKey).value(JSON.stringify(aliveValue)).lease(reg.lease))
           .options(deadlineOption(deadlineMs))
           .commit(),
       );
       if (res.succeeded) return { ok: true, epoch: record.epoch, hold: record.hold };
     }
     throw new TetherError('UNAVAILABLE', `registration of ${reg.hostId}: record kept changing under ${CAS_ATTEMPTS} attempts`, { retryable: true });
+  }
+
+  async ackHold(hostId: string, epoch: number, lease: LeaseId, holdSeen: boolean, deadlineMs: number): Promise<HoldAckResult> {
+    const key = this.keys.hostRecord(hostId);
+    for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
+      const [cur, alive] = await Promise.all([this.readRecord(key, deadlineMs), this.readAliveKv(hostId, deadlineMs)]);
+      if (!cur) return { ok: false, detail: `host ${hostId} has no record` };
+      if (cur.record.epoch !== epoch || (cur.record.state !== 'attached' && cur.record.state !== 'ready')) {
+        return { ok: false, detail: `record is ${cur.record.state} at epoch ${cur.record.epoch}, this host is at epoch ${epoch}` };
+      }
+      if (alive?.holder.lease !== lease) return { ok: false, detail: `hosts/${hostId}/alive is not on this host's lease ${lease}` };
+      if ((cur.record.holdSeen ?? false) === holdSeen) return { ok: true };
+      const next: HostRecord = { ...cur.record, holdSeen, updatedAt: Date.now() };
+      const res = await this.call('hold ack txn', deadlineMs, () =>
+        this.client
+          .if(key, 'Mod', '==', cur.modRevision)
+          .and(this.keys.hostAlive(hostId), 'Mod', '==', alive.modRevision)
+          .then(this.client.put(key).value(JSON.stringify(next)))
+          .options(deadlineOption(deadlineMs))
+          .commit(),
+      );
+      if (res.succeeded) return { ok: true };
+    }
+    throw new TetherError('UNAVAILABLE', `hold acknowledgement of ${hostId}: record kept changing`, { retryable: true });
   }
 
   async getHost(hostId: string, deadlineMs: number): Promise<HostRecord | undefined> {
@@ -132,27 +171,40 @@ export class EtcdClusterStore implements ClusterStore {
     return { record: JSON.parse(kv.value.toString()) as HostRecord, modRevision: kv.mod_revision };
   }
 
+  /** `hosts/<id>/alive` with its lease and mod_revision (linearizable read), or undefined. */
+  private async readAliveKv(hostId: string, deadlineMs: number): Promise<{ holder: AliveHolder; modRevision: string } | undefined> {
+    const key = this.keys.hostAlive(hostId);
+    const res = await this.call(`get ${key}`, deadlineMs, () => this.client.get(key).options(deadlineOption(deadlineMs)).exec());
+    const kv = res.kvs[0];
+    if (!kv) return undefined;
+    const value = decodeAliveValue(kv.value.toString());
+    return { holder: { ...value, lease: kv.lease }, modRevision: kv.mod_revision };
+  }
+
+  private async readAlive(hostId: string, deadlineMs: number): Promise<AliveHolder | undefined> {
+    return (await this.readAliveKv(hostId, deadlineMs))?.holder;
+  }
+
   private call<T>(what: string, deadlineMs: number, fn: () => Promise<T>): Promise<T> {
     return callWithDeadline(what, deadlineMs, fn);
   }
 }
 
 /**
- * The registration rules, pure: what state and epoch a registration gets, or why it is refused.
- * - first registration (no record, epoch 0): `attached` at epoch 1;
- * - `reattach` only at the same epoch and while the record is not fenced or retired;
- * - `ready` (after a verified cleanup) always gets epoch + 1.
+ * The writer of an `alive` value, as far as registration needs it. An unreadable value names no
+ * agent, so registration treats its holder as another agent (refused as duplicate until its lease
+ * expires): never as ours.
  */
-export function decideRegistration(
-  reg: Pick<Registration, 'mode' | 'epoch'>,
-  cur: Pick<HostRecord, 'state' | 'epoch'> | undefined,
-): { ok: true; state: HostRecord['state']; epoch: number } | { ok: false; reason: 'fenced' | 'epoch-mismatch'; detail: string } {
-  if (reg.mode === 'ready') return { ok: true, state: 'ready', epoch: Math.max(cur?.epoch ?? 0, reg.epoch) + 1 };
-  if (!cur) {
-    if (reg.epoch === 0) return { ok: true, state: 'attached', epoch: 1 };
-    return { ok: false, reason: 'fenced', detail: `no record for this host although it had epoch ${reg.epoch}: treated as fenced` };
+function decodeAliveValue(raw: string): { agentId?: string; holder?: string } {
+  try {
+    const v = JSON.parse(raw) as unknown;
+    if (typeof v !== 'object' || v === null) return {};
+    const o = v as Record<string, unknown>;
+    return {
+      ...(typeof o.agentId === 'string' ? { agentId: o.agentId } : {}),
+      ...(typeof o.holder === 'string' ? { holder: o.holder.slice(0, 512) } : {}),
+    };
+  } catch {
+    return {};
   }
-  if (cur.state === 'fenced' || cur.state === 'retired') return { ok: false, reason: 'fenced', detail: `record is ${cur.state} at epoch ${cur.epoch}` };
-  if (cur.epoch !== reg.epoch) return { ok: false, reason: 'epoch-mismatch', detail: `record epoch ${cur.epoch}, host epoch ${reg.epoch}` };
-  return { ok: true, state: 'attached', epoch: cur.epoch };
 }

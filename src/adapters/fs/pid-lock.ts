@@ -20,20 +20,21 @@ function holderAlive(pid: number, mark: string): boolean {
 /**
  * Takes an exclusive pid lock at `path` (created with O_EXCL). A lock left by a dead process, or
  * by a live process whose command line does not carry `mark` (pid reused), is stale and taken over.
- * A live holder makes this fail with FAILED_PRECONDITION naming its pid.
+ * A live holder makes this fail with FAILED_PRECONDITION naming its pid and the `about` text it
+ * wrote (second line of the file), after `what` (default: another tether agent holds the lock).
  */
-export function acquirePidLock(path: string, mark: string): HeldLock {
+export function acquirePidLock(path: string, mark: string, about?: { what?: string; info?: string }): HeldLock {
   mkdirSync(dirname(path), { recursive: true });
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
       const fd = openSync(path, 'wx', 0o644);
-      writeSync(fd, `${process.pid}\n`);
+      writeSync(fd, `${process.pid}\n${about?.info ?? ''}\n`);
       closeSync(fd);
       return {
         path,
         release: () => {
           try {
-            if (Number(readFileSync(path, 'utf8').trim()) === process.pid) rmSync(path, { force: true });
+            if (Number(readFileSync(path, 'utf8').split('\n')[0]?.trim()) === process.pid) rmSync(path, { force: true });
           } catch {
             /* already gone */
           }
@@ -43,9 +44,11 @@ export function acquirePidLock(path: string, mark: string): HeldLock {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
         throw new TetherError('INTERNAL', `creating lock ${path}: ${String(err)}`, { cause: err });
       }
-      const pid = Number(readFileSync(path, 'utf8').trim());
+      const [first, info] = readFileSync(path, 'utf8').split('\n');
+      const pid = Number(first?.trim());
       if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && holderAlive(pid, mark)) {
-        throw new TetherError('FAILED_PRECONDITION', `another tether agent (pid ${pid}) holds ${path}; stop it first or use another --state-dir`);
+        const what = about?.what ?? 'another tether agent holds it; stop it first or use another --state-dir';
+        throw new TetherError('FAILED_PRECONDITION', `${path} is held by pid ${pid}${info ? ` (${info})` : ''}: ${what}`);
       }
       rmSync(path, { force: true });
     }

@@ -1,4 +1,5 @@
 import type { StopMethod } from '../../domain/vm.js';
+import type { FenceReason } from '../../domain/host-lifecycle.js';
 
 /** How one VM was stopped by the fencer. */
 export interface VmStopReport {
@@ -22,7 +23,7 @@ export interface AuditResult {
 
 /** The last GC run, kept in the inventory and shown by `tether gc report`. */
 export interface GcReport {
-  readonly reason: 'watchdog' | 'cluster-fenced';
+  readonly reason: FenceReason;
   /** Wall-clock ms of fence start. */
   readonly startedAt: number;
   /** Monotonic ms from lastAck to detection (no acknowledged heartbeat for detachAfter). */

@@ -1,5 +1,5 @@
 import type { GcTimings } from '../../domain/gc-timing.js';
-import type { HostState } from '../../domain/host-lifecycle.js';
+import type { FenceReason, HostState } from '../../domain/host-lifecycle.js';
 import type { HostContext } from '../host-context.js';
 import { cleanHost } from './cleaner.js';
 import { fenceVms } from './fencer.js';
@@ -43,7 +43,7 @@ export class GcRun {
   }
 
   /** Stops every VM (graceful, then forced), recording each; `state` is the host state at fence start. */
-  async fence(reason: 'watchdog' | 'cluster-fenced', state: HostState): Promise<void> {
+  async fence(reason: FenceReason, state: HostState): Promise<void> {
     const { lastAck, detachedAt, fenceStartedAt } = state;
     const sinceAck = (t: number | undefined) => (lastAck === undefined || t === undefined ? undefined : Math.round(t - lastAck));
     const sinceFence = () => (fenceStartedAt === undefined ? undefined : Math.round(this.ctx.clock.nowMono() - fenceStartedAt));

@@ -1,12 +1,16 @@
 import { TetherError, messageOf } from '../../domain/errors.js';
 import type { GcTimings } from '../../domain/gc-timing.js';
+import { nextHoldStep } from '../../domain/hold.js';
+import type { HostRecord } from '../../domain/host-record.js';
 import {
   admitsWork,
   evaluate,
+  guardianDeadline,
   initialHostState,
   nextDeadline,
   resumeEffects,
   watchdogRemaining,
+  type FenceReason,
   type HostEffect,
   type HostEvent,
   type HostPhase,
@@ -14,6 +18,7 @@ import {
 } from '../../domain/host-lifecycle.js';
 import type { ClusterStore, LeaseId } from '../../ports/cluster-store.js';
 import type { TimerHandle } from '../../ports/clock.js';
+import type { Guardian } from '../../ports/guardian.js';
 import type { HostContext } from '../host-context.js';
 import type { GcReport } from './gc-report.js';
 import { GcRun, type GcMetrics } from './gc-run.js';
@@ -28,6 +33,15 @@ export interface HostGcOptions {
   readonly capacity: { vcpu: number; memoryMb: number };
   readonly labels?: Record<string, string>;
   readonly agentVersion: string;
+  /** This agent instance's persistent id (one per state dir): the writer of `hosts/<id>/alive`. */
+  readonly agentId: string;
+  /** Human description of this agent (pid, machine, state dir), shown to a refused duplicate. */
+  readonly holder: string;
+  /**
+   * The out-of-process fence. When given, it is fed every deadline, supervised every heartbeat, and
+   * the host takes no new VMs while it is not known to run.
+   */
+  readonly guardian?: Guardian;
   /** Read the cluster's hold flag every N acknowledged heartbeats (default 5). */
   readonly holdPollEvery?: number;
   /** Called on every lifecycle transition (metrics, tests). */
@@ -42,9 +56,15 @@ export interface GcStatus {
   readonly hostId: string;
   readonly phase: HostPhase;
   readonly epoch: number;
+  /** The hold this host applies (acknowledged in the cluster, or forced locally while detached). */
   readonly held: boolean;
   readonly heldAtDetach: boolean;
+  /** A local hold forced while detached (split-brain risk accepted by the operator). */
   readonly localHold: boolean;
+  /** Whether the guardian process is known to run (undefined without a guardian). */
+  readonly guardianRunning?: boolean;
+  /** Why this agent does not act on the cluster now (another agent holds this host id), if so. */
+  readonly duplicateOf?: string;
   /** ms since the last acknowledged heartbeat (monotonic). */
   readonly lastAckAgeMs?: number;
   /** ms until the watchdog fires, while detached and not held. */
@@ -82,6 +102,11 @@ export class HostGc {
   private readonly t: GcTimings;
   /** Monotonic fence start of the current GC run, kept past the rejoin that clears it from the state. */
   private fenceStartMono: number | undefined;
+  /** The deadline last fed to the guardian (undefined: none yet). */
+  private fedDeadline: number | null | undefined;
+  private guardianUp: boolean | undefined;
+  private duplicateOf: string | undefined;
+  private holdSyncing = false;
 
   constructor(
     private readonly ctx: HostContext,
@@ -102,22 +127,33 @@ export class HostGc {
 
   /** Why new VMs are refused now, or undefined when the host takes work. */
   admission(): string | undefined {
-    return admitsWork(this.state.phase) ? undefined : `host is ${this.state.phase}`;
+    if (!admitsWork(this.state.phase)) return `host is ${this.state.phase}`;
+    if (this.opts.guardian && this.guardianUp !== true) return 'the guardian (the fence that outlives the agent) is not running';
+    return undefined;
   }
 
   /** Starts heartbeating (after registering) and resumes an interrupted fence or cleanup. */
   start(): void {
     this.ctx.logger.info({ phase: this.state.phase, epoch: this.state.epoch, lastAck: this.state.lastAck }, 'gc starting');
-    if (this.localHold() && !this.state.held) this.dispatch({ kind: 'hold-changed', held: true });
+    if (this.localHold() && this.state.phase === 'detached' && !this.state.heldAtDetach) {
+      this.dispatch({ kind: 'hold-changed', held: true, forceWhileDetached: true });
+    }
+    this.feedGuardian();
+    void this.superviseGuardian();
+    this.checkGuardianFired();
     for (const e of resumeEffects(this.state)) void this.execute(e);
     this.armDeadline();
   }
 
-  /** Stops timers; the lease is left to expire (a restarted agent re-registers). */
-  stop(): void {
+  /**
+   * Stops timers; the lease is left to expire (a restarted agent re-registers). The guardian keeps
+   * guarding the VMs that still run; it is told to exit only when `noVmsLeft`.
+   */
+  stop(noVmsLeft = false): void {
     this.stopped = true;
     if (this.deadlineTimer) this.ctx.clock.clearTimer(this.deadlineTimer);
     if (this.heartbeatTimer) this.ctx.clock.clearTimer(this.heartbeatTimer);
+    if (noVmsLeft) this.opts.guardian?.shutdown();
   }
 
   /** Snapshot for `tether gc status`. */
@@ -134,6 +170,8 @@ export class HostGc {
       localHold: this.localHold(),
       ...(s.lastAck === undefined ? {} : { lastAckAgeMs: Math.round(now - s.lastAck) }),
       ...(remaining === undefined ? {} : { watchdogRemainingMs: Math.round(remaining) }),
+      ...(this.opts.guardian ? { guardianRunning: this.guardianUp === true } : {}),
+      ...(this.duplicateOf === undefined ? {} : { duplicateOf: this.duplicateOf }),
       timings: this.t,
     };
   }
@@ -144,22 +182,44 @@ export class HostGc {
   }
 
   /**
-   * Local operator hold. Setting it while not attached cannot reach the controller, which will
-   * fence on schedule (VMs could run twice), so it needs `acceptSplitBrainRisk`.
+   * `tether gc hold` / `release` on this host. While the host takes work (attached), the hold goes
+   * through the cluster: the request is written to the host record, then the hold protocol
+   * (src/domain/hold.ts) acknowledges and applies it, and this resolves once the host applies what
+   * was asked (or says why not). While detached the cluster cannot learn of a hold and will fence on
+   * schedule (the VMs could run twice), so a local hold then needs `acceptSplitBrainRisk`; a local
+   * release while detached resumes the watchdog at once.
    */
-  setLocalHold(held: boolean, acceptSplitBrainRisk = false): void {
-    if (held && !admitsWork(this.state.phase) && !acceptSplitBrainRisk) {
+  async setHold(held: boolean, acceptSplitBrainRisk = false): Promise<void> {
+    const { inventory, clock, logger } = this.ctx;
+    if (admitsWork(this.state.phase) && this.lease) {
+      await this.store.setHold(this.ctx.hostId, held, this.t.heartbeatInterval * 2);
+      inventory.addEvent('gc-hold-requested', clock.now(), { held });
+      if (!held && this.localHold()) inventory.setMeta(META_LOCAL_HOLD, '0');
+      await this.syncHold();
+      if (this.state.held !== held) {
+        throw new TetherError('UNAVAILABLE', `the hold was ${held ? 'requested' : 'released'} in the cluster, but this host could not acknowledge it yet (it retries every ${this.opts.holdPollEvery ?? 5} heartbeats): the hold is ${held ? 'NOT in force' : 'still in force'} until then`, { retryable: true });
+      }
+      return;
+    }
+    if (!held) {
+      if (this.localHold()) {
+        inventory.setMeta(META_LOCAL_HOLD, '0');
+        logger.warn({ phase: this.state.phase }, 'local hold released while not attached: the watchdog resumes');
+        inventory.addEvent('gc-local-hold-released', clock.now(), { phase: this.state.phase });
+        this.dispatch({ kind: 'hold-changed', held: false, forceWhileDetached: true });
+      }
+      return;
+    }
+    if (!acceptSplitBrainRisk) {
       throw new TetherError(
         'FAILED_PRECONDITION',
         `refusing a local hold while ${this.state.phase}: the controller cannot learn of it and will fence this host on schedule, so its VMs could run twice. Pass --i-accept-split-brain-risk to force it.`,
       );
     }
-    this.ctx.inventory.setMeta(META_LOCAL_HOLD, held ? '1' : '0');
-    if (held && !admitsWork(this.state.phase)) {
-      this.ctx.logger.warn({ phase: this.state.phase }, 'LOCAL HOLD SET WHILE DETACHED: split-brain risk accepted by the operator');
-      this.ctx.inventory.addEvent('gc-local-hold-split-brain-risk', this.ctx.clock.now(), { phase: this.state.phase });
-    }
-    this.dispatch({ kind: 'hold-changed', held });
+    inventory.setMeta(META_LOCAL_HOLD, '1');
+    logger.warn({ phase: this.state.phase }, 'LOCAL HOLD SET WHILE DETACHED: split-brain risk accepted by the operator');
+    inventory.addEvent('gc-local-hold-split-brain-risk', clock.now(), { phase: this.state.phase });
+    this.dispatch({ kind: 'hold-changed', held: true, forceWhileDetached: true });
   }
 
   /** Applies one event; effects run asynchronously and feed their outcome back here. */
@@ -174,7 +234,10 @@ export class HostGc {
         const prev = this.state;
         const r = evaluate(this.t, prev, ev, now);
         this.state = r.state;
-        if (r.state !== prev) this.saveState();
+        if (r.state !== prev) {
+          this.saveState();
+          this.feedGuardian();
+        }
         for (const eff of r.effects) void this.execute(eff);
       }
     } finally {
@@ -204,6 +267,9 @@ export class HostGc {
     inventory.addEvent('host-transition', clock.now(), { from, to, reason, epoch: this.state.epoch });
     this.opts.onTransition?.(from, to, reason);
     if (to === 'attached') this.scheduleHeartbeat(0);
+    if (to === 'attached' && this.opts.guardian?.fired() !== undefined && (from === 'rejoining' || from === 'clean')) {
+      this.opts.guardian.acknowledgeFired();
+    }
     if (to === 'attached' && (from === 'rejoining' || from === 'clean')) {
       this.run.rejoined(this.state.epoch, this.fenceStartMono === undefined ? undefined : Math.round(this.ctx.clock.nowMono() - this.fenceStartMono));
     }
@@ -231,17 +297,27 @@ export class HostGc {
     const sentAt = this.ctx.clock.nowMono();
     this.scheduleHeartbeat(this.t.heartbeatInterval);
     if (!lease) return;
+    void this.superviseGuardian();
+    if (this.checkGuardianFired()) return;
     try {
-      const answer = await this.store.keepalive(lease, this.t.heartbeatInterval);
+      const answer = await this.store.keepalive(this.ctx.hostId, lease, this.t.heartbeatInterval);
       if (lease !== this.lease) return;
-      if (answer === 'alive') {
+      if (answer.kind === 'alive') {
+        if (this.checkGuardianFired()) return;
         this.dispatch({ kind: 'heartbeat-acked', sentAt });
-        if (++this.acks % (this.opts.holdPollEvery ?? 5) === 0) void this.pollHold();
-      } else {
-        this.lease = undefined;
-        this.ctx.logger.warn({ lease }, 'lease lost: the cluster no longer knows this lease; re-registering');
-        this.ctx.inventory.addEvent('lease-lost', this.ctx.clock.now(), { lease });
+        if (++this.acks % (this.opts.holdPollEvery ?? 5) === 0) void this.syncHold();
+        return;
+      }
+      this.lease = undefined;
+      if (answer.kind === 'lease-lost') {
+        this.ctx.logger.warn({ lease, detail: answer.detail }, 'lease lost: the cluster no longer has this host on its lease; re-registering');
+        this.ctx.inventory.addEvent('lease-lost', this.ctx.clock.now(), { lease, detail: answer.detail });
         this.dispatch({ kind: 'lease-lost' });
+      } else {
+        this.duplicateOf = answer.detail;
+        this.ctx.logger.error({ lease, detail: answer.detail }, 'this host id was taken over by another agent: this agent stops acting on the cluster; its own watchdog fences its VMs on time');
+        this.ctx.inventory.addEvent('host-taken-over', this.ctx.clock.now(), { lease, detail: answer.detail });
+        this.dispatch({ kind: 'taken-over' });
       }
     } catch (err) {
       this.ctx.logger.debug({ err: messageOf(err) }, 'keepalive missed');
@@ -249,14 +325,101 @@ export class HostGc {
     }
   }
 
-  private async pollHold(): Promise<void> {
+  // --- hold protocol (src/domain/hold.ts: applied => seen, always) ---------------------------
+
+  /** Reads the record and takes the next step of the hold protocol. Never throws. */
+  private async syncHold(): Promise<void> {
+    if (this.holdSyncing) return;
+    this.holdSyncing = true;
     try {
+      const lease = this.lease;
+      if (!lease || !admitsWork(this.state.phase)) return;
       const rec = await this.store.getHost(this.ctx.hostId, this.t.heartbeatInterval);
-      const held = (rec?.hold ?? false) || this.localHold();
-      if (rec && held !== this.state.held && admitsWork(this.state.phase)) this.dispatch({ kind: 'hold-changed', held });
-    } catch {
-      /* the next poll will tell */
+      if (!rec || rec.epoch !== this.state.epoch || lease !== this.lease) return;
+      await this.holdStep(rec, lease);
+    } catch (err) {
+      this.ctx.logger.debug({ err: messageOf(err) }, 'hold sync failed; the next poll retries');
+    } finally {
+      this.holdSyncing = false;
     }
+  }
+
+  private async holdStep(rec: HostRecord, lease: LeaseId): Promise<void> {
+    const step = nextHoldStep(rec.hold, this.state.held, rec.holdSeen ?? false);
+    const ack = async (seen: boolean) => {
+      const r = await this.store.ackHold(this.ctx.hostId, this.state.epoch, lease, seen, this.t.heartbeatInterval);
+      if (!r.ok) this.ctx.logger.warn({ held: seen, detail: r.detail }, 'hold acknowledgement refused');
+      return r.ok;
+    };
+    switch (step.kind) {
+      case 'none':
+        return;
+      case 'ack-then-apply':
+        if (!(await ack(true))) return;
+        if (lease !== this.lease || !admitsWork(this.state.phase)) return;
+        return this.applyHold(true);
+      case 'apply':
+        return this.applyHold(true);
+      case 'drop-then-ack':
+        this.applyHold(false);
+        await ack(false);
+        return;
+      case 'ack-release':
+        await ack(false);
+        return;
+    }
+  }
+
+  private applyHold(held: boolean): void {
+    if (this.state.held === held) return;
+    this.ctx.logger.info({ held }, held ? 'hold acknowledged in the cluster and applied: watchdog and guardian suspended' : 'hold released: watchdog and guardian armed again');
+    this.ctx.inventory.addEvent('gc-hold-applied', this.ctx.clock.now(), { held });
+    this.dispatch({ kind: 'hold-changed', held });
+  }
+
+  // --- guardian --------------------------------------------------------------------------------
+
+  /** Feeds the guardian the deadline of the current state when it changed. */
+  private feedGuardian(): void {
+    const g = this.opts.guardian;
+    if (!g) return;
+    const d = guardianDeadline(this.t, this.state);
+    if (d === undefined || d === this.fedDeadline) return;
+    g.feed(d, { epoch: this.state.epoch, reason: this.state.phase });
+    this.fedDeadline = d;
+  }
+
+  /** Starts the guardian again when it is gone (its death must not silently remove the protection). */
+  private async superviseGuardian(): Promise<void> {
+    const g = this.opts.guardian;
+    if (!g || this.stopped) return;
+    try {
+      const r = await g.ensureRunning();
+      if (r.started) {
+        const level = this.guardianUp === undefined ? 'info' : 'error';
+        this.ctx.logger[level]({ pid: r.pid }, this.guardianUp === undefined ? 'guardian started' : 'guardian was not running: restarted');
+        if (this.guardianUp !== undefined) this.ctx.inventory.addEvent('guardian-restarted', this.ctx.clock.now(), { pid: r.pid });
+      }
+      this.guardianUp = true;
+    } catch (err) {
+      if (this.guardianUp !== false) {
+        this.ctx.logger.error({ err: messageOf(err) }, 'guardian cannot be started: this host takes no new VMs until it runs');
+        this.ctx.inventory.addEvent('guardian-down', this.ctx.clock.now(), { err: messageOf(err) });
+      }
+      this.guardianUp = false;
+    }
+  }
+
+  /** True (and the fence started) when the guardian fired: its kill is this host's self-fence. */
+  private checkGuardianFired(): boolean {
+    const fired = this.opts.guardian?.fired();
+    if (fired === undefined) return false;
+    const p = this.state.phase;
+    if (p === 'fencing' || p === 'cleaning' || p === 'clean' || p === 'rejoining') return false;
+    this.ctx.logger.error({ fired }, 'the guardian killed this host\'s VMs (its deadline passed before the agent could act): finishing the GC from there');
+    this.ctx.inventory.addEvent('guardian-fired', this.ctx.clock.now(), { fired });
+    this.dispatch({ kind: 'guardian-fired' });
+    return true;
   }
 
   // --- registration --------------------------------------------------------------------------
@@ -265,6 +428,7 @@ export class HostGc {
     if (this.registering) return;
     this.registering = mode;
     let backoff = 250;
+    let lastError: string | undefined;
     try {
       while (!this.stopped) {
         const p = this.state.phase;
@@ -281,25 +445,49 @@ export class HostGc {
               mode,
               epoch: this.state.epoch,
               lease,
+              agentId: this.opts.agentId,
+              holder: this.opts.holder,
+              holdApplied: this.state.held,
               record: { hostId: this.ctx.hostId, timings: this.t, capacity: this.opts.capacity, labels: this.opts.labels ?? {}, agentVersion: this.opts.agentVersion },
             },
             this.t.heartbeatInterval * 2,
           );
           if (res.ok) {
             this.lease = lease;
+            this.duplicateOf = undefined;
+            if (this.localHold()) this.ctx.inventory.setMeta(META_LOCAL_HOLD, '0');
             this.dispatch({ kind: 'registered', epoch: res.epoch, sentAt });
-            if (res.hold !== this.state.held) this.dispatch({ kind: 'hold-changed', held: res.hold || this.localHold() });
+            void this.syncHold();
             return;
+          }
+          void this.store.revokeLease(lease, this.t.heartbeatInterval).catch(() => undefined);
+          if (res.reason === 'duplicate') {
+            if (this.duplicateOf !== res.detail) {
+              this.ctx.logger.error({ detail: res.detail }, `registration refused: ${res.detail}. This agent does not act on the cluster (and fences nothing for it) while the other one holds this host id; retrying every ${this.t.ttl} ms`);
+              this.ctx.inventory.addEvent('registration-refused', this.ctx.clock.now(), { reason: res.reason, detail: res.detail });
+            }
+            this.duplicateOf = res.detail;
+            this.dispatch({ kind: 'register-refused', reason: res.reason });
+            await this.ctx.clock.sleep(this.t.ttl);
+            continue;
           }
           this.ctx.logger.warn({ reason: res.reason, detail: res.detail }, 'registration refused');
           this.ctx.inventory.addEvent('registration-refused', this.ctx.clock.now(), { reason: res.reason, detail: res.detail });
-          void this.store.revokeLease(lease, this.t.heartbeatInterval).catch(() => undefined);
           this.dispatch({ kind: 'register-refused', reason: res.reason });
           return;
         } catch (err) {
-          this.ctx.logger.debug({ mode, err: messageOf(err) }, 'registration attempt failed');
+          const retryable = !(err instanceof TetherError) || err.retryable;
+          if (retryable) this.ctx.logger.debug({ mode, err: messageOf(err) }, 'registration attempt failed');
+          else {
+            // e.g. a malformed host record: say so loudly (once per message) and keep backing off.
+            if (lastError !== messageOf(err)) {
+              this.ctx.logger.error({ mode, code: err.code, err: messageOf(err) }, 'registration failed and will keep failing until an operator fixes the cause');
+              this.ctx.inventory.addEvent('registration-error', this.ctx.clock.now(), { code: err.code, err: messageOf(err) });
+            }
+            lastError = messageOf(err);
+          }
           await this.ctx.clock.sleep(backoff);
-          backoff = Math.min(backoff * 2, this.t.heartbeatInterval * 2);
+          backoff = Math.min(backoff * 2, retryable ? this.t.heartbeatInterval * 2 : this.t.ttl);
         }
       }
     } finally {
@@ -309,7 +497,7 @@ export class HostGc {
 
   // --- fence and cleanup ---------------------------------------------------------------------
 
-  private async fence(reason: 'watchdog' | 'cluster-fenced'): Promise<void> {
+  private async fence(reason: FenceReason): Promise<void> {
     await this.run.fence(reason, this.state);
     this.dispatch({ kind: 'vms-stopped' });
   }

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
-import { setPriority } from 'node:os';
+import { randomUUID } from 'node:crypto';
+import { hostname, setPriority } from 'node:os';
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { SystemClock } from '../../adapters/clock/system-clock.js';
@@ -29,6 +30,9 @@ import { AGENT_SCHEMA, toAgentConfig, type AgentConfig } from '../agent-config.j
 import { addConfigOptions, resolveConfig } from '../config-schema.js';
 
 
+/** Inventory meta key of this agent instance's persistent id (see `Registration.agentId`). */
+const META_AGENT_ID = 'agent.id';
+
 /** Package version, for the host record. */
 export const VERSION = '0.1.0';
 
@@ -53,13 +57,24 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
   } catch (err) {
     logger.warn({ err: String(err) }, `could not raise the agent's priority to ${HEARTBEAT_PATH_PRIORITY}`);
   }
-  const lock = acquirePidLock(`${stateDir}/agent.lock`, 'tether');
+  // One agent per host id on this machine, whatever its state dir (a second one started by hand during
+  // an incident would otherwise register, be refused and fence the first one's VMs).
+  const hostLock = acquirePidLock(`${resolve(cfg.lockDir)}/host-${cfg.hostId}.lock`, 'tether', {
+    info: `state dir ${stateDir}`,
+    what: `another tether agent already serves host id ${cfg.hostId} on this machine (one agent per host id); stop it first`,
+  });
+  const lock = acquirePidLock(`${stateDir}/agent.lock`, 'tether', { info: `host id ${cfg.hostId}` });
   const inventory = new SqliteInventory(`${stateDir}/inventory.db`);
+  let agentId = inventory.getMeta(META_AGENT_ID);
+  if (!agentId) {
+    agentId = randomUUID();
+    inventory.setMeta(META_AGENT_ID, agentId);
+  }
   const ctx: HostContext = {
     hostId: cfg.hostId,
     clock,
     inventory,
-    vmm: new QemuVmm({ clock, accel: cfg.accel, hostId: cfg.hostId, logger: logger.child({ c: 'qemu' }) }),
+    vmm: new QemuVmm({ clock, accel: cfg.accel, hostId: cfg.hostId, stateRoot: stateDir, logger: logger.child({ c: 'qemu' }) }),
     network: new Iproute2Network(),
     volumes: new QcowVolumes({ root: stateDir }),
     images: new LocalImageStore({ storeDir: cfg.imageDir, builtin: builtinGuestPaths(cfg.cacheDir) }),
@@ -82,6 +97,8 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
       bootId: bootId(),
       capacity: { vcpu: cfg.capacityVcpu, memoryMb: cfg.capacityMemory },
       agentVersion: VERSION,
+      agentId,
+      holder: `tether agent pid ${process.pid} on ${hostname()}, state dir ${stateDir}`,
       metrics: {
         vmStopped: (m) => metrics.vmsStopped.inc({ method: m }),
         cleanupFailed: (n) => metrics.cleanupFailures.inc(n),
@@ -112,7 +129,7 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
       'GET gc/audit': async () => auditHost(ctx),
       'POST gc/hold': async (b) => {
         if (!hostGc) return noCluster();
-        hostGc.setLocalHold(b.held === true, b.acceptSplitBrainRisk === true);
+        await hostGc.setHold(b.held === true, b.acceptSplitBrainRisk === true);
         return hostGc.status();
       },
       'GET events': async (b) => inventory.listEvents(Number(b.limit ?? 50)),
@@ -124,12 +141,14 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'agent stopping (VMs keep running and are adopted by the next agent)');
-    hostGc?.stop();
+    const noVmsLeft = inventory.listVms().length === 0 && (await ctx.vmm.listOwned(cfg.hostId).catch(() => [1])).length === 0;
+    hostGc?.stop(noVmsLeft);
     sync?.stop();
     agent.stop();
     await Promise.allSettled([api.close(), admin.close(), store?.close(), vmStore?.close()]);
     inventory.close();
     lock.release();
+    hostLock.release();
     process.exit(0);
   };
   process.on('SIGINT', () => void shutdown('SIGINT'));
