@@ -140,8 +140,8 @@ export class HostGc {
     }
     this.feedGuardian();
     void this.superviseGuardian();
-    this.checkGuardianFired();
-    for (const e of resumeEffects(this.state)) void this.execute(e);
+    // A guardian that fired while no agent ran already fenced this host: finish the GC from there.
+    if (!this.checkGuardianFired()) for (const e of resumeEffects(this.state)) void this.execute(e);
     this.armDeadline();
   }
 
