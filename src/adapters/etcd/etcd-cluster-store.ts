@@ -159,6 +159,12 @@ export class EtcdClusterStore implements ClusterStore {
     throw new TetherError('UNAVAILABLE', `hold of ${hostId}: record kept changing`, { retryable: true });
   }
 
+  /** The version the answering etcd member reports (Maintenance.Status). */
+  async serverVersion(deadlineMs: number): Promise<string> {
+    const res = await this.call('etcd status', deadlineMs, () => this.client.maintenance.status(deadlineOption(deadlineMs)));
+    return res.version;
+  }
+
   async close(): Promise<void> {
     this.leases.clear();
     this.client.close();

@@ -25,6 +25,7 @@ import { HEARTBEAT_PATH_PRIORITY } from '../../adapters/process-priority.js';
 import { AdminHttpServer } from '../../api/http/admin-server.js';
 import { AgentMetrics } from '../../api/http/metrics.js';
 import { TetherError } from '../../domain/errors.js';
+import { describeEtcdAssumptions } from '../../domain/etcd-assumptions.js';
 import type { MicroVmService } from '../../ports/microvm-service.js';
 import { AGENT_SCHEMA, toAgentConfig, type AgentConfig } from '../agent-config.js';
 import { addConfigOptions, resolveConfig } from '../config-schema.js';
@@ -160,6 +161,12 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
   hostGc?.start();
   sync?.start();
   logger.info({ grpc: grpcAddr, http: httpAddr, stateDir, cluster: cfg.etcdEndpoints, timings: cfg.timings }, 'agent ready');
+  if (store) {
+    store.serverVersion(cfg.timings.heartbeatInterval * 5).then(
+      (version) => logger.info({ etcdVersion: version }, describeEtcdAssumptions(version)),
+      (err: unknown) => logger.warn({ err: String(err) }, 'could not read the etcd version (the lease-anomaly mitigations are on regardless)'),
+    );
+  }
 }
 
 /** `tether agent`: flags are the config keys in kebab-case. */
