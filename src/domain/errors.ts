@@ -21,6 +21,8 @@ export type ErrorCode =
   | 'INVENTORY_ERROR'
   | 'TIMEOUT'
   | 'NOT_OWNED'
+  /** A record read from etcd failed its schema (see domain/codec.ts); the message names the key and the field. */
+  | 'INVALID_RECORD'
   | 'INTERNAL';
 
 /** Options accepted by every {@link TetherError}. */
