@@ -67,7 +67,7 @@ function isAlive(child: ChildProcess): boolean {
 
 async function newVm(label: string, extraCmdline = '', withRootfs = false): Promise<VmLaunchSpec> {
   const uid = randomUUID();
-  const stateDir = join(root, label);
+  const stateDir = join(root, 'vm', 'default', label, uid); // where the ownership check looks
   await mkdir(stateDir, { recursive: true });
   return {
     uid,
@@ -97,7 +97,7 @@ beforeAll(async () => {
   }
   // Short path: the QMP socket path must fit a unix socket (107 bytes).
   root = await mkdtemp(join(tmpdir(), 'tether-test-q-'));
-  vmm = new QemuVmm({ clock, hostId, accel: 'auto' });
+  vmm = new QemuVmm({ clock, hostId, accel: 'auto', stateRoot: root });
 });
 
 afterAll(async () => {
@@ -234,7 +234,7 @@ describe('QemuVmm on real QEMU', () => {
   });
 
   it('adopts a running VM after an agent restart (new instance) and stops it with ctrl-alt-del', async () => {
-    const adopted = new QemuVmm({ clock, hostId, accel: 'tcg' });
+    const adopted = new QemuVmm({ clock, hostId, accel: 'tcg', stateRoot: root });
     const st = await adopted.status(b.uid, b.stateDir);
     expect(st).toMatchObject({ running: true, ready: true });
     expect(await adopted.listOwned(hostId)).toEqual([{ uid: b.uid, pid: st.pid, stateDir: b.stateDir }]);

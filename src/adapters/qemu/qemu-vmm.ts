@@ -7,8 +7,10 @@ import type { StopMethod } from '../../domain/vm.js';
 import { InvalidArgumentError, TetherError, messageOf } from '../../domain/errors.js';
 import { DEFAULT_QEMU_BINARY, probeAccel } from './accel-probe.js';
 import { type Accel, buildQemuArgs, tscKhzFromCpuinfo, validateLaunchSpec, vmStatePaths } from './qemu-args.js';
-import { HOST_ID_PATTERN, argvCarriesMark, parseOwnerFromArgv } from './owner-mark.js';
-import { listPids, readArgv, readPidFile } from './proc-fs.js';
+import { HOST_ID_PATTERN } from './owner-mark.js';
+import { VmOwnership, readProcStat, type OwnedVm } from './process-owner.js';
+import { readPidFile } from './proc-fs.js';
+import { JOIN_CGROUP_SCRIPT, hostCgroupDir, removeEmptyCgroup, resolveVmCgroupRoot, type VmCgroupRoot } from './vm-cgroup.js';
 import { QmpClient } from './qmp-client.js';
 import { LogScanner, READY_MARKER, fileContains, readTail } from './serial-log.js';
 
@@ -16,8 +18,21 @@ import { LogScanner, READY_MARKER, fileContains, readTail } from './serial-log.j
 export interface QemuVmmOptions {
   /** Every wait and deadline runs on this clock. */
   readonly clock: Clock;
-  /** Default `qemu-system-x86_64` (looked up in PATH). */
+  /** Default `qemu-system-x86_64` (looked up in PATH). A process is ours only if it runs this binary. */
   readonly qemuBinary?: string;
+  /**
+   * This agent's state dir. A process is ours only if its pid file is
+   * `<stateRoot>/vm/<ns>/<name>/<uid>/qemu.pid` (see process-owner.ts); `start` refuses a spec
+   * whose stateDir is not such a folder. Two agents with the same host id but different state
+   * dirs therefore never see (or stop) each other's VMs.
+   */
+  readonly stateRoot: string;
+  /**
+   * Folder of the per-host VM cgroups: default `<cgroup2 mount>/tether` when a writable cgroup2
+   * hierarchy exists (QEMU then starts in `<root>/<hostId>/`, and every process it forks stays
+   * there); false: no cgroup.
+   */
+  readonly cgroupRoot?: string | false;
   /**
    * 'kvm', 'tcg', or 'auto' (default): probe once with {@link probeAccel} (firmware check only;
    * for the stronger guest-boot check, probe at agent start and pass the result here).
@@ -75,9 +90,13 @@ class KeyedMutex {
  * new instance adopts them through `<stateDir>/qemu.pid` and the process command line.
  *
  * Invariants:
- * - NEVER signals or sends QMP to a pid whose `/proc/<pid>/cmdline` was not just read and found
- *   to be a QEMU marked `-name tether:<hostId>:<uid>` (see owner-mark.ts); a stale pid file, a
- *   reused pid or a zombie reads as "not running";
+ * - NEVER signals or sends QMP to a process that did not pass, at the start of that call, every
+ *   ownership check of process-owner.ts: pid file `<stateRoot>/vm/<ns>/<name>/<uid>/qemu.pid`
+ *   naming it, owner mark `-name tether:<hostId>:<uid>` with the folder's uid, executable the
+ *   configured QEMU binary; afterwards the process is followed by (pid, start time). A stale pid
+ *   file, a reused pid, a zombie, or a VM of another agent (other state dir) reads as "not running";
+ * - with a writable cgroup2 hierarchy, QEMU starts inside `<cgroupRoot>/<hostId>/` (vm-cgroup.ts),
+ *   so nothing it forks escapes the host's cgroup; the empty host cgroup is removed after a stop;
  * - stop escalates: graceful (ACPI button or ctrl-alt-del via QMP, repeated every
  *   `gracefulRepeatMs`) for `graceMs` after the first press,
  *   then QMP `quit`, then SIGKILL, and returns only once the process is verified gone (else
@@ -98,6 +117,9 @@ export class QemuVmm implements Vmm {
   private readonly qmpConnectTimeoutMs: number;
   private readonly gracefulRepeatMs: number;
   private readonly locks = new KeyedMutex();
+  private readonly owner: VmOwnership;
+  private readonly cgroupOption: string | false | undefined;
+  private cgroupRoot: Promise<VmCgroupRoot> | undefined;
 
   constructor(options: QemuVmmOptions) {
     this.clock = options.clock;
@@ -112,6 +134,29 @@ export class QemuVmm implements Vmm {
     this.pollMs = options.pollMs ?? 20;
     this.qmpConnectTimeoutMs = options.qmpConnectTimeoutMs ?? 1000;
     this.gracefulRepeatMs = options.gracefulRepeatMs ?? 1000;
+    this.owner = new VmOwnership({ stateRoot: options.stateRoot, qemuBinary: this.binary, ...(options.hostId !== undefined ? { hostId: options.hostId } : {}) });
+    this.cgroupOption = options.cgroupRoot;
+  }
+
+  /** The resolved state root every VM pid file must lie under. */
+  get stateRoot(): string {
+    return this.owner.stateRoot;
+  }
+
+  /**
+   * The cgroup `hostId`'s VMs are started in, or undefined when VMs start without one (no
+   * writable cgroup2 hierarchy, or disabled); resolved once, said once in the log.
+   */
+  async vmCgroupDir(hostId: string): Promise<string | undefined> {
+    if (!this.cgroupRoot) {
+      this.cgroupRoot = resolveVmCgroupRoot(this.cgroupOption, true).then((r) => {
+        if (r.root === undefined) this.logger?.warn({ why: r.why }, 'VMs start without a cgroup; the guardian finds them by pid file only');
+        else this.logger?.info({ cgroupRoot: r.root }, 'VMs start in per-host cgroups');
+        return r;
+      });
+    }
+    const r = await this.cgroupRoot;
+    return r.root === undefined ? undefined : hostCgroupDir(r.root, hostId);
   }
 
   /** The accelerator VMs start with (probing once when 'auto'). */
@@ -130,26 +175,38 @@ export class QemuVmm implements Vmm {
     if (this.hostId !== undefined && spec.hostId !== this.hostId) {
       throw new InvalidArgumentError('hostId', `spec is for host ${spec.hostId}, this VMM serves ${this.hostId}`);
     }
+    const layout = this.owner.layoutOf(vmStatePaths(spec.stateDir).pidFile);
+    if (layout === undefined || layout.uid !== spec.uid) {
+      throw new InvalidArgumentError('stateDir', `must be ${this.owner.stateRoot}/vm/<ns>/<name>/${spec.uid} (the ownership check finds VMs only there), got ${spec.stateDir}`);
+    }
     return this.locks.run(spec.stateDir, () => this.startLocked(spec));
   }
 
   private async startLocked(spec: VmLaunchSpec): Promise<{ pid: number }> {
     const paths = vmStatePaths(spec.stateDir);
     const log = this.logger?.child({ uid: spec.uid });
-    const existing = await this.verifiedPid(spec.uid, spec.stateDir, spec.hostId);
+    const existing = await this.verified(spec.uid, spec.stateDir, spec.hostId);
     if (existing !== undefined) {
-      log?.info({ pid: existing }, 'VM already running; start is a no-op');
-      return { pid: existing };
+      log?.info({ pid: existing.pid }, 'VM already running; start is a no-op');
+      return { pid: existing.pid };
     }
+    // The executable the ownership check will require: a missing binary fails here, loudly.
+    await this.owner.qemuExe();
     const accel = await this.accel();
     const tscKhz = accel === 'tcg' ? await hostTscKhz() : undefined;
     const args = buildQemuArgs(spec, { accel, ...(tscKhz !== undefined ? { tscKhz } : {}) });
     // A stale pid file must not be mistaken for the new process's.
     await rm(paths.pidFile, { force: true });
     const t0 = this.clock.nowMono();
-    const exit = await this.runDaemonising(args, paths.qemuLog);
+    const cgroup = await this.vmCgroupDir(spec.hostId);
+    // In a cgroup: a shell joins it and execs QEMU (same pid, argv[0] the QEMU binary).
+    const exit = cgroup === undefined
+      ? await this.runDaemonising(this.binary, args, paths.qemuLog)
+      : await this.runDaemonising('/bin/sh', ['-c', JOIN_CGROUP_SCRIPT, cgroup, this.binary, ...args], paths.qemuLog);
     const output = (await readTail(paths.qemuLog, 4096)).trim();
     if (exit.error !== undefined || exit.code !== 0) {
+      // The daemon child of a failed launch may still be exiting: give the kernel a moment.
+      for (let i = 0; cgroup !== undefined && i < 10 && !(await removeEmptyCgroup(cgroup)); i++) await this.clock.sleep(20);
       const why = exit.error ?? `exited with ${exit.code ?? exit.signal}`;
       throw new TetherError('VMM_ERROR', `starting VM ${spec.uid}: ${this.binary} ${why}${output ? `: ${output}` : ''}`, {
         details: { uid: spec.uid, stderr: output, exitCode: exit.code, binary: this.binary },
@@ -158,10 +215,10 @@ export class QemuVmm implements Vmm {
     // QEMU writes the pid file before its launcher exits; tolerate a slow file system anyway.
     const deadline = this.clock.nowMono() + 2000;
     for (;;) {
-      const pid = await this.verifiedPid(spec.uid, spec.stateDir, spec.hostId);
-      if (pid !== undefined) {
-        log?.info({ pid, accel, tookMs: Math.round(this.clock.nowMono() - t0) }, 'VM started');
-        return { pid };
+      const vm = await this.verified(spec.uid, spec.stateDir, spec.hostId);
+      if (vm !== undefined) {
+        log?.info({ pid: vm.pid, accel, cgroup, tookMs: Math.round(this.clock.nowMono() - t0) }, 'VM started');
+        return { pid: vm.pid };
       }
       if (this.clock.nowMono() >= deadline) {
         throw new TetherError('VMM_ERROR', `starting VM ${spec.uid}: QEMU exited 0 but ${paths.pidFile} names no marked process${output ? `: ${output}` : ''}`, {
@@ -174,6 +231,7 @@ export class QemuVmm implements Vmm {
 
   /** Runs the QEMU launcher (which forks the daemon and exits) with stdout/stderr into `logPath`. */
   private async runDaemonising(
+    command: string,
     args: string[],
     logPath: string,
   ): Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: string }> {
@@ -181,7 +239,7 @@ export class QemuVmm implements Vmm {
     try {
       return await new Promise((resolve) => {
         let done = false;
-        const child = spawn(this.binary, args, { stdio: ['ignore', fh.fd, fh.fd] });
+        const child = spawn(command, args, { stdio: ['ignore', fh.fd, fh.fd] });
         const timer = this.clock.setTimer(this.startTimeoutMs, () => {
           if (done) return;
           done = true;
@@ -240,12 +298,13 @@ export class QemuVmm implements Vmm {
     }
   }
 
-  /** True when a pid file exists but names no marked QEMU any more. */
+  /** True when a pid file exists but names no live VM of ours any more. */
   private async launchedAndGone(pidFile: string): Promise<boolean> {
     const pid = await readPidFile(pidFile);
     if (pid === undefined) return false;
-    const argv = await readArgv(pid);
-    return argv === undefined || parseOwnerFromArgv(argv, this.binary) === undefined;
+    const stat = await readProcStat(pid);
+    if (stat === undefined || stat.state === 'Z') return true;
+    return !(await this.owner.verify(pidFile, { pid })).owned;
   }
 
   /**
@@ -254,28 +313,25 @@ export class QemuVmm implements Vmm {
    * file reads as not running; never throws for those.
    */
   async status(uid: string, stateDir: string): Promise<VmProcessStatus> {
-    const pid = await this.verifiedPid(uid, stateDir, this.hostId);
-    if (pid === undefined) return { running: false, ready: false };
+    const vm = await this.verified(uid, stateDir, this.hostId);
+    if (vm === undefined) return { running: false, ready: false };
     const ready = await fileContains(vmStatePaths(stateDir).serialLog, READY_MARKER);
-    return { running: true, pid, ready };
+    return { running: true, pid: vm.pid, ready };
   }
 
-  /** The pid in `<stateDir>/qemu.pid` if it is a live QEMU marked for `uid` (and `hostId`). */
-  private async verifiedPid(uid: string, stateDir: string, hostId: string | undefined): Promise<number | undefined> {
-    const pid = await readPidFile(vmStatePaths(stateDir).pidFile);
-    if (pid === undefined) return undefined;
-    return (await this.isOurs(pid, uid, hostId)) ? pid : undefined;
+  /**
+   * The process named by `<stateDir>/qemu.pid` when it passes every ownership check of
+   * process-owner.ts for `uid` (and `hostId`); undefined otherwise.
+   */
+  private async verified(uid: string, stateDir: string, hostId: string | undefined): Promise<OwnedVm | undefined> {
+    const v = await this.owner.verify(vmStatePaths(stateDir).pidFile, { uid, ...(hostId !== undefined ? { hostId } : {}) });
+    return v.owned ? v.vm : undefined;
   }
 
-  private async isOurs(pid: number, uid: string, hostId: string | undefined): Promise<boolean> {
-    const argv = await readArgv(pid);
-    return argv !== undefined && argvCarriesMark(argv, uid, hostId, this.binary);
-  }
-
-  /** Polls until `pid` is no longer our marked process, or `deadline` (mono ms) passes. */
-  private async waitGone(pid: number, uid: string, deadline: number): Promise<boolean> {
+  /** Polls until the verified process `vm` is gone, or `deadline` (mono ms) passes. */
+  private async waitGone(vm: OwnedVm, deadline: number): Promise<boolean> {
     for (;;) {
-      if (!(await this.isOurs(pid, uid, this.hostId))) return true;
+      if (!(await this.owner.stillAlive(vm))) return true;
       const left = deadline - this.clock.nowMono();
       if (left <= 0) return false;
       await this.clock.sleep(Math.min(this.pollMs, left));
@@ -289,15 +345,14 @@ export class QemuVmm implements Vmm {
    * off is harmless.
    */
   private async waitGoneGraceful(
-    pid: number,
-    uid: string,
+    vm: OwnedVm,
     deadline: number,
     qmp: QmpClient,
     press: (timeoutMs: number) => Promise<boolean>,
   ): Promise<boolean> {
     let nextPress = this.clock.nowMono() + this.gracefulRepeatMs;
     for (;;) {
-      if (!(await this.isOurs(pid, uid, this.hostId))) return true;
+      if (!(await this.owner.stillAlive(vm))) return true;
       const now = this.clock.nowMono();
       const left = deadline - now;
       if (left <= 0) return false;
@@ -348,8 +403,9 @@ export class QemuVmm implements Vmm {
       log?.info({ ...r }, 'VM stop');
       return r;
     };
-    const pid = await this.verifiedPid(uid, stateDir, this.hostId);
-    if (pid === undefined) return result('already-stopped');
+    const vm = await this.verified(uid, stateDir, this.hostId);
+    if (vm === undefined) return result('already-stopped');
+    const pid = vm.pid;
 
     let qmp: QmpClient | undefined;
     let qmpUnreachable = false;
@@ -366,7 +422,7 @@ export class QemuVmm implements Vmm {
               : this.tryExecute(client, 'system_powerdown', undefined, timeoutMs, uid);
           if (await press(Math.min(1000, opts.graceMs))) {
             lastAction = 'graceful';
-            if (await this.waitGoneGraceful(pid, uid, this.clock.nowMono() + opts.graceMs, client, press)) return result('graceful');
+            if (await this.waitGoneGraceful(vm, this.clock.nowMono() + opts.graceMs, client, press)) return result('graceful');
             log?.warn({ graceMs: opts.graceMs }, 'guest did not power off in time; forcing');
           }
         }
@@ -380,17 +436,17 @@ export class QemuVmm implements Vmm {
         await qmp?.close();
         qmp = await this.tryQmp(paths.qmpSocket, Math.min(this.qmpConnectTimeoutMs, quitWaitMs), uid);
       }
-      if (qmp && (await this.isOurs(pid, uid, this.hostId))) {
+      if (qmp && (await this.owner.stillAlive(vm))) {
         const left = forcedStart + quitWaitMs - this.clock.nowMono();
         // QEMU may close the socket before the return arrives: the /proc poll is the authority.
         await this.tryExecute(qmp, 'quit', undefined, Math.max(1, left), uid);
         lastAction = 'quit';
-        if (await this.waitGone(pid, uid, forcedStart + quitWaitMs)) return result('forced-quit');
+        if (await this.waitGone(vm, forcedStart + quitWaitMs)) return result('forced-quit');
       }
 
-      // The check and the signal are adjacent: pid reuse in between would need the process to
-      // exit and the pid space to wrap within microseconds.
-      if (!(await this.isOurs(pid, uid, this.hostId))) {
+      // The process was fully verified at the start of this stop and is followed by (pid, start
+      // time) since: the same process, even if QEMU already removed its pid file on its way out.
+      if (!(await this.owner.stillAlive(vm))) {
         return result(lastAction === 'quit' ? 'forced-quit' : lastAction === 'graceful' ? 'graceful' : 'already-stopped');
       }
       try {
@@ -400,33 +456,30 @@ export class QemuVmm implements Vmm {
           throw new TetherError('VMM_ERROR', `stopping VM ${uid}: SIGKILL to ${pid} failed: ${messageOf(err)}`, { cause: err, details: { uid, pid } });
         }
       }
-      if (await this.waitGone(pid, uid, killDeadline)) return result('forced-kill');
+      if (await this.waitGone(vm, killDeadline)) return result('forced-kill');
       throw new TetherError('TIMEOUT', `stopping VM ${uid}: pid ${pid} still alive ${opts.killTimeoutMs} ms after the forced stop began`, {
         retryable: true,
         details: { uid, pid, killTimeoutMs: opts.killTimeoutMs },
       });
     } finally {
       await qmp?.close();
+      await this.tidyCgroup();
     }
   }
 
+  /** Removes this host's cgroup when no process is left in it (the kernel refuses otherwise). */
+  private async tidyCgroup(): Promise<void> {
+    if (this.hostId === undefined || !this.cgroupRoot) return;
+    const dir = await this.vmCgroupDir(this.hostId);
+    if (dir !== undefined) await removeEmptyCgroup(dir);
+  }
+
   /**
-   * Every live QEMU on this machine whose command line carries `tether:<hostId>:`, by a scan of
-   * /proc. Processes that vanish during the scan are skipped.
+   * Every VM process of `hostId` whose pid file lies under this agent's state root and passes the
+   * ownership check (process-owner.ts): a QEMU of another agent with the same host id (another
+   * state dir) is never listed. Processes that vanish during the scan are skipped.
    */
   async listOwned(hostId: string): Promise<{ uid: string; pid: number; stateDir?: string }[]> {
-    const out: { uid: string; pid: number; stateDir?: string }[] = [];
-    const pids = await listPids();
-    const argvs = await Promise.all(pids.map((pid) => readArgv(pid)));
-    for (const [i, pid] of pids.entries()) {
-      const argv = argvs[i];
-      if (!argv) continue;
-      const owner = parseOwnerFromArgv(argv, this.binary);
-      if (!owner || owner.hostId !== hostId) continue;
-      const pidFile = argv[argv.indexOf('-pidfile') + 1];
-      const stateDir = argv.includes('-pidfile') && pidFile?.endsWith('/qemu.pid') ? pidFile.slice(0, -'/qemu.pid'.length) : undefined;
-      out.push({ uid: owner.uid, pid, ...(stateDir ? { stateDir } : {}) });
-    }
-    return out.sort((a, b) => a.pid - b.pid);
+    return (await this.owner.listOwned(hostId)).map((vm) => ({ uid: vm.uid, pid: vm.pid, stateDir: vm.stateDir }));
   }
 }
