@@ -4,6 +4,7 @@ import { registerAgentCommand, VERSION } from './commands/agent.js';
 import { registerControllerCommand } from './commands/controller.js';
 import { registerDevCommands } from './commands/dev.js';
 import { registerGcCommands } from './commands/gc.js';
+import { registerGuardianCommand } from './commands/guardian.js';
 import { registerHostCommands } from './commands/host.js';
 import { registerVmCommands } from './commands/vm.js';
 
@@ -20,6 +21,7 @@ export function buildProgram(): Command {
   registerDevCommands(program);
   registerControllerCommand(program);
   registerHostCommands(program);
+  registerGuardianCommand(program);
   return program;
 }
 
