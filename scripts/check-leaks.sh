@@ -5,9 +5,12 @@ set -uo pipefail
 leaks=0
 procs=$(pgrep -af 'tether:test-' | grep -v pgrep || true)
 if [ -n "$procs" ]; then echo "[leaks] processes left by tests:"; echo "$procs"; leaks=1; fi
+# Guardians (docs/guardian.md) serving a test state dir: detached, so nothing else would stop them.
+guardians=$(pgrep -af 'tether\.js guardian .*--state-dir[ =]/tmp/tether-test-' | grep -v pgrep || true)
+if [ -n "$guardians" ]; then echo "[leaks] guardian processes left by tests:"; echo "$guardians"; leaks=1; fi
 taps=$(ip -o link show | grep -o 'alias tether:test-[^ ]*' || true)
 if [ -n "$taps" ]; then echo "[leaks] tap devices left by tests:"; echo "$taps"; leaks=1; fi
 dirs=$(ls -d /tmp/tether-test-* 2>/dev/null || true)
 if [ -n "$dirs" ]; then echo "[leaks] temp folders left by tests:"; echo "$dirs"; leaks=1; fi
-[ $leaks = 0 ] && echo "[leaks] none: no test process, tap or temp folder left"
+[ $leaks = 0 ] && echo "[leaks] none: no test process, guardian, tap or temp folder left"
 exit $leaks
