@@ -1,8 +1,18 @@
 /**
  * The cluster controller (ARCHITECTURE.md sections 1-3, issue 4): one active replica, elected through
  * the store, watches `hosts/`; a lease gone makes a record `detached` with a fence deadline; at the
- * deadline one txn fences the host and marks its VMs `lost`; lost VMs are rescheduled; long-gone host
- * records are retired and removed.
+ * deadline one constant-size txn fences the host, then further txns (each within the store's
+ * {@link TxnLimits}) mark its VMs `lost` — the builders of `domain/fence-changes.ts`, shared with the
+ * operator's fence; lost VMs are rescheduled; long-gone host records are retired and removed.
+ *
+ * etcd 3.4.23 can revoke a lease early after a raft leader change (#15247): the controller tracks the
+ * raft term seen in response headers, and a lease lost within one TTL of a term change gets the TTL
+ * on top of its window (see `domain/fence-window.ts`).
+ *
+ * A write that fails with a retryable error is retried with backoff; one that can never succeed
+ * (non-retryable: a txn etcd refuses as too large, a record that cannot be encoded) is reported —
+ * error log, `controller-error` event, `failures` in the published status — and not retried until the
+ * host's record changes.
  *
  * One owner of mutable state: watch callbacks and timers only push inputs onto a queue; a single async
  * loop applies them in order. Every write is one txn guarded by `mod_revision` compares and by this
@@ -12,15 +22,18 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { ClusterEvent, ClusterEventBody } from '../domain/cluster-event.js';
-import { lostWithHost, markLost, restartPolicyOf, staleOnRejoinedHost, type ClusterVmRecord } from '../domain/cluster-vm.js';
-import { messageOf } from '../domain/errors.js';
+import { markLost, restartPolicyOf, staleOnRejoinedHost, type ClusterVmRecord } from '../domain/cluster-vm.js';
+import { isRetryable, messageOf, TetherError } from '../domain/errors.js';
+import { detachChange, fenceChange, vmsLostChanges, vmsToMarkLost } from '../domain/fence-changes.js';
 import {
   decideHost,
-  detachRecord,
+  earlyRevokeSuspected,
   effectiveFenceWindow,
-  fencedRecord,
+  leaseAnomalyAssumption,
+  lossToFenceMs,
   takeoverFenceDeadline,
   timingProblems,
+  type TermChange,
 } from '../domain/fence-window.js';
 import { DEFAULT_TIMINGS } from '../domain/gc-timing.js';
 import { DEFAULT_HOST_RECORD_TTL, hostGcAction } from '../domain/host-record-gc.js';
@@ -40,6 +53,7 @@ import type {
   AliveInfo,
   Change,
   CommitResult,
+  ControllerFailure,
   ControllerHostStatus,
   ControllerStatus,
   ControllerStore,
@@ -47,6 +61,7 @@ import type {
   Leadership,
   Revision,
   Subscription,
+  VmEntry,
 } from '../ports/controller-store.js';
 import type { Logger } from '../ports/logger.js';
 
@@ -72,14 +87,10 @@ export interface ControllerOptions {
   readonly eventRetention?: number;
   /** Period of host-record GC, event pruning and the retry of pending VMs (default 60 s). */
   readonly gcInterval?: number;
-  /**
-   * After the controller sees an operator release a hold, a detachment within this time still counts
-   * as held (the host reads the hold only every few heartbeats, so it may not know of the release and
-   * would not self-fence). Default 30 s.
-   */
-  readonly holdReleaseGrace?: number;
-  /** Delay before retrying a failed or conflicting write (default 1 s). */
+  /** Delay before retrying a failed or conflicting write (default 1 s); doubles per consecutive failure of a host. */
   readonly retryDelay?: number;
+  /** Longest delay between retries of one host (default 30 s). */
+  readonly maxRetryDelay?: number;
   /** New VM uids (default 32 random hex chars). */
   readonly newUid?: () => string;
 }
@@ -96,6 +107,8 @@ type Input =
   | { readonly kind: 'gc'; readonly term: number }
   | { readonly kind: 'sweep'; readonly term: number }
   | { readonly kind: 'status'; readonly term: number }
+  /** A response header showed a raft term never seen before (`raftTerm`; `term` is this replica's leadership term). */
+  | { readonly kind: 'raft-term'; readonly raftTerm: number; readonly mono: number }
   | {
       readonly kind: 'detach-done';
       readonly term: number;
@@ -104,7 +117,9 @@ type Input =
       readonly obsWall: number;
       readonly obsMono: number;
       readonly res?: CommitResult;
-      readonly err?: string;
+      readonly err?: unknown;
+      /** Whether the window was lengthened for a raft term change. */
+      readonly termExtended: boolean;
     };
 
 /** What the controller tracks per host (owned by the loop). */
@@ -120,8 +135,19 @@ interface Tracked {
   /** When the `alive` key was seen deleted (the observed lease expiry). */
   goneWall?: number;
   goneMono?: number;
-  /** When the controller saw the operator release the hold. */
-  releasedMono?: number;
+  /** The loss this replica's fence deadline counts from (its own observation, or the recorded `detachedAt` mapped onto its clock). */
+  lossWall?: number;
+  lossMono?: number;
+  /** The window of the current detachment already includes the TTL for a raft term change. */
+  termExtended?: boolean;
+  /** Consecutive failed or conflicting writes (retry backoff). */
+  attempts?: number;
+  /** Record revision at which a write failed for good: nothing more is tried until the record changes. */
+  stuckAt?: Revision;
+  /** Some VMs of this fenced host may still need marking lost. */
+  lostPending?: boolean;
+  /** VM keys reported as too large to mark lost (reported once). */
+  oversizedReported?: Set<string>;
   /** `<epoch>:<detachedAt>` of the detachment the fence deadline belongs to. */
   incarnation?: string;
   fenceAtMono?: number;
@@ -150,6 +176,8 @@ const FREEZE_DEBOUNCE_MS = 100;
 
 /** Concurrent detach txns (a mass expiry must not detach one host per etcd round trip). */
 const MAX_DETACHES_IN_FLIGHT = 32;
+/** Non-retryable failures kept for the status document. */
+const MAX_FAILURES_KEPT = 20;
 
 function incarnationOf(r: HostRecord): string {
   return `${r.epoch}:${r.detachedAt ?? '-'}`;
@@ -177,7 +205,12 @@ function withoutPlacement(vm: ClusterVmRecord): ClusterVmRecord {
  *    `alive` key is absent, and never before its deadline on this replica's monotonic clock;
  *  - a replica that takes over uses the recorded deadline or a full window from its takeover, whichever
  *    is later ({@link takeoverFenceDeadline});
- *  - a host held now or held when it detached, or publishing unsafe timings, is never fenced here;
+ *  - a host that acknowledged a hold (`holdSeen`) now or when it detached, or publishing unsafe
+ *    timings, is never fenced here; a requested hold the host has not acknowledged blocks nothing;
+ *  - a lease lost within one TTL of a raft term change this replica saw (its first observation of the
+ *    term counts as a change) gets `ttl + window` instead of `window` ({@link earlyRevokeSuspected});
+ *  - every txn fits the store's limits; a fenced host whose VMs are not all lost gets them marked
+ *    lost (after its fence, on sync and on every sweep);
  *  - while more than `freezeShare` of the hosts are detached, and for a full fence window after the share
  *    falls back, nothing is fenced or rescheduled.
  */
@@ -202,6 +235,12 @@ export class Controller {
   private detachesInFlight = 0;
   private readonly detachQueue = new Set<string>();
   private lastStatus = '';
+  /** Highest raft term seen, and when this replica first saw it. */
+  private termChange: TermChange | undefined;
+  private unsubscribeTerm: (() => void) | undefined;
+  /** Non-retryable failures (newest last, bounded). */
+  private readonly failures: ControllerFailure[] = [];
+  private storeInfo: { version: string; assumption: string } | undefined;
 
   private campaignTimer: TimerHandle | undefined;
   private keepaliveTimer: TimerHandle | undefined;
@@ -232,8 +271,8 @@ export class Controller {
       callDeadline: options.callDeadline ?? 2000,
       eventRetention: options.eventRetention ?? 1000,
       gcInterval: options.gcInterval ?? 60_000,
-      holdReleaseGrace: options.holdReleaseGrace ?? 30_000,
       retryDelay: options.retryDelay ?? 1000,
+      maxRetryDelay: options.maxRetryDelay ?? 30_000,
       newUid: options.newUid ?? (() => randomBytes(16).toString('hex')),
     };
     this.log = logger.child({ c: 'controller', controllerId: options.controllerId });
@@ -244,6 +283,9 @@ export class Controller {
     if (this.started) return;
     this.started = true;
     this.loop = this.run();
+    this.unsubscribeTerm = this.store.onRaftTerm((raftTerm) => this.push({ kind: 'raft-term', raftTerm, mono: this.clock.nowMono() }));
+    const known = this.store.raftTerm();
+    if (known !== undefined) this.push({ kind: 'raft-term', raftTerm: known, mono: this.clock.nowMono() });
     this.push({ kind: 'campaign' });
   }
 
@@ -255,6 +297,7 @@ export class Controller {
   async stop(opts: { resign?: boolean } = {}): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.unsubscribeTerm?.();
     this.wake?.();
     await this.loop;
     const l = this.leadership;
@@ -346,6 +389,8 @@ export class Controller {
         return this.publishStatus();
       case 'detach-done':
         return this.detachDone(i);
+      case 'raft-term':
+        return this.observeTerm(i.raftTerm, i.mono);
     }
   }
 
@@ -371,8 +416,28 @@ export class Controller {
     this.startKeepalive(l, this.term, startedMono);
     this.log.info({ term: this.term, leaderTtl: l.ttlMs }, 'elected: this replica is the active controller');
     await this.emit({ kind: 'controller-elected', controllerId: this.o.controllerId, detail: `${this.o.controllerId} is the active controller` });
+    await this.checkStoreVersion();
     await this.resync();
     this.gcTimer = this.clock.setTimer(this.o.gcInterval, () => this.push({ kind: 'gc', term: this.term }));
+  }
+
+  /**
+   * Reads the store's server version at election and logs what is assumed about its leases (etcd
+   * 3.4.23: early revoke after a leader change possible). The window extension is active whatever the
+   * version: it costs one TTL, only for leases lost around a leader change.
+   */
+  private async checkStoreVersion(): Promise<void> {
+    try {
+      const st = await this.store.serverStatus(this.o.callDeadline);
+      const assumption = leaseAnomalyAssumption(st.version);
+      this.storeInfo = { version: st.version, assumption };
+      this.log.info({ etcdVersion: st.version, raftTerm: st.raftTerm }, `etcd ${st.version}: ${assumption}`);
+      await this.observeTerm(st.raftTerm, this.clock.nowMono());
+    } catch (err) {
+      const assumption = leaseAnomalyAssumption(undefined);
+      this.storeInfo = { version: 'unknown', assumption };
+      this.log.warn({ err: messageOf(err) }, `could not read the etcd version: ${assumption}`);
+    }
   }
 
   /**
@@ -452,7 +517,7 @@ export class Controller {
       for (const h of snap.hosts) {
         present.add(h.hostId);
         const t = this.track(h.hostId);
-        this.setRecord(t, h.record, h.recordRevision, this.clock.nowMono());
+        this.setRecord(t, h.record, h.recordRevision);
         t.recordSeen = at;
         t.aliveSeen = at;
         if (h.alive) {
@@ -462,7 +527,7 @@ export class Controller {
       }
       for (const t of this.hosts.values()) {
         if (present.has(t.hostId)) continue;
-        this.setRecord(t, undefined, undefined, this.clock.nowMono());
+        this.setRecord(t, undefined, undefined);
         t.alive = undefined;
         t.recordSeen = t.aliveSeen = at;
       }
@@ -495,12 +560,11 @@ export class Controller {
     return t;
   }
 
-  /** Sets the record, noting an operator release (hold true -> false) and a return before the fence. */
-  private setRecord(t: Tracked, record: HostRecord | undefined, revision: Revision | undefined, mono: number): { returned: boolean } {
+  /** Sets the record, noting a return before the fence. */
+  private setRecord(t: Tracked, record: HostRecord | undefined, revision: Revision | undefined): { returned: boolean } {
     const prev = t.record;
     t.record = record;
     t.revision = revision;
-    if (prev?.hold && record && !record.hold) t.releasedMono = mono;
     const returned = prev?.state === 'detached' && (record?.state === 'attached' || record?.state === 'ready');
     return { returned };
   }
@@ -514,7 +578,7 @@ export class Controller {
       if (r <= t.recordSeen) return;
       t.recordSeen = r;
       const prevState = t.record?.state;
-      const { returned } = this.setRecord(t, e.kind === 'record' ? e.record : undefined, e.kind === 'record' ? e.revision : undefined, mono);
+      const { returned } = this.setRecord(t, e.kind === 'record' ? e.record : undefined, e.kind === 'record' ? e.revision : undefined);
       if (returned && t.record) {
         this.log.info({ hostId: t.hostId, epoch: t.record.epoch, state: t.record.state }, 'host came back before the fence: its fence is cancelled');
         await this.emit({ kind: 'host-returned', hostId: t.hostId, epoch: t.record.epoch, detail: `host ${t.hostId} re-registered (${t.record.state}, epoch ${t.record.epoch}) before its fence deadline` });
@@ -560,6 +624,12 @@ export class Controller {
         });
       }
     }
+    // A write failed for good at this record: nothing more until the record changes (reported once).
+    if (t.stuckAt !== undefined && t.stuckAt === t.revision) return;
+    if (rec?.state === 'fenced') {
+      if (t.lostPending) await this.completeFence(t);
+      return this.disarm(t);
+    }
     const d = decideHost(rec, t.alive !== undefined);
     switch (d.kind) {
       case 'detach':
@@ -587,11 +657,78 @@ export class Controller {
     }
   }
 
+  // ---- raft terms (etcd 3.4 early revoke) --------------------------------------------------------
+
+  /** Records a raft term higher than any seen (the first one too: the history before it is unknown). */
+  private noteTerm(raftTerm: number | undefined, mono: number): boolean {
+    if (raftTerm === undefined || (this.termChange !== undefined && raftTerm <= this.termChange.term)) return false;
+    const first = this.termChange === undefined;
+    this.termChange = { term: raftTerm, seenMono: mono };
+    if (first) this.log.info({ raftTerm }, 'first raft term seen: a lease lost within one TTL from now gets the TTL on top of its fence window (the term history before now is unknown)');
+    else this.log.warn({ raftTerm }, 'etcd raft term changed (leader election): a lease lost within one TTL of now gets the TTL on top of its fence window (etcd 3.4 early revoke, #15247)');
+    return true;
+  }
+
+  /** A term seen in a response header: noted, then every pending fence whose loss is within one TTL of it is lengthened. */
+  private async observeTerm(raftTerm: number, mono: number): Promise<void> {
+    this.noteTerm(raftTerm, mono);
+    if (!this.leadership || !this.synced) return;
+    for (const t of [...this.hosts.values()]) await this.maybeExtend(t);
+  }
+
   /**
-   * Starts the detach txn (record unchanged and `alive` still absent -> `detached` with the deadline,
-   * plus a `host-detached` event) without waiting for it: many hosts expiring at once are detached by
-   * up to {@link MAX_DETACHES_IN_FLIGHT} concurrent txns; the result comes back as a `detach-done` input.
-   * While its txn is in flight the host is not reconciled (its own write must not look like a takeover).
+   * When the current detachment's loss lies within one TTL of the last term change and its window does
+   * not include the TTL yet, lengthens it to `loss + ttl + window` (timer, record and a
+   * `fence-deadline-extended` event). True when the deadline moved.
+   */
+  private async maybeExtend(t: Tracked): Promise<boolean> {
+    const rec = t.record;
+    if (!this.leadership || !rec || rec.state !== 'detached' || t.termExtended || t.detaching) return false;
+    if (t.lossMono === undefined || t.lossWall === undefined || t.fenceAtMono === undefined || t.revision === undefined || t.incarnation === undefined) return false;
+    if (!earlyRevokeSuspected(t.lossMono, this.termChange, rec.timings?.ttl ?? 0)) return false;
+    t.termExtended = true;
+    const due = t.lossWall + lossToFenceMs(rec.timings, { fenceWindowOverride: this.o.fenceWindowOverride, earlyRevoke: true });
+    const dueMono = t.lossMono + (due - t.lossWall);
+    if (dueMono <= t.fenceAtMono) return false;
+    const from = t.fenceAtWall ?? rec.fenceDeadline ?? null;
+    t.fenceAtMono = dueMono;
+    t.fenceAtWall = due;
+    if (t.fenceTimer) this.clock.clearTimer(t.fenceTimer);
+    t.fenceTimer = undefined;
+    const term = this.termChange!.term;
+    this.log.warn({ hostId: t.hostId, raftTerm: term, from, to: due }, 'lease lost within one TTL of a raft term change: fence window lengthened by the TTL (etcd 3.4 early revoke)');
+    const nowWall = this.clock.now();
+    await this.write(
+      t.hostId,
+      {
+        hosts: [{ hostId: t.hostId, expectRevision: t.revision, requireAliveAbsent: true, next: { ...rec, fenceDeadline: Math.max(rec.fenceDeadline ?? 0, due), updatedAt: nowWall } }],
+        events: [
+          {
+            kind: 'fence-deadline-extended',
+            hostId: t.hostId,
+            epoch: rec.epoch,
+            from,
+            to: due,
+            why: 'raft-term-change',
+            at: nowWall,
+            detail: `lease of ${t.hostId} vanished within one TTL of a raft term change (term ${term}): etcd 3.4 may have revoked it early (#15247), so its VMs are treated as gone only at ${new Date(due).toISOString()} (loss + ttl + window)`,
+          },
+        ],
+      },
+      { action: 'extend', retry: false },
+    );
+    this.armTimer(t);
+    return true;
+  }
+
+  // ---- detach and fence ------------------------------------------------------------------------
+
+  /**
+   * Starts the detach txn ({@link detachChange}: record unchanged and `alive` still absent -> `detached`
+   * with the deadline, plus a `host-detached` event) without waiting for it: many hosts expiring at
+   * once are detached by up to {@link MAX_DETACHES_IN_FLIGHT} concurrent txns; the result comes back as
+   * a `detach-done` input. While its txn is in flight the host is not reconciled (its own write must not
+   * look like a takeover).
    */
   private detach(t: Tracked): void {
     if (t.detaching) return;
@@ -605,32 +742,25 @@ export class Controller {
     const nowMono = this.clock.nowMono();
     const obsWall = t.goneWall ?? nowWall;
     const obsMono = t.goneMono ?? nowMono;
-    const releasedRecently = t.releasedMono !== undefined && obsMono - t.releasedMono < this.o.holdReleaseGrace;
-    const next = detachRecord(rec, obsWall, { fenceWindowOverride: this.o.fenceWindowOverride, releasedRecently });
-    const deadline = next.fenceDeadline!;
-    const change: Change = {
-      leader: l,
-      hosts: [{ hostId: t.hostId, expectRevision: t.revision!, requireAliveAbsent: true, next }],
-      events: [
-        {
-          kind: 'host-detached',
-          hostId: t.hostId,
-          epoch: rec.epoch,
-          fenceDeadline: deadline,
-          heldAtDetach: next.heldAtDetach === true,
-          at: nowWall,
-          detail: `lease of ${t.hostId} gone; ${next.heldAtDetach ? 'held: it will not be fenced automatically' : `its VMs are treated as gone at ${new Date(deadline).toISOString()} unless it re-registers first`}`,
-        },
-      ],
-    };
+    this.noteTerm(this.store.raftTerm(), nowMono);
+    const suspected = earlyRevokeSuspected(obsMono, this.termChange, rec.timings?.ttl ?? 0);
+    const { next, change } = detachChange({
+      hostId: t.hostId,
+      record: rec,
+      revision: t.revision!,
+      observedWall: obsWall,
+      nowWall,
+      fenceWindowOverride: this.o.fenceWindowOverride,
+      ...(suspected ? { termChange: { term: this.termChange!.term } } : {}),
+    });
     t.detaching = true;
     this.detachesInFlight++;
     const term = this.term;
-    const done = (res: CommitResult | undefined, err?: string) =>
-      this.push({ kind: 'detach-done', term, hostId: t.hostId, next, obsWall, obsMono, ...(res ? { res } : {}), ...(err !== undefined ? { err } : {}) });
-    this.store.commit(change, this.o.callDeadline).then(
+    const done = (res: CommitResult | undefined, err?: unknown) =>
+      this.push({ kind: 'detach-done', term, hostId: t.hostId, next, obsWall, obsMono, termExtended: suspected, ...(res ? { res } : {}), ...(err !== undefined ? { err } : {}) });
+    this.store.commit({ ...change, leader: l }, this.o.callDeadline).then(
       (res) => done(res),
-      (err) => done(undefined, messageOf(err)),
+      (err: unknown) => done(undefined, err ?? new Error('commit failed')),
     );
   }
 
@@ -646,7 +776,8 @@ export class Controller {
     }
     if (!t) return;
     if (i.err !== undefined || !i.res) {
-      this.log.warn({ hostId: t.hostId, err: i.err }, 'detach txn failed; retrying');
+      if (!isRetryable(i.err)) return this.giveUp(t, 'detach', i.err);
+      this.log.warn({ hostId: t.hostId, err: messageOf(i.err) }, 'detach txn failed; retrying');
       this.retryLater(t);
       return;
     }
@@ -655,9 +786,10 @@ export class Controller {
       this.log.debug({ hostId: t.hostId }, 'detach txn lost a race (the host re-registered or its record changed); re-evaluating');
       return this.reconcile(t);
     }
+    t.attempts = 0;
     const r = rev(i.res.revision);
     if (r >= t.recordSeen) {
-      this.setRecord(t, i.next, i.res.revision, this.clock.nowMono());
+      this.setRecord(t, i.next, i.res.revision);
       t.recordSeen = r;
     }
     if (t.revision === i.res.revision) {
@@ -666,16 +798,24 @@ export class Controller {
       t.incarnation = incarnationOf(i.next);
       t.fenceAtMono = i.obsMono + (deadline - i.obsWall);
       t.fenceAtWall = deadline;
-      this.log.info({ hostId: t.hostId, epoch: i.next.epoch, fenceInMs: Math.round(t.fenceAtMono - this.clock.nowMono()), heldAtDetach: i.next.heldAtDetach }, 'host detached');
+      t.lossWall = i.obsWall;
+      t.lossMono = i.obsMono;
+      t.termExtended = i.termExtended;
+      this.log.info(
+        { hostId: t.hostId, epoch: i.next.epoch, fenceInMs: Math.round(t.fenceAtMono - this.clock.nowMono()), heldAtDetach: i.next.heldAtDetach, termExtended: i.termExtended },
+        'host detached',
+      );
     }
     await this.reconcile(t);
+    await this.maybeExtend(t); // a term change seen while the detach txn was in flight
     this.markFreezeDirty();
   }
 
   /**
    * Arms the fence timer of a detached host. A deadline this replica did not compute itself in this
-   * term (failover, or a detachment it did not write) follows the takeover rule, and the later deadline
-   * is written back to the record so every reader sees it.
+   * term (failover, or a detachment it did not write) follows the takeover rule — and the raft-term
+   * rule, with the recorded `detachedAt` as the loss — and the later deadline is written back to the
+   * record so every reader sees it.
    */
   private async armFence(t: Tracked): Promise<void> {
     const rec = t.record!;
@@ -685,11 +825,20 @@ export class Controller {
       const nowWall = this.clock.now();
       const nowMono = this.clock.nowMono();
       const window = effectiveFenceWindow(rec.timings, this.o.fenceWindowOverride);
-      const due = takeoverFenceDeadline(rec.fenceDeadline, nowWall, window);
+      const takeoverDue = takeoverFenceDeadline(rec.fenceDeadline, nowWall, window);
+      const lossWall = Math.min(rec.detachedAt ?? nowWall, nowWall);
+      const lossMono = nowMono - (nowWall - lossWall);
+      const suspected = earlyRevokeSuspected(lossMono, this.termChange, rec.timings?.ttl ?? 0);
+      const termDue = suspected ? lossWall + lossToFenceMs(rec.timings, { fenceWindowOverride: this.o.fenceWindowOverride, earlyRevoke: true }) : 0;
+      const due = Math.max(takeoverDue, termDue);
       t.incarnation = inc;
       t.fenceAtMono = nowMono + (due - nowWall);
       t.fenceAtWall = due;
-      this.log.info({ hostId: t.hostId, recorded: rec.fenceDeadline, due, fenceInMs: due - nowWall }, 'pending fence taken over: the recorded deadline or a full window from now, whichever is later');
+      t.lossWall = lossWall;
+      t.lossMono = lossMono;
+      t.termExtended = suspected;
+      const why = termDue > takeoverDue ? 'raft-term-change' : 'takeover';
+      this.log.info({ hostId: t.hostId, recorded: rec.fenceDeadline, due, fenceInMs: due - nowWall, why }, 'pending fence taken over: the recorded deadline or a full window from now, whichever is later');
       if (rec.fenceDeadline === undefined || due > rec.fenceDeadline) {
         await this.write(
           t.hostId,
@@ -702,22 +851,29 @@ export class Controller {
                 epoch: rec.epoch,
                 from: rec.fenceDeadline ?? null,
                 to: due,
+                why,
                 at: nowWall,
-                detail: `controller ${this.o.controllerId} took over the pending fence of ${t.hostId}: deadline ${new Date(due).toISOString()} (a full window from its takeover)`,
+                detail:
+                  why === 'takeover'
+                    ? `controller ${this.o.controllerId} took over the pending fence of ${t.hostId}: deadline ${new Date(due).toISOString()} (a full window from its takeover)`
+                    : `controller ${this.o.controllerId} took over the pending fence of ${t.hostId}, lost within one TTL of a raft term change: deadline ${new Date(due).toISOString()} (loss + ttl + window, etcd 3.4 early revoke)`,
               },
             ],
           },
-          nowWall,
-          false,
+          { action: 'extend', retry: false },
         );
         if (t.incarnation !== inc) return;
       }
     }
-    if (t.fenceTimer === undefined) {
-      const delay = Math.max(0, t.fenceAtMono! - this.clock.nowMono());
-      const term = this.term;
-      t.fenceTimer = this.clock.setTimer(delay, () => this.push({ kind: 'fence-due', term, hostId: t.hostId, incarnation: inc }));
-    }
+    this.armTimer(t);
+  }
+
+  private armTimer(t: Tracked): void {
+    if (t.fenceTimer !== undefined || t.incarnation === undefined || t.fenceAtMono === undefined) return;
+    const delay = Math.max(0, t.fenceAtMono - this.clock.nowMono());
+    const term = this.term;
+    const inc = t.incarnation;
+    t.fenceTimer = this.clock.setTimer(delay, () => this.push({ kind: 'fence-due', term, hostId: t.hostId, incarnation: inc }));
   }
 
   private disarm(t: Tracked): void {
@@ -726,15 +882,19 @@ export class Controller {
     t.incarnation = undefined;
     t.fenceAtMono = undefined;
     t.fenceAtWall = undefined;
+    t.lossWall = undefined;
+    t.lossMono = undefined;
+    t.termExtended = undefined;
   }
 
   private async fenceDue(hostId: string, incarnation: string): Promise<void> {
     const t = this.hosts.get(hostId);
     if (!t || t.incarnation !== incarnation) return;
     t.fenceTimer = undefined;
+    if (t.stuckAt !== undefined && t.stuckAt === t.revision) return;
     const d = decideHost(t.record, t.alive !== undefined);
     if (d.kind !== 'await-fence') return this.reconcile(t);
-    if (this.clock.nowMono() < t.fenceAtMono!) return this.armFence(t); // never early
+    if (this.clock.nowMono() < t.fenceAtMono!) return this.armTimer(t); // never early
     if (this.freezeDirty) await this.evaluateFreeze(); // decide on the current detached share
     if (!fencingAllowed(this.freeze)) {
       this.log.warn({ hostId, freeze: describeFreeze(this.freeze, this.o.freezeShare, this.clock.nowMono()) }, 'fence deadline passed but the mass-disruption freeze holds it');
@@ -743,84 +903,169 @@ export class Controller {
     await this.fence(t);
   }
 
-  /** The fence txn: record still `detached` at this revision, lease still absent -> `fenced`, its VMs `lost`, one event. */
+  /**
+   * The fence ({@link fenceChange}): record still `detached` at this revision, lease still absent ->
+   * `fenced`, one event — a constant-size txn; then the host's VMs are marked lost in further txns
+   * ({@link completeFence}). Re-checks the raft term first (the VM listing's header is fresh): a term
+   * change within one TTL of the loss lengthens the window instead.
+   */
   private async fence(t: Tracked): Promise<void> {
-    const rec = t.record!;
-    let vms;
+    let vms: VmEntry[];
     try {
       vms = await this.store.listVms(this.o.callDeadline);
     } catch (err) {
+      if (!isRetryable(err)) return this.giveUp(t, 'fence', err);
       this.log.warn({ hostId: t.hostId, err: messageOf(err) }, 'listing VMs for the fence failed; retrying');
       this.retryLater(t);
       return;
     }
+    this.noteTerm(this.store.raftTerm(), this.clock.nowMono());
+    if (await this.maybeExtend(t)) return;
+    const rec = t.record;
+    if (!rec || rec.state !== 'detached' || t.revision === undefined) return this.reconcile(t);
     const nowWall = this.clock.now();
-    const lost = vms.filter((v) => lostWithHost(v.record, t.hostId, rec.epoch));
-    const reason = `host ${t.hostId} fenced at epoch ${rec.epoch}`;
-    const ok = await this.write(
-      t.hostId,
-      {
-        hosts: [{ hostId: t.hostId, expectRevision: t.revision!, requireAliveAbsent: true, next: fencedRecord(rec, nowWall) }],
-        vms: lost.map((v) => ({ key: v.key, expectRevision: v.revision, next: markLost(v.record, reason, nowWall) })),
-        events: [
-          {
-            kind: 'host-fenced',
-            hostId: t.hostId,
-            epoch: rec.epoch,
-            by: 'controller',
-            lostVms: lost.map((v) => v.key),
-            at: nowWall,
-            detail: `fence window of ${t.hostId} passed (deadline ${new Date(rec.fenceDeadline ?? nowWall).toISOString()}): fenced at epoch ${rec.epoch}, ${lost.length} VM(s) lost`,
-          },
-        ],
-      },
-      nowWall,
-    );
+    const pending = vmsToMarkLost(vms, t.hostId, rec.epoch).map((v) => v.key);
+    const { change } = fenceChange({ hostId: t.hostId, record: rec, revision: t.revision, nowWall, by: 'controller', pendingVms: pending });
+    const lateMs = Math.round(nowWall - (t.fenceAtWall ?? nowWall));
+    const ok = await this.write(t.hostId, change, { action: 'fence' });
     if (!ok) return;
     this.disarm(t);
-    this.log.warn({ hostId: t.hostId, epoch: rec.epoch, lostVms: lost.length, lateMs: Math.round(nowWall - (t.fenceAtWall ?? nowWall)) }, 'host fenced');
+    this.log.warn({ hostId: t.hostId, epoch: rec.epoch, lostVms: pending.length, lateMs }, 'host fenced');
+    t.lostPending = pending.length > 0;
+    if (t.lostPending) await this.completeFence(t, vms);
     this.requestSweep();
   }
 
   /**
-   * Commits `change` as the leader. On success updates the tracked records it wrote; on `not-leader`
-   * steps down; on a conflict or an error retries the host later (when `retry`).
+   * Marks lost every VM of a fenced host at (or below) its epoch ({@link vmsLostChanges}: txns within
+   * the store's limits, each guarded by the fenced record's revision and the VMs' revisions). Used
+   * right after the fence, after a conflict (retry with backoff), and by every sweep — so a fence
+   * interrupted by a crash is finished by whoever leads next. True when no VM is left to mark.
    */
-  private async write(hostId: string | undefined, change: Omit<Change, 'leader'>, _nowWall: number, retry = true): Promise<boolean> {
+  private async completeFence(t: Tracked, known?: readonly VmEntry[]): Promise<boolean> {
+    const rec = t.record;
+    if (!this.leadership || rec?.state !== 'fenced' || t.revision === undefined) {
+      t.lostPending = false;
+      return rec?.state !== 'fenced';
+    }
+    if (t.stuckAt !== undefined && t.stuckAt === t.revision) return false;
+    let vms = known;
+    if (!vms) {
+      try {
+        vms = await this.store.listVms(this.o.callDeadline);
+      } catch (err) {
+        if (!isRetryable(err)) {
+          await this.giveUp(t, 'mark-lost', err);
+          return false;
+        }
+        this.log.warn({ hostId: t.hostId, err: messageOf(err) }, 'listing VMs to mark lost failed; retrying');
+        t.lostPending = true;
+        this.retryLater(t);
+        return false;
+      }
+    }
+    const startedMono = this.clock.nowMono();
+    const plan = vmsLostChanges({ hostId: t.hostId, record: rec, revision: t.revision, vms, nowWall: this.clock.now(), by: 'controller', limits: this.store.txnLimits, leader: true });
+    const reported = (t.oversizedReported ??= new Set());
+    for (const key of plan.oversized) {
+      if (reported.has(key)) continue;
+      reported.add(key);
+      await this.report(t.hostId, 'mark-lost', new TetherError('FAILED_PRECONDITION', `VM ${key} of fenced host ${t.hostId}: its record alone exceeds the txn limits (${this.store.txnLimits.maxOps} ops, ${this.store.txnLimits.maxBytes} bytes); it cannot be marked lost, mark or delete it by hand`));
+    }
+    let marked = 0;
+    let conflicts = 0;
+    for (const c of plan.changes) {
+      const ok = await this.write(t.hostId, c, { action: 'mark-lost', retry: false });
+      if (!this.leadership || (t.stuckAt !== undefined && t.stuckAt === t.revision)) return false;
+      if (ok) marked += c.vms?.length ?? 0;
+      else conflicts++;
+    }
+    if (plan.changes.length > 0) {
+      this.log.info({ hostId: t.hostId, epoch: rec.epoch, marked, txns: plan.changes.length, conflicts, ms: Math.round(this.clock.nowMono() - startedMono) }, 'VMs of the fenced host marked lost');
+    }
+    if (conflicts > 0) {
+      t.lostPending = true;
+      this.retryLater(t);
+      return false;
+    }
+    t.lostPending = false;
+    return plan.oversized.length === 0;
+  }
+
+  /**
+   * Commits `change` as the leader. On success updates the tracked records it wrote; on `not-leader`
+   * steps down; on a conflict or a retryable error retries the host later with backoff (when `retry`);
+   * on a non-retryable error reports it ({@link giveUp}) and does not retry.
+   */
+  private async write(hostId: string | undefined, change: Omit<Change, 'leader'>, opts: { readonly action: string; readonly retry?: boolean }): Promise<boolean> {
     const l = this.leadership;
     if (!l) return false;
+    const retry = opts.retry ?? true;
+    const t = hostId ? this.hosts.get(hostId) : undefined;
     let res;
     try {
       res = await this.store.commit({ ...change, leader: l }, this.o.callDeadline);
     } catch (err) {
-      this.log.warn({ hostId, err: messageOf(err) }, 'controller txn failed; retrying');
-      const t = hostId ? this.hosts.get(hostId) : undefined;
+      if (!isRetryable(err)) {
+        await this.giveUp(t, opts.action, err, hostId);
+        return false;
+      }
+      this.log.warn({ hostId, action: opts.action, err: messageOf(err) }, 'controller txn failed; retrying with backoff');
       if (t && retry) this.retryLater(t);
       return false;
     }
     if (res.ok) {
       for (const h of change.hosts ?? []) {
-        const t = this.hosts.get(h.hostId);
-        if (!t) continue;
-        this.setRecord(t, h.next ?? undefined, h.next ? res.revision : undefined, this.clock.nowMono());
-        t.recordSeen = rev(res.revision);
+        const w = this.hosts.get(h.hostId);
+        if (!w) continue;
+        this.setRecord(w, h.next ?? undefined, h.next ? res.revision : undefined);
+        w.recordSeen = rev(res.revision);
       }
+      if (t) t.attempts = 0;
       return true;
     }
     if (res.reason === 'not-leader') {
       this.push({ kind: 'leader-lost', term: this.term, why: 'a txn found another controller holding controller/leader' });
       return false;
     }
-    this.log.debug({ hostId }, 'controller txn lost a race (record or VM changed); re-evaluating');
-    const t = hostId ? this.hosts.get(hostId) : undefined;
+    this.log.debug({ hostId, action: opts.action }, 'controller txn lost a race (record or VM changed); re-evaluating');
     if (t && retry) this.retryLater(t);
     return false;
   }
 
+  /** Retries the host later: `retryDelay`, doubled per consecutive failure, at most `maxRetryDelay`. */
   private retryLater(t: Tracked): void {
     if (t.retryTimer) return;
+    const attempts = t.attempts ?? 0;
+    t.attempts = attempts + 1;
+    const delay = Math.min(this.o.maxRetryDelay, this.o.retryDelay * 2 ** Math.min(attempts, 20));
     const term = this.term;
-    t.retryTimer = this.clock.setTimer(this.o.retryDelay, () => this.push({ kind: 'retry-host', term, hostId: t.hostId }));
+    t.retryTimer = this.clock.setTimer(delay, () => this.push({ kind: 'retry-host', term, hostId: t.hostId }));
+  }
+
+  /**
+   * A write that retrying cannot fix: reported ({@link report}), and the host is left alone until its
+   * record changes (`stuckAt`).
+   */
+  private async giveUp(t: Tracked | undefined, action: string, err: unknown, hostId = t?.hostId): Promise<void> {
+    if (t) t.stuckAt = t.revision;
+    await this.report(hostId, action, err);
+  }
+
+  /** Error log, `controller-error` event, and a line in the published status (`failures`). */
+  private async report(hostId: string | undefined, action: string, err: unknown): Promise<void> {
+    const code = err instanceof TetherError ? err.code : 'INTERNAL';
+    const message = messageOf(err);
+    this.failures.push({ hostId: hostId ?? null, action, code, message, at: this.clock.now() });
+    if (this.failures.length > MAX_FAILURES_KEPT) this.failures.splice(0, this.failures.length - MAX_FAILURES_KEPT);
+    this.log.error({ hostId, action, code, err: message }, 'controller write cannot succeed by retrying: not retried; an operator must look');
+    await this.emit({
+      kind: 'controller-error',
+      hostId: hostId ?? null,
+      action,
+      code,
+      detail: `${action}${hostId ? ` of ${hostId}` : ''} failed and is not retried (${code}): ${message}`,
+    });
   }
 
   /** Appends an event (best effort, as the leader). */
@@ -908,16 +1153,38 @@ export class Controller {
    * Re-places lost VMs (policy `reschedule`) and VMs pending without a host on schedulable hosts: new
    * uid, the host's current epoch, phase `pending`; no capacity -> `pending` without a host and the reason.
    * Policy `none` leaves a lost VM lost (noted once in its record and an event). Nothing moves during a freeze.
+   *
+   * First, whatever the freeze: a fenced host whose VMs at its epoch are not all lost (a fence
+   * interrupted by a crash or a lost race) gets them marked lost ({@link completeFence}).
    */
   private async sweep(): Promise<void> {
     if (this.freezeDirty) await this.evaluateFreeze();
-    if (!this.leadership || !this.synced || !fencingAllowed(this.freeze)) return;
+    if (!this.leadership || !this.synced) return;
     let vms;
     try {
       vms = await this.store.listVms(this.o.callDeadline);
     } catch (err) {
       this.log.warn({ err: messageOf(err) }, 'listing VMs for the reschedule failed; retrying at the next GC tick');
       return;
+    }
+    let completed = 0;
+    for (const t of [...this.hosts.values()]) {
+      const rec = t.record;
+      if (rec?.state !== 'fenced' || t.revision === undefined || (t.stuckAt !== undefined && t.stuckAt === t.revision)) continue;
+      const left = vmsToMarkLost(vms, t.hostId, rec.epoch);
+      if (left.length === 0 || left.every((v) => t.oversizedReported?.has(v.key))) continue;
+      this.log.warn({ hostId: t.hostId, epoch: rec.epoch, vms: left.length }, 'fenced host still has VMs not marked lost (an interrupted fence): marking them now');
+      await this.completeFence(t, vms);
+      completed++;
+    }
+    if (!this.leadership || !fencingAllowed(this.freeze)) return;
+    if (completed > 0) {
+      try {
+        vms = await this.store.listVms(this.o.callDeadline);
+      } catch (err) {
+        this.log.warn({ err: messageOf(err) }, 'listing VMs for the reschedule failed; retrying at the next GC tick');
+        return;
+      }
     }
     const nowWall = this.clock.now();
     // VMs of an older epoch on a host that rejoined (ready, after a verified cleanup) are gone: mark them lost.
@@ -930,7 +1197,7 @@ export class Controller {
         guards: [{ hostId: t.hostId, expectRevision: t.revision }],
         vms: [{ key: v.key, expectRevision: v.revision, next: markLost(v.record, why, nowWall) }],
         events: [{ kind: 'vm-lost', vm: v.key, hostId: t.hostId, hostEpoch: v.record.hostEpoch ?? 0, hostRejoinedEpoch: t.record.epoch, at: nowWall, detail: `VM ${v.key} lost: ${why}` }],
-      }, nowWall, false);
+      }, { action: 'mark-lost', retry: false });
       if (ok) marked++;
     }
     if (marked > 0) {
@@ -947,7 +1214,7 @@ export class Controller {
       await this.write(undefined, {
         vms: [{ key: v.key, expectRevision: v.revision, next: { ...v.record, reason: keepReason, generation: v.record.generation + 1, updatedAt: nowWall } }],
         events: [{ kind: 'vm-lost-kept', vm: v.key, hostId: v.record.hostId ?? null, at: nowWall, detail: `VM ${v.key} is lost and has restartPolicy none: left for the operator` }],
-      }, nowWall, false);
+      }, { action: 'keep-lost', retry: false });
     }
     const toPlace = vms.filter(
       (v) => (v.record.phase === 'lost' && restartPolicyOf(v.record) === 'reschedule') || (v.record.phase === 'pending' && v.record.hostId === undefined),
@@ -973,7 +1240,7 @@ export class Controller {
           guards: [{ hostId: p.hostId, expectRevision: target.revision }],
           vms: [{ key: v.key, expectRevision: v.revision, next }],
           events: [{ kind: 'vm-rescheduled', vm: v.key, fromHost: v.record.hostId ?? null, toHost: p.hostId, uid, at: nowWall, detail: `VM ${v.key} placed on ${p.hostId} (epoch ${p.hostEpoch}) as ${uid}` }],
-        }, nowWall, false);
+        }, { action: 'reschedule', retry: false });
         if (ok) this.log.info({ vm: v.key, from: v.record.hostId, to: p.hostId, uid }, 'VM rescheduled');
       } else {
         if (v.record.phase === 'pending' && v.record.hostId === undefined && v.record.reason === p.reason) continue;
@@ -981,7 +1248,7 @@ export class Controller {
         await this.write(undefined, {
           vms: [{ key: v.key, expectRevision: v.revision, next }],
           events: [{ kind: 'vm-pending', vm: v.key, reason: p.reason, at: nowWall, detail: `VM ${v.key} waits for capacity: ${p.reason}` }],
-        }, nowWall, false);
+        }, { action: 'pending', retry: false });
       }
     }
   }
@@ -1000,13 +1267,13 @@ export class Controller {
         const ok = await this.write(t.hostId, {
           hosts: [{ hostId: t.hostId, expectRevision: t.revision, requireAliveAbsent: true, next: { ...rec, state: 'retired', updatedAt: nowWall } }],
           events: [{ kind: 'host-retired', hostId: t.hostId, epoch: rec.epoch, at: nowWall, detail: `host ${t.hostId} fenced and absent for over ${Math.round(this.o.hostRecordTtl / 1000)}s: retired` }],
-        }, nowWall, false);
+        }, { action: 'retire', retry: false });
         if (ok) this.log.info({ hostId: t.hostId }, 'host record retired');
       } else if (action === 'remove') {
         const ok = await this.write(t.hostId, {
           hosts: [{ hostId: t.hostId, expectRevision: t.revision, requireAliveAbsent: true, next: null }],
           events: [{ kind: 'host-removed', hostId: t.hostId, at: nowWall, detail: `retired host record ${t.hostId} removed` }],
-        }, nowWall, false);
+        }, { action: 'remove', retry: false });
         if (ok) {
           this.disarm(t);
           this.hosts.delete(t.hostId);
@@ -1059,6 +1326,8 @@ export class Controller {
         ...(freezeReason !== undefined ? { reason: freezeReason } : {}),
       },
       hosts,
+      ...(this.failures.length > 0 ? { failures: [...this.failures] } : {}),
+      ...(this.storeInfo ? { store: this.storeInfo } : {}),
     };
   }
 

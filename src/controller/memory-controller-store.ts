@@ -5,8 +5,20 @@
  * For unit tests on a fake clock and for simulations; hosts are simulated with {@link putRaw},
  * {@link grantLease}, {@link keepaliveLease} and {@link revokeLease}.
  */
+import { DEFAULT_TXN_LIMITS, estimateTxnBytes, txnLimitProblem, txnOpCounts, type TxnLimits } from '../domain/cluster-change.js';
 import type { ClusterEvent } from '../domain/cluster-event.js';
-import type { ClusterVmRecord } from '../domain/cluster-vm.js';
+import {
+  decodeAliveValue,
+  decodeClusterEvent,
+  decodeClusterVm,
+  decodeControllerStatus,
+  decodeHostRecord,
+  decodeLeaderInfo,
+  type Decoded,
+  type InvalidRecordError,
+  type RawValue,
+} from '../domain/codec.js';
+import { InvalidRecordLog } from '../domain/codec/invalid-record-log.js';
 import { NotFoundError, TetherError } from '../domain/errors.js';
 import type { HostRecord } from '../domain/host-record.js';
 import type { Clock, TimerHandle } from '../ports/clock.js';
@@ -24,8 +36,10 @@ import type {
   Leadership,
   Revision,
   StoredEvent,
+  StoreServerStatus,
   Subscription,
   VmEntry,
+  VmScan,
   WatchHandlers,
 } from '../ports/controller-store.js';
 
@@ -47,14 +61,34 @@ interface MemWatch {
   onError: (err: Error) => void;
 }
 
-/** See the module doc. `prefix` defaults to `/tether/` like the etcd adapter. */
+/** Options of {@link MemoryControllerStore}. */
+export interface MemoryControllerStoreOptions {
+  /** Txn limits enforced like etcd's (default {@link DEFAULT_TXN_LIMITS}). */
+  readonly txnLimits?: TxnLimits;
+  /** What {@link MemoryControllerStore.serverStatus} reports as the version (default `3.4.23`). */
+  readonly version?: string;
+}
+
+/**
+ * See the module doc. `prefix` defaults to `/tether/` like the etcd adapter. Txns over
+ * `txnLimits` are refused as etcd refuses them (counted by {@link txnOpCounts}). A raft term is
+ * simulated: {@link changeRaftTerm} starts a new one, reported in the "header" of every later call
+ * and watch delivery.
+ */
 export class MemoryControllerStore implements ControllerStore {
+  readonly txnLimits: TxnLimits;
+  private readonly version: string;
+  private term = 1;
+  private reportedTerm = 0;
+  private readonly termListeners = new Set<(term: number) => void>();
   private rev = 1;
   private readonly kv = new Map<string, Kv>();
   private readonly leases = new Map<LeaseId, MemLease>();
   private readonly watches = new Set<MemWatch>();
   /** Recent changes, for watches that start at an older revision (bounded). */
   private readonly history: { key: string; kv: Kv; op: 'put' | 'delete' }[] = [];
+  /** Records refused by the codec while reading, once per key and revision. */
+  readonly invalidRecords = new InvalidRecordLog();
   private nextLease = 1000;
   private nextEvent = 0;
   /** When true, every call rejects with a retryable TIMEOUT (a store that hangs, seen through deadlines). */
@@ -63,7 +97,16 @@ export class MemoryControllerStore implements ControllerStore {
   constructor(
     private readonly clock: Clock,
     readonly prefix = '/tether/',
-  ) {}
+    opts: MemoryControllerStoreOptions = {},
+  ) {
+    this.txnLimits = opts.txnLimits ?? DEFAULT_TXN_LIMITS;
+    this.version = opts.version ?? '3.4.23';
+  }
+
+  /** Simulates a raft leader change: a new term, seen in the headers of later responses. */
+  changeRaftTerm(): number {
+    return ++this.term;
+  }
 
   // ---- simulation helpers -------------------------------------------------------------------
 
@@ -130,6 +173,20 @@ export class MemoryControllerStore implements ControllerStore {
 
   // ---- ControllerStore -----------------------------------------------------------------------
 
+  onRaftTerm(listener: (term: number) => void): () => void {
+    this.termListeners.add(listener);
+    return () => this.termListeners.delete(listener);
+  }
+
+  raftTerm(): number | undefined {
+    return this.reportedTerm > 0 ? this.reportedTerm : undefined;
+  }
+
+  async serverStatus(_deadlineMs: number): Promise<StoreServerStatus> {
+    this.check();
+    return { version: this.version, raftTerm: this.term };
+  }
+
   async listHosts(_deadlineMs: number): Promise<HostsSnapshot> {
     this.check();
     const byId = new Map<string, { hostId: string; record?: HostRecord; recordRevision?: Revision; alive?: AliveInfo }>();
@@ -138,10 +195,13 @@ export class MemoryControllerStore implements ControllerStore {
       if (!k) continue;
       const e = byId.get(k.hostId) ?? { hostId: k.hostId };
       byId.set(k.hostId, e);
-      if (k.part === 'alive') e.alive = this.aliveOf(kv);
+      if (k.part === 'alive') e.alive = this.aliveOf(key, kv);
       else {
-        e.record = JSON.parse(kv.value) as HostRecord;
-        e.recordRevision = String(kv.mod);
+        const record = this.decoded(key, kv, decodeHostRecord);
+        if (record) {
+          e.record = record;
+          e.recordRevision = String(kv.mod);
+        }
       }
     }
     return { revision: String(this.rev), hosts: [...byId.values()] };
@@ -158,22 +218,36 @@ export class MemoryControllerStore implements ControllerStore {
       if (!k) return;
       const revision = String(kv.mod);
       if (op === 'delete') handlers.onEvent(k.part === 'record' ? { kind: 'record-deleted', hostId: k.hostId, revision } : { kind: 'alive-deleted', hostId: k.hostId, revision });
-      else if (k.part === 'record') handlers.onEvent({ kind: 'record', hostId: k.hostId, record: JSON.parse(kv.value) as HostRecord, revision });
-      else handlers.onEvent({ kind: 'alive', hostId: k.hostId, alive: this.aliveOf(kv), revision });
+      else if (k.part === 'record') {
+        const record = this.decoded(key, kv, decodeHostRecord);
+        if (record) handlers.onEvent({ kind: 'record', hostId: k.hostId, record, revision });
+      }
+      else handlers.onEvent({ kind: 'alive', hostId: k.hostId, alive: this.aliveOf(key, kv), revision });
     });
   }
 
-  async listVms(_deadlineMs: number): Promise<VmEntry[]> {
+  async listVms(deadlineMs: number): Promise<VmEntry[]> {
+    return (await this.scanVms(deadlineMs)).entries;
+  }
+
+  async scanVms(_deadlineMs: number): Promise<VmScan> {
     this.check();
     const p = `${this.prefix}vms/`;
-    return [...this.kv.entries()]
-      .filter(([k]) => k.startsWith(p))
-      .sort(([a], [b]) => (a < b ? -1 : 1))
-      .map(([k, v]) => ({ key: k.slice(p.length), record: JSON.parse(v.value) as ClusterVmRecord, revision: String(v.mod) }));
+    const entries: VmEntry[] = [];
+    const invalid: InvalidRecordError[] = [];
+    for (const [k, v] of [...this.kv.entries()].filter(([key]) => key.startsWith(p)).sort(([a], [b]) => (a < b ? -1 : 1))) {
+      const record = this.decoded(k, v, decodeClusterVm, (e) => invalid.push(e));
+      if (record) entries.push({ key: k.slice(p.length), record, revision: String(v.mod) });
+    }
+    return { entries, invalid };
   }
 
   async commit(change: Change, _deadlineMs: number): Promise<CommitResult> {
     this.check();
+    const counts = txnOpCounts(change, change.leader !== undefined);
+    if (counts.success === 0) throw new TetherError('INVALID_ARGUMENT', 'commit: nothing to write');
+    const tooLarge = txnLimitProblem(counts, estimateTxnBytes(change, change.leader !== undefined), this.txnLimits);
+    if (tooLarge !== undefined) throw new TetherError('FAILED_PRECONDITION', `commit: ${tooLarge}`, { retryable: false, details: { ...counts } });
     const leaderOk = !change.leader || this.kv.get(this.leaderKey())?.create === Number(change.leader.createRevision);
     let ok = leaderOk;
     for (const h of change.hosts ?? []) {
@@ -226,7 +300,7 @@ export class MemoryControllerStore implements ControllerStore {
   async getLeader(_deadlineMs: number): Promise<LeaderInfo | undefined> {
     this.check();
     const kv = this.kv.get(this.leaderKey());
-    return kv ? (JSON.parse(kv.value) as LeaderInfo) : undefined;
+    return kv ? this.decoded(this.leaderKey(), kv, decodeLeaderInfo) : undefined;
   }
 
   async putStatus(leadership: Leadership, status: ControllerStatus, _deadlineMs: number): Promise<void> {
@@ -238,14 +312,18 @@ export class MemoryControllerStore implements ControllerStore {
   async getStatus(_deadlineMs: number): Promise<ControllerStatus | undefined> {
     this.check();
     const kv = this.kv.get(`${this.prefix}controller/status`);
-    return kv ? (JSON.parse(kv.value) as ControllerStatus) : undefined;
+    return kv ? this.decoded(`${this.prefix}controller/status`, kv, decodeControllerStatus) : undefined;
   }
 
   async listEvents(limit: number, _deadlineMs: number): Promise<{ revision: Revision; events: StoredEvent[] }> {
     this.check();
     const p = `${this.prefix}events/`;
     const all = [...this.kv.entries()].filter(([k]) => k.startsWith(p)).sort(([a], [b]) => (a < b ? -1 : 1));
-    const events = all.slice(Math.max(0, all.length - limit)).map(([k, v]) => ({ key: k.slice(p.length), event: JSON.parse(v.value) as ClusterEvent }));
+    const events: StoredEvent[] = [];
+    for (const [k, v] of all.slice(Math.max(0, all.length - limit))) {
+      const event = this.decoded(k, v, decodeClusterEvent);
+      if (event) events.push({ key: k.slice(p.length), event });
+    }
     return { revision: String(this.rev), events };
   }
 
@@ -253,7 +331,8 @@ export class MemoryControllerStore implements ControllerStore {
     this.check();
     const p = `${this.prefix}events/`;
     return this.watch(p, Number(fromRevision), handlers, (key, kv, op) => {
-      if (op === 'put') handlers.onEvent({ key: key.slice(p.length), event: JSON.parse(kv.value) as ClusterEvent });
+      const event = op === 'put' ? this.decoded(key, kv, decodeClusterEvent) : undefined;
+      if (event) handlers.onEvent({ key: key.slice(p.length), event });
     });
   }
 
@@ -297,6 +376,14 @@ export class MemoryControllerStore implements ControllerStore {
 
   private check(): void {
     if (this.unavailable) throw new TetherError('TIMEOUT', 'memory store: unavailable (simulated)', { retryable: true });
+    this.header();
+  }
+
+  /** What a response header does: reports a newer raft term to the listeners. */
+  private header(): void {
+    if (this.term <= this.reportedTerm) return;
+    this.reportedTerm = this.term;
+    for (const l of [...this.termListeners]) l(this.term);
   }
 
   private leaderKey(): string {
@@ -317,9 +404,24 @@ export class MemoryControllerStore implements ControllerStore {
     return m ? { hostId: m[1]!, part: m[2] as 'record' | 'alive' } : undefined;
   }
 
-  private aliveOf(kv: Kv): AliveInfo {
-    const v = JSON.parse(kv.value) as { epoch?: number; agentVersion?: string };
-    return { epoch: Number(v.epoch ?? 0), agentVersion: String(v.agentVersion ?? ''), lease: kv.lease ?? '0' };
+  private aliveOf(key: string, kv: Kv): AliveInfo {
+    // An unreadable value is reported, but the key still exists on its lease: never treated as absent.
+    const v = this.decoded(key, kv, decodeAliveValue);
+    return { epoch: v?.epoch ?? 0, agentVersion: v?.agentVersion ?? '', lease: kv.lease ?? '0' };
+  }
+
+  /** The codec's decode of `kv` at full key `key`, or undefined (reported once per revision in {@link invalidRecords}). */
+  private decoded<T>(key: string, kv: Kv, decode: (key: string, raw: RawValue) => Decoded<T>, onInvalid?: (e: InvalidRecordError) => void): T | undefined {
+    const rel = key.slice(this.prefix.length);
+    const d = decode(rel, kv.value);
+    if (d.ok) {
+      this.invalidRecords.clear(rel);
+      return d.value;
+    }
+    const err = d.error.at(String(kv.mod));
+    this.invalidRecords.report(err, String(kv.mod));
+    onInvalid?.(err);
+    return undefined;
   }
 
   private putAt(key: string, value: string, rev: number, lease?: LeaseId): void {
@@ -354,7 +456,9 @@ export class MemoryControllerStore implements ControllerStore {
       if (!key.startsWith(w.prefix)) continue;
       // etcd delivers watch events asynchronously, in revision order.
       queueMicrotask(() => {
-        if (this.watches.has(w)) w.fn(key, kv, op);
+        if (!this.watches.has(w)) return;
+        this.header();
+        w.fn(key, kv, op);
       });
     }
   }

@@ -19,12 +19,39 @@ interface EventBase {
 /** Every kind of cluster event with its payload. */
 export type ClusterEventBody =
   | { readonly kind: 'controller-elected'; readonly controllerId: string }
-  | { readonly kind: 'host-detached'; readonly hostId: string; readonly epoch: number; readonly fenceDeadline: number; readonly heldAtDetach: boolean }
+  | {
+      readonly kind: 'host-detached';
+      readonly hostId: string;
+      readonly epoch: number;
+      readonly fenceDeadline: number;
+      readonly heldAtDetach: boolean;
+      /** Set when the lease vanished within one TTL of a raft term change: the window was lengthened by the TTL (etcd #15247). */
+      readonly termChange?: { readonly term: number; readonly extendedByMs: number };
+    }
   | { readonly kind: 'host-returned'; readonly hostId: string; readonly epoch: number }
   | { readonly kind: 'host-fence-blocked'; readonly hostId: string; readonly epoch: number; readonly blockers: readonly FenceBlocker[] }
   | { readonly kind: 'host-unsafe-timings'; readonly hostId: string; readonly epoch: number; readonly violations: string }
-  | { readonly kind: 'fence-deadline-extended'; readonly hostId: string; readonly epoch: number; readonly from: number | null; readonly to: number }
-  | { readonly kind: 'host-fenced'; readonly hostId: string; readonly epoch: number; readonly by: 'controller' | 'operator'; readonly lostVms: readonly string[] }
+  | {
+      readonly kind: 'fence-deadline-extended';
+      readonly hostId: string;
+      readonly epoch: number;
+      readonly from: number | null;
+      readonly to: number;
+      /** Absent: a controller takeover. */
+      readonly why?: 'takeover' | 'raft-term-change';
+    }
+  | {
+      readonly kind: 'host-fenced';
+      readonly hostId: string;
+      readonly epoch: number;
+      readonly by: 'controller' | 'operator';
+      /** VMs to be marked lost (the first 100 when there are more; see `lostVmCount`). */
+      readonly lostVms: readonly string[];
+      /** How many VMs were to be marked lost (they are, in `host-vms-lost` events). */
+      readonly lostVmCount?: number;
+    }
+  | { readonly kind: 'host-vms-lost'; readonly hostId: string; readonly epoch: number; readonly by: 'controller' | 'operator'; readonly vms: readonly string[] }
+  | { readonly kind: 'controller-error'; readonly hostId: string | null; readonly action: string; readonly code: string }
   | { readonly kind: 'host-hold-changed'; readonly hostId: string; readonly hold: boolean }
   | { readonly kind: 'host-retired'; readonly hostId: string; readonly epoch: number }
   | { readonly kind: 'host-removed'; readonly hostId: string }

@@ -10,10 +10,19 @@
  * clockDriftMargin <= ttl + fenceWindow` (rechecked here on the host's published timings) then puts
  * `fenceDeadline` after the host's last VM is gone, with the drift margin to spare.
  *
+ * etcd 3.4.23 breaks the premise `observedExpiry >= lastAck + ttl` in one known case: after a raft
+ * leader change, a deposed leader's lessor can revoke a lease whose keepalives went to the new leader
+ * (etcd #15247, fixed in 3.5.13 and 3.4.31 by #16822/#17465). The lease then vanishes as early as just
+ * after the host's last acknowledged keepalive. So when the loss is observed within one TTL of a raft
+ * term change ({@link earlyRevokeSuspected}), the controller assumes `lastAck` may be as late as the
+ * observation and waits `ttl + window` instead of `window` ({@link detachRecord} with `earlyRevoke`):
+ * `fenceDeadline = observed + ttl + window >= lastAck + ttl + window`, which the inequality covers.
+ *
  * Times here are controller wall-clock ms (what records carry). The controller arms its timers on its
  * monotonic clock from these values; see {@link takeoverFenceDeadline} for a replica that takes over.
  */
 import type { FenceBlocker } from './cluster-event.js';
+import { parseEtcdVersion } from './etcd-assumptions.js';
 import { checkTimings, describeViolations, type GcTimings } from './gc-timing.js';
 import type { HostRecord } from './host-record.js';
 
@@ -53,15 +62,17 @@ const verdicts = new WeakMap<object, string>();
 
 /**
  * Why this host must not be fenced automatically; empty when it may be.
- * - `held`: the operator holds it now (no fence, no reschedule);
- * - `held-at-detach`: it was held when it detached, so it does not self-fence — only an operator's
- *   `tether host fence <id> --confirm` may fence it, whatever the hold says now;
+ * - `held`: the host acknowledged a hold (`holdSeen`): it applies it and does not self-fence. A hold
+ *   the operator requested (`hold`) but the host has not acknowledged blocks nothing: the host does
+ *   not apply it, so it self-fences on schedule (hold protocol, `host-record.ts`);
+ * - `held-at-detach`: it applied a hold when it detached, so it does not self-fence — only an
+ *   operator's `tether host fence <id> --confirm` may fence it, whatever the hold says now;
  * - `unsafe-timings`: its published timings break a rule of {@link checkTimings}, so the window
  *   proves nothing.
  */
-export function fenceBlockers(record: Pick<HostRecord, 'hold' | 'heldAtDetach' | 'timings'>): FenceBlocker[] {
+export function fenceBlockers(record: Pick<HostRecord, 'holdSeen' | 'heldAtDetach' | 'timings'>): FenceBlocker[] {
   const b: FenceBlocker[] = [];
-  if (record.hold) b.push('held');
+  if (record.holdSeen === true) b.push('held');
   if (record.heldAtDetach === true) b.push('held-at-detach');
   if (timingProblems(record) !== undefined) b.push('unsafe-timings');
   return b;
@@ -72,29 +83,61 @@ export interface DetachOptions {
   /** Controller override of the window (lengthens only, see {@link effectiveFenceWindow}). */
   readonly fenceWindowOverride?: number;
   /**
-   * Treat the host as held although `record.hold` is false now: the controller saw the hold released so
-   * recently that the host may not have read the release yet (it would not self-fence).
+   * The lease may have been revoked early (see {@link earlyRevokeSuspected}): wait the host's TTL on
+   * top of the window, as if its last acknowledged keepalive had been at the observation.
    */
-  readonly releasedRecently?: boolean;
+  readonly earlyRevoke?: boolean;
+}
+
+/**
+ * The window from an observed lease loss to the fence: the effective window, plus the host's `ttl`
+ * when an early revoke is suspected. Invariant: `>= timings.fenceWindow`, and `>= ttl + fenceWindow`
+ * when `earlyRevoke`.
+ */
+export function lossToFenceMs(timings: Pick<GcTimings, 'fenceWindow' | 'ttl'>, opts: DetachOptions = {}): number {
+  const window = effectiveFenceWindow(timings, opts.fenceWindowOverride);
+  const ttl = Number.isFinite(timings.ttl) && timings.ttl > 0 ? timings.ttl : 0;
+  return window + (opts.earlyRevoke === true ? ttl : 0);
 }
 
 /**
  * The record after the controller observed the host's lease gone at `observedWall`:
- * `detached`, `detachedAt = observedWall`, `fenceDeadline = observedWall + effective window`,
- * `heldAtDetach` = held now (or released too recently for the host to know).
+ * `detached`, `detachedAt = observedWall`, `fenceDeadline = observedWall + lossToFenceMs(...)`,
+ * `heldAtDetach` = the host had ACKNOWLEDGED a hold (`holdSeen`): the hold it applies, so the one
+ * that stops it self-fencing. A requested hold not yet acknowledged does not count, and a release not
+ * yet acknowledged still counts as held.
  *
- * Invariant: `fenceDeadline - detachedAt >= record.timings.fenceWindow`.
+ * Invariant: `fenceDeadline - detachedAt >= record.timings.fenceWindow` (plus `ttl` with `earlyRevoke`).
  */
 export function detachRecord(record: HostRecord, observedWall: number, opts: DetachOptions = {}): HostRecord {
-  const window = effectiveFenceWindow(record.timings ?? { fenceWindow: 0 }, opts.fenceWindowOverride);
   return {
     ...record,
     state: 'detached',
     detachedAt: observedWall,
-    fenceDeadline: observedWall + window,
-    heldAtDetach: record.hold || opts.releasedRecently === true,
+    fenceDeadline: observedWall + lossToFenceMs(record.timings ?? { fenceWindow: 0, ttl: 0 }, opts),
+    heldAtDetach: record.holdSeen === true,
     updatedAt: observedWall,
   };
+}
+
+/** The controller's last observation of a raft term change, on its monotonic clock. */
+export interface TermChange {
+  readonly term: number;
+  /** When this controller first saw `term` (its first observation counts as a change: the history before it is unknown). */
+  readonly seenMono: number;
+}
+
+/**
+ * True when a lease loss observed at `lossMono` may be an early revoke (etcd #15247): a raft term
+ * change was seen within one `ttl` of it, before OR after (the change may be noticed a little after
+ * the deletion it caused, through another response's header). Pure; times on one monotonic clock.
+ *
+ * Invariant: `|change.seenMono - lossMono| <= ttl` ⇔ true; no change seen ⇒ false.
+ */
+export function earlyRevokeSuspected(lossMono: number, change: TermChange | undefined, ttl: number): boolean {
+  if (change === undefined || !Number.isFinite(lossMono) || !Number.isFinite(change.seenMono)) return false;
+  const t = Number.isFinite(ttl) && ttl > 0 ? ttl : 0;
+  return Math.abs(change.seenMono - lossMono) <= t;
 }
 
 /**
@@ -161,4 +204,33 @@ export function describeFence(record: HostRecord, alive: boolean, nowWall: numbe
   if (d.kind !== 'await-fence' || record.fenceDeadline === undefined) return '-';
   const left = record.fenceDeadline - nowWall;
   return left > 0 ? `in ${Math.ceil(left / 1000)}s` : 'due';
+}
+
+/**
+ * Whether an etcd server version carries the fix for the early revoke by a deposed leader (etcd
+ * #15247; #16822 in 3.5.13, backported to 3.4.31 by #17465; every 3.6+). `undefined` when the version
+ * cannot be parsed.
+ */
+export function earlyRevokeFixed(version: string | undefined): boolean | undefined {
+  const v = parseEtcdVersion(version ?? '');
+  if (!v) return undefined;
+  const [major, minor, patch] = v;
+  if (major !== 3) return major > 3;
+  if (minor >= 6) return true;
+  if (minor === 5) return patch >= 13;
+  if (minor === 4) return patch >= 31;
+  return false;
+}
+
+/**
+ * One line for the controller's log and status: what it assumes about the store's leases, from the
+ * server version. The window extension of {@link earlyRevokeSuspected} stays on whatever the answer
+ * (it costs one TTL, only for leases lost around a leader change).
+ */
+export function leaseAnomalyAssumption(version: string | undefined): string {
+  const fixed = earlyRevokeFixed(version);
+  const on = 'a lease lost within one TTL of a raft term change gets the TTL on top of its fence window';
+  if (fixed === true) return `early lease revoke by a deposed leader is fixed in this version (etcd #15247); the guard stays on anyway (${on}, cheap)`;
+  if (fixed === false) return `early lease revoke by a deposed leader possible (etcd #15247, fixed in 3.5.13 / 3.4.31): ${on}`;
+  return `server version unknown: assuming early lease revoke by a deposed leader is possible (etcd #15247): ${on}`;
 }

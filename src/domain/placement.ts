@@ -21,11 +21,12 @@ export interface SchedulableHost {
 
 /**
  * True when a host may take new VMs: `attached` or `ready`, its `alive` key present, not held
- * (a held host gets no new work), not draining, and publishing safe timings (a host that can never be fenced
+ * (a held host gets no new work: neither a requested `hold` nor one the host still applies,
+ * `holdSeen`), not draining, and publishing safe timings (a host that can never be fenced
  * automatically must not collect VMs).
  */
 export function isSchedulable(record: HostRecord | undefined, alive: boolean): boolean {
-  if (record === undefined || !alive || record.hold || record.draining) return false;
+  if (record === undefined || !alive || record.hold || record.holdSeen === true || record.draining) return false;
   if (record.state !== 'attached' && record.state !== 'ready') return false;
   return timingProblems(record) === undefined;
 }

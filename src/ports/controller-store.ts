@@ -1,10 +1,11 @@
 import type { ClusterEvent } from '../domain/cluster-event.js';
-import type { ClusterVmKey, ClusterVmRecord } from '../domain/cluster-vm.js';
+import type { ClusterChange, Revision, TxnLimits, VmEntry } from '../domain/cluster-change.js';
 import type { HostRecord } from '../domain/host-record.js';
 import type { LeaseId } from './cluster-store.js';
+import type { InvalidRecordError } from '../domain/codec.js';
+import type { InvalidRecordLog } from '../domain/codec/invalid-record-log.js';
 
-/** An etcd revision (decimal string): a record's `mod_revision`, or a store-wide revision. */
-export type Revision = string;
+export type { HostWrite, Revision, TxnLimits, VmEntry, VmWrite } from '../domain/cluster-change.js';
 
 /** Value of `hosts/<id>/alive` and the lease it is attached to. */
 export interface AliveInfo {
@@ -13,7 +14,18 @@ export interface AliveInfo {
   readonly lease: LeaseId;
 }
 
-/** One host as the store holds it: its record (if any) and its `alive` key (if any). */
+/** Outcome of {@link ControllerStore.scanVms}. */
+export interface VmScan {
+  /** Records that passed the codec. */
+  readonly entries: VmEntry[];
+  /** Records that exist but failed the codec (`error.key`, `error.field`, `error.revision`). */
+  readonly invalid: InvalidRecordError[];
+}
+
+/**
+ * One host as the store holds it: its record (if any) and its `alive` key (if any). A record that
+ * fails the codec is absent here and reported in {@link ControllerStore.invalidRecords}.
+ */
 export interface HostEntry {
   readonly hostId: string;
   readonly record?: HostRecord;
@@ -51,13 +63,6 @@ export interface Subscription {
   close(): Promise<void>;
 }
 
-/** A VM record with its `mod_revision`. */
-export interface VmEntry {
-  readonly key: ClusterVmKey;
-  readonly record: ClusterVmRecord;
-  readonly revision: Revision;
-}
-
 /**
  * Proof of leadership: the controller's `controller/leader` key, created on `lease` at
  * `createRevision`. Every controller txn compares that create revision, so a replica that lost the
@@ -77,34 +82,13 @@ export interface LeaderInfo {
   readonly since: number;
 }
 
-/** Change of one host record, guarded by its `mod_revision`. */
-export interface HostWrite {
-  readonly hostId: string;
-  readonly expectRevision: Revision;
-  /** Also require that `hosts/<id>/alive` does not exist (the host has not re-registered). */
-  readonly requireAliveAbsent?: boolean;
-  /** New record, or null to delete it. */
-  readonly next: HostRecord | null;
-}
-
-/** Change of one VM record, guarded by its `mod_revision` (null: it must not exist yet). */
-export interface VmWrite {
-  readonly key: ClusterVmKey;
-  readonly expectRevision: Revision | null;
-  /** New record, or null to delete it. */
-  readonly next: ClusterVmRecord | null;
-}
-
-/** Writes applied in ONE txn: all of them or none. */
-export interface Change {
+/**
+ * Writes applied in ONE txn: all of them or none. Its size must fit the store's {@link TxnLimits}
+ * (counted by `txnOpCounts`); a change that does not fit is refused with a non-retryable error.
+ */
+export interface Change extends ClusterChange {
   /** When given, the txn also requires that this leadership still holds `controller/leader`. */
   readonly leader?: Leadership;
-  readonly hosts?: readonly HostWrite[];
-  /** Host records that must be unchanged (compared, not written), e.g. the target of a placement. */
-  readonly guards?: readonly { readonly hostId: string; readonly expectRevision: Revision }[];
-  readonly vms?: readonly VmWrite[];
-  /** Events appended in the same txn (so an event exists exactly when its change happened). */
-  readonly events?: readonly ClusterEvent[];
 }
 
 /** Outcome of {@link ControllerStore.commit}. `revision` is the txn's revision: the new `mod_revision` of every key it wrote. */
@@ -146,6 +130,33 @@ export interface ControllerStatus {
     readonly reason?: string;
   };
   readonly hosts: readonly ControllerHostStatus[];
+  /**
+   * Non-retryable failures this replica stopped retrying (newest last, at most 20): each needs an
+   * operator. Absent or empty when there are none.
+   */
+  readonly failures?: readonly ControllerFailure[];
+  /** What the controller assumes about the store's lease behaviour (from its version, read at election). */
+  readonly store?: { readonly version: string; readonly assumption: string };
+}
+
+/** A write the controller gave up on because retrying cannot help (e.g. a txn etcd refuses as too large). */
+export interface ControllerFailure {
+  readonly hostId: string | null;
+  /** What it was doing: `fence`, `mark-lost`, `detach`, ... */
+  readonly action: string;
+  /** The error's stable code. */
+  readonly code: string;
+  readonly message: string;
+  /** Wall-clock ms. */
+  readonly at: number;
+}
+
+/** What the store's server says about itself (etcd: Maintenance.Status). */
+export interface StoreServerStatus {
+  /** Server version, e.g. `3.4.23`. */
+  readonly version: string;
+  /** Raft term of the answering member. */
+  readonly raftTerm: number;
 }
 
 /**
@@ -158,15 +169,45 @@ export interface ControllerStatus {
  * decision taken on a stale view loses instead of overwriting.
  */
 export interface ControllerStore {
+  /** Size limits of one txn (etcd `--max-txn-ops` and request bytes): {@link commit} refuses larger changes. */
+  readonly txnLimits: TxnLimits;
+  /**
+   * Calls `listener` (synchronously, from the response handler) each time a response header —
+   * of a range, txn, keepalive, status or watch response — shows a raft term higher than any this
+   * store saw before, including the first one. Watch responses report their term BEFORE their changes
+   * are delivered. Returns a function that removes the listener.
+   */
+  onRaftTerm(listener: (term: number) => void): () => void;
+  /** The highest raft term seen in a response header so far (undefined before the first response). */
+  raftTerm(): number | undefined;
+  /** The server's version and raft term (etcd Maintenance.Status of one member). */
+  serverStatus(deadlineMs: number): Promise<StoreServerStatus>;
   /** Every host record and `alive` key, at one revision. */
   listHosts(deadlineMs: number): Promise<HostsSnapshot>;
   /** One host's record and `alive` key. */
   getHost(hostId: string, deadlineMs: number): Promise<HostEntry>;
   /** Watches `hosts/` from `fromRevision` (inclusive). Resolves once the watch is established. */
   watchHosts(fromRevision: Revision, handlers: WatchHandlers<HostWatchEvent>, deadlineMs: number): Promise<Subscription>;
-  /** Every cluster VM record. */
+  /** Every cluster VM record that passes the codec (the others are skipped and reported, see {@link scanVms}). */
   listVms(deadlineMs: number): Promise<VmEntry[]>;
-  /** Applies `change` in one txn; `conflict` when a compared revision moved, `not-leader` when the leadership is gone. */
+  /**
+   * Every cluster VM record, split into those that pass the codec (domain/codec.ts) and those that do
+   * not (each an INVALID_RECORD error naming key, field and revision). A reader must treat a key in
+   * `invalid` as "exists, unreadable": never as deleted.
+   */
+  scanVms(deadlineMs: number): Promise<VmScan>;
+  /**
+   * Every record this store refused while reading (any kind: host records, alive values, VMs,
+   * events, status), reported once per key and revision. Invariant: a refused record is skipped by
+   * the read that met it, never half-used; except an `alive` value, whose KEY still counts as
+   * present (its lease is the heartbeat: an unreadable value must not look like a lost host).
+   */
+  readonly invalidRecords: InvalidRecordLog;
+  /**
+   * Applies `change` in one txn; `conflict` when a compared revision moved, `not-leader` when the
+   * leadership is gone. A change over {@link txnLimits}, or one etcd refuses as malformed or too
+   * large, rejects with a NON-retryable FAILED_PRECONDITION (retrying cannot help).
+   */
   commit(change: Change, deadlineMs: number): Promise<CommitResult>;
 
   /**

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { clusterCreate, clusterDelete } from '../../src/cli/cluster-vms.js';
+import { holdColumn } from '../../src/cli/commands/host.js';
 import { MemoryControllerStore } from '../../src/controller/memory-controller-store.js';
 import { DEFAULT_TIMINGS } from '../../src/domain/gc-timing.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
@@ -21,6 +22,7 @@ describe('cluster VM operations (tether vm ... --etcd-endpoints)', () => {
     host(store, 'a', { capacity: { vcpu: 4, memoryMb: 512 } });
     host(store, 'b', { capacity: { vcpu: 4, memoryMb: 2048 } });
     host(store, 'held', { hold: true, capacity: { vcpu: 64, memoryMb: 65536 } });
+    host(store, 'releasing', { hold: false, holdSeen: true, capacity: { vcpu: 64, memoryMb: 65536 } }); // release not acknowledged yet
     host(store, 'gone', { state: 'detached', capacity: { vcpu: 64, memoryMb: 65536 } });
     host(store, 'dead', { capacity: { vcpu: 64, memoryMb: 65536 } }, false);
     const c = await clusterCreate(store, sampleSpec('one', 'ns'));
@@ -29,6 +31,7 @@ describe('cluster VM operations (tether vm ... --etcd-endpoints)', () => {
     await expectCode(clusterCreate(store, sampleSpec('one', 'ns')), 'ALREADY_EXISTS');
     await expectCode(clusterCreate(store, sampleSpec('x', 'ns'), 'nope'), 'NOT_FOUND');
     await expectCode(clusterCreate(store, sampleSpec('x', 'ns'), 'held'), 'FAILED_PRECONDITION');
+    await expectCode(clusterCreate(store, sampleSpec('x', 'ns'), 'releasing'), 'FAILED_PRECONDITION');
     await expectCode(clusterCreate(store, sampleSpec('x', 'ns'), 'gone'), 'FAILED_PRECONDITION');
     expect((await store.listVms(1000)).map((v) => v.key).sort()).toEqual(['ns/one', 'ns/two']);
   });
@@ -53,5 +56,22 @@ describe('cluster VM operations (tether vm ... --etcd-endpoints)', () => {
     await clusterCreate(store, sampleSpec('waiting', 'ns'));
     expect(await clusterDelete(store, 'ns/waiting')).toBe('removed');
     await expectCode(clusterDelete(store, 'ns/none'), 'NOT_FOUND');
+  });
+});
+
+describe('tether host list: the HOLD column shows the hold requested AND acknowledged', () => {
+  // [hold, holdSeen, heldAtDetach, state, shown]
+  const rows: [boolean, boolean | undefined, boolean, HostRecord['state'], string][] = [
+    [false, undefined, false, 'attached', 'no'],
+    [true, undefined, false, 'attached', 'held (not acked)'],
+    [true, false, false, 'attached', 'held (not acked)'],
+    [true, true, false, 'attached', 'held (ack)'],
+    [false, true, false, 'attached', 'release pending ack'],
+    [false, false, true, 'detached', 'at detach'],
+    [true, true, true, 'detached', 'held (ack)'],
+    [false, false, true, 'fenced', 'no'],
+  ];
+  it.each(rows)('hold=%s holdSeen=%s heldAtDetach=%s %s -> %s', (hold, holdSeen, heldAtDetach, state, shown) => {
+    expect(holdColumn({ hold, ...(holdSeen === undefined ? {} : { holdSeen }), heldAtDetach, state })).toBe(shown);
   });
 });

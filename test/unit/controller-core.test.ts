@@ -1,118 +1,11 @@
 /**
- * The Controller on a fake clock and the in-memory store (etcd semantics: revisions, txns, leases that
- * expire on the clock). Simulated hosts are lease holders with a record and an `alive` key, as the
- * agent's registration writes them.
+ * The Controller on a fake clock and the in-memory store, with simulated hosts
+ * (test/support/controller-sim.ts): fence window, holds, failover, freeze, record GC.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { decideRegistration } from '../../src/adapters/etcd/etcd-cluster-store.js';
 import type { ClusterEvent } from '../../src/domain/cluster-event.js';
-import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
-import { DEFAULT_TIMINGS, type GcTimings } from '../../src/domain/gc-timing.js';
-import type { HostRecord } from '../../src/domain/host-record.js';
-import type { VmSpec } from '../../src/domain/vm.js';
-import { Controller, type ControllerOptions } from '../../src/controller/controller.js';
-import { MemoryControllerStore } from '../../src/controller/memory-controller-store.js';
 import { operatorFence, setHostHold } from '../../src/controller/operator.js';
-import type { LeaseId } from '../../src/ports/cluster-store.js';
-import { FakeClock } from '../support/fake-clock.js';
-import { silentLogger } from '../support/fake-ports.js';
-import { bareSpec } from '../support/host-harness.js';
-
-const T = DEFAULT_TIMINGS; // ttl 6 s, fenceWindow 10 s
-
-async function settle(): Promise<void> {
-  for (let i = 0; i < 10; i++) await new Promise((r) => setImmediate(r));
-}
-
-const spec = (name: string, vcpu = 1, memoryMb = 128): VmSpec => bareSpec(name, vcpu, memoryMb);
-
-/** A cluster of simulated hosts on one fake clock. */
-class Sim {
-  readonly clock = new FakeClock();
-  readonly store = new MemoryControllerStore(this.clock);
-  /** Leases kept alive by {@link run}. */
-  readonly live = new Map<string, LeaseId>();
-  readonly controllers: Controller[] = [];
-  private uid = 0;
-
-  controller(opts: Partial<ControllerOptions> = {}): Controller {
-    const c = new Controller(this.store, this.clock, silentLogger(), {
-      controllerId: `c${this.controllers.length + 1}`,
-      leaderTtl: 3000,
-      newUid: () => `uid-${++this.uid}`,
-      ...opts,
-    });
-    this.controllers.push(c);
-    c.start();
-    return c;
-  }
-
-  /** What the agent's registration does: CAS on the record, alive key on a fresh lease. */
-  register(hostId: string, opts: { mode?: 'reattach' | 'ready'; epoch?: number; timings?: GcTimings; capacity?: HostRecord['capacity'] } = {}): void {
-    const cur = this.store.getRaw<HostRecord>(`hosts/${hostId}/record`);
-    const d = decideRegistration({ mode: opts.mode ?? 'reattach', epoch: opts.epoch ?? cur?.epoch ?? 0 }, cur);
-    if (!d.ok) throw new Error(`registration refused: ${d.detail}`);
-    const lease = this.store.grantLease((opts.timings ?? T).ttl);
-    const record: HostRecord = {
-      hostId,
-      state: d.state,
-      epoch: d.epoch,
-      timings: opts.timings ?? cur?.timings ?? T,
-      hold: cur?.hold ?? false,
-      capacity: opts.capacity ?? cur?.capacity ?? { vcpu: 4, memoryMb: 1024 },
-      labels: {},
-      agentVersion: 'test',
-      updatedAt: this.clock.now(),
-    };
-    this.store.putRaw(`hosts/${hostId}/record`, record);
-    this.store.putRaw(`hosts/${hostId}/alive`, { epoch: d.epoch, agentVersion: 'test' }, lease);
-    this.live.set(hostId, lease);
-  }
-
-  /** Stops the host's keepalives: its lease expires a TTL after the last one. */
-  cut(hostId: string): void {
-    this.live.delete(hostId);
-  }
-
-  putVm(name: string, over: Partial<ClusterVmRecord>): void {
-    this.store.putRaw(`vms/ns/${name}`, { uid: `orig-${name}`, spec: spec(name), phase: 'running', generation: 1, ...over });
-  }
-
-  record(hostId: string): HostRecord | undefined {
-    return this.store.getRaw<HostRecord>(`hosts/${hostId}/record`);
-  }
-
-  vm(name: string): ClusterVmRecord | undefined {
-    return this.store.getRaw<ClusterVmRecord>(`vms/ns/${name}`);
-  }
-
-  events(kind?: ClusterEvent['kind'], hostId?: string): ClusterEvent[] {
-    return this.store.allEvents().filter((e) => (kind === undefined || e.kind === kind) && (hostId === undefined || ('hostId' in e && e.hostId === hostId)));
-  }
-
-  /** Advances `ms` in steps, renewing live leases every step, and calls `each` after every step. */
-  async run(ms: number, each?: () => void, step = 100): Promise<void> {
-    for (let t = 0; t < ms; t += step) {
-      for (const l of this.live.values()) this.store.keepaliveLease(l);
-      await this.clock.advance(step);
-      await settle();
-      each?.();
-    }
-  }
-
-  /** Runs until `pred` holds (checked every step), failing after `maxMs`. Returns the clock's wall time then. */
-  async until(pred: () => boolean, maxMs: number, step = 100): Promise<number> {
-    for (let t = 0; t <= maxMs; t += step) {
-      if (pred()) return this.clock.now();
-      await this.run(step, undefined, step);
-    }
-    throw new Error(`condition not met within ${maxMs} ms`);
-  }
-
-  async stop(): Promise<void> {
-    for (const c of this.controllers) await c.stop();
-  }
-}
+import { Sim, spec, T } from '../support/controller-sim.js';
 
 let sim: Sim;
 afterEach(async () => {
@@ -125,7 +18,7 @@ describe('controller: fence window on a fake clock', () => {
     for (const h of ['a', 'b', 'c']) sim.register(h);
     sim.putVm('v1', { hostId: 'a', hostEpoch: 1 });
     sim.putVm('v2', { hostId: 'a', hostEpoch: 1, restartPolicy: 'none' });
-    sim.putVm('big', { hostId: 'a', hostEpoch: 1, spec: spec('big', 64, 1024) });
+    sim.putVm('big', { hostId: 'a', hostEpoch: 1, spec: spec('big', 16, 1024) });
     sim.putVm('elsewhere', { hostId: 'b', hostEpoch: 1 });
     const c = sim.controller();
     await sim.run(1000);
@@ -154,7 +47,7 @@ describe('controller: fence window on a fake clock', () => {
     expect(sim.vm('v1')).toMatchObject({ phase: 'pending', uid: expect.stringMatching(/^uid-/), hostEpoch: 1 });
     expect(['b', 'c']).toContain(sim.vm('v1')!.hostId);
     expect(sim.vm('v2')).toMatchObject({ phase: 'lost', hostId: 'a', reason: expect.stringMatching(/restartPolicy none/) });
-    expect(sim.vm('big')).toMatchObject({ phase: 'pending', reason: expect.stringMatching(/no host has 64 vCPU/) });
+    expect(sim.vm('big')).toMatchObject({ phase: 'pending', reason: expect.stringMatching(/no host has 16 vCPU/) });
     expect(sim.vm('big')!.hostId).toBeUndefined();
     expect(sim.vm('elsewhere')).toMatchObject({ phase: 'running', hostId: 'b', uid: 'orig-elsewhere' });
 
@@ -229,13 +122,16 @@ describe('controller: fence window on a fake clock', () => {
     expect(sim.record('a')!.state).toBe('attached');
   });
 
-  it('never: a held host is not fenced, even after release (held at detach); only the operator fences it', async () => {
+  it('never: a host that acknowledged a hold is not fenced, even after release (held at detach); only the operator fences it', async () => {
     sim = new Sim();
     for (const h of ['a', 'b', 'c']) sim.register(h);
     sim.putVm('v1', { hostId: 'a', hostEpoch: 1 });
     sim.controller();
     await sim.run(500);
-    await setHostHold(sim.store, sim.clock, 'a', true, 1000);
+    const held = await setHostHold(sim.store, sim.clock, 'a', true, 1000);
+    expect(held).toMatchObject({ acknowledged: false, shown: 'hold not acked' });
+    await sim.run(300); // the host acknowledges
+    expect(sim.record('a')).toMatchObject({ hold: true, holdSeen: true });
     sim.store.revokeLease(sim.live.get('a')!);
     sim.cut('a');
     await sim.until(() => sim.record('a')?.state === 'detached', 1000);
@@ -265,21 +161,78 @@ describe('controller: fence window on a fake clock', () => {
     expect(sim.record('a')!.state).toBe('attached');
   });
 
-  it('a hold released just before the detachment still counts as held (the host may not know yet)', async () => {
+  it('hold protocol: a hold the host has not acknowledged does not stop the fence', async () => {
     sim = new Sim();
     for (const h of ['a', 'b', 'c']) sim.register(h);
-    sim.controller({ holdReleaseGrace: 30_000 });
-    await sim.run(500);
+    sim.putVm('v1', { hostId: 'a', hostEpoch: 1 });
+    sim.controller();
+    await sim.settleTerm();
+    sim.noAck.add('a'); // its agent has not read the record since
     await setHostHold(sim.store, sim.clock, 'a', true, 1000);
     await sim.run(1000);
-    await setHostHold(sim.store, sim.clock, 'a', false, 1000);
-    await sim.run(1000);
+    expect(sim.record('a')).toMatchObject({ hold: true });
+    expect(sim.record('a')!.holdSeen ?? false).toBe(false);
     sim.store.revokeLease(sim.live.get('a')!);
     sim.cut('a');
     await sim.until(() => sim.record('a')?.state === 'detached', 1000);
+    expect(sim.record('a')!.heldAtDetach).toBe(false);
+    const deadline = sim.record('a')!.fenceDeadline!;
+    await sim.until(() => sim.record('a')?.state === 'fenced', T.fenceWindow + 1000);
+    expect(sim.clock.now()).toBeGreaterThanOrEqual(deadline);
+    expect(sim.vm('v1')!.phase === 'lost' || sim.vm('v1')!.hostId !== 'a').toBe(true);
+  });
+
+  it('hold protocol: a release counts only once the host acknowledged it (no grace period)', async () => {
+    sim = new Sim();
+    for (const h of ['a', 'b', 'c', 'd']) sim.register(h);
+    sim.controller();
+    await sim.settleTerm();
+    for (const h of ['a', 'd']) await setHostHold(sim.store, sim.clock, h, true, 1000);
+    await sim.run(500);
+    expect(sim.record('a')!.holdSeen).toBe(true);
+    // a: released, but its agent has not acknowledged the release when it detaches -> still held
+    sim.noAck.add('a');
+    await setHostHold(sim.store, sim.clock, 'a', false, 1000);
+    // d: released and acknowledged right away -> fenced on schedule, however recent the release
+    await setHostHold(sim.store, sim.clock, 'd', false, 1000);
+    await sim.run(200);
+    expect(sim.record('d')).toMatchObject({ hold: false, holdSeen: false });
+    for (const h of ['a', 'd']) {
+      sim.store.revokeLease(sim.live.get(h)!);
+      sim.cut(h);
+    }
+    await sim.until(() => sim.record('a')?.state === 'detached' && sim.record('d')?.state === 'detached', 1000);
     expect(sim.record('a')!.heldAtDetach).toBe(true);
+    expect(sim.record('d')!.heldAtDetach).toBe(false);
     await sim.run(3 * T.fenceWindow, undefined, 500);
     expect(sim.record('a')!.state).toBe('detached');
+    expect(sim.record('d')!.state).toBe('fenced');
+    expect(sim.events('host-fence-blocked', 'a')[0]).toMatchObject({ blockers: ['held', 'held-at-detach'] });
+  });
+
+  it('hold protocol: setHostHold waits (bounded) for the acknowledgement and says whether it came', async () => {
+    sim = new Sim();
+    for (const h of ['a', 'b']) sim.register(h);
+    const wait = (hostId: string, hold: boolean) => {
+      const p = setHostHold(sim.store, sim.clock, hostId, hold, 1000, { wait: true, timeoutMs: 5000, pollMs: 100 });
+      return Promise.all([p, sim.run(6000)]).then(([r]) => r);
+    };
+    const ok = await wait('a', true);
+    expect(ok).toMatchObject({ acknowledged: true, shown: 'held', notes: [] });
+    sim.noAck.add('b');
+    const not = await wait('b', true);
+    expect(not).toMatchObject({ acknowledged: false, shown: 'hold not acked' });
+    expect(not.notes.join(' ')).toMatch(/NOT honoured yet/);
+    const released = await wait('a', false);
+    expect(released).toMatchObject({ acknowledged: true, shown: 'no' });
+    sim.store.revokeLease(sim.live.get('b')!);
+    sim.cut('b');
+    await sim.run(T.ttl);
+    sim.store.putRaw('hosts/b/record', { ...sim.record('b')!, state: 'detached' });
+    // a detached host cannot acknowledge: no wait at all (the fake clock is not advanced here), and it says so
+    const detached = await setHostHold(sim.store, sim.clock, 'b', true, 1000, { wait: true });
+    expect(detached.acknowledged).toBe(false);
+    expect(detached.notes.join(' ')).toMatch(/cannot acknowledge this hold, so the hold is NOT honoured/);
   });
 
   it('never: a host publishing unsafe timings is flagged and never fenced automatically', async () => {
@@ -308,7 +261,7 @@ describe('controller: many hosts at once', () => {
     const ids = Array.from({ length: 80 }, (_, i) => `h${String(i).padStart(2, '0')}`);
     for (const h of ids) sim.register(h);
     sim.controller();
-    await sim.run(500);
+    await sim.settleTerm();
     const cut = ids.slice(0, 40);
     for (const h of cut) {
       sim.store.revokeLease(sim.live.get(h)!);
@@ -330,7 +283,7 @@ describe('controller: watch errors', () => {
     sim = new Sim();
     for (const h of ['a', 'b', 'c']) sim.register(h);
     sim.controller();
-    await sim.run(500);
+    await sim.settleTerm();
     expect(sim.store.openWatches).toBe(1);
     sim.store.failWatches();
     // the lease goes while no watch is open: only the re-list can reveal it
@@ -384,7 +337,7 @@ describe('controller: election and failover', () => {
     const c1 = sim.controller();
     await sim.run(300);
     const c2 = sim.controller();
-    await sim.run(3000);
+    await sim.settleTerm();
     expect([c1.isLeader, c2.isLeader]).toEqual([true, false]);
 
     sim.store.revokeLease(sim.live.get('a')!);
@@ -415,7 +368,7 @@ describe('controller: election and failover', () => {
     const c1 = sim.controller({ fenceWindowOverride: 40_000 });
     await sim.run(300);
     const c2 = sim.controller();
-    await sim.run(1000);
+    await sim.settleTerm();
     sim.store.revokeLease(sim.live.get('a')!);
     sim.cut('a');
     await sim.until(() => sim.record('a')?.state === 'detached', 1000);
@@ -466,7 +419,7 @@ describe('controller: host-record GC and event retention', () => {
     sim = new Sim();
     for (const h of ['a', 'b', 'c']) sim.register(h);
     sim.controller({ hostRecordTtl: 60_000, retiredRemoveAfter: 10_000, gcInterval: 5_000, eventRetention: 5 });
-    await sim.run(500);
+    await sim.settleTerm();
     sim.store.revokeLease(sim.live.get('a')!);
     sim.cut('a');
     await sim.until(() => sim.record('a')?.state === 'fenced', T.fenceWindow + 1000);

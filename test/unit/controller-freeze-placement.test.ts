@@ -142,7 +142,7 @@ describe('placement (pure)', () => {
     }
   });
 
-  it('schedulable hosts: attached or ready, alive, not held, safe timings', () => {
+  it('schedulable hosts: attached or ready, alive, not held (requested or acknowledged), safe timings', () => {
     const r = (over: Partial<HostRecord>): HostRecord => ({
       hostId: 'a',
       state: 'attached',
@@ -159,6 +159,9 @@ describe('placement (pure)', () => {
     expect(isSchedulable(r({ state: 'ready' }), true)).toBe(true);
     expect(isSchedulable(r({}), false)).toBe(false);
     expect(isSchedulable(r({ hold: true }), true)).toBe(false);
+    expect(isSchedulable(r({ hold: true, holdSeen: true }), true)).toBe(false);
+    expect(isSchedulable(r({ hold: false, holdSeen: true }), true)).toBe(false); // release not acknowledged: still held
+    expect(isSchedulable(r({ hold: false, holdSeen: false }), true)).toBe(true);
     expect(isSchedulable(r({ state: 'detached' }), true)).toBe(false);
     expect(isSchedulable(r({ state: 'fenced' }), true)).toBe(false);
     expect(isSchedulable(r({ timings: { ...DEFAULT_TIMINGS, fenceWindow: 0 } }), true)).toBe(false);

@@ -3,9 +3,13 @@ import {
   decideHost,
   describeFence,
   detachRecord,
+  earlyRevokeFixed,
+  earlyRevokeSuspected,
   effectiveFenceWindow,
   fenceBlockers,
   fencedRecord,
+  leaseAnomalyAssumption,
+  lossToFenceMs,
   takeoverFenceDeadline,
   timingProblems,
 } from '../../src/domain/fence-window.js';
@@ -28,13 +32,13 @@ const rec = (over: Partial<HostRecord> = {}): HostRecord => ({
 const UNSAFE: GcTimings = { ...DEFAULT_TIMINGS, fenceWindow: 0 };
 
 describe('fence window: decideHost table', () => {
-  // [state, alive, hold, heldAtDetach, timings, expected kind, blockers]
+  // [state, alive, holdSeen (the hold the host acknowledged), heldAtDetach, timings, expected kind, blockers]
   const rows: [HostRecordState, boolean, boolean, boolean, GcTimings, string, string[]?][] = [
     ['attached', true, false, false, DEFAULT_TIMINGS, 'none'],
     ['attached', false, false, false, DEFAULT_TIMINGS, 'detach'],
     ['ready', true, false, false, DEFAULT_TIMINGS, 'none'],
     ['ready', false, false, false, DEFAULT_TIMINGS, 'detach'],
-    ['attached', false, true, false, DEFAULT_TIMINGS, 'detach'], // held hosts are detached too (and flagged held)
+    ['attached', false, true, false, DEFAULT_TIMINGS, 'detach'], // held hosts are detached too (and flagged held at detach)
     ['attached', false, false, false, UNSAFE, 'detach'],
     ['detached', false, false, false, DEFAULT_TIMINGS, 'await-fence'],
     ['detached', true, false, false, DEFAULT_TIMINGS, 'await-return'],
@@ -47,10 +51,16 @@ describe('fence window: decideHost table', () => {
     ['fenced', true, false, false, DEFAULT_TIMINGS, 'none'],
     ['retired', false, false, false, DEFAULT_TIMINGS, 'none'],
   ];
-  it.each(rows)('%s alive=%s hold=%s heldAtDetach=%s -> %s', (state, alive, hold, heldAtDetach, timings, kind, blockers) => {
-    const d = decideHost(rec({ state, hold, heldAtDetach, timings }), alive);
+  it.each(rows)('%s alive=%s holdSeen=%s heldAtDetach=%s -> %s', (state, alive, holdSeen, heldAtDetach, timings, kind, blockers) => {
+    const d = decideHost(rec({ state, hold: holdSeen, holdSeen, heldAtDetach, timings }), alive);
     expect(d.kind).toBe(kind);
     if (blockers) expect(d).toEqual({ kind, blockers });
+  });
+
+  it('hold protocol: only the acknowledged hold (holdSeen) blocks the fence, never the requested one alone', () => {
+    expect(decideHost(rec({ state: 'detached', hold: true, holdSeen: false }), false).kind).toBe('await-fence');
+    expect(decideHost(rec({ state: 'detached', hold: false, holdSeen: true }), false)).toEqual({ kind: 'never-fence', blockers: ['held'] });
+    expect(fenceBlockers(rec({ hold: true }))).toEqual([]);
   });
 
   it('an unknown host is left alone', () => {
@@ -70,7 +80,7 @@ describe('fence window: decideHost table', () => {
   });
 
   it('never: a blocked host is never await-fence', () => {
-    for (const r of [rec({ state: 'detached', hold: true }), rec({ state: 'detached', heldAtDetach: true }), rec({ state: 'detached', timings: UNSAFE })]) {
+    for (const r of [rec({ state: 'detached', holdSeen: true }), rec({ state: 'detached', heldAtDetach: true }), rec({ state: 'detached', timings: UNSAFE })]) {
       expect(decideHost(r, false).kind).toBe('never-fence');
     }
   });
@@ -95,12 +105,41 @@ describe('fence window: timings and blockers', () => {
 });
 
 describe('fence window: detachRecord', () => {
-  it('sets detached, detachedAt = observed expiry, fenceDeadline = observed + published window, heldAtDetach = hold', () => {
+  it('sets detached, detachedAt = observed expiry, fenceDeadline = observed + published window, heldAtDetach = the ACKNOWLEDGED hold', () => {
     const r = detachRecord(rec({ updatedAt: 5 }), 1_000_000);
     expect(r).toMatchObject({ state: 'detached', detachedAt: 1_000_000, fenceDeadline: 1_000_000 + DEFAULT_TIMINGS.fenceWindow, heldAtDetach: false, epoch: 3 });
-    expect(detachRecord(rec({ hold: true }), 0).heldAtDetach).toBe(true);
-    expect(detachRecord(rec(), 0, { releasedRecently: true }).heldAtDetach).toBe(true);
+    // [hold requested, holdSeen, heldAtDetach]
+    const holds: [boolean, boolean | undefined, boolean][] = [
+      [false, undefined, false],
+      [true, undefined, false], // requested, not acknowledged: the host does not apply it
+      [true, false, false],
+      [true, true, true],
+      [false, true, true], // released, release not acknowledged: the host still applies the hold
+    ];
+    for (const [hold, holdSeen, held] of holds) {
+      expect(detachRecord(rec({ hold, ...(holdSeen === undefined ? {} : { holdSeen }) }), 0).heldAtDetach).toBe(held);
+    }
     expect(detachRecord(rec(), 0, { fenceWindowOverride: 60_000 }).fenceDeadline).toBe(60_000);
+  });
+
+  it('early revoke suspected: the deadline is observed + ttl + window (+ the override lengthening only the window)', () => {
+    const T = DEFAULT_TIMINGS;
+    expect(detachRecord(rec(), 1000, { earlyRevoke: true }).fenceDeadline).toBe(1000 + T.ttl + T.fenceWindow);
+    expect(detachRecord(rec(), 1000, { earlyRevoke: true, fenceWindowOverride: 60_000 }).fenceDeadline).toBe(1000 + T.ttl + 60_000);
+    expect(lossToFenceMs(T)).toBe(T.fenceWindow);
+    expect(lossToFenceMs(T, { earlyRevoke: true })).toBe(T.ttl + T.fenceWindow);
+    expect(lossToFenceMs({ ...T, ttl: Number.NaN }, { earlyRevoke: true })).toBe(T.fenceWindow);
+  });
+
+  it('early revoke: with the lease gone as early as lastAck (no ttl), observed + ttl + window still covers the self-fence', () => {
+    for (const t of [DEFAULT_TIMINGS, { ...DEFAULT_TIMINGS, ttl: 2000, heartbeatInterval: 500, detachAfter: 1000, watchdogTimeout: 2500, stopGrace: 500, killTimeout: 500, clockDriftMargin: 500, electionTolerance: 2000, fenceWindow: 2000 }]) {
+      expect(checkTimings(t)).toEqual([]);
+      const lastAck = 100_000;
+      const r = detachRecord(rec({ timings: t }), lastAck, { earlyRevoke: true }); // observed right at lastAck
+      expect(r.fenceDeadline!).toBeGreaterThanOrEqual(lastAck + t.watchdogTimeout + t.stopGrace + t.killTimeout + t.clockDriftMargin);
+      // without the extension the same early loss would be fenced too soon
+      expect(detachRecord(rec({ timings: t }), lastAck).fenceDeadline!).toBeLessThan(lastAck + t.watchdogTimeout + t.stopGrace + t.killTimeout + t.clockDriftMargin);
+    }
   });
 
   it('the deadline makes the cluster wait past the host self-fence: lastAck + ttl + window >= lastAck + selfFence + drift', () => {
@@ -154,7 +193,8 @@ describe('fence column of host list', () => {
     const d = detachRecord(rec(), 0);
     expect(describeFence(d, false, 1000)).toBe('in 9s');
     expect(describeFence(d, false, 10_001)).toBe('due');
-    expect(describeFence({ ...d, hold: true }, false, 0)).toBe('never (held)');
+    expect(describeFence({ ...d, hold: true }, false, 0)).toBe('in 10s'); // requested, not acknowledged: blocks nothing
+    expect(describeFence({ ...d, hold: true, holdSeen: true }, false, 0)).toBe('never (held)');
     expect(describeFence(rec(), false, 0)).toBe('lease gone');
     expect(describeFence(rec(), true, 0)).toBe('-');
   });
@@ -175,5 +215,45 @@ describe('host-record GC', () => {
   ];
   it.each(rows)('%s alive=%s age=%s -> %s', (state, alive, age, expected) => {
     expect(hostGcAction({ state, updatedAt: 1000 }, alive, 1000 + age, opts)).toBe(expected);
+  });
+});
+
+describe('etcd 3.4 early revoke: a lease lost within one TTL of a raft term change', () => {
+  const TTL = 6000;
+  // [loss, term change seen at (undefined: none), expected]
+  const rows: [number, number | undefined, boolean][] = [
+    [100_000, undefined, false],
+    [100_000, 100_000, true], // same moment
+    [100_000, 94_000, true], // change exactly one TTL before
+    [100_000, 93_999, false], // more than one TTL before
+    [100_000, 106_000, true], // change noticed one TTL after the loss (another response's header)
+    [100_000, 106_001, false],
+    [100_000, 99_500, true],
+    [Number.NaN, 100_000, false],
+  ];
+  it.each(rows)('loss %s, term change seen %s -> %s', (loss, seen, expected) => {
+    expect(earlyRevokeSuspected(loss, seen === undefined ? undefined : { term: 7, seenMono: seen }, TTL)).toBe(expected);
+  });
+
+  // [server version, fix present]
+  const versions: [string | undefined, boolean | undefined][] = [
+    ['3.4.23', false],
+    ['3.4.30', false],
+    ['3.4.31', true],
+    ['3.5.12', false],
+    ['3.5.13', true],
+    ['3.6.0', true],
+    ['v3.5.21', true],
+    ['3.3.27', false],
+    ['4.0.0', true],
+    ['', undefined],
+    [undefined, undefined],
+    ['garbage', undefined],
+  ];
+  it.each(versions)('etcd %s: fix for #15247 present = %s; the guard is on whatever the answer', (version, fixed) => {
+    expect(earlyRevokeFixed(version)).toBe(fixed);
+    const line = leaseAnomalyAssumption(version);
+    expect(line).toMatch(/gets the TTL on top of its fence window/);
+    expect(line).toMatch(fixed === true ? /fixed in this version/ : fixed === false ? /possible/ : /unknown/);
   });
 });

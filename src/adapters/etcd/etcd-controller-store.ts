@@ -1,7 +1,18 @@
 import { randomBytes } from 'node:crypto';
-import { Etcd3, EtcdLeaseInvalidError, type IKeyValue, type Lease, type Watcher } from 'etcd3';
-import type { ClusterEvent } from '../../domain/cluster-event.js';
-import type { ClusterVmRecord } from '../../domain/cluster-vm.js';
+import { Etcd3, EtcdLeaseInvalidError, GRPCInvalidArgumentError, type IKeyValue, type IResponseHeader, type Lease, type Watcher } from 'etcd3';
+import { DEFAULT_TXN_LIMITS, txnLimitProblem, txnOpCounts, utf8Length, type TxnLimits } from '../../domain/cluster-change.js';
+import {
+  decodeAliveValue,
+  decodeClusterEvent,
+  decodeClusterVm,
+  decodeControllerStatus,
+  decodeHostRecord,
+  decodeLeaderInfo,
+  type Decoded,
+  type InvalidRecordError,
+  type RawValue,
+} from '../../domain/codec.js';
+import { InvalidRecordLog } from '../../domain/codec/invalid-record-log.js';
 import { NotFoundError, TetherError } from '../../domain/errors.js';
 import type { HostRecord } from '../../domain/host-record.js';
 import type { LeaseId } from '../../ports/cluster-store.js';
@@ -18,8 +29,10 @@ import type {
   Leadership,
   Revision,
   StoredEvent,
+  StoreServerStatus,
   Subscription,
   VmEntry,
+  VmScan,
   WatchHandlers,
 } from '../../ports/controller-store.js';
 import { asRetryable, callWithDeadline, deadlineOption, withDeadline } from './deadline.js';
@@ -59,18 +72,16 @@ export class ControllerKeys extends Keys {
   }
 }
 
-/** The most ops one txn may carry (etcd's default `--max-txn-ops`). */
-export const MAX_TXN_OPS = 128;
+/** Options of {@link EtcdControllerStore}. */
+export interface EtcdControllerStoreOptions extends EtcdStoreOptions {
+  /**
+   * The etcd servers' txn limits (`--max-txn-ops`, request bytes). Default {@link DEFAULT_TXN_LIMITS}
+   * (etcd 3.4's defaults); set it when the servers run with other values.
+   */
+  readonly txnLimits?: TxnLimits;
+}
 
 const CAS_ATTEMPTS = 5;
-
-function parseJson<T>(kv: IKeyValue): T | undefined {
-  try {
-    return JSON.parse(kv.value.toString()) as T;
-  } catch {
-    return undefined;
-  }
-}
 
 /**
  * {@link ControllerStore} on etcd (npm etcd3 against etcd 3.4).
@@ -86,10 +97,30 @@ export class EtcdControllerStore implements ControllerStore {
   readonly keys: ControllerKeys;
   private readonly leases = new Map<LeaseId, Lease>();
   private readonly watchers = new Set<Watcher>();
+  /** Records refused by the codec while reading, once per key and revision (see {@link ControllerStore.invalidRecords}). */
+  readonly invalidRecords = new InvalidRecordLog();
+  readonly txnLimits: TxnLimits;
+  private term = 0;
+  private readonly termListeners = new Set<(term: number) => void>();
 
-  constructor(opts: EtcdStoreOptions) {
+  constructor(opts: EtcdControllerStoreOptions) {
     this.client = createEtcdClient(opts.endpoints);
     this.keys = new ControllerKeys(opts.prefix ?? '/tether/');
+    this.txnLimits = opts.txnLimits ?? DEFAULT_TXN_LIMITS;
+  }
+
+  onRaftTerm(listener: (term: number) => void): () => void {
+    this.termListeners.add(listener);
+    return () => this.termListeners.delete(listener);
+  }
+
+  raftTerm(): number | undefined {
+    return this.term > 0 ? this.term : undefined;
+  }
+
+  async serverStatus(deadlineMs: number): Promise<StoreServerStatus> {
+    const res = await this.call('server status', deadlineMs, () => this.client.maintenance.status(deadlineOption(deadlineMs)));
+    return { version: String(res.version), raftTerm: Number(res.raftTerm) };
   }
 
   async listHosts(deadlineMs: number): Promise<HostsSnapshot> {
@@ -115,7 +146,7 @@ export class EtcdControllerStore implements ControllerStore {
       const revision = kv.mod_revision;
       if (op === 'delete') return k.part === 'record' ? { kind: 'record-deleted', hostId: k.hostId, revision } : { kind: 'alive-deleted', hostId: k.hostId, revision };
       if (k.part === 'record') {
-        const record = parseJson<HostRecord>(kv);
+        const record = this.decoded(kv, decodeHostRecord);
         return record ? { kind: 'record', hostId: k.hostId, record, revision } : undefined;
       }
       return { kind: 'alive', hostId: k.hostId, alive: this.aliveOf(kv), revision };
@@ -123,13 +154,18 @@ export class EtcdControllerStore implements ControllerStore {
   }
 
   async listVms(deadlineMs: number): Promise<VmEntry[]> {
+    return (await this.scanVms(deadlineMs)).entries;
+  }
+
+  async scanVms(deadlineMs: number): Promise<VmScan> {
     const res = await this.call('list vms', deadlineMs, () => this.client.getAll().prefix(this.keys.vms()).options(deadlineOption(deadlineMs)).exec());
-    const out: VmEntry[] = [];
+    const entries: VmEntry[] = [];
+    const invalid: InvalidRecordError[] = [];
     for (const kv of res.kvs) {
-      const record = parseJson<ClusterVmRecord>(kv);
-      if (record) out.push({ key: kv.key.toString().slice(this.keys.vms().length), record, revision: kv.mod_revision });
+      const record = this.decoded(kv, decodeClusterVm, (e) => invalid.push(e));
+      if (record) entries.push({ key: kv.key.toString().slice(this.keys.vms().length), record, revision: kv.mod_revision });
     }
-    return out;
+    return { entries, invalid };
   }
 
   async commit(change: Change, deadlineMs: number): Promise<CommitResult> {
@@ -157,15 +193,29 @@ export class EtcdControllerStore implements ControllerStore {
       ops.push(this.client.put(key).value(JSON.stringify(e)));
     }
     if (ops.length + dels.length === 0) throw new TetherError('INVALID_ARGUMENT', 'commit: nothing to write');
-    if (cmps.length + ops.length + dels.length > MAX_TXN_OPS) {
-      throw new TetherError('FAILED_PRECONDITION', `commit: ${cmps.length} compares and ${ops.length + dels.length} writes exceed etcd's ${MAX_TXN_OPS} ops per txn`);
+    const counts = txnOpCounts(change, change.leader !== undefined);
+    if (counts.compares !== cmps.length || counts.success !== ops.length + dels.length) {
+      throw new TetherError('INTERNAL', `commit: op count mismatch (${cmps.length}/${ops.length + dels.length} built, ${counts.compares}/${counts.success} counted)`);
     }
+    const tooLarge = txnLimitProblem(counts, this.requestBytes(cmps, change), this.txnLimits);
+    if (tooLarge !== undefined) throw new TetherError('FAILED_PRECONDITION', `commit: ${tooLarge}`, { retryable: false, details: { ...counts } });
     const [first, ...rest] = cmps;
-    const res = await this.call('controller txn', deadlineMs, () => {
-      let b = this.client.if(first![0], first![1], '==', first![2]);
-      for (const [k, col, v] of rest) b = b.and(k, col, '==', v);
-      return b.then(...ops, ...dels).options(deadlineOption(deadlineMs)).commit();
-    });
+    let res;
+    try {
+      res = await this.call('controller txn', deadlineMs, () => {
+        let b = this.client.if(first![0], first![1], '==', first![2]);
+        for (const [k, col, v] of rest) b = b.and(k, col, '==', v);
+        return b.then(...ops, ...dels).options(deadlineOption(deadlineMs)).commit();
+      });
+    } catch (err) {
+      // etcd answers InvalidArgument for a txn it will never take (too many ops, request too large,
+      // duplicate keys): retrying cannot help.
+      const cause = err instanceof TetherError && err.cause !== undefined ? err.cause : err;
+      if (cause instanceof GRPCInvalidArgumentError) {
+        throw new TetherError('FAILED_PRECONDITION', `controller txn refused by etcd: ${cause.message}`, { cause, retryable: false, details: { ...counts } });
+      }
+      throw err;
+    }
     if (res.succeeded) return { ok: true, revision: res.header.revision };
     if (change.leader) {
       const cur = await this.call('get leader', deadlineMs, () => this.client.get(this.keys.leader()).options(deadlineOption(deadlineMs)).exec());
@@ -207,7 +257,8 @@ export class EtcdControllerStore implements ControllerStore {
     const lease = this.leases.get(leadership.lease);
     if (!lease) return 'lost';
     try {
-      await withDeadline(`keepalive of leader lease ${leadership.lease}`, deadlineMs, lease.keepaliveOnce(deadlineOption(deadlineMs)));
+      const res = await withDeadline(`keepalive of leader lease ${leadership.lease}`, deadlineMs, lease.keepaliveOnce(deadlineOption(deadlineMs)));
+      this.noteHeader(res.header);
       return 'alive';
     } catch (err) {
       if (err instanceof EtcdLeaseInvalidError) {
@@ -227,7 +278,7 @@ export class EtcdControllerStore implements ControllerStore {
   async getLeader(deadlineMs: number): Promise<LeaderInfo | undefined> {
     const res = await this.call('get leader', deadlineMs, () => this.client.get(this.keys.leader()).options(deadlineOption(deadlineMs)).exec());
     const kv = res.kvs[0];
-    return kv ? parseJson<LeaderInfo>(kv) : undefined;
+    return kv ? this.decoded(kv, decodeLeaderInfo) : undefined;
   }
 
   async putStatus(leadership: Leadership, status: ControllerStatus, deadlineMs: number): Promise<void> {
@@ -243,7 +294,7 @@ export class EtcdControllerStore implements ControllerStore {
   async getStatus(deadlineMs: number): Promise<ControllerStatus | undefined> {
     const res = await this.call('get status', deadlineMs, () => this.client.get(this.keys.status()).options(deadlineOption(deadlineMs)).exec());
     const kv = res.kvs[0];
-    return kv ? parseJson<ControllerStatus>(kv) : undefined;
+    return kv ? this.decoded(kv, decodeControllerStatus) : undefined;
   }
 
   async listEvents(limit: number, deadlineMs: number): Promise<{ revision: Revision; events: StoredEvent[] }> {
@@ -252,7 +303,7 @@ export class EtcdControllerStore implements ControllerStore {
     );
     const events: StoredEvent[] = [];
     for (const kv of [...res.kvs].reverse()) {
-      const event = parseJson<ClusterEvent>(kv);
+      const event = this.decoded(kv, decodeClusterEvent);
       if (event) events.push({ key: kv.key.toString().slice(this.keys.events().length), event });
     }
     return { revision: res.header.revision, events };
@@ -261,7 +312,7 @@ export class EtcdControllerStore implements ControllerStore {
   async watchEvents(fromRevision: Revision, handlers: WatchHandlers<StoredEvent>, deadlineMs: number): Promise<Subscription> {
     return this.watch(this.keys.events(), fromRevision, handlers, deadlineMs, (kv, op) => {
       if (op === 'delete') return undefined;
-      const event = parseJson<ClusterEvent>(kv);
+      const event = this.decoded(kv, decodeClusterEvent);
       return event ? { key: kv.key.toString().slice(this.keys.events().length), event } : undefined;
     });
   }
@@ -325,7 +376,7 @@ export class EtcdControllerStore implements ControllerStore {
       e.alive = this.aliveOf(kv);
       return;
     }
-    const record = parseJson<HostRecord>(kv);
+    const record = this.decoded(kv, decodeHostRecord);
     if (record) {
       e.record = record;
       e.recordRevision = kv.mod_revision;
@@ -333,8 +384,27 @@ export class EtcdControllerStore implements ControllerStore {
   }
 
   private aliveOf(kv: IKeyValue): AliveInfo {
-    const v = parseJson<{ epoch?: number; agentVersion?: string }>(kv) ?? {};
-    return { epoch: Number(v.epoch ?? 0), agentVersion: String(v.agentVersion ?? ''), lease: kv.lease };
+    // An unreadable value is reported, but the KEY still exists on its lease (the heartbeat): never treated as absent.
+    const v = this.decoded(kv, decodeAliveValue);
+    return { epoch: v?.epoch ?? 0, agentVersion: v?.agentVersion ?? '', lease: kv.lease };
+  }
+
+  /**
+   * `kv` decoded by the codec (domain/codec.ts), or undefined when it fails its schema: then the
+   * refusal (key, field, revision) is reported once per revision in {@link invalidRecords} and handed
+   * to `onInvalid`. A key that reads fine again is cleared there.
+   */
+  private decoded<T>(kv: IKeyValue, decode: (key: string, raw: RawValue) => Decoded<T>, onInvalid?: (e: InvalidRecordError) => void): T | undefined {
+    const key = kv.key.toString().slice(this.keys.prefix.length);
+    const d = decode(key, kv.value);
+    if (d.ok) {
+      this.invalidRecords.clear(key);
+      return d.value;
+    }
+    const err = d.error.at(kv.mod_revision);
+    this.invalidRecords.report(err, kv.mod_revision);
+    onInvalid?.(err);
+    return undefined;
   }
 
   /**
@@ -351,6 +421,10 @@ export class EtcdControllerStore implements ControllerStore {
   ): Promise<Subscription> {
     const w = this.client.watch().prefix(prefix).startRevision(fromRevision).watcher();
     this.watchers.add(w);
+    // Before etcd3's own 'data' listener turns the response into put/delete events: the term of a
+    // response is known before any of its changes is delivered.
+    w.prependListener('data', (res: { header?: IResponseHeader }) => this.noteHeader(res.header));
+    w.on('connected', (res: { header?: IResponseHeader }) => this.noteHeader(res.header));
     let open = true;
     const close = async (): Promise<void> => {
       if (!open) return;
@@ -395,7 +469,27 @@ export class EtcdControllerStore implements ControllerStore {
     return { close };
   }
 
-  private call<T>(what: string, deadlineMs: number, fn: () => Promise<T>): Promise<T> {
-    return callWithDeadline(what, deadlineMs, fn);
+  /** Bytes of the keys and values a txn for `change` sends (compare keys, put keys and values, delete keys). */
+  private requestBytes(cmps: readonly [string, string, unknown][], change: Change): number {
+    let bytes = 0;
+    for (const [k] of cmps) bytes += utf8Length(k);
+    for (const h of change.hosts ?? []) bytes += utf8Length(this.keys.hostRecord(h.hostId)) + (h.next ? utf8Length(JSON.stringify(h.next)) : 0);
+    for (const v of change.vms ?? []) bytes += utf8Length(this.keys.vm(v.key)) + (v.next ? utf8Length(JSON.stringify(v.next)) : 0);
+    for (const e of change.events ?? []) bytes += utf8Length(this.keys.event(e.at)) + utf8Length(JSON.stringify(e));
+    return bytes;
+  }
+
+  /** Notes the raft term of a response header; a term higher than any seen before goes to the listeners. */
+  private noteHeader(header: Pick<IResponseHeader, 'raft_term'> | undefined): void {
+    const term = Number(header?.raft_term);
+    if (!Number.isSafeInteger(term) || term <= this.term) return;
+    this.term = term;
+    for (const l of [...this.termListeners]) l(term);
+  }
+
+  private async call<T>(what: string, deadlineMs: number, fn: () => Promise<T>): Promise<T> {
+    const res = await callWithDeadline(what, deadlineMs, fn);
+    if (typeof res === 'object' && res !== null && 'header' in res) this.noteHeader((res as { header?: IResponseHeader }).header);
+    return res;
   }
 }

@@ -7,7 +7,8 @@ import { holdsCapacity } from '../../domain/cluster-vm.js';
 import { formatDuration } from '../../domain/duration.js';
 import { TetherError, messageOf } from '../../domain/errors.js';
 import { describeFence, timingProblems } from '../../domain/fence-window.js';
-import type { HostRecordState } from '../../domain/host-record.js';
+import { describeHold } from '../../domain/hold.js';
+import type { HostRecord, HostRecordState } from '../../domain/host-record.js';
 import type { ControllerStatus, StoredEvent } from '../../ports/controller-store.js';
 import { resolveConfig, type ConfigKey } from '../config-schema.js';
 import { printJson, printTable } from '../output.js';
@@ -52,7 +53,12 @@ export interface HostListRow {
   readonly hostId: string;
   readonly state: HostRecordState | 'unregistered';
   readonly epoch: number | null;
+  /** The hold an operator requested (`hold`). */
   readonly hold: boolean;
+  /** The hold the host acknowledged and applies (`holdSeen`): what the controller honours. */
+  readonly holdSeen: boolean;
+  /** Both at once, as the HOLD column shows them: `held (ack)`, `held (not acked)`, `release pending ack`, `at detach`, `no`. */
+  readonly holdShown: string;
   readonly heldAtDetach: boolean;
   /** Time since the lease was last renewed (granted TTL - remaining TTL; second resolution), null without a lease. */
   readonly leaseAgeMs: number | null;
@@ -84,6 +90,8 @@ export async function hostList(store: EtcdControllerStore, nowWall: number): Pro
       state: r?.state ?? 'unregistered',
       epoch: r?.epoch ?? null,
       hold: r?.hold ?? false,
+      holdSeen: r?.holdSeen ?? false,
+      holdShown: holdColumn(r),
       heldAtDetach: r?.heldAtDetach ?? false,
       leaseAgeMs: ttl ? Math.max(0, ttl.grantedMs - ttl.remainingMs) : null,
       leaseRemainingMs: ttl ? ttl.remainingMs : null,
@@ -96,12 +104,30 @@ export async function hostList(store: EtcdControllerStore, nowWall: number): Pro
   return { controller: status ?? null, hosts: rows };
 }
 
+/**
+ * The HOLD column: the requested hold and whether the host acknowledged it (only an acknowledged hold
+ * is honoured), or `at detach` for a detached host that applied a hold when it detached.
+ */
+export function holdColumn(r: Pick<HostRecord, 'hold' | 'holdSeen' | 'heldAtDetach' | 'state'> | undefined): string {
+  if (!r) return 'no';
+  const hold = r.hold;
+  const seen = r.holdSeen ?? false;
+  if (hold && seen) return 'held (ack)';
+  if (hold) return 'held (not acked)';
+  if (seen) return 'release pending ack';
+  if (r.heldAtDetach && r.state === 'detached') return 'at detach';
+  return describeHold(hold, seen);
+}
+
 function printHostList(l: { controller: ControllerStatus | null; hosts: HostListRow[] }, now: number): void {
   const c = l.controller;
   if (!c) console.log('controller: none active (no controller/status in etcd): nothing will be fenced until one runs');
   else {
     console.log(`controller: ${c.controllerId}, active for ${formatDuration(Math.max(0, now - c.leaderSince))}`);
     if (c.freeze.mode !== 'normal') console.log(`FREEZE: ${c.freeze.reason ?? c.freeze.mode}`);
+    for (const f of c.failures ?? []) {
+      console.log(`CONTROLLER ERROR (not retried): ${f.action}${f.hostId ? ` of ${f.hostId}` : ''} at ${new Date(f.at).toISOString()}: ${f.code}: ${f.message}`);
+    }
   }
   printTable(
     ['HOST', 'STATE', 'EPOCH', 'HOLD', 'LEASE', 'FENCE', 'VMS'],
@@ -109,7 +135,7 @@ function printHostList(l: { controller: ControllerStatus | null; hosts: HostList
       h.hostId,
       h.state,
       h.epoch ?? '-',
-      h.hold ? 'yes' : h.heldAtDetach && h.state === 'detached' ? 'at detach' : 'no',
+      h.holdShown,
       h.leaseAgeMs === null ? 'none' : `renewed ${formatDuration(h.leaseAgeMs)} ago`,
       h.fence,
       h.vmCount,
@@ -205,15 +231,26 @@ export function registerHostCommands(program: Command): void {
     storeOptions(
       host
         .command(`${name} <id>`)
-        .description(hold ? 'operator hold: the controller neither fences the host nor reschedules its VMs, and its watchdog honours the hold' : 'release the hold (takes effect for future detachments)'),
+        .description(
+          hold
+            ? 'operator hold: once the host acknowledges it, its watchdog is suspended and the controller neither fences it nor reschedules its VMs'
+            : 'release the hold (effective once the host acknowledges it; a host held when it detached stays held for that detachment)',
+        ),
     )
+      .option('--no-wait', 'do not wait for the host to acknowledge')
+      .option('--timeout <duration>', 'how long to wait for the acknowledgement (default: 10 heartbeats of the host, at least 10s)')
       .option('--json', 'machine-readable output')
-      .action(async (id: string, o: StoreFlags) => {
+      .action(async (id: string, o: StoreFlags & { wait: boolean; timeout?: string }) => {
         await withStore(o, async (store) => {
-          const res = await setHostHold(store, new SystemClock(), id, hold, CALL_DEADLINE);
+          const res = await setHostHold(store, new SystemClock(), id, hold, CALL_DEADLINE, {
+            wait: o.wait,
+            ...(o.timeout !== undefined ? { timeoutMs: parseDuration(o.timeout) } : {}),
+            progress: (l) => process.stderr.write(`  ${l}\n`),
+          });
           if (o.json) printJson(res);
           else {
-            console.log(`host ${id}: hold ${hold ? 'set' : 'released'} (state ${res.record.state}, epoch ${res.record.epoch})`);
+            const ack = res.acknowledged ? 'acknowledged by the host' : o.wait ? 'NOT acknowledged by the host' : 'not waited for the acknowledgement';
+            console.log(`host ${id}: ${hold ? 'hold requested' : 'hold released'}, ${ack} (hold: ${res.shown}; state ${res.record.state}, epoch ${res.record.epoch})`);
             for (const n of res.notes) console.log(`note: ${n}`);
           }
         });
@@ -250,8 +287,9 @@ export function registerHostCommands(program: Command): void {
       await withStore(o, async (store) => {
         const res = await operatorFence(store, new SystemClock(), id, CALL_DEADLINE);
         if (o.json) printJson(res);
-        else if (res.alreadyFenced) console.log(`host ${id} was already fenced (epoch ${res.record.epoch}); nothing changed`);
-        else console.log(`host ${id} fenced at epoch ${res.record.epoch}; ${res.lostVms.length} VM(s) marked lost${res.lostVms.length ? `: ${res.lostVms.join(', ')}` : ''}`);
+        else if (res.alreadyFenced) console.log(`host ${id} was already fenced (epoch ${res.record.epoch})${res.lostVms.length > 0 ? `; ${res.lostVms.length} VM(s) an earlier fence left were marked lost` : '; nothing changed'}`);
+        else console.log(`host ${id} fenced at epoch ${res.record.epoch}; ${res.lostVms.length} VM(s) marked lost${res.lostVms.length ? `: ${res.lostVms.slice(0, 20).join(', ')}${res.lostVms.length > 20 ? ', ...' : ''}` : ''}`);
+        if (!o.json && res.pendingVms.length > 0) console.log(`note: ${res.pendingVms.length} VM(s) not marked lost yet (they kept changing or are too large for one txn); the active controller finishes them: ${res.pendingVms.slice(0, 20).join(', ')}`);
       });
     });
 
