@@ -10,6 +10,8 @@ export interface AgentConfig {
   readonly stateDir: string;
   /** Folder of the per-host-id locks (one agent per host id on a machine, whatever its state dir). */
   readonly lockDir: string;
+  /** Linux watchdog device the guardian pets while the host's deadline holds ('' = none). */
+  readonly watchdogDevice: string;
   readonly listen: string;
   readonly httpListen: string;
   readonly etcdEndpoints: string[];
@@ -34,6 +36,7 @@ export const AGENT_SCHEMA: readonly ConfigKey[] = [
   { key: 'hostId', type: 'string', default: hostname().toLowerCase().replace(/[^a-z0-9.-]/g, '-'), description: 'this host id (letters, digits, . _ -)' },
   { key: 'stateDir', type: 'string', default: '/var/lib/tether', description: 'state folder: inventory, VM folders, locks' },
   { key: 'lockDir', type: 'string', default: '/run/tether', description: 'folder of the host-id locks: one agent per host id on this machine, whatever its state dir' },
+  { key: 'watchdogDevice', type: 'string', default: '', description: "Linux watchdog device (e.g. /dev/watchdog) the guardian pets only while the host's deadline holds; '' = none" },
   { key: 'listen', type: 'string', default: '127.0.0.1:9090', description: 'gRPC listen address (Flintlock-compatible MicroVM API)' },
   { key: 'cacheDir', type: 'string', default: defaultCache(), description: 'cache of the built-in guest image' },
   { key: 'imageDir', type: 'string', default: join(defaultCache(), 'images'), description: 'local image store (kernels/, initrds/, disks/)' },

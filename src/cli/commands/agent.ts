@@ -18,7 +18,9 @@ import { Agent } from '../../agent/agent.js';
 import { auditHost } from '../../agent/gc/audit.js';
 import { ClusterVmSync } from '../../agent/cluster-sync.js';
 import { ClusterVmService } from '../../agent/cluster-vm-service.js';
+import { GuardianFeed } from '../../agent/gc/guardian-feed.js';
 import { HostGc } from '../../agent/gc/host-gc.js';
+import { SdNotifier, watchdogIntervalMs } from '../../adapters/systemd/sd-notify.js';
 import type { HostContext } from '../../agent/host-context.js';
 import { createMicroVmGrpcServer } from '../../api/grpc/index.js';
 import { HEARTBEAT_PATH_PRIORITY } from '../../adapters/process-priority.js';
@@ -92,10 +94,19 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
     vmCount: () => inventory.listVms().length,
   });
   const store = cfg.etcdEndpoints.length > 0 ? new EtcdClusterStore({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix }) : undefined;
+  const boot = bootId();
+  // The fence that outlives this process: fed every acknowledged deadline, restarted when gone.
+  const guardian = store
+    ? new GuardianFeed(stateDir, cfg.hostId, boot, clock, logger, {
+        killTimeoutMs: cfg.timings.killTimeout,
+        ...(cfg.watchdogDevice ? { watchdogDevice: cfg.watchdogDevice } : {}),
+      })
+    : undefined;
   if (store) {
     gc = new HostGc(ctx, store, {
       timings: cfg.timings,
-      bootId: bootId(),
+      bootId: boot,
+      ...(guardian ? { guardian } : {}),
       capacity: { vcpu: cfg.capacityVcpu, memoryMb: cfg.capacityMemory },
       agentVersion: VERSION,
       agentId,
@@ -137,10 +148,17 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
     },
   });
 
+  // Under systemd (Type=notify, WatchdogSec): READY=1 once serving, WATCHDOG=1 from the event loop,
+  // so a frozen or stuck agent is restarted (meanwhile the guardian enforces the last fed deadline).
+  const notifier = SdNotifier.fromEnv(process.env, { onError: (m) => logger.warn({}, m) });
+  const petEvery = notifier ? watchdogIntervalMs() : undefined;
+  const petTimer = petEvery !== undefined ? setInterval(() => notifier?.watchdog(), petEvery) : undefined;
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
     stopping = true;
+    if (petTimer) clearInterval(petTimer);
+    notifier?.stopping();
     logger.info({ signal }, 'agent stopping (VMs keep running and are adopted by the next agent)');
     const noVmsLeft = inventory.listVms().length === 0 && (await ctx.vmm.listOwned(cfg.hostId).catch(() => [1])).length === 0;
     hostGc?.stop(noVmsLeft);
@@ -150,6 +168,7 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
     inventory.close();
     lock.release();
     hostLock.release();
+    await notifier?.close();
     process.exit(0);
   };
   process.on('SIGINT', () => void shutdown('SIGINT'));
@@ -161,6 +180,7 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
   hostGc?.start();
   sync?.start();
   logger.info({ grpc: grpcAddr, http: httpAddr, stateDir, cluster: cfg.etcdEndpoints, timings: cfg.timings }, 'agent ready');
+  notifier?.ready(`serving ${grpcAddr}`);
   if (store) {
     store.serverVersion(cfg.timings.heartbeatInterval * 5).then(
       (version) => logger.info({ etcdVersion: version }, describeEtcdAssumptions(version)),
