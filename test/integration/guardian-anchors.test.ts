@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SystemClock } from '../../src/adapters/clock/system-clock.js';
@@ -152,5 +152,19 @@ describe('guardian anchors: watchdog device (FIFO stand-in) and sd_notify (datag
     await until('the unit guardian takes over', () => runningGuardian(stateDir) === unit.pid, 10_000, 20);
     unit.kill('SIGTERM');
     await until('unit guardian exits', () => exited(unit), 5000, 20);
+  });
+  it('exits when its state dir disappears (nothing left to protect or to verify against)', async () => {
+    const stateDir = join(root, 'd');
+    mkdirSync(stateDir);
+    const feed = new GuardianFeed(stateDir, testHostId('anch'), bootId, clock, silentLogger());
+    const r = await feed.ensureRunning();
+    rmSync(stateDir, { recursive: true, force: true });
+    await until('guardian exits', () => {
+      try {
+        return !readFileSync(`/proc/${r.pid}/cmdline`, 'utf8').includes('guardian');
+      } catch {
+        return true;
+      }
+    }, 5000, 20);
   });
 });
