@@ -27,11 +27,13 @@ export interface ClusterCreated {
  * capacity the VM is recorded `pending` without a host and with the reason; the controller places
  * it when capacity appears.
  */
-export async function clusterCreate(store: Pick<ControllerStore, 'listHosts' | 'listVms' | 'commit'>, spec: VmSpec, host?: string): Promise<ClusterCreated> {
+export async function clusterCreate(store: Pick<ControllerStore, 'listHosts' | 'scanVms' | 'commit'>, spec: VmSpec, host?: string): Promise<ClusterCreated> {
   const key = `${spec.id.namespace}/${spec.id.name}`;
-  const [snapshot, vms] = await Promise.all([store.listHosts(DEADLINE), store.listVms(DEADLINE)]);
+  const [snapshot, { entries: vms, invalid }] = await Promise.all([store.listHosts(DEADLINE), store.scanVms(DEADLINE)]);
   const existing = vms.find((v) => v.key === key);
   if (existing) throw new TetherError('ALREADY_EXISTS', `microvm ${key} already exists (uid ${existing.record.uid}, ${existing.record.phase} on ${existing.record.hostId ?? 'no host'})`);
+  const unreadable = invalid.find((e) => e.key === `vms/${key}`);
+  if (unreadable) throw new TetherError('ALREADY_EXISTS', `microvm ${key} already exists but its record cannot be read (${unreadable.message}); delete it first`, { cause: unreadable });
   if (host && !snapshot.hosts.some((h) => h.hostId === host)) throw new NotFoundError(`host "${host}" (known: ${snapshot.hosts.map((h) => h.hostId).join(', ') || 'none'})`);
   const candidates = schedulableHosts(snapshot.hosts).filter((h) => !host || h.hostId === host);
   if (host && candidates.length === 0) {
@@ -57,10 +59,19 @@ export async function clusterCreate(store: Pick<ControllerStore, 'listHosts' | '
 
 /**
  * Asks for the deletion of `vms/<key>`: a placed VM is marked `deleting` (its host stops it,
- * removes its resources, then the record); an unplaced or lost one is removed at once.
+ * removes its resources, then the record); an unplaced or lost one is removed at once. A record
+ * that exists but fails the codec cannot be marked: it is removed at once (guarded by its revision),
+ * which its host, if any, reads as "record gone" and deletes the VM.
  */
-export async function clusterDelete(store: Pick<ControllerStore, 'listVms' | 'commit'>, key: string): Promise<'deleting' | 'removed'> {
-  const v = (await store.listVms(DEADLINE)).find((x) => x.key === key);
+export async function clusterDelete(store: Pick<ControllerStore, 'scanVms' | 'commit'>, key: string): Promise<'deleting' | 'removed'> {
+  const { entries, invalid } = await store.scanVms(DEADLINE);
+  const v = entries.find((x) => x.key === key);
+  const unreadable = invalid.find((e) => e.key === `vms/${key}`);
+  if (!v && unreadable?.revision !== undefined) {
+    const res = await store.commit({ vms: [{ key, expectRevision: unreadable.revision, next: null }] }, DEADLINE);
+    if (!res.ok) throw new TetherError('UNAVAILABLE', `microvm ${key} changed meanwhile; try again`, { retryable: true });
+    return 'removed';
+  }
   if (!v) throw new NotFoundError(`microvm ${key}`);
   const placed = v.record.hostId !== undefined && v.record.phase !== 'lost';
   const next: ClusterVmRecord | null = placed ? { ...v.record, phase: 'deleting', generation: v.record.generation + 1, updatedAt: Date.now() } : null;

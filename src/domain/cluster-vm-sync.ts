@@ -11,6 +11,8 @@ export interface LocalVm {
   readonly uid: string;
   readonly phase: VmPhase;
   readonly desired: 'present' | 'absent';
+  /** `<namespace>/<name>`: the key of its cluster record (matched against unreadable records). */
+  readonly key?: string;
 }
 
 /** One cluster record with its key. */
@@ -31,6 +33,8 @@ export interface SyncPlan {
   readonly release: readonly ClusterVmView[];
   /** Records whose phase must follow the local VM. */
   readonly status: readonly { readonly view: ClusterVmView; readonly phase: ClusterVmPhase }[];
+  /** Local uids left exactly as they are because their record exists but cannot be read. */
+  readonly kept: readonly string[];
 }
 
 /** Cluster phase that reports a local phase. */
@@ -54,9 +58,20 @@ export function clusterPhaseOf(local: VmPhase): ClusterVmPhase {
 /**
  * Decides one sync round for host `hostId` at `epoch`.
  * Invariants: only records with `hostId` = this host and `hostEpoch` = `epoch` are ever created or
- * written; a local VM whose record is not such a record (and not being created from one) is deleted.
+ * written; a local VM whose record is not such a record (and not being created from one) is deleted
+ * — EXCEPT when a record exists under its key but could not be read (`unreadable`: `<ns>/<name>`
+ * keys that failed the codec): an unreadable record is not a deleted one, so that VM is kept exactly
+ * as it is (not deleted, not stopped, no status written) and listed in `kept`.
  */
-export function planSync(hostId: string, epoch: number, records: readonly ClusterVmView[], local: readonly LocalVm[]): SyncPlan {
+export function planSync(
+  hostId: string,
+  epoch: number,
+  records: readonly ClusterVmView[],
+  local: readonly LocalVm[],
+  unreadable: readonly string[] = [],
+): SyncPlan {
+  const unreadableKeys = new Set(unreadable);
+  const kept: string[] = [];
   const mine = records.filter((v) => v.record.hostId === hostId && v.record.hostEpoch === epoch);
   const byUid = new Map(mine.map((v) => [v.record.uid, v]));
   const localByUid = new Map(local.map((l) => [l.uid, l]));
@@ -85,8 +100,13 @@ export function planSync(hostId: string, epoch: number, records: readonly Cluste
     .filter((l) => l.desired === 'present')
     .filter((l) => {
       const v = byUid.get(l.uid);
-      return !v || v.record.phase === 'deleting' || v.record.phase === 'lost';
+      if (v) return v.record.phase === 'deleting' || v.record.phase === 'lost';
+      if (l.key !== undefined && unreadableKeys.has(l.key)) {
+        kept.push(l.uid);
+        return false;
+      }
+      return true;
     })
     .map((l) => l.uid);
-  return { create, deleteLocal, removeRecord, release, status };
+  return { create, deleteLocal, removeRecord, release, status, kept };
 }

@@ -73,6 +73,10 @@ export class InvalidRecordError extends TetherError {
   readonly kind: RecordKind;
   /** Every problem found, `<field>: <reason>` (the message names the first). */
   readonly problems: readonly string[];
+  /** The etcd `mod_revision` of the refused value, when the reader knows it (see {@link InvalidRecordError.at}). */
+  readonly revision: string | undefined;
+  private readonly reason: string;
+  private readonly rawKey: string;
 
   constructor(kind: RecordKind, key: string, field: string, reason: string, problems: readonly string[] = [`${field}: ${reason}`], options: TetherErrorOptions = {}) {
     const k = quoteForLog(key);
@@ -82,6 +86,14 @@ export class InvalidRecordError extends TetherError {
     this.field = field;
     this.kind = kind;
     this.problems = problems;
+    this.reason = reason;
+    this.rawKey = key;
+    this.revision = typeof options.details?.revision === 'string' ? options.details.revision : undefined;
+  }
+
+  /** The same error for the value at etcd `revision` (`details.revision` set): what a reader throws or reports. */
+  at(revision: string): InvalidRecordError {
+    return new InvalidRecordError(this.kind, this.rawKey, this.field, this.reason, this.problems, { details: { revision } });
   }
 }
 

@@ -57,6 +57,20 @@ describe('cluster VM operations (tether vm ... --etcd-endpoints)', () => {
     expect(await clusterDelete(store, 'ns/waiting')).toBe('removed');
     await expectCode(clusterDelete(store, 'ns/none'), 'NOT_FOUND');
   });
+
+  it('an unreadable record is neither overwritten by a create nor invisible to a delete; it is reported once per revision', async () => {
+    const store = new MemoryControllerStore(new FakeClock());
+    host(store, 'a');
+    const reports: string[] = [];
+    store.invalidRecords.subscribe((r) => reports.push(`${r.key} ${r.error.field}@${r.revision}`));
+    const rev = store.putRaw('vms/ns/bad', { uid: 'inventory.db', spec: sampleSpec('bad', 'ns'), phase: 'running', generation: 1 });
+    const err = await expectCode(clusterCreate(store, sampleSpec('bad', 'ns')), 'ALREADY_EXISTS');
+    expect(err.message).toMatch(/vms\/ns\/bad: uid: /);
+    await clusterCreate(store, sampleSpec('other', 'ns'));
+    expect(reports).toEqual([`vms/ns/bad uid@${rev}`]);
+    expect(await clusterDelete(store, 'ns/bad')).toBe('removed');
+    expect((await store.scanVms(1000)).invalid).toEqual([]);
+  });
 });
 
 describe('tether host list: the HOLD column shows the hold requested AND acknowledged', () => {

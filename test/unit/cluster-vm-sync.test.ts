@@ -49,6 +49,22 @@ describe('planSync (what a host does with the cluster records)', () => {
     expect(running.release).toEqual([]);
   });
 
+  it('never deletes or stops a VM whose record exists but cannot be read (kept as it is, no status written)', () => {
+    const local = [
+      { uid: 'u1', phase: 'running' as const, desired: 'present' as const, key: 'ns/unreadable' },
+      { uid: 'u2', phase: 'running' as const, desired: 'present' as const, key: 'ns/gone' },
+    ];
+    const p = planSync('a', 3, [], local, ['ns/unreadable']);
+    expect(p.deleteLocal).toEqual(['u2']);
+    expect(p.kept).toEqual(['u1']);
+    expect(p.status).toEqual([]);
+    // Without the unreadable key the same VM would be deleted: the guard is what keeps it.
+    expect(planSync('a', 3, [], local).deleteLocal).toEqual(['u1', 'u2']);
+    // A readable record that asks for deletion still wins over nothing.
+    const del = planSync('a', 3, [rec('ns/unreadable', 'u1', { hostId: 'a', hostEpoch: 3, phase: 'deleting' })], local, []);
+    expect(del.deleteLocal).toContain('u1');
+  });
+
   it('reports the local phase back, and nothing when it already matches', () => {
     const records = [rec('ns/a', 'u1', { hostId: 'a', hostEpoch: 1, phase: 'pending' }), rec('ns/b', 'u2', { hostId: 'a', hostEpoch: 1, phase: 'running' })];
     const p = planSync('a', 1, records, [

@@ -21,6 +21,7 @@ import {
   type RawValue,
 } from '../../src/domain/codec.js';
 import { InvalidRecordLog } from '../../src/domain/codec/invalid-record-log.js';
+import { toRecordText } from '../../src/domain/codec/names.js';
 import type { ClusterEvent } from '../../src/domain/cluster-event.js';
 import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
 import { DEFAULT_TIMINGS } from '../../src/domain/gc-timing.js';
@@ -202,7 +203,9 @@ cases.push(
   { name: 'unknown field deep inside', kind: 'vm', value: withField(VM, ['spec', 'volumes', 0, 'path'], '/etc/shadow'), field: 'spec.volumes[0].path' },
   { name: 'unknown timing', kind: 'host', value: withField(HOST, ['timings', 'extra'], 1), field: 'timings.extra' },
   { name: 'reason of 1 MiB', kind: 'vm', value: { ...VM, reason: 'r'.repeat(1024 * 1023) }, field: 'reason' },
-  { name: 'reason with control characters', kind: 'vm', value: { ...VM, reason: 'fine\u001b[2J\nforged log line' }, field: 'reason' },
+  { name: 'reason with an escape sequence', kind: 'vm', value: { ...VM, reason: 'fine\u001b[2J' }, field: 'reason' },
+  { name: 'reason with a carriage return', kind: 'vm', value: { ...VM, reason: 'fine\rforged' }, field: 'reason' },
+  { name: 'controller id with a newline', kind: 'leader', value: { ...LEADER, candidateId: 'a\nb' }, field: 'candidateId' },
   { name: 'agentVersion with NUL', kind: 'alive', value: { ...ALIVE, agentVersion: 'v\u0000' }, field: 'agentVersion' },
   { name: 'unknown event kind', kind: 'event', value: { ...EVENT, kind: 'host-pwned' }, field: 'kind' },
   { name: 'lost VM key with ..', kind: 'event', value: { ...EVENT, lostVms: ['../etc'] }, field: 'lostVms[0]' },
@@ -335,6 +338,14 @@ describe('record codec: encode goes through the same schema', () => {
     expect(() => encodeClusterVm('vms/../web', VM)).toThrow(/\(key\)/);
     expect(() => encodeHostRecord(KEYS.host, { ...HOST, epoch: Number.NaN })).toThrow(/epoch/);
     expect(() => encodeHostRecord(KEYS.host, { ...HOST, extra: 1 } as HostRecord)).toThrow(/extra: unknown field/);
+  });
+
+  it('toRecordText makes any error message a readable reason (controls replaced, bounded)', () => {
+    const msg = `qemu: failed\r\n\u001b[31mboom\u0000 ${'x'.repeat(20_000)}`;
+    const reason = toRecordText(msg);
+    expect(reason.length).toBeLessThanOrEqual(RECORD_LIMITS.maxTextLength);
+    expect(decodeClusterVm(KEYS.vm, JSON.stringify({ ...VM, phase: 'failed', reason })).ok).toBe(true);
+    expect(toRecordText('two\nlines\tok')).toBe('two\nlines\tok');
   });
 
   it('builds keys only from valid ids', () => {

@@ -1,4 +1,5 @@
 import { Etcd3, EtcdLeaseInvalidError, type Lease } from 'etcd3';
+import { decodeHostRecord } from '../../domain/codec.js';
 import { TetherError } from '../../domain/errors.js';
 import type { HostRecord } from '../../domain/host-record.js';
 import { decideRegistration, type AliveHolder } from '../../domain/registration.js';
@@ -174,7 +175,10 @@ export class EtcdClusterStore implements ClusterStore {
     const res = await this.call(`get ${key}`, deadlineMs, () => this.client.get(key).options(deadlineOption(deadlineMs)).exec());
     const kv = res.kvs[0];
     if (!kv) return undefined;
-    return { record: JSON.parse(kv.value.toString()) as HostRecord, modRevision: kv.mod_revision };
+    // Validated (domain/codec.ts): a record that fails its schema throws INVALID_RECORD (not retryable), naming key and field.
+    const decoded = decodeHostRecord(key.slice(this.keys.prefix.length), kv.value);
+    if (!decoded.ok) throw decoded.error.at(kv.mod_revision);
+    return { record: decoded.value, modRevision: kv.mod_revision };
   }
 
   /** `hosts/<id>/alive` with its lease and mod_revision (linearizable read), or undefined. */

@@ -73,6 +73,10 @@ export async function runController(cfg: ControllerConfig): Promise<void> {
   const logger = createLogger({ level: cfg.logLevel, base: { controllerId: cfg.controllerId } });
   process.on('unhandledRejection', (err) => logger.error({ err: String(err) }, 'unhandled rejection (please report)'));
   const store = new EtcdControllerStore({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix });
+  // Records that fail the codec are skipped by the store; say so once per key and revision (invalidRecordsTotal: the metric).
+  store.invalidRecords.subscribe((r) =>
+    logger.error({ key: r.key, field: r.error.field, revision: r.revision, err: r.error.message, invalidRecordsTotal: store.invalidRecords.total }, 'record read from etcd is invalid: skipped'),
+  );
   const controller = new Controller(store, new SystemClock(), logger, {
     controllerId: cfg.controllerId,
     freezeShare: cfg.freezeShare,

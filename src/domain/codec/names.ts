@@ -8,6 +8,9 @@
  * segments always stays strictly under `<root>`.
  */
 
+/** Longest free text of a record (reasons, messages). */
+const RECORD_LIMITS_TEXT = 8192;
+
 /** Host ids: letters, digits, `.`, `_`, `-` (the owner-mark alphabet, see adapters/qemu/owner-mark.ts), 1-63 chars, not `.` or `..`. */
 export const HOST_ID_RE = /^[A-Za-z0-9._-]{1,63}$/;
 
@@ -49,6 +52,20 @@ export const CMDLINE_VALUE_RE = /^[^\s"\p{Cc}]{0,1024}$/u;
 /** Printable text: no control characters (C0, DEL, C1). Bounded separately. */
 export const PRINTABLE_RE = /^[^\p{Cc}]*$/u;
 
+/** Free text (reasons, details, error messages): printable plus tab and newline; no ESC, NUL, CR or other controls. */
+export const FREE_TEXT_RE = /^(?:[\t\n]|[^\p{Cc}])*$/u;
+
+/**
+ * `s` made acceptable as a record's free text: controls other than tab and newline replaced by `?`,
+ * cut to `max` characters. Writers use it for text they do not control (an error message), so a
+ * record never becomes unreadable because of what it quotes.
+ */
+export function toRecordText(s: string, max: number = RECORD_LIMITS_TEXT): string {
+  // eslint-disable-next-line no-control-regex
+  const clean = s.replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g, '?');
+  return clean.length > max ? `${clean.slice(0, max - 1)}…` : clean;
+}
+
 /** Bounds of records read from etcd. Invariant: each is at least what the writers of the record produce. */
 export const RECORD_LIMITS = {
   /** Largest raw value (UTF-8 bytes) decoded at all; etcd's own request limit is 1.5 MiB. */
@@ -70,7 +87,7 @@ export const RECORD_LIMITS = {
   /** Length of a map value. */
   maxMapValueLength: 65536,
   /** Length of a one-line free text (reason, version, holder, ids of controllers). */
-  maxTextLength: 8192,
+  maxTextLength: RECORD_LIMITS_TEXT,
   /** Length of an event's `detail` (it may list every lost VM of a fenced host). */
   maxDetailLength: 262144,
   /** Entries of a list inside a record (lost VMs of an event, hosts of the status document). */

@@ -24,6 +24,7 @@ import type { VmSpec } from '../vm.js';
 import {
   CMDLINE_KEY_RE,
   CMDLINE_VALUE_RE,
+  FREE_TEXT_RE,
   IPV4_CIDR_RE,
   IPV4_RE,
   MAC_RE,
@@ -47,6 +48,8 @@ export const nameOf = (kind: NameKind) =>
 
 /** One line of text: bounded, no control characters. */
 const text = (max: number) => z.string().max(max).regex(PRINTABLE_RE, 'must not contain control characters');
+/** Free text (reasons, details, messages): bounded, no control characters but tab and newline. */
+const freeText = (max: number) => z.string().max(max).regex(FREE_TEXT_RE, 'must not contain control characters other than tab and newline');
 
 const counter = z.int().min(0).max(L.maxCounter);
 const wallMs = z.number().min(0).max(L.maxWallMs);
@@ -210,13 +213,13 @@ export const clusterVmSchema = z.strictObject({
   generation: counter,
   restartPolicy: z.enum(['reschedule', 'none']).optional(),
   drain: z.boolean().optional(),
-  reason: text(L.maxTextLength).optional(),
+  reason: freeText(L.maxTextLength).optional(),
   updatedAt: wallMs.optional(),
 });
 
 // ---- events -----------------------------------------------------------------------------------
 
-const base = { at: wallMs, detail: text(L.maxDetailLength) };
+const base = { at: wallMs, detail: freeText(L.maxDetailLength) };
 const ev = <K extends string, S extends z.ZodRawShape>(kind: K, shape: S) => z.strictObject({ kind: z.literal(kind), ...base, ...shape });
 
 /** `events/<ms>-<rand>`: {@link ClusterEvent}. */
@@ -231,11 +234,11 @@ export const clusterEventSchema = z.discriminatedUnion('kind', [
   }),
   ev('host-returned', { hostId, epoch: counter }),
   ev('host-fence-blocked', { hostId, epoch: counter, blockers: z.array(z.enum(['held', 'held-at-detach', 'unsafe-timings'])).max(8) }),
-  ev('host-unsafe-timings', { hostId, epoch: counter, violations: text(L.maxTextLength) }),
+  ev('host-unsafe-timings', { hostId, epoch: counter, violations: freeText(L.maxTextLength) }),
   ev('fence-deadline-extended', { hostId, epoch: counter, from: wallMs.nullable(), to: wallMs, why: z.enum(['takeover', 'raft-term-change']).optional() }),
   ev('host-fenced', { hostId, epoch: counter, by: z.enum(['controller', 'operator']), lostVms: z.array(vmKeySchema).max(L.maxListEntries), lostVmCount: counter.optional() }),
   ev('host-vms-lost', { hostId, epoch: counter, by: z.enum(['controller', 'operator']), vms: z.array(vmKeySchema).max(L.maxListEntries) }),
-  ev('controller-error', { hostId: hostId.nullable(), action: text(L.maxTextLength), code: text(64) }),
+  ev('controller-error', { hostId: hostId.nullable(), action: text(256), code: text(64) }),
   ev('host-hold-changed', { hostId, hold: z.boolean() }),
   ev('host-retired', { hostId, epoch: counter }),
   ev('host-removed', { hostId }),
@@ -244,7 +247,7 @@ export const clusterEventSchema = z.discriminatedUnion('kind', [
   ev('freeze-resumed', {}),
   ev('vm-lost', { vm: vmKeySchema, hostId, hostEpoch: counter, hostRejoinedEpoch: counter }),
   ev('vm-rescheduled', { vm: vmKeySchema, fromHost: hostId.nullable(), toHost: hostId, uid: nameOf('uid') }),
-  ev('vm-pending', { vm: vmKeySchema, reason: text(L.maxTextLength) }),
+  ev('vm-pending', { vm: vmKeySchema, reason: freeText(L.maxTextLength) }),
   ev('vm-lost-kept', { vm: vmKeySchema, hostId: hostId.nullable() }),
 ]);
 
@@ -261,23 +264,23 @@ export const controllerStatusSchema = z.strictObject({
     total: counter,
     limit: share,
     resumeAt: wallMs.optional(),
-    reason: text(L.maxTextLength).optional(),
+    reason: freeText(L.maxTextLength).optional(),
   }),
   hosts: z
     .array(
       z.strictObject({
         hostId,
         fenceAt: wallMs.optional(),
-        blocked: text(L.maxTextLength).optional(),
-        unsafeTimings: text(L.maxTextLength).optional(),
+        blocked: freeText(L.maxTextLength).optional(),
+        unsafeTimings: freeText(L.maxTextLength).optional(),
       }),
     )
     .max(L.maxListEntries),
   failures: z
-    .array(z.strictObject({ hostId: hostId.nullable(), action: text(256), code: text(64), message: text(L.maxTextLength), at: wallMs }))
+    .array(z.strictObject({ hostId: hostId.nullable(), action: text(256), code: text(64), message: freeText(L.maxTextLength), at: wallMs }))
     .max(1000)
     .optional(),
-  store: z.strictObject({ version: text(64), assumption: text(L.maxTextLength) }).optional(),
+  store: z.strictObject({ version: text(64), assumption: freeText(L.maxTextLength) }).optional(),
 });
 
 /** `controller/leader`: who leads. */
