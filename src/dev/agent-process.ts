@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MicroVmApiClient } from '../cli/microvm-client.js';
@@ -17,6 +17,18 @@ export function repoRoot(): string {
   return dir;
 }
 
+/** Options of {@link AgentProcess}. */
+export interface AgentProcessOptions {
+  /**
+   * Run the agent in its own session and process group (`detached`), so a terminal's signal reaches
+   * only the process that started it (the dev cluster's supervisor). Default false: a test's agents
+   * share the test runner's group.
+   */
+  readonly ownProcessGroup?: boolean;
+  /** The agent's environment. Default: this process's. */
+  readonly env?: NodeJS.ProcessEnv;
+}
+
 /** A `tether agent` child process on its own state dir and ports. */
 export class AgentProcess {
   proc: ChildProcess | undefined;
@@ -28,6 +40,7 @@ export class AgentProcess {
     readonly stateDir: string,
     private readonly extraArgs: string[] = [],
     ports?: [number, number],
+    private readonly options: AgentProcessOptions = {},
   ) {
     this.ports = ports;
     this.log = join(stateDir, 'agent.log');
@@ -47,13 +60,37 @@ export class AgentProcess {
 
   /** Starts the agent and waits until its API answers. */
   async start(): Promise<void> {
+    await this.spawn();
+    await this.waitReady();
+  }
+
+  /** Launches the agent process (ports picked first when not given); {@link proc} is set on return. */
+  async spawn(): Promise<void> {
     this.ports ??= (await findFreePorts(2)) as [number, number];
     const args = [join(repoRoot(), 'bin/tether.js'), 'agent', '--host-id', this.hostId, '--state-dir', this.stateDir, '--listen', this.grpc, '--http-listen', this.http, '--log-level', 'debug', ...this.extraArgs];
     mkdirSync(this.stateDir, { recursive: true });
     const out = openSync(this.log, 'a');
-    this.proc = spawn(process.execPath, args, { stdio: ['ignore', out, out] });
+    try {
+      this.proc = spawn(process.execPath, args, {
+        stdio: ['ignore', out, out],
+        ...(this.options.ownProcessGroup ? { detached: true } : {}),
+        ...(this.options.env ? { env: this.options.env } : {}),
+      });
+    } finally {
+      closeSync(out);
+    }
+    this.proc.on('error', () => undefined);
+  }
+
+  /** True while the agent process has not exited (and not been reaped). */
+  get running(): boolean {
+    return this.proc !== undefined && this.proc.exitCode === null && this.proc.signalCode === null;
+  }
+
+  /** Waits until the spawned agent's API answers (20 s). */
+  async waitReady(): Promise<void> {
     await until(`agent ${this.hostId} API`, async () => {
-      if (this.proc?.exitCode !== null) throw new Error(`agent exited (${this.proc?.exitCode}): ${readFileSync(this.log, 'utf8').slice(-2000)}`);
+      if (!this.running) throw new Error(`agent exited (${this.proc?.signalCode ?? this.proc?.exitCode}): ${readFileSync(this.log, 'utf8').slice(-2000)}`);
       return this.api().list().then(() => true, () => false);
     }, 20_000, 100);
   }

@@ -1,9 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, openSync, rmSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { AdminHttpServer } from '../api/http/admin-server.js';
-import { InvalidArgumentError } from '../domain/errors.js';
+import { InvalidArgumentError, TetherError } from '../domain/errors.js';
 import { AgentProcess, repoRoot } from './agent-process.js';
+import { DEV_ENV_MARK, type DevScope } from './dev-scan.js';
+import { devHostDir, writeDevState, type DevState } from './dev-state.js';
 import { LocalEtcdCluster } from './etcd-cluster.js';
 import { FaultProxyGroup } from './tcp-proxy.js';
 
@@ -21,12 +23,20 @@ export interface DevHost {
 
 /** Options of {@link DevCluster}. */
 export interface DevClusterOptions {
+  /** Absolute dev state dir. */
   readonly stateDir: string;
   readonly hosts?: number;
+  /**
+   * Host ids are `<hostPrefix>-a`, `-b`, ... (a single host: `<hostPrefix>`). Default `dev-host`.
+   * Tests use `test-…` so the leak check sees what they leave.
+   */
+  readonly hostPrefix?: string;
   /** Extra `tether agent` flags for every host (timings, ...). */
   readonly agentArgs?: readonly string[];
-  /** First host's gRPC/HTTP ports (then +2 per host). Default 9090/9091. */
+  /** First host's gRPC/HTTP ports (then +2 per host). Default 9090/9091; 0 picks free ports. */
   readonly basePort?: number;
+  /** The topmost folder created to make `stateDir`, recorded for the cleanup. */
+  readonly createdRoot?: string;
   readonly log?: (line: string) => void;
 }
 
@@ -35,42 +45,135 @@ export interface DevClusterOptions {
  * each with its own state dir, host id and fault proxy in front of etcd), a controller, and a small
  * HTTP control endpoint to cut a host off (`blackhole`: connections stay open, bytes vanish — a cut
  * cable) and heal it.
+ *
+ * Invariants:
+ *  - Every child (etcd members, agents, controller) runs in its own session and process group, so a
+ *    terminal's SIGINT/SIGTERM/SIGHUP reaches only the supervisor, which cleans up in order
+ *    (dev-teardown.ts); every child's environment carries `TETHER_DEV_STATE_DIR=<stateDir>`.
+ *  - Everything it makes lies under `stateDir` (`hosts/<id>/`, `etcd/`, `controller.log`,
+ *    `dev-cluster.json`), and `dev-cluster.json` names every child before the cluster relies on it.
+ *  - After {@link abortStart}, {@link start} launches nothing more and rejects.
  */
 export class DevCluster {
   readonly etcd: LocalEtcdCluster;
+  /** Hosts whose agent was spawned (started or starting), in start order. */
   readonly hosts: DevHost[] = [];
   /** The controller replica (fence window, reschedule), when started. */
   controller: ChildProcess | undefined;
+  /** The control endpoint's address, once listening. */
+  controlAddress: string | undefined;
   private control: AdminHttpServer | undefined;
+  private aborted = false;
   private readonly log: (line: string) => void;
+  private readonly env: NodeJS.ProcessEnv;
 
   constructor(private readonly opts: DevClusterOptions) {
     this.log = opts.log ?? ((l) => console.log(l));
+    this.env = { ...process.env, [DEV_ENV_MARK]: opts.stateDir };
     mkdirSync(opts.stateDir, { recursive: true });
     rmSync(join(opts.stateDir, 'etcd'), { recursive: true, force: true });
-    this.etcd = new LocalEtcdCluster({ dataDir: join(opts.stateDir, 'etcd'), tag: 'dev' });
+    this.etcd = new LocalEtcdCluster({ dataDir: join(opts.stateDir, 'etcd'), tag: 'dev', ownProcessGroup: true });
+  }
+
+  /** The state dir this cluster owns. */
+  get stateDir(): string {
+    return this.opts.stateDir;
+  }
+
+  /** Host ids in start order (spawned hosts first, then the ones not yet started). */
+  hostIds(): string[] {
+    const n = this.opts.hosts ?? 3;
+    const prefix = this.opts.hostPrefix ?? 'dev-host';
+    return Array.from({ length: n }, (_, i) => (n === 1 ? prefix : `${prefix}-${String.fromCharCode(97 + i)}`));
+  }
+
+  /** What the cleanup looks for: this state dir, every host id, the pids of the children. */
+  scope(): DevScope {
+    return {
+      stateDir: this.opts.stateDir,
+      hostIds: this.hostIds(),
+      agentPids: new Map(this.hosts.filter((h) => h.agent.proc?.pid !== undefined).map((h) => [h.id, h.agent.proc!.pid!])),
+      ...(this.controller?.pid !== undefined ? { controllerPid: this.controller.pid } : {}),
+      etcdMark: this.etcd.mark,
+    };
+  }
+
+  /** The state file's content now. */
+  state(): DevState {
+    const etcdPids = Array.from({ length: this.etcd.size }, (_, i) => this.etcd.pid(i)).filter((p): p is number => p !== undefined);
+    let endpoints: string[] = [];
+    try {
+      endpoints = this.etcd.endpoints();
+    } catch {
+      /* ports not picked yet */
+    }
+    return {
+      version: 1,
+      supervisorPid: process.pid,
+      stateDir: this.opts.stateDir,
+      ...(this.opts.createdRoot ? { createdRoot: this.opts.createdRoot } : {}),
+      hosts: this.hosts.map((h) => ({ id: h.id, grpc: h.agent.grpc, http: h.agent.http, ...(h.agent.proc?.pid !== undefined ? { pid: h.agent.proc.pid } : {}) })),
+      ...(this.controller?.pid !== undefined ? { controllerPid: this.controller.pid } : {}),
+      etcd: { mark: this.etcd.mark, endpoints, pids: etcdPids },
+      ...(this.controlAddress ? { control: this.controlAddress } : {}),
+    };
+  }
+
+  /** Writes `dev-cluster.json` (see dev-state.ts). */
+  saveState(): void {
+    writeDevState(this.state());
+  }
+
+  /** Stops {@link start} at its next step: nothing more is launched. Idempotent. */
+  abortStart(): void {
+    this.aborted = true;
+  }
+
+  private checkAborted(): void {
+    if (this.aborted) throw new TetherError('FAILED_PRECONDITION', 'dev cluster start interrupted: cleaning up');
   }
 
   /** Starts etcd, the proxies and the agents; resolves when every agent answers. */
   async start(): Promise<void> {
+    this.saveState();
     this.log('[dev] starting a 3-member etcd cluster (Raft) on loopback');
     await this.etcd.start();
+    this.saveState();
+    this.checkAborted();
     this.log(`[dev] etcd healthy: ${this.etcd.endpoints().join(', ')}`);
-    const n = this.opts.hosts ?? 3;
     const base = this.opts.basePort ?? 9090;
-    for (let i = 0; i < n; i++) {
-      const id = n === 1 ? 'dev-host' : `dev-host-${String.fromCharCode(97 + i)}`;
+    for (const [i, id] of this.hostIds().entries()) {
       const proxies = await FaultProxyGroup.start(this.etcd.endpoints());
-      const agent = new AgentProcess(id, join(this.opts.stateDir, 'hosts', id), ['--etcd-endpoints', proxies.endpoints().join(','), '--log-level', 'info', ...(this.opts.agentArgs ?? [])], [base + 2 * i, base + 2 * i + 1]);
-      this.log(`[dev] starting agent ${id} (gRPC ${agent.grpc}, HTTP ${agent.http}), etcd via fault proxy ${proxies.endpoints().join(',')}`);
-      await agent.start();
+      const ports: [number, number] | undefined = base === 0 ? undefined : [base + 2 * i, base + 2 * i + 1];
+      const agent = new AgentProcess(
+        id,
+        devHostDir(this.opts.stateDir, id),
+        ['--etcd-endpoints', proxies.endpoints().join(','), '--log-level', 'info', ...(this.opts.agentArgs ?? [])],
+        ports,
+        { ownProcessGroup: true, env: this.env },
+      );
       this.hosts.push({ id, agent, proxies });
+      this.checkAborted();
+      await agent.spawn();
+      this.saveState();
+      this.log(`[dev] starting agent ${id} (gRPC ${agent.grpc}, HTTP ${agent.http}), etcd via fault proxy ${proxies.endpoints().join(',')}`);
+      await agent.waitReady();
+      this.checkAborted();
     }
     const log = join(this.opts.stateDir, 'controller.log');
     this.log(`[dev] starting the controller (log: ${log})`);
-    this.controller = spawn(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'controller', '--etcd-endpoints', this.etcd.endpoints().join(','), '--controller-id', 'dev-controller'], {
-      stdio: ['ignore', openSync(log, 'a'), openSync(log, 'a')],
-    });
+    const fd = openSync(log, 'a');
+    try {
+      this.controller = spawn(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'controller', '--etcd-endpoints', this.etcd.endpoints().join(','), '--controller-id', 'dev-controller'], {
+        stdio: ['ignore', fd, fd],
+        detached: true,
+        env: this.env,
+      });
+    } finally {
+      closeSync(fd);
+    }
+    this.controller.on('error', () => undefined);
+    this.saveState();
   }
 
   /** Cuts `hostId` off from etcd (blackhole) for `forMs` (then heals), or until {@link heal}. */
@@ -92,8 +195,20 @@ export class DevCluster {
     this.log(`[dev] ${hostId} reconnected to etcd`);
   }
 
-  /** Serves `POST /v1/partition {host, forMs}`, `POST /v1/heal {host}`, `GET /v1/status` (client: `adminCall`). */
-  async listenControl(address = DEV_CONTROL_ADDR): Promise<void> {
+  /** Heals every host quietly (the cleanup needs the agents to reach etcd). */
+  async healAll(): Promise<void> {
+    for (const h of this.hosts) {
+      if (h.healTimer) clearTimeout(h.healTimer);
+      delete h.partitionedUntil;
+      await h.proxies.heal().catch(() => undefined);
+    }
+  }
+
+  /**
+   * Serves `POST /v1/partition {host, forMs}`, `POST /v1/heal {host}`, `GET /v1/status` (client:
+   * `adminCall`) on `address` (port 0 picks one); resolves with the address it listens on.
+   */
+  async listenControl(address = DEV_CONTROL_ADDR): Promise<string> {
     const target = (b: Record<string, unknown>) => (typeof b.host === 'string' && b.host) || this.hosts[0]?.id || '';
     this.control = new AdminHttpServer({
       handlers: {
@@ -108,7 +223,16 @@ export class DevCluster {
         'GET status': async () => this.status(),
       },
     });
-    await this.control.listen(address);
+    this.controlAddress = await this.control.listen(address);
+    this.saveState();
+    return this.controlAddress;
+  }
+
+  /** Closes the control endpoint (idempotent). */
+  async closeControl(): Promise<void> {
+    const c = this.control;
+    this.control = undefined;
+    await c?.close();
   }
 
   /** Hosts with their addresses and partition state. */
@@ -117,32 +241,6 @@ export class DevCluster {
       etcd: this.etcd.endpoints(),
       hosts: this.hosts.map((h) => ({ id: h.id, grpc: h.agent.grpc, http: h.agent.http, partitioned: h.partitionedUntil !== undefined })),
     };
-  }
-
-  /** Deletes every VM, stops the agents, the controller, the proxies and etcd. */
-  async stop(): Promise<void> {
-    await this.control?.close();
-    this.controller?.kill('SIGTERM');
-    for (const h of this.hosts) {
-      if (h.healTimer) clearTimeout(h.healTimer);
-      await h.proxies.heal().catch(() => undefined);
-    }
-    for (const h of this.hosts) {
-      try {
-        const api = h.agent.api();
-        const vms = await api.list();
-        for (const vm of vms) await api.delete(vm.spec.uid).catch(() => undefined);
-        const t0 = Date.now();
-        while ((await api.list()).length > 0 && Date.now() - t0 < 30_000) await new Promise((r) => setTimeout(r, 250));
-        if (vms.length) this.log(`[dev] ${h.id}: deleted ${vms.length} VM(s)`);
-      } catch (err) {
-        this.log(`[dev] ${h.id}: could not delete VMs: ${(err as Error).message}`);
-      }
-      await h.agent.kill('SIGTERM');
-      await h.proxies.close();
-    }
-    await this.etcd.stop();
-    this.log('[dev] stopped');
   }
 
   private host(id: string): DevHost {

@@ -57,6 +57,12 @@ export interface LocalEtcdClusterOptions {
   readonly startTimeoutMs?: number;
   /** How long a SIGTERMed member may take to exit before it is SIGKILLed. Default 3 000 ms. */
   readonly stopGraceMs?: number;
+  /**
+   * Run each member in its own session and process group (`detached`), so a terminal's signal
+   * reaches only the process that started the cluster (the dev cluster's supervisor), which stops
+   * the members in order. The exit hook and the orphan reaper still apply. Default false.
+   */
+  readonly ownProcessGroup?: boolean;
 }
 
 /** Options of {@link LocalEtcdCluster.restart}. */
@@ -166,6 +172,7 @@ export class LocalEtcdCluster {
 
   private readonly opts: Required<Pick<LocalEtcdClusterOptions, 'heartbeatMs' | 'electionMs' | 'logLevel' | 'keepData' | 'startTimeoutMs' | 'stopGraceMs'>>;
   private readonly etcdBinaryName: string;
+  private readonly ownProcessGroup: boolean;
   private readonly members: Member[];
   private clientPorts: number[] | undefined;
   private peerPorts: number[] | undefined;
@@ -197,6 +204,7 @@ export class LocalEtcdCluster {
     if (options.dataDir === undefined && options.keepData !== true) removeOnExit(this.dataDir);
     this.logDir = options.logDir ?? join(this.dataDir, 'logs');
     this.etcdBinaryName = options.etcdBinary ?? 'etcd';
+    this.ownProcessGroup = options.ownProcessGroup ?? false;
     this.opts = {
       heartbeatMs,
       electionMs,
@@ -517,7 +525,7 @@ export class LocalEtcdCluster {
     const fd = openSync(m.logFile, 'a');
     let proc: ChildProcess;
     try {
-      proc = spawn(binary, args, { stdio: ['ignore', fd, fd], env: etcdEnv() });
+      proc = spawn(binary, args, { stdio: ['ignore', fd, fd], env: etcdEnv(), ...(this.ownProcessGroup ? { detached: true } : {}) });
     } finally {
       closeSync(fd);
     }
