@@ -42,7 +42,16 @@ export class Reconciler {
     const { inventory, vmm, files } = this.ctx;
     for (const vm of inventory.listVms()) {
       if (vm.desired === 'present' && vm.phase === 'running') {
-        const st = await vmm.status(vm.uid, vmDir(files, vm.spec.id.namespace, vm.spec.id.name, vm.uid));
+        let dir: string;
+        try {
+          dir = vmDir(files, vm.spec.id.namespace, vm.spec.id.name, vm.uid);
+        } catch (err) {
+          // A row whose names fail validation (written before records were validated): reported, never a crash at start.
+          this.ctx.logger.error({ vmUid: vm.uid, err: messageOf(err) }, 'vm row has invalid names: left as it is');
+          inventory.setPhase(vm.uid, 'failed', this.ctx.clock.now(), messageOf(err));
+          continue;
+        }
+        const st = await vmm.status(vm.uid, dir);
         if (st.running) {
           inventory.addEvent('vm-adopted', this.ctx.clock.now(), { pid: st.pid }, vm.uid);
           this.ctx.logger.info({ vmUid: vm.uid, pid: st.pid }, 'vm adopted');

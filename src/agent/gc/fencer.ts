@@ -26,10 +26,10 @@ export async function fenceVms(ctx: HostContext, opts: FenceOptions, onStop?: (r
     reports.push(r);
     onStop?.(r);
   };
-  const stopOne = async (t: { uid: string; vm: string; dir: string }) => {
+  const stopOne = async (t: { uid: string; vm: string; dir: () => string }) => {
     const started = ctx.clock.nowMono();
     try {
-      const r = await ctx.vmm.stop(t.uid, t.dir, { graceMs: opts.stopGraceMs, killTimeoutMs: opts.killTimeoutMs });
+      const r = await ctx.vmm.stop(t.uid, t.dir(), { graceMs: opts.stopGraceMs, killTimeoutMs: opts.killTimeoutMs });
       record({ uid: t.uid, vm: t.vm, method: r.method, tookMs: Math.round(r.tookMs), stoppedAfterMs: Math.round(ctx.clock.nowMono() - t0) });
       if (known.has(t.uid)) ctx.inventory.setPhase(t.uid, 'stopped', ctx.clock.now());
       ctx.inventory.addEvent('vm-fenced', ctx.clock.now(), { method: r.method, tookMs: Math.round(r.tookMs) }, t.uid);
@@ -42,13 +42,14 @@ export async function fenceVms(ctx: HostContext, opts: FenceOptions, onStop?: (r
   // Known VMs are stopped at once; the /proc scan for marked QEMUs the inventory lacks runs alongside.
   await Promise.all([
     forEachLimited(
-      vms.map((vm) => ({ uid: vm.uid, vm: `${vm.spec.id.namespace}/${vm.spec.id.name}`, dir: vmDir(ctx.files, vm.spec.id.namespace, vm.spec.id.name, vm.uid) })),
+      // The folder is built inside stopOne's try: a row vmDir refuses (INVALID_ARGUMENT) is reported failed, never aborts the fence.
+      vms.map((vm) => ({ uid: vm.uid, vm: `${vm.spec.id.namespace}/${vm.spec.id.name}`, dir: () => vmDir(ctx.files, vm.spec.id.namespace, vm.spec.id.name, vm.uid) })),
       limit,
       stopOne,
     ),
     (async () => {
       const leaked = (await ctx.vmm.listOwned(ctx.hostId)).filter((p) => !known.has(p.uid));
-      await forEachLimited(leaked.map((p) => ({ uid: p.uid, vm: '(not in inventory)', dir: p.stateDir ?? '' })), limit, stopOne);
+      await forEachLimited(leaked.map((p) => ({ uid: p.uid, vm: '(not in inventory)', dir: () => p.stateDir ?? '' })), limit, stopOne);
     })(),
   ]);
   return reports;

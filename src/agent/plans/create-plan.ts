@@ -3,7 +3,9 @@ import { guestMac } from '../../domain/naming.js';
 import { tapName } from '../../domain/tap-name.js';
 import type { VmRow } from '../../ports/inventory.js';
 import type { VmLaunchSpec } from '../../ports/vmm.js';
-import { vmDir, type HostContext } from '../host-context.js';
+import { isName, nameRule, quoteForLog } from '../../domain/codec/names.js';
+import { InvalidArgumentError } from '../../domain/errors.js';
+import { pathUnder, vmDir, type HostContext } from '../host-context.js';
 import { createResourceStep } from '../steps/resource-steps.js';
 
 /** Kernel command line for a VM: Tether's own settings, the guest's network, then the user's. */
@@ -16,9 +18,10 @@ export function kernelCmdline(vm: VmRow): string {
   return parts.join(' ');
 }
 
-/** Path of the qcow2 overlay of a volume. */
+/** Path of the qcow2 overlay of a volume: `<dir>/vol-<id>.qcow2`; INVALID_ARGUMENT (`spec.volumes.id`) unless `volumeId` is a volume id and the path stays in `dir`. */
 export function overlayPath(dir: string, volumeId: string): string {
-  return `${dir}/vol-${volumeId}.qcow2`;
+  if (!isName('volume-id', volumeId)) throw new InvalidArgumentError('spec.volumes.id', `${JSON.stringify(quoteForLog(String(volumeId), 80))} ${nameRule('volume-id')}`);
+  return pathUnder(dir, [`vol-${volumeId}.qcow2`], 'spec.volumes.id');
 }
 
 /**

@@ -1,6 +1,6 @@
 import type { Planner, Step } from '../../domain/plan.js';
 import type { ResourceKind, ResourceRow } from '../../ports/inventory.js';
-import type { HostContext } from '../host-context.js';
+import { vmDirOfResource, type HostContext } from '../host-context.js';
 import { removeResourceStep } from '../steps/resource-steps.js';
 
 /** Removal order: the process first (it holds the taps and disks), the state folder last. */
@@ -80,7 +80,10 @@ function removeStep(ctx: HostContext, row: ResourceRow, opts: DeletePlanOptions)
         vmUid,
         kind,
         key,
-        remove: () => ctx.volumes.deleteOverlay(key),
+        remove: async () => {
+          vmDirOfResource(ctx.files, { vmUid, kind, key }); // only a file in this VM's own folder
+          await ctx.volumes.deleteOverlay(key);
+        },
         gone: async () => !(await ctx.files.exists(key)),
       });
     case 'state-dir':
@@ -89,6 +92,7 @@ function removeStep(ctx: HostContext, row: ResourceRow, opts: DeletePlanOptions)
         kind,
         key,
         remove: async () => {
+          vmDirOfResource(ctx.files, { vmUid, kind, key }); // only this VM's own folder, whatever the row says
           await ctx.files.removeTree(key);
           // Empty <name> and <namespace> folders go too (rmdir: never removes a sibling VM's folder).
           const name = key.slice(0, key.lastIndexOf('/'));
