@@ -249,7 +249,7 @@ export async function scanDev(scope: DevScope, pathExists: (p: string) => boolea
     if (!argv) continue;
     const p = classifyDevProcess(pid, argv, tetherSubcommand(argv) === 'controller' ? environOf(pid) : undefined, scope, readPidSync);
     if (p) processes.push(p);
-    else if (argv.some((a) => a.includes(scope.stateDir))) foreign.push({ pid, argv });
+    else if (tetherSubcommand(argv) !== 'dev' && argv.some((a) => a.includes(scope.stateDir))) foreign.push({ pid, argv }); // `tether dev down` is not a leftover
   }
   const links: DevLink[] = [];
   if (scope.hostIds.length > 0) {

@@ -111,6 +111,7 @@ export class DevTeardown {
   private readonly seenTaps = new Set<string>();
   private readonly seenProcs = new Map<number, DevProcessKind>();
   private deletedThroughAgents = 0;
+  private removedPaths = 0;
   private readonly notes: string[] = [];
   private readonly net = new Iproute2Network();
 
@@ -409,6 +410,7 @@ export class DevTeardown {
     const scope = this.opts.scope();
     for (const p of devPaths(scope)) {
       try {
+        if (existsSync(p)) this.removedPaths++;
         rmSync(p, { recursive: true, force: true });
       } catch (err) {
         this.out(`[dev] could not remove ${p}: ${messageOf(err)}`);
@@ -472,7 +474,10 @@ export class DevTeardown {
     const scope = this.opts.scope();
     const extra = [...this.notes, ...(s.foreign.length > 0 ? [`not Tether's, left alone: ${s.foreign.map((f) => `pid ${f.pid} (${f.argv.join(' ').slice(0, 80)})`).join(', ')}`] : [])];
     let summary: string;
-    if (clean) {
+    const removedAny = Object.values(removed).some((n) => n > 0) || this.removedPaths > 0;
+    if (clean && !removedAny) {
+      summary = `[dev] nothing left: a scan of the host finds no process, tap or folder of this dev cluster (hosts ${scope.hostIds.join(', ') || 'none'}, state dir ${scope.stateDir})${extra.length ? `. Note: ${extra.join('; ')}` : ''}`;
+    } else if (clean) {
       summary = `[dev] clean after ${this.elapsed()}: removed ${parts.join(', ')}; a scan of the host finds no process, tap or folder of this dev cluster left (hosts ${scope.hostIds.join(', ')})${extra.length ? `. Note: ${extra.join('; ')}` : ''}`;
     } else {
       const left = [
