@@ -54,7 +54,10 @@ class SimHost {
   epoch = 0;
   /** Wall-clock send time of the last acknowledged keepalive (or of the grant). */
   lastAckSent = 0;
+  /** Acknowledge hold changes as the agent's hold protocol does (write `holdSeen`). */
+  ackHolds = true;
   private timer: NodeJS.Timeout | undefined;
+  private syncing = false;
 
   constructor(
     readonly hostId: string,
@@ -74,6 +77,9 @@ class SimHost {
         hostId: this.hostId,
         mode,
         epoch: this.epoch,
+        agentId: `sim-${this.hostId}`,
+        holder: `simulated host ${this.hostId} (test)`,
+        holdApplied: false,
         record: { hostId: this.hostId, timings: this.timings, capacity: { vcpu: 4, memoryMb: 2048 }, labels: {}, agentVersion: 'test' },
         lease: this.lease,
       },
@@ -85,13 +91,28 @@ class SimHost {
     const lease = this.lease;
     this.timer = setInterval(() => {
       const s = Date.now();
-      this.store.keepalive(lease, this.timings.heartbeatInterval).then(
+      this.store.keepalive(this.hostId, lease, this.timings.heartbeatInterval).then(
         (a) => {
-          if (a === 'alive') this.lastAckSent = Math.max(this.lastAckSent, s);
+          if (a.kind === 'alive') this.lastAckSent = Math.max(this.lastAckSent, s);
         },
         () => undefined,
       );
+      void this.syncHold(lease);
     }, this.timings.heartbeatInterval);
+  }
+
+  /** The agent's hold protocol, reduced: `holdSeen` follows `hold` while the host is attached. */
+  private async syncHold(lease: string): Promise<void> {
+    if (!this.ackHolds || this.syncing) return;
+    this.syncing = true;
+    try {
+      const rec = await this.store.getHost(this.hostId, this.timings.heartbeatInterval);
+      if (rec && rec.hold !== (rec.holdSeen ?? false)) await this.store.ackHold(this.hostId, this.epoch, lease, rec.hold, this.timings.heartbeatInterval);
+    } catch {
+      // the next heartbeat retries
+    } finally {
+      this.syncing = false;
+    }
   }
 
   /** Cut: no more keepalives; the lease expires a TTL after the last acknowledged one. */
@@ -117,9 +138,9 @@ function observer(prefix: string): EtcdControllerStore {
   return s;
 }
 
-function controller(prefix: string, id: string, opts: Partial<ControllerOptions> = {}): { c: Controller; store: EtcdControllerStore } {
+function controller(prefix: string, id: string, opts: Partial<ControllerOptions> = {}, logs?: string[]): { c: Controller; store: EtcdControllerStore } {
   const store = new EtcdControllerStore({ endpoints: cluster!.endpoints(), prefix });
-  const c = new Controller(store, new SystemClock(), silentLogger(), { controllerId: id, leaderTtl: 3000, callDeadline: 1000, ...opts });
+  const c = new Controller(store, new SystemClock(), silentLogger(logs), { controllerId: id, leaderTtl: 3000, callDeadline: 1000, ...opts });
   closers.push(async () => {
     await c.stop();
     await store.close();
@@ -169,16 +190,20 @@ async function healthyHosts(prefix: string, ids: string[]): Promise<SimHost[]> {
   return hosts;
 }
 
-/** Three healthy hosts and one leading controller under `prefix`; host `a`'s lease is revoked and its record seen `detached`. */
+/**
+ * Three healthy hosts and one leading controller under `prefix`; host `a`'s lease is revoked and its
+ * record seen `detached`. The revoke comes more than one TTL after the controller's first raft-term
+ * observation (which counts as a term change: see `earlyRevokeSuspected`), so the window is the plain one.
+ */
 async function detachedHostA(prefix: string) {
   const obs = observer(prefix);
-  const [a] = await healthyHosts(prefix, ['a', 'b', 'c']);
+  const hosts = await healthyHosts(prefix, ['a', 'b', 'c']);
   const { c } = controller(prefix, 'c1');
   await waitFor(() => c.isLeader, 5000 + SLACK, 'leadership');
-  await sleep(300);
-  await a!.revoke();
+  await sleep(T.ttl + 300);
+  await hosts[0]!.revoke();
   await waitFor(async () => (await obs.getHost('a', OBS_DL)).record?.state === 'detached', SLACK, 'detached');
-  return { obs, a: a!, c };
+  return { obs, a: hosts[0]!, hosts, c };
 }
 
 describe('controller against real etcd (3 members)', () => {
@@ -216,7 +241,7 @@ describe('controller against real etcd (3 members)', () => {
     expect((await obs.commit({ vms: [{ key: 'ns/v1', expectRevision: null, next: vm }] }, OBS_DL)).ok).toBe(true);
     const { c } = controller(prefix, 'c1');
     await waitFor(() => c.isLeader, 5000 + SLACK, 'leadership');
-    await sleep(300);
+    await sleep(T.ttl + 300); // past one TTL from the controller's first raft-term observation
 
     const s = sampleStates(obs, 'a');
     a!.stopKeepalives();
@@ -271,8 +296,9 @@ describe('controller against real etcd (3 members)', () => {
     await bad.register();
     const { c } = controller(prefix, 'c1');
     await waitFor(() => c.isLeader, 5000 + SLACK, 'leadership');
-    await setHostHold(obs, new SystemClock(), 'held', true, OBS_DL);
-    await sleep(300);
+    const hold = await setHostHold(obs, new SystemClock(), 'held', true, OBS_DL, { wait: true, timeoutMs: 5000 + SLACK });
+    expect(hold).toMatchObject({ acknowledged: true, shown: 'held' });
+    expect((await obs.getHost('held', OBS_DL)).record).toMatchObject({ hold: true, holdSeen: true });
     await Promise.all([held.revoke(), bad.revoke()]);
     await waitFor(
       async () => (await obs.getHost('held', OBS_DL)).record?.state === 'detached' && (await obs.getHost('bad', OBS_DL)).record?.state === 'detached',
@@ -304,7 +330,7 @@ describe('controller against real etcd (3 members)', () => {
     const r1 = controller(prefix, 'c1');
     await waitFor(() => r1.c.isLeader, 5000 + SLACK, 'c1 leadership');
     const r2 = controller(prefix, 'c2');
-    await sleep(1500);
+    await sleep(T.ttl + 500); // past one TTL from both replicas' first raft-term observation
     expect([r1.c.isLeader, r2.c.isLeader]).toEqual([true, false]);
     expect((await obs.getLeader(OBS_DL))?.candidateId).toBe('c1');
 
@@ -338,7 +364,13 @@ describe('controller against real etcd (3 members)', () => {
 
   it('CLI: host list shows state, epoch, lease age and fence countdown; fence needs --confirm; hold and events work', async () => {
     const prefix = '/t5/';
-    const { obs } = await detachedHostA(prefix);
+    const { obs, hosts } = await detachedHostA(prefix);
+    hosts[2]!.ackHolds = false; // c's agent does not acknowledge
+    // follow from now: the hold commands below wait for acknowledgements, longer than a's window
+    const followed: string[] = [];
+    const stopFollow = new AbortController();
+    const following = showEvents(obs, { follow: true, json: true, limit: 1 }, (l) => followed.push(l), stopFollow.signal);
+    closers.push(async () => stopFollow.abort());
     await sleep(200);
     const cli = async (...args: string[]): Promise<string> => {
       const program = new Command('tether').exitOverride();
@@ -364,13 +396,20 @@ describe('controller against real etcd (3 members)', () => {
 
     await expect(cli('host', 'fence', 'b')).rejects.toThrow(/without --confirm.*powered off/);
     expect((await obs.getHost('b', OBS_DL)).record!.state).toBe('attached');
-    expect(await cli('host', 'hold', 'b')).toMatch(/hold set/);
-    expect((await obs.getHost('b', OBS_DL)).record!.hold).toBe(true);
-    expect(await cli('host', 'release', 'b')).toMatch(/hold released/);
+    expect(await cli('host', 'hold', 'b')).toMatch(/hold requested, acknowledged by the host \(hold: held;/);
+    expect((await obs.getHost('b', OBS_DL)).record).toMatchObject({ hold: true, holdSeen: true });
+    const held = JSON.parse(await cli('host', 'list', '--json')) as { hosts: HostListRow[] };
+    expect(held.hosts.find((h) => h.hostId === 'b')).toMatchObject({ hold: true, holdSeen: true, holdShown: 'held (ack)' });
+    expect(await cli('host', 'list')).toMatch(/\bb +attached +1 +held \(ack\)/);
+    expect(await cli('host', 'release', 'b')).toMatch(/hold released, acknowledged by the host/);
+    expect((await obs.getHost('b', OBS_DL)).record).toMatchObject({ hold: false, holdSeen: false });
+    // a host that does not acknowledge: said clearly, and what it means
+    const notAcked = await cli('host', 'hold', 'c', '--timeout', '2s');
+    expect(notAcked).toMatch(/NOT acknowledged by the host/);
+    expect(notAcked).toMatch(/NOT honoured yet.*still self-fences/);
+    expect(await cli('host', 'list')).toMatch(/\bc +attached +1 +held \(not acked\)/);
+    expect(await cli('host', 'release', 'c', '--no-wait')).toMatch(/host c: hold released/);
 
-    const followed: string[] = [];
-    const stopFollow = new AbortController();
-    const following = showEvents(obs, { follow: true, json: true, limit: 1 }, (l) => followed.push(l), stopFollow.signal);
     await waitFor(async () => (await obs.getHost('a', OBS_DL)).record?.state === 'fenced', T.fenceWindow + SLACK, 'fenced');
     await waitFor(() => followed.some((l) => (JSON.parse(l) as ClusterEvent).kind === 'host-fenced'), SLACK, 'followed host-fenced');
     stopFollow.abort();
@@ -381,5 +420,112 @@ describe('controller against real etcd (3 members)', () => {
     const evs = JSON.parse(await cli('events', '--json')) as ClusterEvent[];
     expect(evs.map((e) => e.kind)).toEqual(expect.arrayContaining(['controller-elected', 'host-detached', 'host-hold-changed', 'host-fenced']));
     expect(await cli('events', '--limit', '2')).toMatch(/host-fenced +a /);
+  });
+  it('a host with 500 VM records is fenced on time and every record is marked lost, each txn within etcd limits', async () => {
+    const prefix = '/t6/';
+    const obs = observer(prefix);
+    const [a] = await healthyHosts(prefix, ['a', 'b', 'c']);
+    const N = 500;
+    const names = Array.from({ length: N }, (_, i) => `vm${String(i).padStart(4, '0')}`);
+    const vm = (name: string): ClusterVmRecord => ({
+      uid: `u-${name}`,
+      spec: { id: { namespace: 'big', name }, vcpu: 1, memoryMb: 96, kernelImage: '', kernelCmdline: {}, initrdImage: '', volumes: [], interfaces: [], labels: {}, metadata: {} },
+      hostId: 'a',
+      hostEpoch: 1,
+      phase: 'running',
+      generation: 1,
+      restartPolicy: 'none', // the test is about the fence: no 500-VM reschedule storm afterwards
+    });
+    for (let i = 0; i < N; i += 120) {
+      const res = await obs.commit({ vms: names.slice(i, i + 120).map((n) => ({ key: `big/${n}`, expectRevision: null, next: vm(n) })) }, OBS_DL);
+      expect(res.ok).toBe(true);
+    }
+    // one txn for all of them is refused before it reaches etcd, as non-retryable
+    const tooBig = obs.commit({ vms: names.map((n) => ({ key: `big/${n}`, expectRevision: null, next: vm(n) })) }, OBS_DL);
+    await expect(tooBig).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', retryable: false });
+
+    const logs: string[] = [];
+    const { c } = controller(prefix, 'c1', {}, logs);
+    await waitFor(() => c.isLeader, 5000 + SLACK, 'leadership');
+    await sleep(T.ttl + 300);
+    const s = sampleStates(obs, 'a');
+    let allLostSeen: number | undefined;
+    const lostTimer = setInterval(() => {
+      if (allLostSeen !== undefined) return;
+      obs.listVms(OBS_DL).then(
+        (vms) => {
+          if (allLostSeen === undefined && vms.filter((v) => v.key.startsWith('big/') && v.record.phase === 'lost').length === N) allLostSeen = Date.now();
+        },
+        () => undefined,
+      );
+    }, 100);
+    closers.push(async () => clearInterval(lostTimer));
+    await a!.revoke();
+    await waitFor(() => s.first.has('fenced'), T.fenceWindow + SLACK, 'fenced');
+    await waitFor(() => allLostSeen !== undefined, SLACK, 'every VM lost');
+    clearInterval(lostTimer);
+    s.stop();
+    const rec = (await obs.getHost('a', OBS_DL)).record!;
+    const fenced = (await events(obs, 'host-fenced', 'a')) as Extract<ClusterEvent, { kind: 'host-fenced' }>[];
+    const batches = (await events(obs, 'host-vms-lost', 'a')) as Extract<ClusterEvent, { kind: 'host-vms-lost' }>[];
+    const fencedAt = s.first.get('fenced')!;
+    const markLine = logs.find((l) => l.includes('VMs of the fenced host marked lost'));
+    const markMs = markLine ? (JSON.parse(markLine.slice(markLine.indexOf('{'))) as { ms: number }).ms : undefined;
+    console.log(
+      `[controller] 500-VM host: fenced ${fencedAt - rec.fenceDeadline!} ms after its deadline (observer, 50 ms sampling; fence txn prepared +${fenced[0]!.at - rec.fenceDeadline!} ms), ` +
+        `all ${N} VM records seen lost ${allLostSeen! - fencedAt} ms after the fence was seen (100 ms sampling); the controller's ${batches.length} lost-marking txns took ${markMs} ms`,
+    );
+    expect(fencedAt).toBeGreaterThanOrEqual(rec.fenceDeadline!);
+    expect(fencedAt - rec.fenceDeadline!).toBeLessThan(2000);
+    expect(fenced).toHaveLength(1);
+    expect(fenced[0]).toMatchObject({ by: 'controller', lostVmCount: N });
+    expect(batches).toHaveLength(Math.ceil(N / 126));
+    const marked = batches.flatMap((b) => b.vms);
+    expect(new Set(marked).size).toBe(N);
+    expect(marked).toHaveLength(N);
+    expect(await events(obs, 'controller-error')).toEqual([]);
+  });
+
+  it('a lease lost within one TTL of a raft leader change (etcd 3.4 early revoke) gets ttl + window; the term comes from real response headers', async () => {
+    const prefix = '/t7/';
+    const obs = observer(prefix);
+    const [a] = await healthyHosts(prefix, ['a', 'b', 'c']);
+    const { c } = controller(prefix, 'c1');
+    await waitFor(() => c.isLeader, 5000 + SLACK, 'leadership');
+    await sleep(T.ttl + 300);
+    expect(c.view().status?.store?.version).toMatch(/^3\.4\./);
+    // The clients spread calls over the three members and do not fail over within a call: while a
+    // member is down, the test's own calls are retried.
+    const retrying = async <R>(fn: () => Promise<R>): Promise<R> => {
+      for (let i = 0; ; i++) {
+        try {
+          return await fn();
+        } catch (err) {
+          if (i >= 30) throw err;
+          await sleep(100);
+        }
+      }
+    };
+    const before = (await obs.serverStatus(OBS_DL)).raftTerm;
+    const leader = await cluster!.waitForLeader(5000);
+    await cluster!.kill(leader);
+    closers.push(async () => {
+      if (!cluster!.isRunning(leader)) await cluster!.restart(leader);
+    });
+    await cluster!.waitForLeader(10_000);
+    await waitFor(async () => (await obs.serverStatus(OBS_DL).catch(() => ({ raftTerm: before }))).raftTerm > before, SLACK, 'a new raft term');
+    // what a deposed leader's lessor does to a live host (etcd #15247): its lease goes now
+    await retrying(() => a!.revoke());
+    await waitFor(async () => (await obs.getHost('a', OBS_DL).catch(() => ({ record: undefined }))).record?.state === 'detached', SLACK, 'detached');
+    const rec = (await retrying(() => obs.getHost('a', OBS_DL))).record!;
+    const det = (await retrying(() => events(obs, 'host-detached', 'a'))) as Extract<ClusterEvent, { kind: 'host-detached' }>[];
+    console.log(`[controller] leader ${leader} killed; lease revoked after the new term; window ${rec.fenceDeadline! - rec.detachedAt!} ms (ttl ${T.ttl} + window ${T.fenceWindow})`);
+    expect(rec.fenceDeadline! - rec.detachedAt!).toBe(T.ttl + T.fenceWindow);
+    expect(det).toHaveLength(1);
+    expect(det[0]!.termChange).toMatchObject({ extendedByMs: T.ttl });
+    expect(det[0]!.termChange!.term).toBeGreaterThan(before);
+    expect(det[0]!.detail).toMatch(/raft term change/);
+    await cluster!.restart(leader);
+    await cluster!.waitForHealthy(10_000 + SLACK);
   });
 });
