@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { AdminHttpServer } from '../api/http/admin-server.js';
 import { InvalidArgumentError, TetherError } from '../domain/errors.js';
 import { AgentProcess, repoRoot } from './agent-process.js';
-import { DEV_ENV_MARK, type DevScope } from './dev-scan.js';
+import { DEV_ENV_MARK, defaultLockDir, type DevScope } from './dev-scan.js';
 import { devHostDir, writeDevState, type DevState } from './dev-state.js';
 import { LocalEtcdCluster } from './etcd-cluster.js';
 import { FaultProxyGroup } from './tcp-proxy.js';
@@ -95,6 +95,7 @@ export class DevCluster {
       agentPids: new Map(this.hosts.filter((h) => h.agent.proc?.pid !== undefined).map((h) => [h.id, h.agent.proc!.pid!])),
       ...(this.controller?.pid !== undefined ? { controllerPid: this.controller.pid } : {}),
       etcdMark: this.etcd.mark,
+      lockDir: defaultLockDir(),
     };
   }
 
@@ -116,6 +117,7 @@ export class DevCluster {
       ...(this.controller?.pid !== undefined ? { controllerPid: this.controller.pid } : {}),
       etcd: { mark: this.etcd.mark, endpoints, pids: etcdPids },
       ...(this.controlAddress ? { control: this.controlAddress } : {}),
+      lockDir: defaultLockDir(),
     };
   }
 

@@ -41,6 +41,36 @@ export interface DevScope {
   readonly controllerPid?: number;
   /** The etcd cluster mark (`tether:<clusterId>`) from the state file. */
   readonly etcdMark?: string;
+  /** Folder of the agents' host-id locks (`host-<id>.lock`). Default {@link defaultLockDir}. */
+  readonly lockDir?: string;
+}
+
+/** Where the dev agents keep their host-id locks: the agent's default, or `TETHER_LOCK_DIR`. */
+export function defaultLockDir(): string {
+  return resolve(process.env.TETHER_LOCK_DIR ?? '/run/tether');
+}
+
+/**
+ * The host-id lock files of the dev hosts that are this dev cluster's: `<lockDir>/host-<id>.lock`
+ * whose second line is `state dir <that host's dir>` (what the agent writes). A lock of the same
+ * host id held for another state dir is someone else's and never listed.
+ */
+export function devHostLocks(scope: DevScope): { path: string; hostId: string; pid: number | undefined }[] {
+  const out: { path: string; hostId: string; pid: number | undefined }[] = [];
+  for (const id of scope.hostIds) {
+    const path = join(scope.lockDir ?? defaultLockDir(), `host-${id}.lock`);
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch {
+      continue;
+    }
+    const [first, info] = text.split('\n');
+    if (info !== `state dir ${devHostDir(scope.stateDir, id)}`) continue;
+    const pid = Number(first);
+    out.push({ path, hostId: id, pid: Number.isSafeInteger(pid) && pid > 0 ? pid : undefined });
+  }
+  return out;
 }
 
 /** Kinds of dev processes. */
@@ -222,13 +252,17 @@ export function reclassify(pid: number, scope: DevScope): DevProcess | undefined
   return classifyDevProcess(pid, argv, tetherSubcommand(argv) === 'controller' ? environOf(pid) : undefined, scope, readPidSync);
 }
 
-/** The paths a dev cluster makes under `stateDir` (host dirs, etcd, controller log, state file). */
+/**
+ * The paths a dev cluster makes: under `stateDir` (host dirs, etcd, controller log, state file),
+ * and its agents' host-id locks (left behind when an agent is SIGKILLed).
+ */
 export function devPaths(scope: DevScope): string[] {
   return [
     ...scope.hostIds.map((id) => devHostDir(scope.stateDir, id)),
     join(scope.stateDir, 'etcd'),
     join(scope.stateDir, 'controller.log'),
     join(scope.stateDir, 'dev-cluster.json'),
+    ...devHostLocks(scope).map((l) => l.path),
   ];
 }
 

@@ -32,6 +32,8 @@ export interface DevState {
   readonly etcd?: { readonly mark: string; readonly endpoints: readonly string[]; readonly pids: readonly number[] };
   /** The dev control endpoint (`tether dev partition|heal|status`). */
   readonly control?: string;
+  /** Folder of the agents' host-id locks, as the agents saw it. */
+  readonly lockDir?: string;
 }
 
 /** One host of {@link DevState}. */
@@ -109,6 +111,7 @@ export function readDevState(stateDir: string): DevState | undefined {
     etcd = { mark: e.mark as string, endpoints: e.endpoints as string[], pids: e.pids as number[] };
   }
   if (o.control !== undefined && typeof o.control !== 'string') bad('control', 'is not an address');
+  if (o.lockDir !== undefined && (typeof o.lockDir !== 'string' || !isAbsolute(o.lockDir))) bad('lockDir', 'is not an absolute path');
   return {
     version: 1,
     supervisorPid: o.supervisorPid as number,
@@ -118,6 +121,7 @@ export function readDevState(stateDir: string): DevState | undefined {
     ...(isPid(o.controllerPid) ? { controllerPid: o.controllerPid } : {}),
     ...(etcd ? { etcd } : {}),
     ...(typeof o.control === 'string' ? { control: o.control } : {}),
+    ...(typeof o.lockDir === 'string' ? { lockDir: o.lockDir } : {}),
   };
 }
 

@@ -13,8 +13,9 @@
  * controller, guardian, QEMU, etcd), delete every tap whose alias is `tether:<devHostId>:…`.
  * It always runs after the graceful part too, as a sweep that normally finds nothing.
  *
- * Then the dev paths are removed (`hosts/<id>`, `etcd`, `controller.log`, `dev-cluster.json`, then
- * the state dir and the folders `dev up` created for it, when empty), and a last scan of the real
+ * Then the dev paths are removed (`hosts/<id>`, `etcd`, `controller.log`, `dev-cluster.json`, the
+ * agents' host-id locks that name this state dir and no live agent, then the state dir and the
+ * folders `dev up` created for it, when empty), and a last scan of the real
  * host decides the verdict: clean (nothing of the dev cluster is left: no marked process, no marked
  * device, no dev path) or not (what is left, and why).
  *
@@ -36,7 +37,7 @@ import { clusterDelete } from '../cli/cluster-vms.js';
 import { TetherError, messageOf } from '../domain/errors.js';
 import type { DevCluster, DevHost } from './dev-cluster.js';
 import { devHostDir } from './dev-state.js';
-import { devPaths, optionValue, reclassify, scanDev, type DevProcess, type DevProcessKind, type DevScan, type DevScope } from './dev-scan.js';
+import { devHostLocks, devPaths, optionValue, reclassify, scanDev, type DevProcess, type DevProcessKind, type DevScan, type DevScope } from './dev-scan.js';
 
 /** Options of {@link DevTeardown}. */
 export interface DevTeardownOptions {
@@ -408,7 +409,10 @@ export class DevTeardown {
   /** Removes the dev paths, then the state dir and the folders made for it when they are empty. */
   private removePaths(): void {
     const scope = this.opts.scope();
+    // A host-id lock stays only while the agent that holds it lives (then it is listed as left).
+    const heldLocks = new Set(devHostLocks(scope).filter((l) => l.pid !== undefined && reclassify(l.pid, scope)?.kind === 'agent').map((l) => l.path));
     for (const p of devPaths(scope)) {
+      if (heldLocks.has(p)) continue;
       try {
         if (existsSync(p)) this.removedPaths++;
         rmSync(p, { recursive: true, force: true });

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import { repoRoot } from '../../src/dev/agent-process.js';
-import { argvOf } from '../../src/dev/dev-scan.js';
+import { argvOf, defaultLockDir } from '../../src/dev/dev-scan.js';
 import { readDevState, type DevState } from '../../src/dev/dev-state.js';
 import { processesWith, qemusOf, removeDir, requireRealParts, tapsOf, testDir, until } from '../support/real-host.js';
 
@@ -12,7 +12,8 @@ import { processesWith, qemusOf, removeDir, requireRealParts, tapsOf, testDir, u
  * The main job cleans up after itself (issue 7, item 7): the real dev cluster (`tether dev up`: a
  * 3-member etcd, agents behind fault proxies, a controller, QEMU VMs on taps) started as a user
  * would, then SIGINT sent to its WHOLE process group, as a terminal's Ctrl-C does. Afterwards the
- * real host is scanned: no process, tap or file of the dev cluster may be left.
+ * real host is scanned: no process, tap or file of the dev cluster may be left (its agents' host-id
+ * locks outside the state dir included).
  *  - `npm run dev`: every child runs in its own process group (so only the supervisor got the
  *    SIGINT, and npm's forwarded copy does not count as a second Ctrl-C); the VMs are deleted by
  *    their agents; the final line says it is clean.
@@ -110,6 +111,10 @@ function leftovers(run: DevRun, state: DevState): string[] {
     if (argv && argv.join(' ').includes('tether')) left.push(`recorded pid ${pid}: ${argv.join(' ').slice(0, 160)}`);
   }
   if (existsSync(run.stateDir)) left.push(`folder ${run.stateDir}`);
+  for (const id of run.hostIds) {
+    const lock = join(defaultLockDir(), `host-${id}.lock`);
+    if (existsSync(lock)) left.push(`host-id lock ${lock}`);
+  }
   return left;
 }
 

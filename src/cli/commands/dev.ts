@@ -48,6 +48,7 @@ function scopeFromState(stateDir: string, state: DevState | undefined): DevScope
     agentPids: new Map((state?.hosts ?? []).flatMap((h) => (h.pid !== undefined ? [[h.id, h.pid] as const] : []))),
     ...(state?.controllerPid !== undefined ? { controllerPid: state.controllerPid } : {}),
     ...(state?.etcd ? { etcdMark: state.etcd.mark } : {}),
+    ...(state?.lockDir ? { lockDir: state.lockDir } : {}),
   };
 }
 
