@@ -2,7 +2,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -10,6 +10,7 @@ import { QemuVmm, hostTscKhz } from '../../src/adapters/qemu/qemu-vmm.js';
 import { firmwareProbe, guestBootProbe, probeAccelDetailed, DEFAULT_QEMU_BINARY } from '../../src/adapters/qemu/accel-probe.js';
 import { SystemClock } from '../../src/adapters/clock/system-clock.js';
 import { TetherError } from '../../src/domain/errors.js';
+import { accelProbe } from '../../src/cli/commands/agent.js';
 import type { VmLaunchSpec } from '../../src/ports/vmm.js';
 
 /**
@@ -97,7 +98,8 @@ beforeAll(async () => {
   }
   // Short path: the QMP socket path must fit a unix socket (107 bytes).
   root = await mkdtemp(join(tmpdir(), 'tether-test-q-'));
-  vmm = new QemuVmm({ clock, hostId, accel: 'auto', stateRoot: root });
+  // 'auto' as the agent runs it: KVM only when it boots the built-in guest (verdict kept per boot).
+  vmm = new QemuVmm({ clock, hostId, accel: 'auto', stateRoot: root, probe: accelProbe(dirname(guestDir)) });
 });
 
 afterAll(async () => {

@@ -1,8 +1,8 @@
 import { spawn } from 'node:child_process';
-import { access, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { access, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { Clock } from '../../ports/clock.js';
 import type { Logger } from '../../ports/logger.js';
 import { SystemClock } from '../clock/system-clock.js';
@@ -146,6 +146,11 @@ export interface AccelProbeOptions {
    * nested or software KVM may run real-mode firmware yet fail a real kernel).
    */
   readonly guest?: ProbeGuest;
+  /**
+   * A file that keeps the verdict for this boot (keyed by boot id, binary, device and guest kernel),
+   * so that only the first process after a boot pays for the probe. Unreadable: probed again.
+   */
+  readonly cacheFile?: string;
   readonly logger?: Logger;
 }
 
@@ -193,13 +198,35 @@ export async function probeAccel(options: AccelProbeOptions = {}): Promise<Accel
   const key = JSON.stringify([options.qemuBinary ?? DEFAULT_QEMU_BINARY, options.kvmDevice ?? '/dev/kvm', options.guest?.kernelPath ?? '']);
   let p = cache.get(key);
   if (!p) {
-    p = probeAccelDetailed(options).then((r) => {
+    p = (async () => {
+      const boot = await readFile('/proc/sys/kernel/random/boot_id', 'utf8').then((b) => b.trim(), () => '');
+      const saved = options.cacheFile && boot ? await readSavedProbe(options.cacheFile, key, boot) : undefined;
+      if (saved) return saved;
+      const r = await probeAccelDetailed(options);
       options.logger?.info({ accel: r.accel, reason: r.reason, tookMs: r.tookMs }, 'accelerator probed');
+      if (options.cacheFile && boot) {
+        await mkdir(dirname(options.cacheFile), { recursive: true }).catch(() => undefined);
+        const tmp = `${options.cacheFile}.${process.pid}.tmp`;
+        await writeFile(tmp, JSON.stringify({ key, boot, result: r }))
+          .then(() => rename(tmp, options.cacheFile!))
+          .catch((err: unknown) => options.logger?.warn({ err: String(err) }, 'could not keep the accelerator verdict'));
+      }
       return r;
-    });
+    })();
     cache.set(key, p);
   }
   return (await p).accel;
+}
+
+async function readSavedProbe(file: string, key: string, boot: string): Promise<AccelProbeResult | undefined> {
+  try {
+    const v = JSON.parse(await readFile(file, 'utf8')) as { key?: unknown; boot?: unknown; result?: { accel?: unknown; reason?: unknown; tookMs?: unknown } };
+    const a = v.result?.accel;
+    if (v.key !== key || v.boot !== boot || (a !== 'kvm' && a !== 'tcg')) return undefined;
+    return { accel: a, reason: `as probed earlier on this boot: ${String(v.result?.reason)}`, tookMs: 0 };
+  } catch {
+    return undefined;
+  }
 }
 
 /** Forgets cached probe results (tests). */

@@ -5,7 +5,7 @@ import type { Logger } from '../../ports/logger.js';
 import type { StopOptions, StopResult, VmLaunchSpec, VmProcessStatus, Vmm } from '../../ports/vmm.js';
 import type { StopMethod } from '../../domain/vm.js';
 import { InvalidArgumentError, TetherError, messageOf } from '../../domain/errors.js';
-import { DEFAULT_QEMU_BINARY, probeAccel } from './accel-probe.js';
+import { DEFAULT_QEMU_BINARY, probeAccel, type ProbeGuest } from './accel-probe.js';
 import { type Accel, buildQemuArgs, tscKhzFromCpuinfo, validateLaunchSpec, vmStatePaths } from './qemu-args.js';
 import { HOST_ID_PATTERN } from './owner-mark.js';
 import { VmOwnership, readProcStat, type OwnedVm } from './process-owner.js';
@@ -34,10 +34,15 @@ export interface QemuVmmOptions {
    */
   readonly cgroupRoot?: string | false;
   /**
-   * 'kvm', 'tcg', or 'auto' (default): probe once with {@link probeAccel} (firmware check only;
-   * for the stronger guest-boot check, probe at agent start and pass the result here).
+   * 'kvm', 'tcg', or 'auto' (default): probe once with {@link probeAccel} (the firmware check, and
+   * the guest boot when `probe.guest` is given: pass it wherever a guest is at hand).
    */
   readonly accel?: Accel | 'auto';
+  /**
+   * For 'auto': a guest KVM must also boot to its ready marker (a nested KVM may run firmware yet
+   * hang a real kernel: measured on this kind of machine), and a file caching the verdict per boot.
+   */
+  readonly probe?: { readonly guest?: ProbeGuest; readonly cacheFile?: string };
   /**
    * This host's id. When set, status/stop/waitReady only accept processes marked with it
    * (as well as with the uid), and start refuses specs for another host. When unset, the uid
@@ -110,6 +115,7 @@ export class QemuVmm implements Vmm {
   private readonly clock: Clock;
   private readonly binary: string;
   private readonly accelOption: Accel | 'auto';
+  private readonly probe: QemuVmmOptions['probe'];
   private readonly hostId: string | undefined;
   private readonly logger: Logger | undefined;
   private readonly startTimeoutMs: number;
@@ -125,6 +131,7 @@ export class QemuVmm implements Vmm {
     this.clock = options.clock;
     this.binary = options.qemuBinary ?? DEFAULT_QEMU_BINARY;
     this.accelOption = options.accel ?? 'auto';
+    this.probe = options.probe;
     if (options.hostId !== undefined && !HOST_ID_PATTERN.test(options.hostId)) {
       throw new InvalidArgumentError('hostId', `must match ${HOST_ID_PATTERN}`);
     }
@@ -162,7 +169,7 @@ export class QemuVmm implements Vmm {
   /** The accelerator VMs start with (probing once when 'auto'). */
   async accel(): Promise<Accel> {
     if (this.accelOption !== 'auto') return this.accelOption;
-    return probeAccel({ qemuBinary: this.binary, clock: this.clock, ...(this.logger ? { logger: this.logger } : {}) });
+    return probeAccel({ qemuBinary: this.binary, clock: this.clock, ...(this.logger ? { logger: this.logger } : {}), ...(this.probe ?? {}) });
   }
 
   /**

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import { hostname, setPriority } from 'node:os';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { SystemClock } from '../../adapters/clock/system-clock.js';
 import { QcowVolumes } from '../../adapters/disk/qcow-volumes.js';
@@ -12,6 +12,7 @@ import { acquirePidLock } from '../../adapters/fs/pid-lock.js';
 import { builtinGuestPaths, LocalImageStore } from '../../adapters/images/local-image-store.js';
 import { Iproute2Network } from '../../adapters/iproute2/iproute2-network.js';
 import { createLogger } from '../../adapters/log/pino-logger.js';
+import type { ProbeGuest } from '../../adapters/qemu/accel-probe.js';
 import { QemuVmm } from '../../adapters/qemu/qemu-vmm.js';
 import { SqliteInventory } from '../../adapters/sqlite/sqlite-inventory.js';
 import { Agent } from '../../agent/agent.js';
@@ -47,6 +48,15 @@ function bootId(): string {
   }
 }
 
+/**
+ * What 'auto' acceleration must prove before KVM is used: the built-in guest boots to its ready marker
+ * (a nested KVM can run firmware yet hang a kernel), the verdict kept per boot in the cache dir.
+ */
+export function accelProbe(cacheDir: string): { guest: ProbeGuest; cacheFile: string } {
+  const g = builtinGuestPaths(cacheDir);
+  return { guest: { kernelPath: g.kernel, initrdPath: g.initrd, kernelCmdline: 'console=ttyS0 quiet panic=-1' }, cacheFile: join(resolve(cacheDir), 'accel-probe.json') };
+}
+
 /** Builds and runs the agent until SIGINT/SIGTERM. */
 export async function runAgent(cfg: AgentConfig): Promise<void> {
   const logger = createLogger({ level: cfg.logLevel, base: { hostId: cfg.hostId } });
@@ -77,7 +87,7 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
     hostId: cfg.hostId,
     clock,
     inventory,
-    vmm: new QemuVmm({ clock, accel: cfg.accel, hostId: cfg.hostId, stateRoot: stateDir, logger: logger.child({ c: 'qemu' }) }),
+    vmm: new QemuVmm({ clock, accel: cfg.accel, hostId: cfg.hostId, stateRoot: stateDir, probe: accelProbe(cfg.cacheDir), logger: logger.child({ c: 'qemu' }) }),
     network: new Iproute2Network(),
     volumes: new QcowVolumes({ root: stateDir }),
     images: new LocalImageStore({ storeDir: cfg.imageDir, builtin: builtinGuestPaths(cfg.cacheDir) }),
