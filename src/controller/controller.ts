@@ -240,6 +240,8 @@ export class Controller {
   private unsubscribeTerm: (() => void) | undefined;
   /** Non-retryable failures (newest last, bounded). */
   private readonly failures: ControllerFailure[] = [];
+  /** Failures already reported (see {@link report}). */
+  private readonly reported = new Set<string>();
   private storeInfo: { version: string; assumption: string } | undefined;
 
   private campaignTimer: TimerHandle | undefined;
@@ -1052,10 +1054,20 @@ export class Controller {
     await this.report(hostId, action, err);
   }
 
-  /** Error log, `controller-error` event, and a line in the published status (`failures`). */
+  /**
+   * Error log, `controller-error` event, and a line in the published status (`failures`) — once per
+   * distinct failure (a sweep meeting the same one every GC tick only logs it at debug level).
+   */
   private async report(hostId: string | undefined, action: string, err: unknown): Promise<void> {
     const code = err instanceof TetherError ? err.code : 'INTERNAL';
     const message = messageOf(err);
+    const key = `${hostId ?? ''}\u0000${action}\u0000${message}`;
+    if (this.reported.has(key)) {
+      this.log.debug({ hostId, action, code, err: message }, 'controller write still cannot succeed (reported before)');
+      return;
+    }
+    if (this.reported.size >= 1000) this.reported.clear();
+    this.reported.add(key);
     this.failures.push({ hostId: hostId ?? null, action, code, message, at: this.clock.now() });
     if (this.failures.length > MAX_FAILURES_KEPT) this.failures.splice(0, this.failures.length - MAX_FAILURES_KEPT);
     this.log.error({ hostId, action, code, err: message }, 'controller write cannot succeed by retrying: not retried; an operator must look');
