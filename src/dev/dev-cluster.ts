@@ -157,6 +157,11 @@ export class DevCluster {
       this.hosts.push({ id, agent, proxies });
       this.checkAborted();
       await agent.spawn();
+      if (this.aborted) {
+        // The cleanup may already have looked at this host: do not leave it an agent it did not see.
+        await agent.kill('SIGKILL');
+        this.checkAborted();
+      }
       this.saveState();
       this.log(`[dev] starting agent ${id} (gRPC ${agent.grpc}, HTTP ${agent.http}), etcd via fault proxy ${proxies.endpoints().join(',')}`);
       await agent.waitReady();
