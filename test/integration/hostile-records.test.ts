@@ -1,13 +1,16 @@
 import { lstatSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EtcdClusterStore } from '../../src/adapters/etcd/etcd-cluster-store.js';
 import { EtcdControllerStore } from '../../src/adapters/etcd/etcd-controller-store.js';
 import type { GcStatus } from '../../src/agent/gc/host-gc.js';
 import { EVENT_RECORD_INVALID, EVENT_VM_KEPT_UNREADABLE } from '../../src/agent/cluster-sync.js';
 import { adminCall } from '../../src/api/http/admin-server.js';
 import { LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
 import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
+import { DEFAULT_TIMINGS } from '../../src/domain/gc-timing.js';
 import type { InventoryEvent } from '../../src/ports/inventory.js';
+import { expectCode } from '../support/expect-code.js';
 import { AgentProcess, killHostLeftovers, processesWith, qemusOf, removeDir, requireRealParts, tapsOf, testDir, testHostId, until } from '../support/real-host.js';
 
 /**
@@ -194,4 +197,24 @@ describe('hostile and malformed records read from etcd (real agent, etcd, QEMU)'
     expect(sampled.filter((s) => (s.lastAckAgeMs ?? Infinity) >= TTL_MS)).toEqual([]);
     expect(logLines().filter((l) => /unhandled|uncaught/i.test(l.msg))).toEqual([]);
   }, 120_000);
+
+  it('a malformed host record fails registration with a non-retryable INVALID_RECORD naming the field, and is never overwritten', async () => {
+    const cs = new EtcdClusterStore({ endpoints: etcd.endpoints(), prefix: PREFIX });
+    const id = `${hostId}-broken`;
+    const bad = JSON.stringify({ hostId: id, state: 'attached', epoch: 1, timings: { ...DEFAULT_TIMINGS, ttl: '6s' }, hold: false, capacity: { vcpu: 1, memoryMb: 512 }, labels: {}, agentVersion: 't', updatedAt: 0 });
+    await put(`hosts/${id}/record`, bad);
+    const lease = await cs.grantLease(3000, 3000);
+    try {
+      const reg = { hostId: id, mode: 'reattach' as const, epoch: 1, lease, agentId: 'a1', holder: 'test', holdApplied: false, record: { hostId: id, timings: DEFAULT_TIMINGS, capacity: { vcpu: 1, memoryMb: 512 }, labels: {}, agentVersion: 't' } };
+      const err = await expectCode(cs.register(reg, 3000), 'INVALID_RECORD');
+      expect(err.message).toBe(`hosts/${id}/record: timings.ttl: expected number, received string`);
+      expect(err.retryable).toBe(false);
+      await expectCode(cs.getHost(id, 3000), 'INVALID_RECORD');
+      expect((await store.client.get(`${PREFIX}hosts/${id}/record`).string())).toBe(bad);
+      expect(await store.client.get(`${PREFIX}hosts/${id}/alive`).string()).toBeNull();
+    } finally {
+      await cs.revokeLease(lease, 3000).catch(() => undefined);
+      await cs.close();
+    }
+  }, 30_000);
 });
