@@ -10,7 +10,12 @@ guardians=$(pgrep -af 'tether\.js guardian .*--state-dir[ =]/tmp/tether-test-' |
 if [ -n "$guardians" ]; then echo "[leaks] guardian processes left by tests:"; echo "$guardians"; leaks=1; fi
 taps=$(ip -o link show | grep -o 'alias tether:test-[^ ]*' || true)
 if [ -n "$taps" ]; then echo "[leaks] tap devices left by tests:"; echo "$taps"; leaks=1; fi
+locks=$(ls /run/tether/host-test-*.lock 2>/dev/null || true)
+if [ -n "$locks" ]; then echo "[leaks] host-id locks left by tests:"; echo "$locks"; leaks=1; fi
+# Per-host VM cgroups (docs/guardian.md) of test hosts: removed when their last VM stops.
+cgroups=$(ls -d /sys/fs/cgroup/tether/test-* /sys/fs/cgroup/unified/tether/test-* 2>/dev/null || true)
+if [ -n "$cgroups" ]; then echo "[leaks] VM cgroups left by tests:"; echo "$cgroups"; leaks=1; fi
 dirs=$(ls -d /tmp/tether-test-* 2>/dev/null || true)
 if [ -n "$dirs" ]; then echo "[leaks] temp folders left by tests:"; echo "$dirs"; leaks=1; fi
-[ $leaks = 0 ] && echo "[leaks] none: no test process, guardian, tap or temp folder left"
+[ $leaks = 0 ] && echo "[leaks] none: no test process, guardian, tap, lock, cgroup or temp folder left"
 exit $leaks

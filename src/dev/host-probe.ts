@@ -1,5 +1,7 @@
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { cgroup2MountFrom, VM_CGROUP_PARENT } from '../adapters/qemu/vm-cgroup.js';
 
 /**
  * Looks at the real host (/proc, `ip link`) the way an operator would: used by the integration
@@ -65,5 +67,24 @@ export function killHostLeftovers(hostId: string): void {
     }
   }
   for (const tap of tapsOf(hostId)) execFileSync('ip', ['link', 'del', 'dev', tap]);
+  removeHostCgroup(hostId);
+}
+
+/**
+ * Removes the per-host VM cgroup of `hostId` (`<cgroup2>/tether/<hostId>`, see vm-cgroup.ts) once the
+ * processes killed above have left it (up to 2 s); a cgroup that still holds a process is left alone.
+ */
+export function removeHostCgroup(hostId: string): void {
+  const mount = cgroup2MountFrom(readFileSync('/proc/self/mounts', 'utf8'));
+  if (!mount) return;
+  const dir = join(mount, VM_CGROUP_PARENT, hostId);
+  if (!existsSync(dir)) return;
+  const t0 = Date.now();
+  while (readFileSync(join(dir, 'cgroup.procs'), 'utf8').trim() !== '' && Date.now() - t0 < 2000) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20);
+  try {
+    rmdirSync(dir);
+  } catch {
+    /* still busy: the leak check reports it */
+  }
 }
 
