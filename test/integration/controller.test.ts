@@ -427,9 +427,9 @@ describe('controller against real etcd (3 members)', () => {
     const [a] = await healthyHosts(prefix, ['a', 'b', 'c']);
     const N = 500;
     const names = Array.from({ length: N }, (_, i) => `vm${String(i).padStart(4, '0')}`);
-    const vm = (name: string): ClusterVmRecord => ({
+    const vm = (name: string, namespace = 'big'): ClusterVmRecord => ({
       uid: `u-${name}`,
-      spec: { id: { namespace: 'big', name }, vcpu: 1, memoryMb: 96, kernelImage: '', kernelCmdline: {}, initrdImage: '', volumes: [], interfaces: [], labels: {}, metadata: {} },
+      spec: { id: { namespace, name }, vcpu: 1, memoryMb: 96, kernelImage: '', kernelCmdline: {}, initrdImage: '', volumes: [], interfaces: [], labels: {}, metadata: {} },
       hostId: 'a',
       hostEpoch: 1,
       phase: 'running',
@@ -443,6 +443,13 @@ describe('controller against real etcd (3 members)', () => {
     // one txn for all of them is refused before it reaches etcd, as non-retryable
     const tooBig = obs.commit({ vms: names.map((n) => ({ key: `big/${n}`, expectRevision: null, next: vm(n) })) }, OBS_DL);
     await expect(tooBig).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', retryable: false });
+    // and etcd itself counts as we do: with the store's own check lifted, etcd refuses 129 compares
+    // (non-retryable) and takes 128 compares with 128 puts (the old compares + writes rule said 256 > 128)
+    const lax = new EtcdControllerStore({ endpoints: cluster!.endpoints(), prefix, txnLimits: { maxOps: 10_000, maxBytes: 8 << 20 } });
+    closers.push(() => lax.close());
+    const extra = (n: number, tag: string) => Array.from({ length: n }, (_, i) => ({ key: `spare/${tag}${i}`, expectRevision: null, next: { ...vm(`${tag}${i}`, 'spare'), hostId: 'elsewhere' } }));
+    await expect(lax.commit({ vms: extra(129, 'x') }, OBS_DL)).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', retryable: false, message: expect.stringMatching(/refused by etcd.*too many operations/) });
+    expect((await lax.commit({ vms: extra(128, 'y') }, OBS_DL)).ok).toBe(true);
 
     const logs: string[] = [];
     const { c } = controller(prefix, 'c1', {}, logs);
