@@ -62,8 +62,8 @@ export const AGENT_SCHEMA: readonly ConfigKey[] = [
 /** Typed view of resolved values; checks the host id and refuses unsafe GC timings, naming the inequality. */
 export function toAgentConfig(v: ConfigValues): AgentConfig {
   const hostId = String(v.hostId);
-  if (!/^[A-Za-z0-9._-]{1,63}$/.test(hostId)) {
-    throw new TetherError('INVALID_ARGUMENT', `invalid hostId "${hostId}": use 1-63 letters, digits, '.', '_' or '-'`);
+  if (!/^[A-Za-z0-9._-]{1,63}$/.test(hostId) || hostId === '.' || hostId === '..') {
+    throw new TetherError('INVALID_ARGUMENT', `invalid hostId "${hostId}": use 1-63 letters, digits, '.', '_' or '-' (not '.' or '..')`);
   }
   const timings: GcTimings = {
     ttl: Number(v.ttl),

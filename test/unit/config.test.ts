@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { AGENT_SCHEMA } from '../../src/cli/agent-config.js';
+import { AGENT_SCHEMA, toAgentConfig } from '../../src/cli/agent-config.js';
 import { envName, kebab, resolveConfig } from '../../src/cli/config-schema.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'tether-config-'));
@@ -30,5 +30,9 @@ describe('config', () => {
     expect(() => resolveConfig(AGENT_SCHEMA, {}, {}, file)).toThrow(/unknown key "stopGrase"/);
     expect(() => resolveConfig(AGENT_SCHEMA, { stopGrace: '8 seconds' }, {}, undefined)).toThrow(/flag for stopGrace \(--stop-grace\)/);
     expect(() => resolveConfig(AGENT_SCHEMA, {}, { TETHER_ACCEL: 'xen' }, undefined)).toThrow(/environment TETHER_ACCEL.*not one of auto, kvm, tcg/);
+  });
+
+  it.each(['.', '..', 'a/b', '', 'x'.repeat(64)])('refuses the host id %j, naming the field', (hostId) => {
+    expect(() => toAgentConfig(resolveConfig(AGENT_SCHEMA, { hostId }, {}, undefined))).toThrow(/invalid hostId/);
   });
 });

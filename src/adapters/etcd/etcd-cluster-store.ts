@@ -1,5 +1,5 @@
 import { Etcd3, EtcdLeaseInvalidError, type Lease } from 'etcd3';
-import { decodeHostRecord } from '../../domain/codec.js';
+import { decodeAliveValue, decodeHostRecord, encodeAliveValue, encodeHostRecord } from '../../domain/codec.js';
 import { TetherError } from '../../domain/errors.js';
 import type { HostRecord } from '../../domain/host-record.js';
 import { decideRegistration, type AliveHolder } from '../../domain/registration.js';
@@ -109,7 +109,7 @@ export class EtcdClusterStore implements ClusterStore {
         this.client
           .if(key, cur ? 'Mod' : 'Create', '==', cur ? cur.modRevision : 0)
           .and(aliveKey, alive ? 'Mod' : 'Create', '==', alive ? alive.modRevision : 0)
-          .then(this.client.put(key).value(JSON.stringify(record)), this.client.put(aliveKey).value(JSON.stringify(aliveValue)).lease(reg.lease))
+          .then(this.client.put(key).value(this.encodeRecord(key, record)), this.client.put(aliveKey).value(encodeAliveValue(this.rel(aliveKey), aliveValue)).lease(reg.lease))
           .options(deadlineOption(deadlineMs))
           .commit(),
       );
@@ -133,7 +133,7 @@ export class EtcdClusterStore implements ClusterStore {
         this.client
           .if(key, 'Mod', '==', cur.modRevision)
           .and(this.keys.hostAlive(hostId), 'Mod', '==', alive.modRevision)
-          .then(this.client.put(key).value(JSON.stringify(next)))
+          .then(this.client.put(key).value(this.encodeRecord(key, next)))
           .options(deadlineOption(deadlineMs))
           .commit(),
       );
@@ -153,7 +153,7 @@ export class EtcdClusterStore implements ClusterStore {
       if (!cur) throw new TetherError('NOT_FOUND', `host ${hostId} not found in the cluster`);
       const next: HostRecord = { ...cur.record, hold, updatedAt: Date.now() };
       const res = await this.call('hold txn', deadlineMs, () =>
-        this.client.if(key, 'Mod', '==', cur.modRevision).then(this.client.put(key).value(JSON.stringify(next))).options(deadlineOption(deadlineMs)).commit(),
+        this.client.if(key, 'Mod', '==', cur.modRevision).then(this.client.put(key).value(this.encodeRecord(key, next))).options(deadlineOption(deadlineMs)).commit(),
       );
       if (res.succeeded) return next;
     }
@@ -176,7 +176,7 @@ export class EtcdClusterStore implements ClusterStore {
     const kv = res.kvs[0];
     if (!kv) return undefined;
     // Validated (domain/codec.ts): a record that fails its schema throws INVALID_RECORD (not retryable), naming key and field.
-    const decoded = decodeHostRecord(key.slice(this.keys.prefix.length), kv.value);
+    const decoded = decodeHostRecord(this.rel(key), kv.value);
     if (!decoded.ok) throw decoded.error.at(kv.mod_revision);
     return { record: decoded.value, modRevision: kv.mod_revision };
   }
@@ -187,7 +187,10 @@ export class EtcdClusterStore implements ClusterStore {
     const res = await this.call(`get ${key}`, deadlineMs, () => this.client.get(key).options(deadlineOption(deadlineMs)).exec());
     const kv = res.kvs[0];
     if (!kv) return undefined;
-    const value = decodeAliveValue(kv.value.toString());
+    // An unreadable value names no agent: registration then treats its writer as another agent
+    // (refused as duplicate until its lease expires), never as this one.
+    const decoded = decodeAliveValue(this.rel(key), kv.value);
+    const value = decoded.ok ? { ...(decoded.value.agentId ? { agentId: decoded.value.agentId } : {}), ...(decoded.value.holder ? { holder: decoded.value.holder } : {}) } : {};
     return { holder: { ...value, lease: kv.lease }, modRevision: kv.mod_revision };
   }
 
@@ -195,26 +198,17 @@ export class EtcdClusterStore implements ClusterStore {
     return (await this.readAliveKv(hostId, deadlineMs))?.holder;
   }
 
+  /** `key` relative to the prefix, as the codec names it. */
+  private rel(key: string): string {
+    return key.slice(this.keys.prefix.length);
+  }
+
+  /** Encodes through the codec: never writes what a reader would refuse. */
+  private encodeRecord(key: string, record: HostRecord): string {
+    return encodeHostRecord(this.rel(key), record);
+  }
+
   private call<T>(what: string, deadlineMs: number, fn: () => Promise<T>): Promise<T> {
     return callWithDeadline(what, deadlineMs, fn);
-  }
-}
-
-/**
- * The writer of an `alive` value, as far as registration needs it. An unreadable value names no
- * agent, so registration treats its holder as another agent (refused as duplicate until its lease
- * expires): never as ours.
- */
-function decodeAliveValue(raw: string): { agentId?: string; holder?: string } {
-  try {
-    const v = JSON.parse(raw) as unknown;
-    if (typeof v !== 'object' || v === null) return {};
-    const o = v as Record<string, unknown>;
-    return {
-      ...(typeof o.agentId === 'string' ? { agentId: o.agentId } : {}),
-      ...(typeof o.holder === 'string' ? { holder: o.holder.slice(0, 512) } : {}),
-    };
-  } catch {
-    return {};
   }
 }

@@ -21,6 +21,7 @@
  * - `provider`: empty or `qemu` only.
  */
 import { InvalidArgumentError, TetherError } from '../../domain/errors.js';
+import { RECORD_LIMITS } from '../../domain/codec.js';
 import type { VmInterface, VmSpec, VmVolume } from '../../domain/vm.js';
 import type { VmFilter } from '../../ports/microvm-service.js';
 import type {
@@ -190,12 +191,21 @@ function checkIntRange(value: number | null | undefined, field: string, min: num
   return v;
 }
 
+/** Labels and metadata within the bounds the record codec reads back (src/domain/codec.ts). */
 function checkMap(map: Readonly<Record<string, string>> | null | undefined, field: string): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(map ?? {})) {
+  const entries = Object.entries(map ?? {});
+  if (entries.length > RECORD_LIMITS.maxMapEntries) throw new InvalidArgumentError(field, `at most ${RECORD_LIMITS.maxMapEntries} entries (got ${entries.length})`);
+  let bytes = 0;
+  for (const [k, v] of entries) {
     if (k === '') throw new InvalidArgumentError(field, 'keys must be non-empty');
+    if (k.length > RECORD_LIMITS.maxMapKeyLength) throw new InvalidArgumentError(`${field}.${k.slice(0, 32)}…`, `key longer than ${RECORD_LIMITS.maxMapKeyLength} characters`);
+    if (v.length > RECORD_LIMITS.maxMapValueLength) throw new InvalidArgumentError(`${field}.${k}`, `value longer than ${RECORD_LIMITS.maxMapValueLength} characters (${v.length})`);
+    bytes += Buffer.byteLength(k) + Buffer.byteLength(v);
     out[k] = v;
   }
+  // Half the record limit per map: labels and metadata together stay readable as one VM record.
+  if (bytes > RECORD_LIMITS.maxRecordBytes / 2) throw new InvalidArgumentError(field, `${bytes} bytes in total: at most ${RECORD_LIMITS.maxRecordBytes / 2}`);
   return out;
 }
 
