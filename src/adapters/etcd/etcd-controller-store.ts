@@ -9,6 +9,9 @@ import {
   decodeHostRecord,
   decodeLeaderInfo,
   type Decoded,
+  encodeClusterEvent,
+  encodeClusterVm,
+  encodeHostRecord,
   type InvalidRecordError,
   type RawValue,
 } from '../../domain/codec.js';
@@ -168,6 +171,15 @@ export class EtcdControllerStore implements ControllerStore {
     return { entries, invalid };
   }
 
+  /** `key` relative to the prefix, as the codec names it. */
+  private rel(key: string): string {
+    return key.slice(this.keys.prefix.length);
+  }
+
+  /**
+   * Applies `change` in one txn. Every value is written through the codec's encoders: a record a
+   * reader would refuse is never written (INVALID_RECORD, not retryable).
+   */
   async commit(change: Change, deadlineMs: number): Promise<CommitResult> {
     const cmps: [string, 'Create' | 'Mod', Revision | number][] = [];
     const ops: ReturnType<Etcd3['put']>[] = [];
@@ -178,19 +190,19 @@ export class EtcdControllerStore implements ControllerStore {
       cmps.push([key, 'Mod', h.expectRevision]);
       if (h.requireAliveAbsent) cmps.push([this.keys.hostAlive(h.hostId), 'Create', 0]);
       if (h.next === null) dels.push(this.client.delete().key(key));
-      else ops.push(this.client.put(key).value(JSON.stringify(h.next)));
+      else ops.push(this.client.put(key).value(encodeHostRecord(this.rel(key), h.next)));
     }
     for (const g of change.guards ?? []) cmps.push([this.keys.hostRecord(g.hostId), 'Mod', g.expectRevision]);
     for (const v of change.vms ?? []) {
       const key = this.keys.vm(v.key);
       cmps.push(v.expectRevision === null ? [key, 'Create', 0] : [key, 'Mod', v.expectRevision]);
       if (v.next === null) dels.push(this.client.delete().key(key));
-      else ops.push(this.client.put(key).value(JSON.stringify(v.next)));
+      else ops.push(this.client.put(key).value(encodeClusterVm(this.rel(key), v.next)));
     }
     for (const e of change.events ?? []) {
       const key = this.keys.event(e.at);
       if (cmps.length === 0) cmps.push([key, 'Create', 0]);
-      ops.push(this.client.put(key).value(JSON.stringify(e)));
+      ops.push(this.client.put(key).value(encodeClusterEvent(this.rel(key), e)));
     }
     if (ops.length + dels.length === 0) throw new TetherError('INVALID_ARGUMENT', 'commit: nothing to write');
     const counts = txnOpCounts(change, change.leader !== undefined);
