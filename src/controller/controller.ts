@@ -20,6 +20,7 @@
  * that lost the election, loses instead of overwriting: "host came back in time" and "cluster fenced the
  * host" cannot both win, and a host is never fenced twice.
  */
+import { describeEtcdAssumptions } from '../domain/etcd-assumptions.js';
 import { randomBytes } from 'node:crypto';
 import type { ClusterEvent, ClusterEventBody } from '../domain/cluster-event.js';
 import { markLost, restartPolicyOf, staleOnRejoinedHost, type ClusterVmRecord } from '../domain/cluster-vm.js';
@@ -29,7 +30,6 @@ import {
   decideHost,
   earlyRevokeSuspected,
   effectiveFenceWindow,
-  leaseAnomalyAssumption,
   lossToFenceMs,
   takeoverFenceDeadline,
   timingProblems,
@@ -431,12 +431,12 @@ export class Controller {
   private async checkStoreVersion(): Promise<void> {
     try {
       const st = await this.store.serverStatus(this.o.callDeadline);
-      const assumption = leaseAnomalyAssumption(st.version);
+      const assumption = describeEtcdAssumptions(st.version);
       this.storeInfo = { version: st.version, assumption };
-      this.log.info({ etcdVersion: st.version, raftTerm: st.raftTerm }, `etcd ${st.version}: ${assumption}`);
+      this.log.info({ etcdVersion: st.version, raftTerm: st.raftTerm }, assumption);
       await this.observeTerm(st.raftTerm, this.clock.nowMono());
     } catch (err) {
-      const assumption = leaseAnomalyAssumption(undefined);
+      const assumption = describeEtcdAssumptions(undefined);
       this.storeInfo = { version: 'unknown', assumption };
       this.log.warn({ err: messageOf(err) }, `could not read the etcd version: ${assumption}`);
     }

@@ -67,9 +67,7 @@ export class AgentProcess {
   /** Launches the agent process (ports picked first when not given); {@link proc} is set on return. */
   async spawn(): Promise<void> {
     this.ports ??= (await findFreePorts(2)) as [number, number];
-    // Host-id locks beside the state dir (not /run/tether): whatever a killed agent leaves goes with it.
-    const lockDir = this.extraArgs.includes('--lock-dir') ? [] : ['--lock-dir', join(dirname(this.stateDir), 'locks')];
-    const args = [join(repoRoot(), 'bin/tether.js'), 'agent', '--host-id', this.hostId, '--state-dir', this.stateDir, '--listen', this.grpc, '--http-listen', this.http, '--log-level', 'debug', ...lockDir, ...this.extraArgs];
+    const args = [join(repoRoot(), 'bin/tether.js'), 'agent', '--host-id', this.hostId, '--state-dir', this.stateDir, '--listen', this.grpc, '--http-listen', this.http, '--log-level', 'debug', ...this.extraArgs];
     mkdirSync(this.stateDir, { recursive: true });
     const out = openSync(this.log, 'a');
     try {

@@ -23,6 +23,7 @@
  * is this process's own unreaped child); nothing outside the dev paths is deleted; a marked device
  * is deleted only when it is a tap carrying exactly its owner mark (Iproute2Network.deleteTap).
  */
+import { removeHostCgroup } from './host-probe.js';
 import type { ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, rmdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -411,6 +412,8 @@ export class DevTeardown {
     const scope = this.opts.scope();
     // A host-id lock stays only while the agent that holds it lives (then it is listed as left).
     const heldLocks = new Set(devHostLocks(scope).filter((l) => l.pid !== undefined && reclassify(l.pid, scope)?.kind === 'agent').map((l) => l.path));
+    // The dev hosts' per-host VM cgroups (empty once their QEMUs are gone).
+    for (const id of scope.hostIds) removeHostCgroup(id);
     for (const p of devPaths(scope)) {
       if (heldLocks.has(p)) continue;
       try {

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync, rmdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { cgroup2MountFrom, VM_CGROUP_PARENT } from '../adapters/qemu/vm-cgroup.js';
 
@@ -68,6 +68,20 @@ export function killHostLeftovers(hostId: string): void {
   }
   for (const tap of tapsOf(hostId)) execFileSync('ip', ['link', 'del', 'dev', tap]);
   removeHostCgroup(hostId);
+  removeStaleHostLock(hostId);
+}
+
+/** Removes `hostId`'s host-id lock (`$TETHER_LOCK_DIR` or /run/tether) when no live process holds it. */
+export function removeStaleHostLock(hostId: string): void {
+  const path = join(process.env.TETHER_LOCK_DIR ?? '/run/tether', `host-${hostId}.lock`);
+  let pid: number;
+  try {
+    pid = Number(readFileSync(path, 'utf8').split('\n')[0]);
+  } catch {
+    return;
+  }
+  if (Number.isInteger(pid) && pid > 0 && existsSync(`/proc/${pid}`)) return;
+  rmSync(path, { force: true });
 }
 
 /**

@@ -16,12 +16,18 @@ export function parseEtcdVersion(v: string): readonly [number, number, number] |
   return m ? [Number(m[1]), Number(m[2]), Number(m[3])] : undefined;
 }
 
-/** A one-line statement of what is assumed for etcd `version` (as reported by its status call). */
-export function describeEtcdAssumptions(version: string): string {
-  const v = parseEtcdVersion(version);
-  const known34 = v !== undefined && v[0] === 3 && v[1] <= 4;
+/**
+ * A one-line statement of what is assumed for etcd `version` (as reported by its status call;
+ * undefined when it could not be read). The mitigations are on whatever it says: the exact releases
+ * that carry the fixes are not relied on.
+ */
+export function describeEtcdAssumptions(version: string | undefined): string {
+  const v = version === undefined ? undefined : parseEtcdVersion(version);
+  const known = v === undefined ? 'version unknown: assuming the 3.4 lease anomalies (#15247 early revoke after a leader change, #14758 renew after revoke) are possible'
+    : v[0] === 3 && v[1] <= 4 ? 'known to revoke leases early after a leader change (#15247) and to renew revoked leases (#14758)'
+    : 'the 3.4 lease anomalies (#15247, #14758) may or may not be fixed in this build';
   return (
-    `etcd ${version}: ${known34 ? 'known to revoke leases early after a leader change (#15247) and to renew revoked leases (#14758)' : 'lease anomalies of 3.4 (#15247, #14758) may or may not be fixed in this build'}; ` +
-    'mitigations always on: a keepalive counts only when a linearizable read finds the alive key on its lease, and the controller extends the fence window of a lease lost within a TTL of a raft term change'
+    `etcd ${version ?? '(unknown)'}: ${known}; ` +
+    'mitigations always on: a keepalive counts only when a linearizable read finds the alive key on its lease, and a lease lost within one TTL of a raft term change gets the TTL on top of its fence window'
   );
 }

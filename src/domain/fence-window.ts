@@ -22,7 +22,6 @@
  * monotonic clock from these values; see {@link takeoverFenceDeadline} for a replica that takes over.
  */
 import type { FenceBlocker } from './cluster-event.js';
-import { parseEtcdVersion } from './etcd-assumptions.js';
 import { checkTimings, describeViolations, type GcTimings } from './gc-timing.js';
 import type { HostRecord } from './host-record.js';
 
@@ -206,31 +205,3 @@ export function describeFence(record: HostRecord, alive: boolean, nowWall: numbe
   return left > 0 ? `in ${Math.ceil(left / 1000)}s` : 'due';
 }
 
-/**
- * Whether an etcd server version carries the fix for the early revoke by a deposed leader (etcd
- * #15247; #16822 in 3.5.13, backported to 3.4.31 by #17465; every 3.6+). `undefined` when the version
- * cannot be parsed.
- */
-export function earlyRevokeFixed(version: string | undefined): boolean | undefined {
-  const v = parseEtcdVersion(version ?? '');
-  if (!v) return undefined;
-  const [major, minor, patch] = v;
-  if (major !== 3) return major > 3;
-  if (minor >= 6) return true;
-  if (minor === 5) return patch >= 13;
-  if (minor === 4) return patch >= 31;
-  return false;
-}
-
-/**
- * One line for the controller's log and status: what it assumes about the store's leases, from the
- * server version. The window extension of {@link earlyRevokeSuspected} stays on whatever the answer
- * (it costs one TTL, only for leases lost around a leader change).
- */
-export function leaseAnomalyAssumption(version: string | undefined): string {
-  const fixed = earlyRevokeFixed(version);
-  const on = 'a lease lost within one TTL of a raft term change gets the TTL on top of its fence window';
-  if (fixed === true) return `early lease revoke by a deposed leader is fixed in this version (etcd #15247); the guard stays on anyway (${on}, cheap)`;
-  if (fixed === false) return `early lease revoke by a deposed leader possible (etcd #15247, fixed in 3.5.13 / 3.4.31): ${on}`;
-  return `server version unknown: assuming early lease revoke by a deposed leader is possible (etcd #15247): ${on}`;
-}

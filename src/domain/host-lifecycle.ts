@@ -136,17 +136,20 @@ export function nextDeadline(t: GcTimings, s: HostState): number | undefined {
 
 /**
  * The deadline fed to the out-of-process guardian (monotonic ms): every VM of this host must be gone
- * by it plus `killTimeout`. It is `lastAck + watchdogTimeout + stopGrace`: the agent's own graceful
- * stop starts at `lastAck + watchdogTimeout` and is forced by then, so the guardian is the backstop
- * that holds the bound `lastAck + watchdogTimeout + stopGrace + killTimeout` when the agent cannot.
+ * by `lastAck + watchdogTimeout + stopGrace + killTimeout`, the bound the controller relies on. The
+ * agent's own fence starts at `lastAck + watchdogTimeout` and forces what is left at `+ stopGrace`;
+ * the guardian fires half a `killTimeout` later (after the agent's own forced stop had its chance, so
+ * a stop it made is reported as what it was), and its SIGKILL still has the other half to land.
+ * When the agent is dead or frozen, the guardian is what holds the bound.
  * `null`: suspended, because the host applies a hold (attached and held, or held when it detached:
  * the cluster then never fences it automatically either). `undefined`: nothing to say (no heartbeat
  * acknowledged yet, or the host is already fencing or later: the last fed deadline stays).
  */
 export function guardianDeadline(t: GcTimings, s: HostState): number | null | undefined {
   if (s.lastAck === undefined) return undefined;
-  if (s.phase === 'attached' || s.phase === 'suspect') return s.held ? null : s.lastAck + t.watchdogTimeout + t.stopGrace;
-  if (s.phase === 'detached') return s.heldAtDetach ? null : s.lastAck + t.watchdogTimeout + t.stopGrace;
+  const deadline = s.lastAck + t.watchdogTimeout + t.stopGrace + t.killTimeout / 2;
+  if (s.phase === 'attached' || s.phase === 'suspect') return s.held ? null : deadline;
+  if (s.phase === 'detached') return s.heldAtDetach ? null : deadline;
   return undefined;
 }
 

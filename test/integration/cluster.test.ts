@@ -152,7 +152,7 @@ describe('cluster: partition, fence window, reschedule, rejoin (real hosts, cont
     expect(qemusOf(ids.b).has(oldUid)).toBe(false);
     // A write guarded by B's record as it was before the fence (what a zombie B would send) is refused.
     const stale = await store.commit(
-      { guards: [{ hostId: ids.b, expectRevision: bRevisionBefore }], vms: [{ key: 'cl/zombie', expectRevision: null, next: { uid: 'f'.repeat(32), spec: (await vmRecord('cl/web'))!.spec, hostId: ids.b, hostEpoch: 1, phase: 'running', generation: 1 } }] },
+      { guards: [{ hostId: ids.b, expectRevision: bRevisionBefore }], vms: [{ key: 'cl/zombie', expectRevision: null, next: { uid: 'f'.repeat(32), spec: { ...(await vmRecord('cl/web'))!.spec, id: { namespace: 'cl', name: 'zombie' } }, hostId: ids.b, hostEpoch: 1, phase: 'running', generation: 1 } }] },
       3000,
     );
     expect(stale.ok).toBe(false);
@@ -177,8 +177,8 @@ describe('cluster: partition, fence window, reschedule, rejoin (real hosts, cont
     await until('c applies the hold', async () => (await status('c')).held, 20_000, 200);
     // The hold protocol: C wrote holdSeen before it applied the hold.
     expect((await store.getHost(ids.c, 3000)).record).toMatchObject({ hold: true, holdSeen: true });
-    const list = JSON.parse(execFileSync(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'host', 'list', '--json', '--etcd-endpoints', etcd.endpoints().join(',')], { encoding: 'utf8' })) as { hostId: string; holdSeen?: boolean; hold?: boolean }[];
-    expect(list.find((h) => h.hostId === ids.c)).toMatchObject({ hold: true, holdSeen: true });
+    const list = JSON.parse(execFileSync(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'host', 'list', '--json', '--etcd-endpoints', etcd.endpoints().join(',')], { encoding: 'utf8' })) as { hosts: { hostId: string; holdSeen?: boolean; hold?: boolean }[] };
+    expect(list.hosts.find((h) => h.hostId === ids.c)).toMatchObject({ hold: true, holdSeen: true });
     await proxies.c.blackhole();
     await until('C detached in the cluster', async () => (await store.getHost(ids.c, 3000)).record?.state === 'detached', 30_000, 100);
     // A release sent while C is cut off: C cannot learn of it and keeps applying the hold, so the

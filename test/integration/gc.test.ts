@@ -190,7 +190,7 @@ describe('detached-host GC on real etcd, QEMU and taps', () => {
     expect(s.phases.has('fencing')).toBe(false);
     for (const p of s.pids) expect(p.get(vm1.spec.uid)).toBe(pid1);
     expect(await record()).toMatchObject({ state: 'attached', epoch: 1 });
-    expect(readFileSync(agent.log, 'utf8')).toContain('lease lost: the cluster no longer knows this lease');
+    expect(readFileSync(agent.log, 'utf8')).toContain('lease lost: the cluster no longer has this host on its lease');
   }, 60_000);
 
   it('a partition longer than the watchdog: graceful stop, forced for a guest that ignores the button, an agent SIGKILLed mid-fence resumes; clean; rejoins ready at epoch 2', async () => {

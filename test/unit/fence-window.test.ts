@@ -1,14 +1,13 @@
+import { describeEtcdAssumptions } from '../../src/domain/etcd-assumptions.js';
 import { describe, expect, it } from 'vitest';
 import {
   decideHost,
   describeFence,
   detachRecord,
-  earlyRevokeFixed,
   earlyRevokeSuspected,
   effectiveFenceWindow,
   fenceBlockers,
   fencedRecord,
-  leaseAnomalyAssumption,
   lossToFenceMs,
   takeoverFenceDeadline,
   timingProblems,
@@ -235,25 +234,12 @@ describe('etcd 3.4 early revoke: a lease lost within one TTL of a raft term chan
     expect(earlyRevokeSuspected(loss, seen === undefined ? undefined : { term: 7, seenMono: seen }, TTL)).toBe(expected);
   });
 
-  // [server version, fix present]
-  const versions: [string | undefined, boolean | undefined][] = [
-    ['3.4.23', false],
-    ['3.4.30', false],
-    ['3.4.31', true],
-    ['3.5.12', false],
-    ['3.5.13', true],
-    ['3.6.0', true],
-    ['v3.5.21', true],
-    ['3.3.27', false],
-    ['4.0.0', true],
-    ['', undefined],
-    [undefined, undefined],
-    ['garbage', undefined],
-  ];
-  it.each(versions)('etcd %s: fix for #15247 present = %s; the guard is on whatever the answer', (version, fixed) => {
-    expect(earlyRevokeFixed(version)).toBe(fixed);
-    const line = leaseAnomalyAssumption(version);
+  const versions: (string | undefined)[] = ['3.4.23', '3.4.31', '3.5.13', '3.6.0', 'v3.5.21', '4.0.0', '', undefined, 'garbage'];
+  it.each(versions)('etcd %s: the assumption names the version and the guard is on whatever it is', (version) => {
+    const line = describeEtcdAssumptions(version);
     expect(line).toMatch(/gets the TTL on top of its fence window/);
-    expect(line).toMatch(fixed === true ? /fixed in this version/ : fixed === false ? /possible/ : /unknown/);
+    expect(line).toMatch(/linearizable read/);
+    if (version?.startsWith('3.4')) expect(line).toMatch(/known to revoke leases early/);
+    if (version === undefined) expect(line).toMatch(/version unknown/);
   });
 });

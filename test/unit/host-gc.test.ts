@@ -300,13 +300,13 @@ describe('HostGc loop on a fake clock', () => {
     expect(s.cluster.registrations.slice(regs).map((r) => r.mode)).not.toContain('reattach');
   });
 
-  it('feeds the guardian lastAck + watchdogTimeout + stopGrace; a guardian fire makes the agent fence, clean and rejoin, then forget the fire', async () => {
+  it('feeds the guardian lastAck + watchdogTimeout + stopGrace + killTimeout / 2; a guardian fire makes the agent fence, clean and rejoin, then forget the fire', async () => {
     const s = await setup();
     await s.clock.advance(3 * T.heartbeatInterval);
     const fed = s.guardian.fed.filter((d): d is number => typeof d === 'number');
     expect(fed.length).toBeGreaterThanOrEqual(3);
     const st = s.gc.status();
-    expect(fed.at(-1)).toBe(s.clock.nowMono() - st.lastAckAgeMs! + T.watchdogTimeout + T.stopGrace);
+    expect(fed.at(-1)).toBe(s.clock.nowMono() - st.lastAckAgeMs! + T.watchdogTimeout + T.stopGrace + T.killTimeout / 2);
     for (let i = 1; i < fed.length; i++) expect(fed[i]!).toBeGreaterThan(fed[i - 1]!);
     s.guardian.firedRecord = { at: 1, killed: [] };
     await s.clock.advance(T.heartbeatInterval + 10);

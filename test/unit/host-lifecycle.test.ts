@@ -192,23 +192,24 @@ describe('host lifecycle: restart', () => {
 });
 
 describe('guardian deadline: what the out-of-process fence is fed', () => {
-  it('is lastAck + watchdogTimeout + stopGrace while attached, suspect or detached and not held', () => {
+  it('is lastAck + watchdogTimeout + stopGrace + killTimeout / 2 while attached, suspect or detached and not held', () => {
     for (const phase of ['attached', 'suspect', 'detached'] as const) {
-      expect(guardianDeadline(T, base(phase))).toBe(1000 + T.watchdogTimeout + T.stopGrace);
+      expect(guardianDeadline(T, base(phase))).toBe(1000 + T.watchdogTimeout + T.stopGrace + T.killTimeout / 2);
     }
   });
   it('is suspended (null) only while the host applies a hold', () => {
     expect(guardianDeadline(T, base('attached', { held: true }))).toBeNull();
     expect(guardianDeadline(T, base('detached', { held: false, heldAtDetach: true }))).toBeNull();
     // A hold read after the detachment does not suspend anything.
-    expect(guardianDeadline(T, base('detached', { held: true, heldAtDetach: false }))).toBe(1000 + T.watchdogTimeout + T.stopGrace);
+    expect(guardianDeadline(T, base('detached', { held: true, heldAtDetach: false }))).toBe(1000 + T.watchdogTimeout + T.stopGrace + T.killTimeout / 2);
   });
   it('says nothing before the first acknowledged heartbeat and once the fence started', () => {
     expect(guardianDeadline(T, base('starting', { lastAck: undefined }))).toBeUndefined();
     for (const phase of ['fencing', 'cleaning', 'clean', 'rejoining'] as const) expect(guardianDeadline(T, base(phase))).toBeUndefined();
   });
-  it('never fences later than the bound the controller relies on: deadline + killTimeout = lastAck + watchdog + stopGrace + killTimeout', () => {
+  it('fires after the agent forced its own stop, and leaves half a killTimeout before the bound the controller relies on', () => {
     const d = guardianDeadline(T, base('attached'))!;
-    expect(d + T.killTimeout).toBe(1000 + T.watchdogTimeout + T.stopGrace + T.killTimeout);
+    expect(d).toBeGreaterThan(1000 + T.watchdogTimeout + T.stopGrace);
+    expect(d + T.killTimeout / 2).toBe(1000 + T.watchdogTimeout + T.stopGrace + T.killTimeout);
   });
 });
