@@ -1,3 +1,5 @@
+import type { GuardianFiredRecord } from '../domain/guardian.js';
+
 /**
  * The out-of-process fence as the agent sees it (implemented by `GuardianFeed`,
  * src/agent/gc/guardian-feed.ts, which feeds the `tether guardian` process through a file).
@@ -14,7 +16,7 @@ export interface Guardian {
   /** Tells the guardian to exit: only on a graceful agent stop with no VM process left. */
   shutdown(): void;
   /** The guardian's fire record, when it fired and the agent has not acknowledged it yet. */
-  fired(): unknown;
+  fired(): GuardianFiredRecord | undefined;
   /** The agent finished the cleanup that followed a guardian fire: forget the marker. */
   acknowledgeFired(): void;
   /** Starts the guardian process unless it runs; `started` says whether it had to. */

@@ -217,6 +217,7 @@ describe('detached-host GC on real etcd, QEMU and taps', () => {
     expect(rep.reason).toBe('watchdog');
     const methods = Object.fromEntries(rep.stops.map((x) => [x.uid, x.method]));
     expect(methods[vm1.spec.uid]).toBe('graceful');
+    // Forced: by the resumed agent, or by the guardian if the agent's restart came after its deadline.
     expect(methods[stubborn.spec.uid]).toMatch(/^forced-/);
     expect(rep.audit?.clean).toBe(true);
     // While cut off, the record in etcd is untouched by this host (no controller runs here).

@@ -6,6 +6,7 @@ import type { HostPhase } from '../../src/domain/host-lifecycle.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
 import type { ClusterStore, HoldAckResult, KeepaliveAnswer, Registration, RegistrationResult } from '../../src/ports/cluster-store.js';
 import type { Guardian } from '../../src/ports/guardian.js';
+import type { GuardianFiredRecord } from '../../src/domain/guardian.js';
 import { decideRegistration } from '../../src/domain/registration.js';
 import type { FakeClock } from '../support/fake-clock.js';
 import { fakeHost, sampleSpec, uidOf } from '../support/host-harness.js';
@@ -99,7 +100,7 @@ class FakeCluster implements ClusterStore {
 /** The guardian as the agent sees it: records what it is fed; `fire()` plays its deadline passing. */
 class FakeGuardian implements Guardian {
   fed: (number | null)[] = [];
-  firedRecord: unknown;
+  firedRecord: GuardianFiredRecord | undefined;
   shutdowns = 0;
   starts = 0;
   feed(deadline: number | null): void {
@@ -108,7 +109,7 @@ class FakeGuardian implements Guardian {
   shutdown(): void {
     this.shutdowns++;
   }
-  fired(): unknown {
+  fired(): GuardianFiredRecord | undefined {
     return this.firedRecord;
   }
   acknowledgeFired(): void {
@@ -308,10 +309,11 @@ describe('HostGc loop on a fake clock', () => {
     const st = s.gc.status();
     expect(fed.at(-1)).toBe(s.clock.nowMono() - st.lastAckAgeMs! + T.watchdogTimeout + T.stopGrace + T.killTimeout / 2);
     for (let i = 1; i < fed.length; i++) expect(fed[i]!).toBeGreaterThan(fed[i - 1]!);
-    s.guardian.firedRecord = { at: 1, killed: [] };
+    s.guardian.firedRecord = { v: 1, hostId: 'h', bootId: 'boot-1', seq: 1, epoch: 1, reason: 'attached', deadlineMono: 1, firedAtMono: 2, firedAt: 2, state: 'done', killed: [{ pid: 7, uid: uidOf(0) }], survivors: [], leaks: [] };
     await s.clock.advance(T.heartbeatInterval + 10);
     expect(s.transitions).toContain('attached->fencing');
     expect(s.gc.lastReport()?.reason).toBe('guardian');
+    expect(s.gc.lastReport()?.stops.find((x) => x.uid === uidOf(0))?.method).toBe('forced-guardian');
     await s.clock.advance(5000);
     expect(s.gc.phase).toBe('attached');
     expect(s.gc.status().epoch).toBe(2);

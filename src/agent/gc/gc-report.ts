@@ -5,7 +5,8 @@ import type { FenceReason } from '../../domain/host-lifecycle.js';
 export interface VmStopReport {
   readonly uid: string;
   readonly vm: string;
-  readonly method: StopMethod | 'failed';
+  /** `forced-guardian`: the guardian's SIGKILL ended it (the agent was dead, frozen or too late). */
+  readonly method: StopMethod | 'forced-guardian' | 'failed';
   /** Monotonic ms from fence start to this VM being gone. */
   readonly stoppedAfterMs: number;
   readonly tookMs: number;

@@ -72,6 +72,16 @@ export class GcRun {
     this.save({ ...this.report!, ...opt('allStoppedAfterMs', sinceFence()) });
   }
 
+  /**
+   * Attributes the stops of `uids` to the guardian (its fire record lists the VMs it killed): a VM the
+   * guardian killed while the agent's graceful stop waited must not read as stopped gracefully.
+   */
+  attributeToGuardian(uids: ReadonlySet<string>): void {
+    const r = this.report;
+    if (!r || uids.size === 0) return;
+    this.save({ ...r, stops: r.stops.map((x) => (uids.has(x.uid) && x.method !== 'failed' ? { ...x, method: 'forced-guardian' } : x)) });
+  }
+
   /** Removes everything and audits; resolves with the audit's verdict (clean or not). */
   async cleanup(state: HostState): Promise<boolean> {
     const r = await cleanHost(this.ctx);

@@ -499,6 +499,8 @@ export class HostGc {
 
   private async fence(reason: FenceReason): Promise<void> {
     await this.run.fence(reason, this.state);
+    const fired = this.opts.guardian?.fired();
+    if (fired) this.run.attributeToGuardian(new Set(fired.killed.map((k) => k.uid)));
     this.dispatch({ kind: 'vms-stopped' });
   }
 
