@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { SystemClock } from '../../src/adapters/clock/system-clock.js';
 import { readArgv } from '../../src/adapters/qemu/proc-fs.js';
-import { VmOwnership, readProcStat, resolveQemuExecutable } from '../../src/adapters/qemu/process-owner.js';
+import { VmOwnership, readProcStat, readProcUids, resolveQemuExecutable } from '../../src/adapters/qemu/process-owner.js';
 import { removeDir, testDir } from '../support/real-host.js';
 
 /**
@@ -125,7 +125,9 @@ describe('VmOwnership: mark, executable and pid file under this state dir must a
       expect((await readArgv(p.pid!))?.[0]).toBe(fake);
       expect((await own.verify(outsideFile)).owned, `${who}: pid file outside`).toBe(false);
       const inside = await own.verify(pidFileIn(stateRoot, `forged-${who}`, uid, p.pid!));
-      expect(inside, `${who}: pid file inside`).toMatchObject({ owned: false, reason: expect.stringMatching(/runs .*qemu-system-x86_64, not/) });
+      // root fails the executable check; nobody already fails the user check before it.
+      const why = who === 'root' ? /runs .*qemu-system-x86_64, not/ : /runs as user 65534\//;
+      expect(inside, `${who}: pid file inside`).toMatchObject({ owned: false, reason: expect.stringMatching(why) });
       expect((await own.listOwned()).map((o) => o.pid)).not.toContain(p.pid);
       expect(p.exitCode).toBeNull();
     }
@@ -135,6 +137,23 @@ describe('VmOwnership: mark, executable and pid file under this state dir must a
     const f = join(bin, 'nobody-node.pid');
     writeFileSync(f, `${asNobody.pid}`);
     expect((await own.verify(f)).owned).toBe(false);
+  });
+
+  it('refuses the configured binary run by another user with a forged mark, even with its pid file inside the state dir', async () => {
+    const own = new VmOwnership({ stateRoot, hostId, qemuBinary: process.execPath });
+    expect(own.expectedUid).toBe(process.geteuid!());
+    const uid = randomUUID();
+    const forged = await fakeQemu(`tether:${hostId}:${uid}`, { uid: 65534, gid: 65534 });
+    const file = pidFileIn(stateRoot, 'nobody-inside', uid, forged.pid!);
+    const v = await own.verify(file, { uid });
+    expect(v).toMatchObject({ owned: false, reason: expect.stringMatching(/runs as user 65534\/65534\/65534\/65534 .*not 0/) });
+    expect((await own.listOwned()).map((o) => o.pid)).not.toContain(forged.pid);
+    // The same process passes when nobody is the expected user: the uid check is what refused it.
+    const asNobody = new VmOwnership({ stateRoot, hostId, qemuBinary: process.execPath, expectedUid: 65534 });
+    expect((await asNobody.verify(file, { uid })).owned).toBe(true);
+    expect(await readProcUids(forged.pid!)).toEqual({ real: 65534, effective: 65534, saved: 65534, fs: 65534 });
+    expect(await readProcUids(2 ** 30)).toBeUndefined();
+    expect(forged.exitCode).toBeNull();
   });
 
   it('resolves the configured binary through PATH and fails loudly when it is missing', async () => {

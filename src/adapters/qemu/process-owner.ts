@@ -16,11 +16,15 @@ import { readArgv, readPidFile } from './proc-fs.js';
  * 3. the process is alive (not a zombie) and its `/proc/<pid>/cmdline` carries the owner mark
  *    `-name tether:<hostId>:<uid>` (owner-mark.ts) for this host, with the same `<uid>` as the
  *    pid file's folder;
- * 4. `/proc/<pid>/exe` is the configured QEMU binary (its realpath; PATH lookup for a bare name),
+ * 4. it runs as the expected user: the real, effective, saved and file-system uids of
+ *    `/proc/<pid>/status` all equal the expected uid (default: this process's effective uid; the
+ *    owner of `/proc/<pid>` is not used, a process can make it root by turning non-dumpable);
+ * 5. `/proc/<pid>/exe` is the configured QEMU binary (its realpath; PATH lookup for a bare name),
  *    or that path with ` (deleted)` (the package was upgraded under a running VM);
- * 5. the process start time did not change during the checks (no pid reuse in between).
+ * 6. the process start time did not change during the checks (no pid reuse in between).
  * A second agent with the same host id but another state dir, a renamed copy of another program,
- * or a process that only forges the mark fails at least one of them.
+ * the real QEMU binary run by another user with a forged mark, or a process that only forges the
+ * mark fails at least one of them.
  *
  * After a process was verified, {@link VmOwnership.stillAlive} follows it by (pid, start time):
  * the same process, even once QEMU removed its pid file on exit.
@@ -66,6 +70,32 @@ export async function readProcStat(pid: number, procRoot = '/proc'): Promise<Pro
   return { state, startTime };
 }
 
+/** The uids of `/proc/<pid>/status` (`Uid:` line): real, effective, saved set, file system. */
+export interface ProcUids {
+  readonly real: number;
+  readonly effective: number;
+  readonly saved: number;
+  readonly fs: number;
+}
+
+/** Parses the `Uid:` line of `/proc/<pid>/status`; undefined when the process does not exist. */
+export async function readProcUids(pid: number, procRoot = '/proc'): Promise<ProcUids | undefined> {
+  let text: string;
+  try {
+    text = await readFile(`${procRoot}/${pid}/status`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const m = /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*$/m.exec(text);
+  if (!m) return undefined;
+  return { real: Number(m[1]), effective: Number(m[2]), saved: Number(m[3]), fs: Number(m[4]) };
+}
+
+/** This process's effective uid (the user VMs are expected to run as by default). */
+export function currentEuid(): number {
+  return process.geteuid?.() ?? 0;
+}
+
 /** A verified VM process of this host. */
 export interface OwnedVm {
   readonly pid: number;
@@ -92,6 +122,11 @@ export interface VmOwnershipOptions {
   readonly qemuBinary: string;
   /** `/proc` (tests may not change it for the exe check, which needs the real one). */
   readonly procRoot?: string;
+  /**
+   * The user VM processes must run as (every uid of `/proc/<pid>/status`); default this
+   * process's effective uid (the agent, and the guardian it starts, run as the user that runs QEMU).
+   */
+  readonly expectedUid?: number;
 }
 
 const SEGMENT = /^[^/\0]+$/;
@@ -103,6 +138,8 @@ export class VmOwnership {
   private readonly hostId: string | undefined;
   private readonly qemuBinary: string;
   private readonly procRoot: string;
+  /** The uid every VM process must run as (see {@link VmOwnershipOptions.expectedUid}). */
+  readonly expectedUid: number;
   private exe: Promise<string> | undefined;
 
   constructor(options: VmOwnershipOptions) {
@@ -110,6 +147,7 @@ export class VmOwnership {
     this.hostId = options.hostId;
     this.qemuBinary = options.qemuBinary;
     this.procRoot = options.procRoot ?? '/proc';
+    this.expectedUid = options.expectedUid ?? currentEuid();
   }
 
   /** The realpath of the configured QEMU binary, resolved once (a failure is retried next call). */
@@ -170,6 +208,12 @@ export class VmOwnership {
     const hostId = expect.hostId ?? this.hostId;
     if (hostId !== undefined && owner.hostId !== hostId) return no(`pid ${pid} is marked for host ${owner.hostId}`);
     if (owner.uid !== layout.uid) return no(`pid ${pid} is marked for uid ${owner.uid}, its pid file lies in ${layout.uid}`);
+    const uids = await readProcUids(pid, this.procRoot);
+    if (!uids) return no(`pid ${pid} is not running`);
+    const { real, effective, saved, fs } = uids;
+    if ([real, effective, saved, fs].some((u) => u !== this.expectedUid)) {
+      return no(`pid ${pid} runs as user ${real}/${effective}/${saved}/${fs} (real/effective/saved/fs), not ${this.expectedUid}`);
+    }
     const want = await this.qemuExe();
     let exe: string;
     try {
