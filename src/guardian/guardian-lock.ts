@@ -81,10 +81,10 @@ export interface GuardianLock {
  */
 export function acquireGuardianLock(stateDir: string): GuardianLock | { heldBy: number } {
   const path = guardianFiles(resolve(stateDir)).pid;
-  mkdirSync(dirname(path), { recursive: true });
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      const fd = openSync(path, 'wx', 0o644);
+      const fd = openSync(path, 'wx', 0o600);
       writeSync(fd, `${process.pid}\n`);
       closeSync(fd);
       return {
@@ -94,7 +94,7 @@ export function acquireGuardianLock(stateDir: string): GuardianLock | { heldBy: 
           if (holder !== undefined) return false;
           // Removed under us (not taken): write it back.
           try {
-            writeFileSync(path, `${process.pid}\n`, { flag: 'wx' });
+            writeFileSync(path, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
           } catch {
             /* a racer wrote it: decided below */
           }

@@ -205,11 +205,11 @@ export class Guardian {
     else this.o.log('warn', 'every VM of this host is gone', { killed: pass.killed.length, tookMs });
   }
 
-  /** fired.json, replaced atomically (temp file + rename). */
+  /** fired.json, replaced atomically (temp file + rename), mode 0600. */
   private writeFired(record: GuardianFiredRecord): void {
     const tmp = `${this.files.fired}.tmp-${process.pid}`;
     try {
-      writeFileSync(tmp, `${JSON.stringify(record)}\n`);
+      writeFileSync(tmp, `${JSON.stringify(record)}\n`, { mode: 0o600 });
       renameSync(tmp, this.files.fired);
     } catch (err) {
       this.o.journal.write('error', { what: 'writing fired.json', err: messageOf(err) });

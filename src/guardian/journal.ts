@@ -26,7 +26,8 @@ export type JournalEvent =
  *
  * Invariants: a line is written synchronously before the action it announces continues (so a
  * guardian killed mid-action leaves a journal that says how far it got); the file is rotated to
- * `journal.jsonl.1` past `maxBytes` (one old file kept), so renewals every heartbeat stay bounded.
+ * `journal.jsonl.1` past `maxBytes` (one old file kept), so renewals every heartbeat stay bounded;
+ * a journal file it creates is 0600.
  * A write failure never stops the guardian: it is reported once on stderr.
  */
 export class Journal {
@@ -53,7 +54,7 @@ export class Journal {
         renameSync(this.path, `${this.path}.1`);
         this.size = 0;
       }
-      appendFileSync(this.path, line);
+      appendFileSync(this.path, line, { mode: 0o600 });
       this.size += Buffer.byteLength(line);
       this.failed = false;
     } catch (err) {

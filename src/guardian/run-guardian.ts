@@ -1,7 +1,8 @@
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { resolve } from 'node:path';
 import { SystemClock } from '../adapters/clock/system-clock.js';
+import { ensurePrivateDir, octal, tightenFile } from '../adapters/fs/private-files.js';
 import { HOST_ID_PATTERN } from '../adapters/qemu/owner-mark.js';
 import { VmOwnership } from '../adapters/qemu/process-owner.js';
 import { hostCgroupDir, resolveVmCgroupRoot } from '../adapters/qemu/vm-cgroup.js';
@@ -78,7 +79,13 @@ export async function runGuardian(cfg: GuardianConfig): Promise<number> {
   const clock = new SystemClock();
   const bootId = readBootId();
   const files = guardianFiles(stateDir);
-  mkdirSync(files.dir, { recursive: true });
+  // Private like the rest of the state dir: created 0700/0600, or tightened when found looser.
+  const dirWas = ensurePrivateDir(files.dir);
+  if (dirWas !== undefined) log('warn', `${files.dir} was open to other users (${octal(dirWas)}): tightened`);
+  for (const f of [files.feed, files.fired, files.journal, `${files.journal}.1`, files.pid, files.log]) {
+    const was = tightenFile(f);
+    if (was !== undefined) log('warn', `${f} was open to other users (${octal(was)}): tightened`);
+  }
   const journal = new Journal(files.journal, clock);
   const notifier = SdNotifier.fromEnv(process.env, { onError: (m) => log('warn', m) });
   const notifyIntervalMs = notifier ? watchdogIntervalMs() : undefined;

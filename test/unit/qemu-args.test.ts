@@ -40,7 +40,12 @@ describe('buildQemuArgs', () => {
     expect(after(args, '-m')).toBe('96');
     expect(after(args, '-smp')).toBe('2');
     for (const f of ['-nodefaults', '-no-user-config', '-nographic', '-no-reboot', '-daemonize']) expect(args).toContain(f);
-    expect(after(args, '-serial')).toBe('file:/var/lib/tether/vms/x/serial.log');
+    // The console is a ring in QEMU's memory (never a file QEMU writes), drained through a second monitor.
+    expect(after(args, '-serial')).toBe('chardev:con0');
+    const chardevs = args.filter((_, i) => args[i - 1] === '-chardev');
+    expect(chardevs).toEqual(['ringbuf,id=con0,size=65536', 'socket,id=conmon,path=/var/lib/tether/vms/x/con.sock,server=on,wait=off']);
+    expect(after(args, '-mon')).toBe('chardev=conmon,mode=control');
+    expect(args.join(' ')).not.toMatch(/file:|logfile=/);
     expect(after(args, '-kernel')).toBe('/img/vmlinux');
     expect(after(args, '-initrd')).toBe('/img/initrd.img');
     expect(after(args, '-append')).toBe('console=ttyS0 quiet panic=-1 tsc_early_khz=2096020');
@@ -128,6 +133,11 @@ describe('tscKhzFromCpuinfo / vmStatePaths', () => {
     expect(tscKhzFromCpuinfo('processor\t: 0\n')).toBeUndefined();
   });
   it('names the state files', () => {
-    expect(vmStatePaths('/s')).toEqual({ pidFile: '/s/qemu.pid', qmpSocket: '/s/qmp.sock', serialLog: '/s/serial.log', qemuLog: '/s/qemu.log' });
+    expect(vmStatePaths('/s')).toEqual({
+      pidFile: '/s/qemu.pid', qmpSocket: '/s/qmp.sock', consoleSocket: '/s/con.sock', serialLog: '/s/serial.log',
+      serialLogOld: '/s/serial.log.1', readyFile: '/s/ready', qemuLog: '/s/qemu.log',
+    });
+    // Both sockets have names of the same length: one path-length check covers both.
+    expect('con.sock'.length).toBe('qmp.sock'.length);
   });
 });

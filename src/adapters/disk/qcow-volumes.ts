@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { link, lstat, open, readdir, stat, unlink } from 'node:fs/promises';
+import { chmod, link, lstat, open, readdir, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { InvalidArgumentError, NotFoundError, TetherError, messageOf } from '../../domain/errors.js';
 import type { Volumes } from '../../ports/volumes.js';
 import { runCommand } from '../exec.js';
+import { PRIVATE_FILE_MODE, tightenFile } from '../fs/private-files.js';
 
 /** Options of {@link QcowVolumes}. */
 export interface QcowVolumesOptions {
@@ -49,6 +50,8 @@ export function overlayTempPrefix(path: string): string {
  *   never probes it again. Bases are operator-provided and attached read-only; probing an
  *   untrusted raw file could misread it as qcow2, so do not point this at guest-writable files.
  * - `qemu-img info` runs with `-U` (force-share) so overlays in use by a running VM can be inspected.
+ * - **Private.** An overlay holds what the guest wrote: it is 0600 before it gets its final name
+ *   (the temp file is tightened before the link), and an existing overlay found looser is tightened.
  * - Paths must be absolute. Errors: VOLUME_ERROR (cause: the `qemu-img` CommandError with stderr),
  *   NOT_FOUND for a missing base, NOT_OWNED / ALREADY_EXISTS / INVALID_ARGUMENT as above.
  */
@@ -75,7 +78,10 @@ export class QcowVolumes implements Volumes {
       throw new InvalidArgumentError('path', `overlay ${path} is outside ${this.root}`);
     }
     if (await exists(path)) {
-      if (await this.isOverlay(path, basePath)) return;
+      if (await this.isOverlay(path, basePath)) {
+        await guard(`tightening ${path}`, path, async () => tightenFile(path));
+        return;
+      }
       throw new TetherError('ALREADY_EXISTS', `${path} exists and is not a qcow2 overlay of ${basePath}; refusing to overwrite it`, {
         details: { path, basePath },
       });
@@ -85,6 +91,7 @@ export class QcowVolumes implements Volumes {
     const tmp = join(dir, `${overlayTempPrefix(path)}${process.pid}-${randomBytes(4).toString('hex')}`);
     try {
       await this.qemu(['create', '-q', '-f', 'qcow2', '-F', format, '-b', basePath, tmp], `creating overlay ${path}`, path);
+      await guard(`making ${tmp} private`, path, () => chmod(tmp, PRIVATE_FILE_MODE));
       await guard(`syncing ${tmp}`, path, () => fsyncPath(tmp));
       try {
         await link(tmp, path);

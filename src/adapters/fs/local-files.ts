@@ -1,9 +1,13 @@
-import { mkdir, readdir, rm, rmdir, stat } from 'node:fs/promises';
+import { chmod, mkdir, readdir, rm, rmdir, stat } from 'node:fs/promises';
 import { isAbsolute, relative, resolve } from 'node:path';
 import { TetherError } from '../../domain/errors.js';
 import type { Files } from '../../ports/files.js';
+import { PRIVATE_DIR_MODE } from './private-files.js';
 
-/** {@link Files} on the local disk, confined to `root`. */
+/**
+ * {@link Files} on the local disk, confined to `root`. Folders it creates are 0700 (missing
+ * parents included), and `ensureDir` tightens an existing folder found looser (see private-files.ts).
+ */
 export class LocalFiles implements Files {
   readonly root: string;
 
@@ -12,7 +16,10 @@ export class LocalFiles implements Files {
   }
 
   async ensureDir(path: string): Promise<void> {
-    await mkdir(this.inside(path), { recursive: true });
+    const abs = this.inside(path);
+    await mkdir(abs, { recursive: true, mode: PRIVATE_DIR_MODE });
+    const st = await stat(abs);
+    if ((st.mode & 0o077) !== 0) await chmod(abs, PRIVATE_DIR_MODE);
   }
 
   async exists(path: string): Promise<boolean> {

@@ -18,16 +18,16 @@ function holderAlive(pid: number, mark: string): boolean {
 }
 
 /**
- * Takes an exclusive pid lock at `path` (created with O_EXCL). A lock left by a dead process, or
+ * Takes an exclusive pid lock at `path` (created with O_EXCL, mode 0600; a missing folder is made 0700). A lock left by a dead process, or
  * by a live process whose command line does not carry `mark` (pid reused), is stale and taken over.
  * A live holder makes this fail with FAILED_PRECONDITION naming its pid and the `about` text it
  * wrote (second line of the file), after `what` (default: another tether agent holds the lock).
  */
 export function acquirePidLock(path: string, mark: string, about?: { what?: string; info?: string }): HeldLock {
-  mkdirSync(dirname(path), { recursive: true });
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      const fd = openSync(path, 'wx', 0o644);
+      const fd = openSync(path, 'wx', 0o600);
       writeSync(fd, `${process.pid}\n${about?.info ?? ''}\n`);
       closeSync(fd);
       return {

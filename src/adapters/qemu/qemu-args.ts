@@ -2,18 +2,28 @@ import { join } from 'node:path';
 import type { VmLaunchSpec } from '../../ports/vmm.js';
 import { InvalidArgumentError } from '../../domain/errors.js';
 import { HOST_ID_PATTERN, VM_UID_PATTERN, qemuNameArg } from './owner-mark.js';
+import { CONSOLE_DEVICE, CONSOLE_RING_BYTES } from './serial-console.js';
 
 /** Accelerator QEMU runs the guest with. */
 export type Accel = 'kvm' | 'tcg';
 
-/** Files of one VM inside its state folder. Names are fixed: other components rely on them. */
+/**
+ * Files of one VM inside its state folder (0700; every file in it 0600). Names are fixed: other
+ * components rely on them.
+ */
 export interface VmStatePaths {
   /** Written by QEMU (`-pidfile`) once it has daemonised. */
   readonly pidFile: string;
-  /** QMP server socket (`-qmp unix:…,server=on,wait=off`). */
+  /** QMP server socket (`-qmp unix:…,server=on,wait=off`): stop, power button. */
   readonly qmpSocket: string;
-  /** Guest serial console (`-serial file:…`), truncated by each start. */
+  /** Second QMP monitor, used only to drain the console ring (serial-console.ts). */
+  readonly consoleSocket: string;
+  /** Guest serial console as drained by the agent (capped, see serial-console.ts); removed by each start. */
   readonly serialLog: string;
+  /** The previous `serial.log` after a rotation. */
+  readonly serialLogOld: string;
+  /** Written (empty) once the ready marker passed on the console; removed by each start. */
+  readonly readyFile: string;
   /** QEMU's own stdout/stderr until it daemonises (start errors land here). */
   readonly qemuLog: string;
 }
@@ -23,7 +33,10 @@ export function vmStatePaths(stateDir: string): VmStatePaths {
   return {
     pidFile: join(stateDir, 'qemu.pid'),
     qmpSocket: join(stateDir, 'qmp.sock'),
+    consoleSocket: join(stateDir, 'con.sock'),
     serialLog: join(stateDir, 'serial.log'),
+    serialLogOld: join(stateDir, 'serial.log.1'),
+    readyFile: join(stateDir, 'ready'),
     qemuLog: join(stateDir, 'qemu.log'),
   };
 }
@@ -53,9 +66,11 @@ export function validateLaunchSpec(spec: VmLaunchSpec): void {
   checkPath('stateDir', spec.stateDir);
   checkPath('kernelPath', spec.kernelPath);
   if (spec.initrdPath !== undefined) checkPath('initrdPath', spec.initrdPath);
-  const sock = vmStatePaths(spec.stateDir).qmpSocket;
-  if (Buffer.byteLength(sock) > MAX_UNIX_SOCKET_PATH) {
-    throw new InvalidArgumentError('stateDir', `too long: the QMP socket path ${sock} exceeds ${MAX_UNIX_SOCKET_PATH} bytes`);
+  const paths = vmStatePaths(spec.stateDir);
+  for (const sock of [paths.qmpSocket, paths.consoleSocket]) {
+    if (Buffer.byteLength(sock) > MAX_UNIX_SOCKET_PATH) {
+      throw new InvalidArgumentError('stateDir', `too long: the QMP socket path ${sock} exceeds ${MAX_UNIX_SOCKET_PATH} bytes`);
+    }
   }
   spec.disks.forEach((d, i) => checkPath(`disks[${i}].path`, d.path));
   spec.nics.forEach((n, i) => {
@@ -87,7 +102,9 @@ export function effectiveKernelCmdline(spec: VmLaunchSpec, options: QemuArgsOpti
  * Invariants: the VM daemonises (`-daemonize`, survives the agent) and writes its pid to
  * `<stateDir>/qemu.pid`; `-no-reboot` makes QEMU exit when the guest powers off or reboots;
  * the `-name` value carries the owner mark `tether:<hostId>:<uid>` (see owner-mark.ts);
- * disk i is drive `d<i>` and NIC i is netdev `n<i>`, in spec order (vda…, eth0…).
+ * disk i is drive `d<i>` and NIC i is netdev `n<i>`, in spec order (vda…, eth0…); the serial port
+ * is a {@link CONSOLE_RING_BYTES} ring buffer (`con0`) that QEMU never writes to disk, drained
+ * through a second QMP monitor at `con.sock` (serial-console.ts).
  * Call {@link validateLaunchSpec} first: this function does not escape anything.
  */
 export function buildQemuArgs(spec: VmLaunchSpec, options: QemuArgsOptions): string[] {
@@ -99,12 +116,14 @@ export function buildQemuArgs(spec: VmLaunchSpec, options: QemuArgsOptions): str
     '-m', String(spec.memoryMb),
     '-smp', String(spec.vcpu),
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
-    '-serial', `file:${paths.serialLog}`,
+    '-chardev', `ringbuf,id=${CONSOLE_DEVICE},size=${CONSOLE_RING_BYTES}`,
+    '-serial', `chardev:${CONSOLE_DEVICE}`,
     '-kernel', spec.kernelPath,
   ];
   if (spec.initrdPath !== undefined) args.push('-initrd', spec.initrdPath);
   args.push('-append', effectiveKernelCmdline(spec, options));
   args.push('-qmp', `unix:${paths.qmpSocket},server=on,wait=off`);
+  args.push('-chardev', `socket,id=conmon,path=${paths.consoleSocket},server=on,wait=off`, '-mon', 'chardev=conmon,mode=control');
   args.push('-device', 'i8042');
   spec.disks.forEach((d, i) => {
     args.push(

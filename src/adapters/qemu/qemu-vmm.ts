@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
-import { open, readFile, rm } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { access, open, readFile, rm } from 'node:fs/promises';
 import type { Clock } from '../../ports/clock.js';
 import type { Logger } from '../../ports/logger.js';
 import type { StopOptions, StopResult, VmLaunchSpec, VmProcessStatus, Vmm } from '../../ports/vmm.js';
@@ -13,6 +14,8 @@ import { readPidFile } from './proc-fs.js';
 import { JOIN_CGROUP_SCRIPT, hostCgroupDir, removeEmptyCgroup, resolveVmCgroupRoot, type VmCgroupRoot } from './vm-cgroup.js';
 import { QmpClient } from './qmp-client.js';
 import { LogScanner, READY_MARKER, fileContains, readTail } from './serial-log.js';
+import { CappedLog, ConsolePump, DEFAULT_SERIAL_LOG_BYTES, checkSerialLogMaxBytes } from './serial-console.js';
+import { PRIVATE_FILE_MODE, tightenFile } from '../fs/private-files.js';
 
 /** Options of {@link QemuVmm}. */
 export interface QemuVmmOptions {
@@ -61,14 +64,54 @@ export interface QemuVmmOptions {
    * 0: press once), so a guest whose handler was not listening yet still powers off.
    */
   readonly gracefulRepeatMs?: number;
+  /**
+   * Most bytes one VM's console may take on disk (`serial.log` + `serial.log.1`), default 1 MiB,
+   * at least 4096 (serial-console.ts).
+   */
+  readonly serialLogMaxBytes?: number;
+  /** Console drain period once the guest is ready, ms (default 500; 50 ms until then). */
+  readonly consolePollMs?: number;
 }
 
 let cpuinfoKhz: Promise<number | undefined> | undefined;
+
+/** Runs `fn` (which must spawn synchronously) with the process umask set to `mask`, then restores it. */
+function withUmask<T>(mask: number, fn: () => T): T {
+  let old: number | undefined;
+  try {
+    old = process.umask(mask);
+  } catch {
+    /* not available (worker thread): the mode checks after start still apply */
+  }
+  try {
+    return fn();
+  } finally {
+    if (old !== undefined) process.umask(old);
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
 
 /** Host TSC frequency (kHz) from the first `cpu MHz` of /proc/cpuinfo; read once per process. */
 export function hostTscKhz(): Promise<number | undefined> {
   cpuinfoKhz ??= readFile('/proc/cpuinfo', 'utf8').then(tscKhzFromCpuinfo, () => undefined);
   return cpuinfoKhz;
+}
+
+/** The console pump of one VM folder (see QemuVmm.attachConsole). */
+interface ConsoleEntry {
+  /** `/proc` start time of the QEMU it drains. */
+  readonly startTime: string;
+  /** Monotonic ms when attaching began. */
+  readonly at: number;
+  /** Settles once the pump runs (or none is needed). */
+  attached: Promise<void>;
+  pump?: ConsolePump;
 }
 
 /** Serialises async work per key (one VM state folder): one start or stop at a time per VM. */
@@ -107,7 +150,13 @@ class KeyedMutex {
  *   then QMP `quit`, then SIGKILL, and returns only once the process is verified gone (else
  *   TIMEOUT); a QMP socket that does not answer in the graceful phase skips straight to SIGKILL;
  * - files in the state folder are never deleted by stop (the caller's cleanup plan owns them);
- *   start only removes a stale pid file before launching;
+ *   start only removes a stale pid file and the previous run's console files before launching;
+ * - least privilege: QEMU is spawned with umask 077 and, once it runs, its sockets, pid file and
+ *   qemu.log are checked to be 0600 (tightened otherwise) inside the VM folder (0700, made by
+ *   the caller's Files port);
+ * - the guest console never reaches the disk through QEMU: a verified running VM gets one console
+ *   pump (serial-console.ts) that keeps `serial.log` + `serial.log.1` under `serialLogMaxBytes`;
+ *   pumps attach on start and on status (adoption), and end when QEMU exits;
  * - one start/stop at a time per state folder within an instance; every method is idempotent;
  * - every wait runs on the injected Clock.
  */
@@ -126,6 +175,10 @@ export class QemuVmm implements Vmm {
   private readonly owner: VmOwnership;
   private readonly cgroupOption: string | false | undefined;
   private cgroupRoot: Promise<VmCgroupRoot> | undefined;
+  private readonly serialLogMaxBytes: number;
+  private readonly consolePollMs: number;
+  /** Console pump per VM folder (one at a time). */
+  private readonly pumps = new Map<string, ConsoleEntry>();
 
   constructor(options: QemuVmmOptions) {
     this.clock = options.clock;
@@ -143,6 +196,55 @@ export class QemuVmm implements Vmm {
     this.gracefulRepeatMs = options.gracefulRepeatMs ?? 1000;
     this.owner = new VmOwnership({ stateRoot: options.stateRoot, qemuBinary: this.binary, ...(options.hostId !== undefined ? { hostId: options.hostId } : {}) });
     this.cgroupOption = options.cgroupRoot;
+    this.serialLogMaxBytes = options.serialLogMaxBytes ?? DEFAULT_SERIAL_LOG_BYTES;
+    checkSerialLogMaxBytes(this.serialLogMaxBytes);
+    this.consolePollMs = options.consolePollMs ?? 500;
+  }
+
+  /**
+   * Makes sure the verified running `vm` has a console pump draining its ring into its capped
+   * log: one per VM folder, registered before any await (concurrent callers share it). A pump of
+   * an earlier QEMU of the same folder (other start time) is replaced; a pump that ended without
+   * its QEMU exiting (monitor unreachable) is retried at most every 5 s.
+   */
+  private attachConsole(vm: OwnedVm): Promise<void> {
+    const cur = this.pumps.get(vm.stateDir);
+    if (cur && cur.startTime === vm.startTime && (!cur.pump?.ended || this.clock.nowMono() - cur.at < 5000)) return cur.attached;
+    const entry: ConsoleEntry = { startTime: vm.startTime, at: this.clock.nowMono(), attached: Promise.resolve() };
+    this.pumps.set(vm.stateDir, entry);
+    entry.attached = (async () => {
+      await cur?.attached;
+      await cur?.pump?.stop();
+      const paths = vmStatePaths(vm.stateDir);
+      // A VM started before consoles were rings (`-serial file:`) has no console monitor: nothing to drain.
+      if (!(await exists(paths.consoleSocket)) || this.pumps.get(vm.stateDir) !== entry) return;
+      const pump = new ConsolePump({
+        clock: this.clock,
+        socket: paths.consoleSocket,
+        log: new CappedLog(paths.serialLog, paths.serialLogOld, this.serialLogMaxBytes),
+        marker: READY_MARKER,
+        readyFile: paths.readyFile,
+        pollMs: this.consolePollMs,
+        ready: await exists(paths.readyFile),
+        ...(this.logger ? { logger: this.logger.child({ uid: vm.uid }) } : {}),
+      });
+      entry.pump = pump;
+      void pump.done.then(async () => {
+        // QEMU gone: forget the pump (a monitor that failed while QEMU runs is retried later).
+        if (this.pumps.get(vm.stateDir) === entry && !(await this.owner.stillAlive(vm))) this.pumps.delete(vm.stateDir);
+      });
+    })().catch((err: unknown) => this.logger?.warn({ uid: vm.uid, err: messageOf(err) }, 'cannot attach the console pump'));
+    return entry.attached;
+  }
+
+  /** Stops every console pump (after one last drain each). VMs keep running. */
+  async close(): Promise<void> {
+    const all = [...this.pumps.values()];
+    this.pumps.clear();
+    await Promise.all(all.map(async (e) => {
+      await e.attached;
+      await e.pump?.stop();
+    }));
   }
 
   /** The resolved state root every VM pid file must lie under. */
@@ -194,6 +296,7 @@ export class QemuVmm implements Vmm {
     const log = this.logger?.child({ uid: spec.uid });
     const existing = await this.verified(spec.uid, spec.stateDir, spec.hostId);
     if (existing !== undefined) {
+      await this.attachConsole(existing);
       log?.info({ pid: existing.pid }, 'VM already running; start is a no-op');
       return { pid: existing.pid };
     }
@@ -202,8 +305,12 @@ export class QemuVmm implements Vmm {
     const accel = await this.accel();
     const tscKhz = accel === 'tcg' ? await hostTscKhz() : undefined;
     const args = buildQemuArgs(spec, { accel, ...(tscKhz !== undefined ? { tscKhz } : {}) });
-    // A stale pid file must not be mistaken for the new process's.
-    await rm(paths.pidFile, { force: true });
+    // A stale pid file must not be mistaken for the new process's; the console files are this run's.
+    const old = this.pumps.get(resolve(spec.stateDir));
+    this.pumps.delete(resolve(spec.stateDir));
+    await old?.attached;
+    await old?.pump?.stop();
+    await Promise.all([paths.pidFile, paths.serialLog, paths.serialLogOld, paths.readyFile].map((f) => rm(f, { force: true })));
     const t0 = this.clock.nowMono();
     const cgroup = await this.vmCgroupDir(spec.hostId);
     // In a cgroup: a shell joins it and execs QEMU (same pid, argv[0] the QEMU binary).
@@ -224,6 +331,11 @@ export class QemuVmm implements Vmm {
     for (;;) {
       const vm = await this.verified(spec.uid, spec.stateDir, spec.hostId);
       if (vm !== undefined) {
+        for (const f of [paths.qmpSocket, paths.consoleSocket, paths.pidFile, paths.qemuLog]) {
+          const was = tightenFile(f);
+          if (was !== undefined) log?.debug({ file: f, was: was.toString(8) }, 'tightened to 0600');
+        }
+        await this.attachConsole(vm);
         log?.info({ pid: vm.pid, accel, cgroup, tookMs: Math.round(this.clock.nowMono() - t0) }, 'VM started');
         return { pid: vm.pid };
       }
@@ -242,11 +354,13 @@ export class QemuVmm implements Vmm {
     args: string[],
     logPath: string,
   ): Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: string }> {
-    const fh = await open(logPath, 'w');
+    const fh = await open(logPath, 'w', PRIVATE_FILE_MODE);
+    tightenFile(logPath);
     try {
       return await new Promise((resolve) => {
         let done = false;
-        const child = spawn(command, args, { stdio: ['ignore', fh.fd, fh.fd] });
+        // Whatever QEMU creates before it sets its own umask (027, when daemonising) is private.
+        const child = withUmask(0o077, () => spawn(command, args, { stdio: ['ignore', fh.fd, fh.fd] }));
         const timer = this.clock.setTimer(this.startTimeoutMs, () => {
           if (done) return;
           done = true;
@@ -282,12 +396,17 @@ export class QemuVmm implements Vmm {
     const t0 = this.clock.nowMono();
     const deadline = t0 + timeoutMs;
     for (let i = 0; ; i++) {
-      if (await scanner.poll()) {
+      if (i % 10 === 0 && !this.pumps.has(resolve(stateDir))) {
+        const v = await this.owner.verify(paths.pidFile);
+        if (v.owned) await this.attachConsole(v.vm);
+      }
+      if ((await exists(paths.readyFile)) || (await scanner.poll())) {
         this.logger?.debug({ stateDir, tookMs: Math.round(this.clock.nowMono() - t0) }, 'VM ready');
         return;
       }
       if (i % 10 === 9 && (await this.launchedAndGone(paths.pidFile))) {
-        if (await scanner.poll()) return;
+        await this.pumps.get(resolve(stateDir))?.pump?.stop();
+        if ((await exists(paths.readyFile)) || (await scanner.poll())) return;
         const tail = await readTail(paths.serialLog);
         throw new TetherError('VMM_ERROR', `VM in ${stateDir} exited before ready; serial log tail:\n${tail}`, {
           details: { stateDir, serialTail: tail },
@@ -322,7 +441,9 @@ export class QemuVmm implements Vmm {
   async status(uid: string, stateDir: string): Promise<VmProcessStatus> {
     const vm = await this.verified(uid, stateDir, this.hostId);
     if (vm === undefined) return { running: false, ready: false };
-    const ready = await fileContains(vmStatePaths(stateDir).serialLog, READY_MARKER);
+    await this.attachConsole(vm);
+    const paths = vmStatePaths(stateDir);
+    const ready = (await exists(paths.readyFile)) || (await fileContains(paths.serialLog, READY_MARKER));
     return { running: true, pid: vm.pid, ready };
   }
 

@@ -199,6 +199,11 @@ export class QmpClient {
     });
   }
 
+  /** Lets the process exit while this connection is open (a long-lived reader must not hold it). */
+  unref(): void {
+    this.socket.unref();
+  }
+
   /** Calls `listener` for each event named `event`; returns a function that unsubscribes. */
   on<K extends QmpEventName>(event: K, listener: (data: QmpEventMap[K], ev: QmpEvent<K>) => void): () => void {
     const wrapped: AnyListener = (ev) => listener(ev.data as QmpEventMap[K], ev as QmpEvent<K>);

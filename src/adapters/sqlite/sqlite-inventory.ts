@@ -1,4 +1,4 @@
-import { mkdirSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { TetherError } from '../../domain/errors.js';
@@ -11,6 +11,7 @@ import type {
   ResourceRow,
   VmRow,
 } from '../../ports/inventory.js';
+import { PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, tightenFile } from '../fs/private-files.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS vms (
@@ -73,18 +74,29 @@ export const MAX_EVENTS = 10_000;
 /**
  * {@link Inventory} on SQLite (better-sqlite3, WAL, synchronous=FULL so that a row written
  * before a resource is created survives a power cut, not only a process crash).
+ *
+ * Invariant (least privilege): the database file is 0600 before SQLite first opens it (created
+ * so, or tightened when found looser), so the `-wal` and `-shm` files SQLite creates beside it take
+ * the same mode (SQLite copies the database's mode to them); existing ones found looser are
+ * tightened too. VM metadata (which may hold bootstrap secrets) is readable by the agent's user only.
  */
 export class SqliteInventory implements Inventory {
   private readonly db: Database.Database;
 
   constructor(path: string) {
-    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
     try {
+      if (path !== ':memory:') {
+        mkdirSync(dirname(path), { recursive: true, mode: PRIVATE_DIR_MODE });
+        closeSync(openSync(path, 'a', PRIVATE_FILE_MODE));
+        for (const f of [path, `${path}-wal`, `${path}-shm`, `${path}-journal`]) tightenFile(f);
+      }
       this.db = new Database(path);
       this.db.pragma('journal_mode = WAL');
       this.db.pragma('synchronous = FULL');
       this.db.pragma('busy_timeout = 5000');
       this.db.exec(SCHEMA);
+      // WAL mode just created the -wal/-shm files (with the database's mode): checked anyway.
+      if (path !== ':memory:') for (const f of [`${path}-wal`, `${path}-shm`]) tightenFile(f);
     } catch (cause) {
       throw new TetherError('INVENTORY_ERROR', `opening inventory ${path}: ${String(cause)}`, { cause });
     }

@@ -66,6 +66,7 @@ const AGENT_ONLY_ENV = ['NOTIFY_SOCKET', 'WATCHDOG_USEC', 'WATCHDOG_PID', 'LISTE
  * - `shutdown` keeps the last deadline in the feed: a guardian that still sees a VM of this host
  *   goes on enforcing it;
  * - `fired` never hides a fire: an unreadable fired.json reads as an `incomplete` fire;
+ * - its files are private: the guardian folder is created 0700, the feed and guardian.log 0600;
  * - `ensureRunning` starts at most one guardian per state dir (pid lock verified by command
  *   line), detached in its own session and process group, with output to guardian.log, without
  *   the agent's systemd variables: the agent's death, its unit's stop or a terminal's SIGINT
@@ -121,8 +122,8 @@ export class GuardianFeed implements Guardian {
     const record: GuardianFeedRecord = { v: 1, hostId: this.hostId, bootId: this.bootId, seq: this.seq, ...f, ...(shutdown ? { shutdown: true as const } : {}) };
     const tmp = `${this.files.feed}.tmp-${process.pid}`;
     try {
-      mkdirSync(this.files.dir, { recursive: true });
-      writeFileSync(tmp, `${JSON.stringify(record)}\n`);
+      mkdirSync(this.files.dir, { recursive: true, mode: 0o700 });
+      writeFileSync(tmp, `${JSON.stringify(record)}\n`, { mode: 0o600 });
       renameSync(tmp, this.files.feed);
     } catch (err) {
       throw new TetherError('INTERNAL', `writing the guardian feed ${this.files.feed}: ${messageOf(err)}`, { cause: err, retryable: true });
@@ -190,10 +191,10 @@ export class GuardianFeed implements Guardian {
     const running = runningGuardian(this.stateDir);
     if (running !== undefined) return { started: false, pid: running };
     const [node, ...args] = this.commandLine();
-    mkdirSync(this.files.dir, { recursive: true });
+    mkdirSync(this.files.dir, { recursive: true, mode: 0o700 });
     const env = { ...process.env };
     for (const k of AGENT_ONLY_ENV) delete env[k];
-    const out = openSync(this.files.log, 'a');
+    const out = openSync(this.files.log, 'a', 0o600);
     let exited: string | undefined;
     let child;
     try {
