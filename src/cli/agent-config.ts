@@ -23,6 +23,8 @@ export interface AgentConfig {
   readonly accel: 'auto' | 'kvm' | 'tcg';
   readonly timings: GcTimings;
   readonly readyTimeout: number;
+  /** Most bytes one VM's console log takes on disk (serial.log + serial.log.1). */
+  readonly serialLogMaxBytes: number;
   readonly logLevel: string;
 }
 
@@ -56,6 +58,7 @@ export const AGENT_SCHEMA: readonly ConfigKey[] = [
   { key: 'capacityVcpu', type: 'int', default: availableParallelism(), description: 'vCPUs this host offers to VMs' },
   { key: 'capacityMemory', type: 'int', default: Math.floor(totalmem() / 2 ** 20 / 2), description: 'MiB of memory this host offers to VMs' },
   { key: 'readyTimeout', type: 'duration', default: 60_000, description: 'time from VM start to its ready marker' },
+  { key: 'serialLogMaxBytes', type: 'int', default: 1024 * 1024, description: 'most bytes one VM console log takes on disk (serial.log + serial.log.1, rotated); at least 4096' },
   { key: 'logLevel', type: { oneOf: ['debug', 'info', 'warn', 'error'] }, default: 'info', description: 'log level' },
 ];
 

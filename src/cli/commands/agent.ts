@@ -9,6 +9,7 @@ import { EtcdClusterStore } from '../../adapters/etcd/etcd-cluster-store.js';
 import { EtcdControllerStore } from '../../adapters/etcd/etcd-controller-store.js';
 import { LocalFiles } from '../../adapters/fs/local-files.js';
 import { acquirePidLock } from '../../adapters/fs/pid-lock.js';
+import { secureStateDir } from '../../adapters/fs/private-files.js';
 import { builtinGuestPaths, LocalImageStore } from '../../adapters/images/local-image-store.js';
 import { Iproute2Network } from '../../adapters/iproute2/iproute2-network.js';
 import { createLogger } from '../../adapters/log/pino-logger.js';
@@ -76,6 +77,7 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
     info: `state dir ${stateDir}`,
     what: `another tether agent already serves host id ${cfg.hostId} on this machine (one agent per host id); stop it first`,
   });
+  secureStateDir(stateDir, logger); // 0700, tightened (with a warning) when found looser
   const lock = acquirePidLock(`${stateDir}/agent.lock`, 'tether', { info: `host id ${cfg.hostId}` });
   const inventory = new SqliteInventory(`${stateDir}/inventory.db`);
   let agentId = inventory.getMeta(META_AGENT_ID);
@@ -87,7 +89,7 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
     hostId: cfg.hostId,
     clock,
     inventory,
-    vmm: new QemuVmm({ clock, accel: cfg.accel, hostId: cfg.hostId, stateRoot: stateDir, probe: accelProbe(cfg.cacheDir), logger: logger.child({ c: 'qemu' }) }),
+    vmm: new QemuVmm({ clock, accel: cfg.accel, hostId: cfg.hostId, stateRoot: stateDir, probe: accelProbe(cfg.cacheDir), serialLogMaxBytes: cfg.serialLogMaxBytes, logger: logger.child({ c: 'qemu' }) }),
     network: new Iproute2Network(),
     volumes: new QcowVolumes({ root: stateDir }),
     images: new LocalImageStore({ storeDir: cfg.imageDir, builtin: builtinGuestPaths(cfg.cacheDir) }),
