@@ -106,7 +106,8 @@ export class HostGc {
   private fedDeadline: number | null | undefined;
   private guardianUp: boolean | undefined;
   private duplicateOf: string | undefined;
-  private holdSyncing = false;
+  /** The hold-protocol steps, one at a time and in order (a caller waits for its own step). */
+  private holdSyncs: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly ctx: HostContext,
@@ -327,10 +328,13 @@ export class HostGc {
 
   // --- hold protocol (src/domain/hold.ts: applied => seen, always) ---------------------------
 
-  /** Reads the record and takes the next step of the hold protocol. Never throws. */
-  private async syncHold(): Promise<void> {
-    if (this.holdSyncing) return;
-    this.holdSyncing = true;
+  /** Reads the record and takes the next step of the hold protocol, after any step in progress. Never throws. */
+  private syncHold(): Promise<void> {
+    this.holdSyncs = this.holdSyncs.then(() => this.syncHoldOnce());
+    return this.holdSyncs;
+  }
+
+  private async syncHoldOnce(): Promise<void> {
     try {
       const lease = this.lease;
       if (!lease || !admitsWork(this.state.phase)) return;
@@ -339,8 +343,6 @@ export class HostGc {
       await this.holdStep(rec, lease);
     } catch (err) {
       this.ctx.logger.debug({ err: messageOf(err) }, 'hold sync failed; the next poll retries');
-    } finally {
-      this.holdSyncing = false;
     }
   }
 
