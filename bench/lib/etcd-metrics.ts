@@ -3,6 +3,7 @@
  * a commit waits for a WAL fsync on a quorum of members, so a slow disk (shared with other work)
  * shows up here rather than in the process that waits for the commit.
  */
+import { httpText, type HttpTls } from '../../src/dev/etcd-http.js';
 
 /** Cumulative bucket counts of one histogram, by upper bound in seconds (`+Inf` = Infinity). */
 type Buckets = Map<number, number>;
@@ -13,10 +14,9 @@ const HISTOGRAMS = {
 } as const;
 type HistogramName = keyof typeof HISTOGRAMS;
 
-async function scrape(url: string, timeoutMs = 2000): Promise<Record<HistogramName, Buckets> | undefined> {
+async function scrape(url: string, tls: HttpTls | undefined, timeoutMs = 2000): Promise<Record<HistogramName, Buckets> | undefined> {
   try {
-    const res = await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(timeoutMs) });
-    const text = await res.text();
+    const text = await httpText(`${url}/metrics`, 'GET', undefined, timeoutMs, tls);
     const out = { walFsync: new Map(), backendCommit: new Map() } as Record<HistogramName, Buckets>;
     for (const line of text.split('\n')) {
       for (const [key, metric] of Object.entries(HISTOGRAMS) as [HistogramName, string][]) {
@@ -58,15 +58,19 @@ function delta(a: Buckets, b: Buckets): DiskLatency {
 export class EtcdDiskWindow {
   private before: (Record<HistogramName, Buckets> | undefined)[] = [];
 
-  constructor(private readonly urls: readonly string[]) {}
+  /** `tls`: the cluster's `httpTls()` when it runs TLS with client certificates. */
+  constructor(
+    private readonly urls: readonly string[],
+    private readonly tls?: HttpTls,
+  ) {}
 
   async start(): Promise<this> {
-    this.before = await Promise.all(this.urls.map((u) => scrape(u)));
+    this.before = await Promise.all(this.urls.map((u) => scrape(u, this.tls)));
     return this;
   }
 
   async stop(): Promise<{ walFsync: (DiskLatency | undefined)[]; backendCommit: (DiskLatency | undefined)[] }> {
-    const after = await Promise.all(this.urls.map((u) => scrape(u)));
+    const after = await Promise.all(this.urls.map((u) => scrape(u, this.tls)));
     const per = (k: HistogramName) => after.map((b, i) => (b && this.before[i] ? delta(this.before[i]![k], b[k]) : undefined));
     return { walFsync: per('walFsync'), backendCommit: per('backendCommit') };
   }

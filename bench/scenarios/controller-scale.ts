@@ -29,6 +29,7 @@ import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import { noop } from 'cockatiel';
 import { Etcd3, type IKeyValue, type ILeaseKeepAliveRequest, type ILeaseKeepAliveResponse, type IDuplexStream, type Watcher } from 'etcd3';
 import { EtcdClusterStore } from '../../src/adapters/etcd/etcd-cluster-store.js';
+import { etcd3Security, type EtcdSecurity } from '../../src/adapters/etcd/etcd-client.js';
 import { repoRoot } from '../../src/dev/agent-process.js';
 import { forgetOnExit, killOnExit } from '../../src/dev/child-guard.js';
 import { LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
@@ -216,9 +217,10 @@ class Fleet {
     private readonly prefix: string,
     ids: readonly string[],
     readonly mode: KeepaliveMode,
+    security: EtcdSecurity = {},
   ) {
     const clients = Math.min(MAX_CLIENTS, Math.max(2, Math.ceil(ids.length / HOSTS_PER_CLIENT)));
-    this.stores = Array.from({ length: clients }, () => new EtcdClusterStore({ endpoints, prefix }));
+    this.stores = Array.from({ length: clients }, () => new EtcdClusterStore({ endpoints, prefix, security }));
     this.streams = this.stores.map((s) => new KeepaliveStream(s.client));
     this.hosts = ids.map((id, i) => ({ id, store: this.stores[i % clients]!, ka: this.streams[i % clients]!, stopped: false, revoked: false, lastAckSent: 0, lastAckRttMs: 0, leaseLost: false }));
     // The oldest acknowledgement of a heartbeating host: must stay well below ttl, or the simulation
@@ -473,9 +475,10 @@ class ControllerChild {
     );
   }
 
-  static start(endpoints: readonly string[], prefix: string, controllerId: string, log: string, profDir?: string): ControllerChild {
+  /** `etcdArgs`: `--etcd-endpoints` and the TLS flags (the cluster's `agentArgs()`). */
+  static start(etcdArgs: readonly string[], prefix: string, controllerId: string, log: string, profDir?: string): ControllerChild {
     const fd = openSync(log, 'a');
-    const args = [...(profDir ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), join(repoRoot(), 'bin', 'tether.js'), 'controller', '--etcd-endpoints', endpoints.join(','), '--etcd-prefix', prefix, '--controller-id', controllerId, '--log-level', 'warn'];
+    const args = [...(profDir ? ['--cpu-prof', '--cpu-prof-dir', profDir] : []), join(repoRoot(), 'bin', 'tether.js'), 'controller', ...etcdArgs, '--etcd-prefix', prefix, '--controller-id', controllerId, '--log-level', 'warn'];
     const proc = spawn(process.execPath, args, { stdio: ['ignore', fd, fd] });
     closeSync(fd);
     if (proc.pid === undefined) throw new Error('the controller did not start');
@@ -661,7 +664,7 @@ async function runSize(ctx: BenchContext, n: number, steadyMs: number, mode: Kee
     const benchPid = new Map([['bench (simulated hosts)', process.pid]]);
 
     // 1. register
-    fleet = new Fleet(endpoints, prefix, ids, mode);
+    fleet = new Fleet(endpoints, prefix, ids, mode, cluster.clientTls());
     const f = fleet;
     res.onCleanup(`simulated hosts ${base}-h*`, () => f.close());
     progress(`${label}: registering ${n} simulated hosts over ${fleet.clientCount} etcd clients (${REGISTER_CONCURRENCY} at a time; ttl ${TTL} ms, keepalive every ${HB} ms, ${mode === 'stream' ? 'shared keepalive streams' : 'a stream per keepalive'})`);
@@ -679,14 +682,14 @@ async function runSize(ctx: BenchContext, n: number, steadyMs: number, mode: Kee
     progress(`${label}: ${lastDone} hosts registered in ${(regMs / 1000).toFixed(1)} s (${Math.round(n / (regMs / 1000))}/s, ${retries} retries)`);
 
     // 2. the controller
-    const client = new Etcd3({ hosts: endpoints, dialTimeout: 1000, faultHandling: { host: () => noop, global: noop } });
+    const client = new Etcd3({ hosts: endpoints, dialTimeout: 1000, ...etcd3Security(endpoints, cluster.clientTls()), faultHandling: { host: () => noop, global: noop } });
     watch = await RecordWatch.start(client, prefix).catch((err: unknown) => {
       client.close();
       throw err;
     });
     const log = join(dir, 'controller.log');
     const profDir = process.env.TETHER_BENCH_CONTROLLER_PROF ? join(dir, 'prof') : undefined;
-    const c = ControllerChild.start(endpoints, prefix, `${base}-controller`, log, profDir);
+    const c = ControllerChild.start(cluster.agentArgs(), prefix, `${base}-controller`, log, profDir);
     controller = c;
     res.onCleanup(`controller ${base}-controller`, () => c.stop());
     const syncWin = new ProcWindow(new Map([['controller', c.pid]])).start();
@@ -709,7 +712,7 @@ async function runSize(ctx: BenchContext, n: number, steadyMs: number, mode: Kee
     loop.enable();
     loop.reset();
     progress(`${label}: steady state for ${steadyMs / 1000} s`);
-    const steadyDisk = await new EtcdDiskWindow(endpoints).start();
+    const steadyDisk = await new EtcdDiskWindow(endpoints, cluster.httpTls()).start();
     const steadyWin = new ProcWindow(all).start();
     await sleep(steadyMs);
     const steadyRes = steadyWin.stop();
@@ -750,7 +753,7 @@ async function runSize(ctx: BenchContext, n: number, steadyMs: number, mode: Kee
       await fleet!.stop(hosts);
       fleet!.newWindow();
       await sleep(500);
-      const diskWin = await new EtcdDiskWindow(endpoints).start();
+      const diskWin = await new EtcdDiskWindow(endpoints, cluster.httpTls()).start();
       loop.reset();
       const win = new ProcWindow(all, 100).start();
       progress(`${label}: revoking ${hosts.length} leases at once`);

@@ -294,7 +294,7 @@ export async function runGc(ctx: BenchContext): Promise<ScenarioResult> {
   const errors: { n: number; error: string; journal?: Record<string, unknown>[]; agentLog?: string }[] = [];
   let host: BenchHost | undefined;
   try {
-    host = await BenchHost.start(ctx.res, 'gc', ['--etcd-endpoints', proxies.endpoints().join(',')]);
+    host = await BenchHost.start(ctx.res, 'gc', etcd.agentArgs(proxies.endpoints()));
     for (const n of ctx.gcSizes) {
       const startWall = Date.now();
       try {

@@ -42,12 +42,12 @@ export async function runReschedule(ctx: BenchContext): Promise<ScenarioResult> 
   for (const [name, args] of Object.entries(PROFILES)) {
     progress(`reschedule/${name}: starting 3 agents and a controller`);
     const prefix = `/tether-bench-${name}/`;
-    const store = new EtcdControllerStore({ endpoints: etcd.endpoints(), prefix });
+    const store = new EtcdControllerStore({ endpoints: etcd.endpoints(), security: etcd.clientTls(), prefix });
     const proxies: FaultProxyGroup[] = [];
     const hosts: BenchHost[] = [];
     const dir = ctx.res.tempDir(`resched-${name}`);
     const log = openSync(join(dir, 'controller.log'), 'a');
-    const ctl = spawn(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'controller', '--etcd-endpoints', etcd.endpoints().join(','), '--etcd-prefix', prefix, '--leader-ttl', '3s'], { stdio: ['ignore', log, log] });
+    const ctl = spawn(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'controller', ...etcd.agentArgs(), '--etcd-prefix', prefix, '--leader-ttl', '3s'], { stdio: ['ignore', log, log] });
     const stopCtl = ctx.res.onCleanup(`controller ${name}`, async () => {
       ctl.kill('SIGKILL');
     });
@@ -55,7 +55,7 @@ export async function runReschedule(ctx: BenchContext): Promise<ScenarioResult> 
       for (const tag of ['ra', 'rb', 'rc']) {
         const p = await FaultProxyGroup.start(etcd.endpoints());
         proxies.push(p);
-        hosts.push(await BenchHost.start(ctx.res, tag, ['--etcd-endpoints', p.endpoints().join(','), '--etcd-prefix', prefix, ...args]));
+        hosts.push(await BenchHost.start(ctx.res, tag, [...etcd.agentArgs(p.endpoints()), '--etcd-prefix', prefix, ...args]));
       }
       const b = hosts[1]!;
       await until('hosts registered', async () => ((await store.listHosts(3000)).hosts.filter((h) => h.alive).length === 3 ? true : undefined), 30_000);

@@ -207,7 +207,7 @@ export async function runAgentIdleRss(ctx: BenchContext): Promise<ScenarioResult
   }
 
   const etcd = await ctx.etcd();
-  const attached = await BenchHost.start(ctx.res, 'rss-etcd', ['--etcd-endpoints', etcd.endpoints().join(',')]);
+  const attached = await BenchHost.start(ctx.res, 'rss-etcd', etcd.agentArgs());
   try {
     const t0 = performance.now();
     for (;;) {

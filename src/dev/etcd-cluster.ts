@@ -6,6 +6,11 @@
  * `tether:<clusterId>` (as `--initial-cluster-token`) and the member data dirs are named
  * `tether-etcd-<clusterId>-m<i>`. Test clusters use tag `test`, so their mark starts with
  * `tether:test-`, which `scripts/check-leaks.sh` looks for.
+ *
+ * By default the cluster is secured the way production should be: clients connect with TLS and must
+ * present a client certificate signed by the cluster's CA (`--client-cert-auth`), and members talk
+ * to each other over mutual TLS. Certificates come from `scripts/gen-certs.sh` (see `devCerts`);
+ * {@link LocalEtcdCluster.clientTls} and {@link LocalEtcdCluster.agentArgs} give a client what it needs.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -17,6 +22,9 @@ import { forgetOnExit, keepOnExit, killOnExit, removeOnExit, startOrphanReaper, 
 import { fetchMemberHealthy, fetchMemberStatus, type EtcdMemberStatus } from './etcd-http.js';
 import { findFreePorts } from './free-ports.js';
 import { HEARTBEAT_PATH_PRIORITY } from '../adapters/process-priority.js';
+import type { EtcdSecurity } from '../adapters/etcd/etcd-client.js';
+import { devCerts, type DevCerts } from './certs.js';
+import type { HttpTls } from './etcd-http.js';
 
 export type { EtcdMemberStatus } from './etcd-http.js';
 export { findProcessesByMark } from './child-guard.js';
@@ -63,6 +71,17 @@ export interface LocalEtcdClusterOptions {
    * the members in order. The exit hook and the orphan reaper still apply. Default false.
    */
   readonly ownProcessGroup?: boolean;
+  /**
+   * `true` (default): https client and peer URLs, `--client-cert-auth` and peer mutual TLS with the
+   * certificates of {@link certs}. `false`: plaintext http everywhere (only for tests that need a
+   * plaintext etcd on purpose).
+   */
+  readonly tls?: boolean;
+  /**
+   * Certificates to use (e.g. a set shared with the agents' own listeners). Default: a set made by
+   * `devCerts(<dataDir>/certs)` at start, deleted with the data dir.
+   */
+  readonly certs?: DevCerts;
 }
 
 /** Options of {@link LocalEtcdCluster.restart}. */
@@ -180,6 +199,8 @@ export class LocalEtcdCluster {
   private state: 'new' | 'starting' | 'running' | 'stopping' | 'stopped' = 'new';
   private stopPromise: Promise<void> | undefined;
   private binary: string | undefined;
+  private readonly tls: boolean;
+  private tlsCerts: DevCerts | undefined;
 
   constructor(options: LocalEtcdClusterOptions = {}) {
     const size = options.size ?? 3;
@@ -205,6 +226,8 @@ export class LocalEtcdCluster {
     this.logDir = options.logDir ?? join(this.dataDir, 'logs');
     this.etcdBinaryName = options.etcdBinary ?? 'etcd';
     this.ownProcessGroup = options.ownProcessGroup ?? false;
+    this.tls = options.tls ?? true;
+    this.tlsCerts = this.tls ? options.certs : undefined;
     this.opts = {
       heartbeatMs,
       electionMs,
@@ -258,6 +281,7 @@ export class LocalEtcdCluster {
       mkdirSync(this.dataDir, { recursive: true, mode: 0o700 });
       if (!this.opts.keepData) removeOnExit(this.dataDir);
       mkdirSync(this.logDir, { recursive: true });
+      if (this.tls) this.tlsCerts ??= devCerts(join(this.dataDir, 'certs'));
       this.reaper = startOrphanReaper(this.mark);
       const autoClient = this.clientPorts === undefined;
       const autoPeer = this.peerPorts === undefined;
@@ -291,7 +315,64 @@ export class LocalEtcdCluster {
     }
   }
 
-  /** Client URLs `http://127.0.0.1:<port>`, member order. Known once `start()` has picked ports. */
+  /** True when clients and peers use TLS (the default; see {@link LocalEtcdClusterOptions.tls}). */
+  get secure(): boolean {
+    return this.tls;
+  }
+
+  /**
+   * The certificates the cluster runs with (CA, server, client, peer and the other CA's client for
+   * attack tests), or undefined for a plaintext cluster.
+   * @throws TetherError `FAILED_PRECONDITION` before `start()` made them (when none were given).
+   */
+  get certs(): DevCerts | undefined {
+    if (!this.tls) return undefined;
+    if (this.tlsCerts === undefined) throw new TetherError('FAILED_PRECONDITION', `etcd cluster ${this.clusterId}: certificates are made by start()`);
+    return this.tlsCerts;
+  }
+
+  /**
+   * What a client of this cluster needs: the CA and a client certificate it accepts (`{}` for a
+   * plaintext cluster). Pass it as `security` to the etcd stores or `createEtcdClient`.
+   */
+  clientTls(): EtcdSecurity {
+    const c = this.certs;
+    return c ? { caFile: c.ca, certFile: c.clientCert, keyFile: c.clientKey } : {};
+  }
+
+  /**
+   * `tether` flags that reach this cluster: `--etcd-endpoints` (these endpoints, or `endpoints`, e.g.
+   * a fault proxy group's) and `--etcd-ca/--etcd-cert/--etcd-key` when it runs TLS. For agents,
+   * controllers and CLI calls alike.
+   */
+  agentArgs(endpoints: readonly string[] = this.endpoints()): string[] {
+    const t = this.clientTls();
+    return [
+      '--etcd-endpoints', endpoints.join(','),
+      ...(t.caFile ? ['--etcd-ca', t.caFile] : []),
+      ...(t.certFile ? ['--etcd-cert', t.certFile] : []),
+      ...(t.keyFile ? ['--etcd-key', t.keyFile] : []),
+    ];
+  }
+
+  /** The same as {@link agentArgs}, as `TETHER_ETCD_*` environment variables (for a shell or a child's env). */
+  clientEnv(endpoints: readonly string[] = this.endpoints()): Record<string, string> {
+    const t = this.clientTls();
+    return {
+      TETHER_ETCD_ENDPOINTS: endpoints.join(','),
+      ...(t.caFile ? { TETHER_ETCD_CA: t.caFile } : {}),
+      ...(t.certFile ? { TETHER_ETCD_CERT: t.certFile } : {}),
+      ...(t.keyFile ? { TETHER_ETCD_KEY: t.keyFile } : {}),
+    };
+  }
+
+  /** TLS material for HTTP requests to the members (status, health, /metrics); undefined for a plaintext cluster. */
+  httpTls(): HttpTls | undefined {
+    const c = this.certs;
+    return c ? { ca: c.ca, cert: c.clientCert, key: c.clientKey } : undefined;
+  }
+
+  /** Client URLs `https://127.0.0.1:<port>` (`http://` for a plaintext cluster), member order. Known once `start()` has picked ports. */
   endpoints(): string[] {
     return this.members.map((m) => this.clientUrl(m.index));
   }
@@ -300,14 +381,14 @@ export class LocalEtcdCluster {
   clientUrl(i: number): string {
     this.member(i);
     if (this.clientPorts === undefined) throw new TetherError('FAILED_PRECONDITION', `etcd cluster ${this.clusterId}: ports are picked by start()`);
-    return `http://127.0.0.1:${this.clientPorts[i]}`;
+    return `${this.tls ? 'https' : 'http'}://127.0.0.1:${this.clientPorts[i]}`;
   }
 
   /** Peer URL of member `i`. */
   peerUrl(i: number): string {
     this.member(i);
     if (this.peerPorts === undefined) throw new TetherError('FAILED_PRECONDITION', `etcd cluster ${this.clusterId}: ports are picked by start()`);
-    return `http://127.0.0.1:${this.peerPorts[i]}`;
+    return `${this.tls ? 'https' : 'http'}://127.0.0.1:${this.peerPorts[i]}`;
   }
 
   /** Member `i`'s etcd `--name` (`<clusterId>-m<i>`). */
@@ -346,7 +427,7 @@ export class LocalEtcdCluster {
    * @throws when the member does not answer in time (killed, paused, starting).
    */
   async memberStatus(i: number, timeoutMs = PROBE_TIMEOUT_MS): Promise<EtcdMemberStatus> {
-    const status = await fetchMemberStatus(this.clientUrl(i), timeoutMs);
+    const status = await fetchMemberStatus(this.clientUrl(i), timeoutMs, this.httpTls());
     this.member(i).memberId = status.memberId;
     return status;
   }
@@ -406,7 +487,7 @@ export class LocalEtcdCluster {
       const live = this.members.filter((m) => isRunning(m) && !m.paused);
       try {
         const statuses = await Promise.all(live.map((m) => this.memberStatus(m.index, remaining)));
-        const healthy = await Promise.all(live.map((m) => fetchMemberHealthy(this.clientUrl(m.index), remaining)));
+        const healthy = await Promise.all(live.map((m) => fetchMemberHealthy(this.clientUrl(m.index), remaining, this.httpTls())));
         const leaders = new Set(statuses.map((s) => s.leaderId));
         const leaderId = statuses[0]?.leaderId;
         if (wanted.some((m) => !live.includes(m))) problem = 'a member is not running or paused';
@@ -522,6 +603,15 @@ export class LocalEtcdCluster {
       '--log-outputs', 'stderr',
       '--log-level', this.opts.logLevel,
     ];
+    const c = this.tls ? this.certs : undefined;
+    if (c) {
+      // The client listener's certificate is the peer one (server and client use): etcd's JSON
+      // gateway dials the member itself with it, and --client-cert-auth checks it as a client.
+      args.push(
+        '--cert-file', c.peerCert, '--key-file', c.peerKey, '--client-cert-auth', '--trusted-ca-file', c.ca,
+        '--peer-cert-file', c.peerCert, '--peer-key-file', c.peerKey, '--peer-client-cert-auth', '--peer-trusted-ca-file', c.ca,
+      );
+    }
     const fd = openSync(m.logFile, 'a');
     let proc: ChildProcess;
     try {

@@ -64,7 +64,7 @@ class SimHost {
     prefix: string,
     private readonly timings: GcTimings = T,
   ) {
-    this.store = new EtcdClusterStore({ endpoints: cluster!.endpoints(), prefix });
+    this.store = new EtcdClusterStore({ endpoints: cluster!.endpoints(), security: cluster!.clientTls(), prefix });
     closers.push(() => this.close());
   }
 
@@ -133,13 +133,13 @@ class SimHost {
 }
 
 function observer(prefix: string): EtcdControllerStore {
-  const s = new EtcdControllerStore({ endpoints: cluster!.endpoints(), prefix });
+  const s = new EtcdControllerStore({ endpoints: cluster!.endpoints(), security: cluster!.clientTls(), prefix });
   closers.push(() => s.close());
   return s;
 }
 
 function controller(prefix: string, id: string, opts: Partial<ControllerOptions> = {}, logs?: string[]): { c: Controller; store: EtcdControllerStore } {
-  const store = new EtcdControllerStore({ endpoints: cluster!.endpoints(), prefix });
+  const store = new EtcdControllerStore({ endpoints: cluster!.endpoints(), security: cluster!.clientTls(), prefix });
   const c = new Controller(store, new SystemClock(), silentLogger(logs), { controllerId: id, leaderTtl: 3000, callDeadline: 1000, ...opts });
   closers.push(async () => {
     await c.stop();
@@ -378,7 +378,7 @@ describe('controller against real etcd (3 members)', () => {
       const out: string[] = [];
       const spy = vi.spyOn(console, 'log').mockImplementation((...m: unknown[]) => void out.push(m.join(' ')));
       try {
-        await program.parseAsync(['node', 'tether', ...args, '--etcd-endpoints', cluster!.endpoints().join(','), '--etcd-prefix', prefix]);
+        await program.parseAsync(['node', 'tether', ...args, ...cluster!.agentArgs(), '--etcd-prefix', prefix]);
       } finally {
         spy.mockRestore();
       }
@@ -445,7 +445,7 @@ describe('controller against real etcd (3 members)', () => {
     await expect(tooBig).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', retryable: false });
     // and etcd itself counts as we do: with the store's own check lifted, etcd refuses 129 compares
     // (non-retryable) and takes 128 compares with 128 puts (the old compares + writes rule said 256 > 128)
-    const lax = new EtcdControllerStore({ endpoints: cluster!.endpoints(), prefix, txnLimits: { maxOps: 10_000, maxBytes: 8 << 20 } });
+    const lax = new EtcdControllerStore({ endpoints: cluster!.endpoints(), security: cluster!.clientTls(), prefix, txnLimits: { maxOps: 10_000, maxBytes: 8 << 20 } });
     closers.push(() => lax.close());
     const extra = (n: number, tag: string) => Array.from({ length: n }, (_, i) => ({ key: `spare/${tag}${i}`, expectRevision: null, next: { ...vm(`${tag}${i}`, 'spare'), hostId: 'elsewhere' } }));
     await expect(lax.commit({ vms: extra(129, 'x') }, OBS_DL)).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', retryable: false, message: expect.stringMatching(/refused by etcd.*too many operations/) });

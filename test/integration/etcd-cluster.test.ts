@@ -11,6 +11,7 @@ import { performance } from 'node:perf_hooks';
 import { noop } from 'cockatiel';
 import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { etcd3Security, type EtcdSecurity } from '../../src/adapters/etcd/etcd-client.js';
 import { TetherError } from '../../src/domain/errors.js';
 import { findEtcdBinary, findProcessesByMark, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
 
@@ -23,8 +24,8 @@ function deadline(ms: number): { deadline: number } {
  * An etcd3 client without etcd3's retry and circuit breaker: a call that misses its deadline fails
  * once, visibly, and does not make the next calls fail fast (see tcp-proxy.test.ts).
  */
-function plainClient(hosts: string[]): Etcd3 {
-  return new Etcd3({ hosts, faultHandling: { host: () => noop, global: noop } });
+function plainClient(hosts: string[], security: EtcdSecurity): Etcd3 {
+  return new Etcd3({ hosts, ...etcd3Security(hosts, security), faultHandling: { host: () => noop, global: noop } });
 }
 
 /** Retries `fn` (each try bounded by its own deadline) until it succeeds or `timeoutMs` passes. */
@@ -53,7 +54,7 @@ describe('LocalEtcdCluster (real etcd, 3 members)', () => {
     const t0 = performance.now();
     await cluster.start();
     console.log(`[etcd-cluster] 3 members healthy in ${Math.round(performance.now() - t0)} ms (${cluster.endpoints().join(' ')})`);
-    client = plainClient(cluster.endpoints());
+    client = plainClient(cluster.endpoints(), cluster.clientTls());
   });
 
   afterAll(async () => {
@@ -75,10 +76,13 @@ describe('LocalEtcdCluster (real etcd, 3 members)', () => {
     const ports = c.endpoints().map((e) => Number(new URL(e).port));
     expect(ports).toHaveLength(3);
     expect(new Set(ports).size).toBe(3);
+    for (const e of c.endpoints()) expect(e).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
     expect(c.mark).toMatch(/^tether:test-[0-9a-f]{8}$/);
     for (let i = 0; i < 3; i++) {
       const cmdline = readFileSync(`/proc/${c.pid(i)}/cmdline`, 'utf8').split('\0');
       expect(cmdline).toContain(c.mark);
+      expect(cmdline).toContain('--client-cert-auth'); // TLS with client certificates by default
+      expect(cmdline).toContain('--peer-client-cert-auth');
       expect(cmdline.join(' ')).toContain(`${dataDir}/tether-etcd-${c.clusterId}-m${i}`);
     }
     expect(findProcessesByMark(c.mark).sort()).toEqual([0, 1, 2].map((i) => c.pid(i)).sort());
@@ -113,7 +117,7 @@ describe('LocalEtcdCluster (real etcd, 3 members)', () => {
     await c.restart(i);
     console.log(`[etcd-cluster] m${i} rejoined in ${Math.round(performance.now() - t0)} ms`);
     expect(c.isRunning(i)).toBe(true);
-    const only = plainClient([c.clientUrl(i)]);
+    const only = plainClient([c.clientUrl(i)], c.clientTls());
     try {
       // A serializable read is answered from the member's own store: it has the write it missed.
       const v = await eventually(async () => {
@@ -137,7 +141,7 @@ describe('LocalEtcdCluster (real etcd, 3 members)', () => {
       expect(c.isPaused(follower)).toBe(true);
       expect(c.isRunning(follower)).toBe(true);
       await expect(c.memberStatus(follower, 300)).rejects.toThrow(/no answer within 300 ms/);
-      const leaderOnly = plainClient([c.clientUrl(leader)]);
+      const leaderOnly = plainClient([c.clientUrl(leader)], c.clientTls());
       try {
         await leaderOnly.put('tether/test/c').value('2').options(deadline(3_000));
       } finally {

@@ -17,6 +17,7 @@ import { noop } from 'cockatiel';
 import { Etcd3, GRPCDeadlineExceededError, type Lease } from 'etcd3';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { findEtcdBinary, findProcessesByMark, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
+import { etcd3Security } from '../../src/adapters/etcd/etcd-client.js';
 import { FaultProxy, FaultProxyGroup } from '../../src/dev/tcp-proxy.js';
 
 function sleep(ms: number): Promise<void> {
@@ -246,13 +247,13 @@ describe('FaultProxyGroup in front of a real etcd', () => {
   it('fronts every endpoint with the same scheme', () => {
     const eps = group!.endpoints();
     expect(eps).toHaveLength(1);
-    expect(eps[0]).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    expect(eps[0]).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/); // the cluster runs TLS; the proxy passes it through
     expect(eps[0]).not.toBe(cluster!.endpoints()[0]);
   });
 
   it('blackholed: keepaliveOnce, get, put, txn and grant hang until their deadline; after heal calls succeed again', async () => {
     // No etcd3 retry and no circuit breaker: each call fails once, at its deadline.
-    const client = new Etcd3({ hosts: group!.endpoints(), faultHandling: { host: () => noop, global: noop } });
+    const client = new Etcd3({ hosts: group!.endpoints(), ...etcd3Security(group!.endpoints(), cluster!.clientTls()), faultHandling: { host: () => noop, global: noop } });
     clients.push(client);
     await client.put('tether/proxy/k').value('v').options(deadline(2_000));
     const lease: Lease = client.lease(10, { autoKeepAlive: false, ...deadline(2_000) });
@@ -308,7 +309,7 @@ describe('FaultProxyGroup in front of a real etcd', () => {
   });
 
   it('with etcd3 default fault handling, one missed deadline makes calls fail fast for ~5 s, even after heal', async () => {
-    const client = new Etcd3({ hosts: group!.endpoints() });
+    const client = new Etcd3({ hosts: group!.endpoints(), ...etcd3Security(group!.endpoints(), cluster!.clientTls()) });
     clients.push(client);
     await client.put('tether/proxy/d').value('1').options(deadline(2_000));
     await group!.blackhole();

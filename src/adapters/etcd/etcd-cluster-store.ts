@@ -5,13 +5,15 @@ import type { HostRecord } from '../../domain/host-record.js';
 import { decideRegistration, type AliveHolder } from '../../domain/registration.js';
 import type { ClusterStore, HoldAckResult, KeepaliveAnswer, LeaseId, Registration, RegistrationResult } from '../../ports/cluster-store.js';
 import { asRetryable, callWithDeadline, deadlineOption, withDeadline } from './deadline.js';
-import { createEtcdClient } from './etcd-client.js';
+import { createEtcdClient, type EtcdSecurity } from './etcd-client.js';
 
 /** Options of {@link EtcdClusterStore}. */
 export interface EtcdStoreOptions {
   readonly endpoints: readonly string[];
   /** Key prefix, default `/tether/`. */
   readonly prefix?: string;
+  /** TLS files and etcd user/password (see {@link EtcdSecurity}); files are read at construction. */
+  readonly security?: EtcdSecurity;
 }
 
 /** Keys of the Tether keyspace under a prefix (ARCHITECTURE.md section 2). */
@@ -42,7 +44,7 @@ export class EtcdClusterStore implements ClusterStore {
   private readonly leases = new Map<LeaseId, Lease>();
 
   constructor(opts: EtcdStoreOptions) {
-    this.client = createEtcdClient(opts.endpoints);
+    this.client = createEtcdClient(opts.endpoints, opts.security);
     this.keys = new Keys(opts.prefix ?? '/tether/');
   }
 

@@ -107,7 +107,7 @@ export class EtcdControllerStore implements ControllerStore {
   private readonly termListeners = new Set<(term: number) => void>();
 
   constructor(opts: EtcdControllerStoreOptions) {
-    this.client = createEtcdClient(opts.endpoints);
+    this.client = createEtcdClient(opts.endpoints, opts.security);
     this.keys = new ControllerKeys(opts.prefix ?? '/tether/');
     this.txnLimits = opts.txnLimits ?? DEFAULT_TXN_LIMITS;
   }
