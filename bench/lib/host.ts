@@ -103,17 +103,17 @@ export class BenchHost {
 
   /** `GET /v1/gc/status`. */
   status(timeoutMs = 3000): Promise<GcStatus> {
-    return adminCall<GcStatus>(this.agent.http, 'GET', 'gc/status', undefined, timeoutMs);
+    return adminCall<GcStatus>(this.agent.admin, 'GET', 'gc/status', undefined, timeoutMs);
   }
 
   /** `GET /v1/gc/report` (null before the first GC run). */
   report(): Promise<GcReport | null> {
-    return adminCall<GcReport | null>(this.agent.http, 'GET', 'gc/report');
+    return adminCall<GcReport | null>(this.agent.admin, 'GET', 'gc/report');
   }
 
   /** `GET /v1/events`, newest first. */
   events(limit = 500): Promise<InventoryEvent[]> {
-    return adminCall<InventoryEvent[]>(this.agent.http, 'GET', `events?limit=${limit}`);
+    return adminCall<InventoryEvent[]>(this.agent.admin, 'GET', `events?limit=${limit}`);
   }
 
   /** State folder of a VM: `<state>/vm/<namespace>/<name>/<uid>`. */

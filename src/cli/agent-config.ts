@@ -1,4 +1,5 @@
 import { availableParallelism, homedir, hostname, totalmem } from 'node:os';
+import { DEFAULT_CREATE_LIMITS } from '../api/grpc/create-admission.js';
 import { checkTimings, describeViolations, DEFAULT_TIMINGS, type GcTimings } from '../domain/gc-timing.js';
 import { TetherError } from '../domain/errors.js';
 import { join } from 'node:path';
@@ -14,6 +15,22 @@ export interface AgentConfig {
   readonly watchdogDevice: string;
   readonly listen: string;
   readonly httpListen: string;
+  /** Metrics-only listener for Prometheus ('' = none): `GET /metrics`, no token. */
+  readonly metricsListen: string;
+  /** Extra Host names the HTTP listeners accept (besides IP literals and localhost). */
+  readonly httpAllowedHosts: string[];
+  /** API security, Flintlock's flags: see api/auth/api-security.ts. */
+  readonly tlsCert: string;
+  readonly tlsKey: string;
+  readonly tlsClientCa: string;
+  readonly tlsClientValidate: boolean;
+  readonly insecure: boolean;
+  readonly basicAuthToken: string;
+  readonly basicAuthTokenFile: string;
+  /** Create admission (api/grpc/create-admission.ts). */
+  readonly maxConcurrentCreates: number;
+  readonly createQueueLength: number;
+  readonly maxStartingVms: number;
   readonly etcdEndpoints: string[];
   readonly etcdPrefix: string;
   readonly capacityVcpu: number;
@@ -43,7 +60,19 @@ export const AGENT_SCHEMA: readonly ConfigKey[] = [
   { key: 'cacheDir', type: 'string', default: defaultCache(), description: 'cache of the built-in guest image' },
   { key: 'imageDir', type: 'string', default: join(defaultCache(), 'images'), description: 'local image store (kernels/, initrds/, disks/)' },
   { key: 'accel', type: { oneOf: ['auto', 'kvm', 'tcg'] }, default: 'auto', description: 'QEMU accelerator; auto probes KVM and falls back to TCG' },
-  { key: 'httpListen', type: 'string', default: '127.0.0.1:9091', description: 'HTTP address for /metrics and the gc admin endpoints' },
+  { key: 'httpListen', type: 'string', default: '127.0.0.1:9091', description: 'HTTP address for /metrics and the gc admin endpoints (a port alone means loopback)' },
+  { key: 'metricsListen', type: 'string', default: '', description: "extra listener serving only GET /metrics, without token, for Prometheus ('' = none)" },
+  { key: 'httpAllowedHosts', type: 'list', default: [], description: 'DNS names the HTTP listeners accept in the Host header (IP literals and localhost always work)' },
+  { key: 'tlsCert', type: 'string', default: '', description: 'TLS certificate of the gRPC and HTTP listeners (PEM); required unless --insecure' },
+  { key: 'tlsKey', type: 'string', default: '', description: 'private key of --tls-cert (PEM)' },
+  { key: 'tlsClientValidate', type: 'bool', default: false, description: 'mutual TLS: refuse clients without a certificate signed by --tls-client-ca' },
+  { key: 'tlsClientCa', type: 'string', default: '', description: 'CA that signs client certificates (with --tls-client-validate)' },
+  { key: 'insecure', type: 'bool', default: false, description: 'serve plaintext (no TLS), on loopback or a unix socket only' },
+  { key: 'basicAuthTokenFile', type: 'string', default: '', description: 'file holding the API token (gRPC "authorization: basic <base64>", HTTP "Bearer")' },
+  { key: 'basicAuthToken', type: 'string', default: '', description: 'the API token itself (Flintlock compatibility; visible in the process list as a flag: prefer --basic-auth-token-file or TETHER_BASIC_AUTH_TOKEN)' },
+  { key: 'maxConcurrentCreates', type: 'int', default: DEFAULT_CREATE_LIMITS.maxConcurrentCreates, description: 'CreateMicroVM calls worked on at once' },
+  { key: 'createQueueLength', type: 'int', default: DEFAULT_CREATE_LIMITS.createQueueLength, description: 'CreateMicroVM calls waiting their turn; beyond: RESOURCE_EXHAUSTED' },
+  { key: 'maxStartingVms', type: 'int', default: DEFAULT_CREATE_LIMITS.maxStartingVms, description: 'VMs still starting (pending/creating) above which a create is refused with RESOURCE_EXHAUSTED' },
   { key: 'etcdEndpoints', type: 'list', default: [], description: 'etcd client URLs, comma-separated; empty = standalone (no cluster, no GC)' },
   { key: 'etcdPrefix', type: 'string', default: '/tether/', description: 'key prefix in etcd' },
   { key: 'ttl', type: 'duration', default: DEFAULT_TIMINGS.ttl, description: 'lease TTL (whole seconds)' },
@@ -67,6 +96,9 @@ export function toAgentConfig(v: ConfigValues): AgentConfig {
   const hostId = String(v.hostId);
   if (!/^[A-Za-z0-9._-]{1,63}$/.test(hostId) || hostId === '.' || hostId === '..') {
     throw new TetherError('INVALID_ARGUMENT', `invalid hostId "${hostId}": use 1-63 letters, digits, '.', '_' or '-' (not '.' or '..')`);
+  }
+  for (const k of ['maxConcurrentCreates', 'maxStartingVms'] as const) {
+    if (Number(v[k]) < 1) throw new TetherError('INVALID_ARGUMENT', `${k} must be at least 1 (got ${String(v[k])}): 0 would refuse every create`, { details: { field: k } });
   }
   const timings: GcTimings = {
     ttl: Number(v.ttl),

@@ -5,7 +5,7 @@ import { formatDuration, parseDuration } from '../domain/duration.js';
 import { TetherError } from '../domain/errors.js';
 
 /** Kinds of configuration values. */
-export type ConfigType = 'string' | 'duration' | 'int' | 'list' | { readonly oneOf: readonly string[] };
+export type ConfigType = 'string' | 'duration' | 'int' | 'list' | 'bool' | { readonly oneOf: readonly string[] };
 
 /** One configuration key. The flag is the key in kebab-case, the environment variable TETHER_<KEY_IN_SNAKE_CASE>. */
 export interface ConfigKey {
@@ -13,11 +13,11 @@ export interface ConfigKey {
   readonly type: ConfigType;
   readonly description: string;
   /** Default value (already parsed); undefined = required. */
-  readonly default?: string | number | readonly string[];
+  readonly default?: string | number | boolean | readonly string[];
 }
 
 /** Parsed configuration values by key. */
-export type ConfigValues = Record<string, string | number | string[]>;
+export type ConfigValues = Record<string, string | number | boolean | string[]>;
 
 /** `stopGrace` -> `stop-grace`. */
 export function kebab(key: string): string {
@@ -29,7 +29,7 @@ export function envName(key: string): string {
   return `TETHER_${kebab(key).replace(/-/g, '_').toUpperCase()}`;
 }
 
-function parseValue(k: ConfigKey, raw: unknown, source: string): string | number | string[] {
+function parseValue(k: ConfigKey, raw: unknown, source: string): string | number | boolean | string[] {
   const fail = (why: string): never => {
     throw new TetherError('INVALID_ARGUMENT', `invalid ${source} for ${k.key} (--${kebab(k.key)}): ${why}`, { details: { field: k.key } });
   };
@@ -45,6 +45,14 @@ function parseValue(k: ConfigKey, raw: unknown, source: string): string | number
     const n = Number(raw);
     if (!Number.isInteger(n) || n < 0) fail(`"${String(raw)}" is not a non-negative integer`);
     return n;
+  }
+  if (t === 'bool') {
+    // A bare flag (`--insecure`) arrives as true; words as Go's strconv.ParseBool and YAML spell them.
+    if (typeof raw === 'boolean') return raw;
+    const w = String(raw).trim().toLowerCase();
+    if (['true', '1', 't', 'yes', 'on'].includes(w)) return true;
+    if (['false', '0', 'f', 'no', 'off'].includes(w)) return false;
+    return fail(`"${String(raw)}" is not a boolean (true or false)`);
   }
   if (t === 'list') {
     const items = Array.isArray(raw) ? raw.map(String) : String(raw).split(',');
@@ -67,7 +75,7 @@ export function resolveConfig(
 ): ConfigValues {
   const byKey = new Map(schema.map((k) => [k.key, k]));
   const out: ConfigValues = {};
-  for (const k of schema) if (k.default !== undefined) out[k.key] = Array.isArray(k.default) ? [...k.default] : (k.default as string | number);
+  for (const k of schema) if (k.default !== undefined) out[k.key] = Array.isArray(k.default) ? [...k.default] : (k.default as string | number | boolean);
 
   if (configFile) {
     let doc: unknown;
@@ -110,7 +118,8 @@ export function addConfigOptions(cmd: Command, schema: readonly ConfigKey[]): Co
   for (const k of schema) {
     const d = k.default;
     const shown = d === undefined ? '' : Array.isArray(d) ? d.join(',') : k.type === 'duration' && typeof d === 'number' ? formatDuration(d) : String(d);
-    cmd.option(`--${kebab(k.key)} <value>`, `${k.description}${shown === '' ? '' : ` (default ${shown})`}`);
+    // A bool is a bare flag (`--insecure`), as in Flintlock; `--insecure false` also works.
+    cmd.option(`--${kebab(k.key)} ${k.type === 'bool' ? '[value]' : '<value>'}`, `${k.description}${shown === '' ? '' : ` (default ${shown})`}`);
   }
   return cmd;
 }

@@ -1,5 +1,8 @@
 import { credentials, Metadata, status as GrpcStatus, type Client, type ServiceError } from '@grpc/grpc-js';
+import { usesTls, type AgentCredentials } from '../api/auth/client-credentials.js';
+import { basicAuthorization } from '../api/auth/token.js';
 import { loadMicroVmProto } from '../api/grpc/proto.js';
+import { formatListenAddress, parseListenAddress } from '../api/listen-address.js';
 import type { FlintlockMicroVM, MicroVmSpecIn } from '../api/grpc/wire-types.js';
 import { TetherError, type ErrorCode } from '../domain/errors.js';
 
@@ -19,18 +22,31 @@ const CODES: Partial<Record<number, ErrorCode>> = {
   [GrpcStatus.UNIMPLEMENTED]: 'UNIMPLEMENTED',
   [GrpcStatus.FAILED_PRECONDITION]: 'FAILED_PRECONDITION',
   [GrpcStatus.DEADLINE_EXCEEDED]: 'TIMEOUT',
+  [GrpcStatus.UNAUTHENTICATED]: 'UNAUTHENTICATED',
+  [GrpcStatus.PERMISSION_DENIED]: 'PERMISSION_DENIED',
+  [GrpcStatus.RESOURCE_EXHAUSTED]: 'RESOURCE_EXHAUSTED',
 };
 
-/** A client of an agent's Flintlock-compatible MicroVM API; every call has a deadline. */
+/**
+ * A client of an agent's Flintlock-compatible MicroVM API; every call has a deadline. With
+ * `creds`, it speaks TLS (agent verified with `creds.ca`, or the system CAs; client certificate
+ * when given) and sends the token as Flintlock clients do: metadata `authorization: basic <base64>`.
+ * The address takes every form of `parseListenAddress` (a port alone means loopback).
+ */
 export class MicroVmApiClient {
   private readonly raw: RawClient;
+  private readonly authorization: string | undefined;
 
   constructor(
     readonly address: string,
     private readonly timeoutMs = 10_000,
+    creds?: AgentCredentials,
   ) {
     const { Client } = loadMicroVmProto();
-    this.raw = new Client(address, credentials.createInsecure()) as unknown as RawClient;
+    const target = formatListenAddress(parseListenAddress(address, '--agent'));
+    const channel = usesTls(creds) ? credentials.createSsl(creds?.ca ?? null, creds?.key ?? null, creds?.cert ?? null) : credentials.createInsecure();
+    this.raw = new Client(target, channel) as unknown as RawClient;
+    this.authorization = creds?.token === undefined ? undefined : basicAuthorization(creds.token);
   }
 
   async create(spec: MicroVmSpecIn): Promise<FlintlockMicroVM> {
@@ -52,7 +68,9 @@ export class MicroVmApiClient {
 
   private call<T>(fn: (md: Metadata, opts: object, cb: Cb<T>) => void): Promise<T> {
     return new Promise((resolve, reject) => {
-      fn(new Metadata(), { deadline: new Date(Date.now() + this.timeoutMs) }, (err, res) => {
+      const md = new Metadata();
+      if (this.authorization !== undefined) md.set('authorization', this.authorization);
+      fn(md, { deadline: new Date(Date.now() + this.timeoutMs) }, (err, res) => {
         if (!err) return resolve(res);
         const code = CODES[err.code] ?? 'INTERNAL';
         const msg = err.code === GrpcStatus.UNAVAILABLE && /ECONNREFUSED|No connection/.test(err.details) ? `cannot reach the agent at ${this.address}: ${err.details}` : err.details;

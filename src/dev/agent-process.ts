@@ -2,7 +2,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { AgentCredentials } from '../api/auth/client-credentials.js';
+import type { AdminTarget } from '../api/http/admin-server.js';
 import { MicroVmApiClient } from '../cli/microvm-client.js';
+import { agentClientCredentials, agentSecurityArgs, devApiSecurity, type AgentApiSecurity } from './api-credentials.js';
 import { findFreePorts } from './free-ports.js';
 import { until } from './host-probe.js';
 
@@ -27,6 +30,11 @@ export interface AgentProcessOptions {
   readonly ownProcessGroup?: boolean;
   /** The agent's environment. Default: this process's. */
   readonly env?: NodeJS.ProcessEnv;
+  /**
+   * API security: TLS, client certificates and token (default: a set made in
+   * `<parent of stateDir>/api-certs` by `devApiSecurity`), or 'insecure' (plaintext on loopback).
+   */
+  readonly security?: AgentApiSecurity | 'insecure';
 }
 
 /** A `tether agent` child process on its own state dir and ports. */
@@ -58,6 +66,29 @@ export class AgentProcess {
     return `127.0.0.1:${this.ports?.[1]}`;
   }
 
+  private sec: AgentApiSecurity | 'insecure' | undefined;
+  private creds: AgentCredentials | undefined;
+
+  /** The agent's API security (made on first use; see {@link AgentProcessOptions.security}). */
+  get security(): AgentApiSecurity | 'insecure' {
+    this.sec ??= this.options.security ?? devApiSecurity(join(dirname(this.stateDir), 'api-certs'));
+    return this.sec;
+  }
+
+  /** What a client presents to this agent (undefined when it runs --insecure). */
+  get credentials(): AgentCredentials | undefined {
+    const s = this.security;
+    if (s === 'insecure') return undefined;
+    this.creds ??= agentClientCredentials(s);
+    return this.creds;
+  }
+
+  /** The admin HTTP server with this agent's credentials, for `adminCall`/`adminText`. */
+  get admin(): AdminTarget {
+    const credentials = this.credentials;
+    return credentials ? { address: this.http, credentials } : { address: this.http };
+  }
+
   /** Starts the agent and waits until its API answers. */
   async start(): Promise<void> {
     await this.spawn();
@@ -67,7 +98,7 @@ export class AgentProcess {
   /** Launches the agent process (ports picked first when not given); {@link proc} is set on return. */
   async spawn(): Promise<void> {
     this.ports ??= (await findFreePorts(2)) as [number, number];
-    const args = [join(repoRoot(), 'bin/tether.js'), 'agent', '--host-id', this.hostId, '--state-dir', this.stateDir, '--listen', this.grpc, '--http-listen', this.http, '--log-level', 'debug', ...this.extraArgs];
+    const args = [join(repoRoot(), 'bin/tether.js'), 'agent', '--host-id', this.hostId, '--state-dir', this.stateDir, '--listen', this.grpc, '--http-listen', this.http, '--log-level', 'debug', ...(this.security === 'insecure' ? ['--insecure'] : agentSecurityArgs(this.security)), ...this.extraArgs];
     mkdirSync(this.stateDir, { recursive: true });
     const out = openSync(this.log, 'a');
     try {
@@ -96,7 +127,7 @@ export class AgentProcess {
   }
 
   api(): MicroVmApiClient {
-    this.client ??= new MicroVmApiClient(this.grpc, 5000);
+    this.client ??= new MicroVmApiClient(this.grpc, 5000, this.credentials);
     return this.client;
   }
 

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { AdminHttpServer } from '../api/http/admin-server.js';
 import { InvalidArgumentError, TetherError } from '../domain/errors.js';
 import { AgentProcess, repoRoot } from './agent-process.js';
+import { agentClientEnv, devApiSecurity, type AgentApiSecurity } from './api-credentials.js';
 import { DEV_ENV_MARK, defaultLockDir, type DevScope } from './dev-scan.js';
 import { devHostDir, writeDevState, type DevState } from './dev-state.js';
 import { LocalEtcdCluster } from './etcd-cluster.js';
@@ -56,6 +57,8 @@ export interface DevClusterOptions {
  */
 export class DevCluster {
   readonly etcd: LocalEtcdCluster;
+  /** The agents' API security: TLS, client certificates and a token, in `<stateDir>/api-certs`. */
+  readonly apiSecurity: AgentApiSecurity;
   /** Hosts whose agent was spawned (started or starting), in start order. */
   readonly hosts: DevHost[] = [];
   /** The controller replica (fence window, reschedule), when started. */
@@ -72,6 +75,7 @@ export class DevCluster {
     this.env = { ...process.env, [DEV_ENV_MARK]: opts.stateDir };
     mkdirSync(opts.stateDir, { recursive: true });
     rmSync(join(opts.stateDir, 'etcd'), { recursive: true, force: true });
+    this.apiSecurity = devApiSecurity(join(opts.stateDir, 'api-certs'));
     this.etcd = new LocalEtcdCluster({ dataDir: join(opts.stateDir, 'etcd'), tag: 'dev', ownProcessGroup: true });
   }
 
@@ -143,6 +147,7 @@ export class DevCluster {
     this.saveState();
     this.checkAborted();
     this.log(`[dev] etcd healthy: ${this.etcd.endpoints().join(', ')}`);
+    this.log(`[dev] agents serve TLS, require a client certificate and a token (${this.apiSecurity.certs.dir}); the tether vm and gc commands need: ${Object.entries(agentClientEnv(this.apiSecurity)).map(([k, v]) => `${k}=${v}`).join(' ')}`);
     const base = this.opts.basePort ?? 9090;
     for (const [i, id] of this.hostIds().entries()) {
       const proxies = await FaultProxyGroup.start(this.etcd.endpoints());
@@ -152,7 +157,7 @@ export class DevCluster {
         devHostDir(this.opts.stateDir, id),
         ['--etcd-endpoints', proxies.endpoints().join(','), '--log-level', 'info', ...(this.opts.agentArgs ?? [])],
         ports,
-        { ownProcessGroup: true, env: this.env },
+        { ownProcessGroup: true, env: this.env, security: this.apiSecurity },
       );
       this.hosts.push({ id, agent, proxies });
       this.checkAborted();

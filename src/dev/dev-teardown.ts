@@ -310,7 +310,7 @@ export class DevTeardown {
   /** The agent's own audit of its host: no VM process, tap or VM folder left. */
   private async confirm(h: DevHost, deleted: number): Promise<void> {
     try {
-      const audit = await this.guard(adminCall<AuditResult>(h.agent.http, 'GET', 'gc/audit', undefined, 5000));
+      const audit = await this.guard(adminCall<AuditResult>(h.agent.admin, 'GET', 'gc/audit', undefined, 5000));
       if (audit.clean) this.out(`[dev] ${h.id}: ${plural(deleted, 'VM')} deleted; its agent's audit finds no VM process, tap or VM folder left`);
       else this.out(`[dev] ${h.id}: ${plural(deleted, 'VM')} deleted, but its agent's audit still finds ${[...audit.leaks, ...audit.missing].join(', ')}; the forced sweep follows`);
     } catch (err) {

@@ -23,6 +23,12 @@ export type ErrorCode =
   | 'NOT_OWNED'
   /** A record read from etcd failed its schema (see domain/codec.ts); the message names the key and the field. */
   | 'INVALID_RECORD'
+  /** The caller presented no valid credential (token, client certificate). */
+  | 'UNAUTHENTICATED'
+  /** The caller is known but the request is refused (wrong Host/Origin, cross-site). */
+  | 'PERMISSION_DENIED'
+  /** A limit was hit (message size, concurrent creates); the message names the limit. */
+  | 'RESOURCE_EXHAUSTED'
   | 'INTERNAL';
 
 /** Options accepted by every {@link TetherError}. */

@@ -40,7 +40,7 @@ const sampler = new DoubleRunSampler(Object.values(ids));
 /** What the closing note reports: measured times per scenario. */
 const measured: Record<string, unknown> = {};
 
-const status = (h: 'a' | 'b') => adminCall<GcStatus>(agents[h].http, 'GET', 'gc/status', undefined, 3000);
+const status = (h: 'a' | 'b') => adminCall<GcStatus>(agents[h].admin, 'GET', 'gc/status', undefined, 3000);
 async function phase(h: 'a' | 'b', p: HostPhase, timeoutMs = 60_000, minEpoch = 0): Promise<GcStatus> {
   return until(`${h} ${p}`, async () => {
     const s = await status(h).catch(() => undefined);
@@ -152,7 +152,7 @@ describe('the fence outlives the agent (real agents, guardian, controller, etcd,
     }, 10_000, 20);
     measured.guardianRestartGapMs = Date.now() - t0;
     expect(after).not.toBe(before);
-    const events = await adminCall<{ kind: string }[]>(agents.a.http, 'GET', 'events', undefined, 3000);
+    const events = await adminCall<{ kind: string }[]>(agents.a.admin, 'GET', 'events', undefined, 3000);
     expect(events.map((e) => e.kind)).toContain('guardian-restarted');
   }, 30_000);
 
@@ -164,7 +164,7 @@ describe('the fence outlives the agent (real agents, guardian, controller, etcd,
     await agents.a.start();
     const s = await phase('a', 'attached', 60_000, 2);
     expect(s.epoch).toBe(2);
-    const report = (await adminCall<GcReport | null>(agents.a.http, 'GET', 'gc/report', undefined, 3000))!;
+    const report = (await adminCall<GcReport | null>(agents.a.admin, 'GET', 'gc/report', undefined, 3000))!;
     expect(report.reason).toBe('guardian');
     expect(report.audit?.clean).toBe(true);
     expect(report.rejoinedEpoch).toBe(2);
@@ -198,7 +198,7 @@ describe('the fence outlives the agent (real agents, guardian, controller, etcd,
     extra.push(other);
     await other.start();
     const st = await until('duplicate refused', async () => {
-      const s = await adminCall<GcStatus>(other.http, 'GET', 'gc/status', undefined, 3000).catch(() => undefined);
+      const s = await adminCall<GcStatus>(other.admin, 'GET', 'gc/status', undefined, 3000).catch(() => undefined);
       return s?.duplicateOf ? s : undefined;
     }, 20_000, 100);
     expect(st.phase).toBe('starting');

@@ -3,11 +3,16 @@
  * driven by a client that @grpc/proto-loader builds straight from the proto/ files.
  */
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { credentials, loadPackageDefinition, status as GrpcStatus, type Client, type ServiceClientConstructor, type ServiceError } from '@grpc/grpc-js';
+import { credentials, loadPackageDefinition, Metadata, status as GrpcStatus, type Client, type ServiceClientConstructor, type ServiceError } from '@grpc/grpc-js';
 import { loadSync } from '@grpc/proto-loader';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createMicroVmGrpcServer, type GrpcApiServer } from '../../src/api/grpc/index.js';
+import { loadApiSecurity } from '../../src/api/auth/api-security.js';
+import { devApiSecurity } from '../../src/dev/api-credentials.js';
+import { removeDir, testDir } from '../support/real-host.js';
 import { NotFoundError, TetherError } from '../../src/domain/errors.js';
 import { vmKey, type VmRecord, type VmSpec } from '../../src/domain/vm.js';
 import type { MicroVmService, VmFilter } from '../../src/ports/microvm-service.js';
@@ -121,7 +126,8 @@ describe('Flintlock-compatible gRPC API', () => {
   let address: string;
 
   beforeAll(async () => {
-    server = createMicroVmGrpcServer(service);
+    // The fake service keeps every VM pending: lift create admission, which tests of its own cover.
+    server = createMicroVmGrpcServer(service, { createLimits: { maxConcurrentCreates: 1000, createQueueLength: 0, maxStartingVms: 1000 } });
     address = await server.listen('127.0.0.1:0');
     const Ctor = loadClientCtor();
     client = new Ctor(address, credentials.createInsecure()) as unknown as MicroVmClient;
@@ -278,5 +284,79 @@ describe('Flintlock-compatible gRPC API', () => {
     await other.close();
     await other.close();
     expect(other.address).toBeUndefined();
+  });
+});
+
+describe('a Flintlock client with TLS + token (as CAPMVM configures one)', () => {
+  const service = new FakeService();
+  let server: GrpcApiServer;
+  let dir: string;
+  let address: string;
+  let sec: ReturnType<typeof devApiSecurity>;
+  const clients: Client[] = [];
+
+  beforeAll(async () => {
+    dir = testDir('api-grpc-tls');
+    sec = devApiSecurity(join(dir, 'certs'));
+    const security = loadApiSecurity(
+      { tlsCert: sec.certs.serverCert, tlsKey: sec.certs.serverKey, tlsClientCa: sec.certs.ca, tlsClientValidate: true, insecure: false, basicAuthToken: '', basicAuthTokenFile: sec.tokenFile },
+      () => undefined,
+    );
+    server = createMicroVmGrpcServer(service, { security });
+    address = await server.listen('127.0.0.1:0');
+  });
+
+  afterAll(async () => {
+    for (const c of clients) c.close();
+    await server?.close();
+    if (dir) removeDir(dir);
+  });
+
+  /** Flintlock's client: TLS channel credentials plus per-call credentials adding `authorization: basic <base64>`. */
+  function flintlockClient(token: string | undefined, cert = sec.certs.clientCert, key = sec.certs.clientKey): MicroVmClient {
+    const ssl = credentials.createSsl(readFileSync(sec.certs.ca), readFileSync(key), readFileSync(cert));
+    const creds =
+      token === undefined
+        ? ssl
+        : credentials.combineChannelCredentials(
+            ssl,
+            credentials.createFromMetadataGenerator((_params, cb) => {
+              const md = new Metadata();
+              md.add('authorization', `basic ${Buffer.from(token).toString('base64')}`);
+              cb(null, md);
+            }),
+          );
+    const c = new (loadClientCtor())(address, creds) as unknown as MicroVmClient;
+    clients.push(c);
+    return c;
+  }
+
+  it('creates, lists and deletes, reading back the metadata it is entitled to', async () => {
+    const client = flintlockClient(sec.token);
+    const created = await call<AnyObj>((cb) => client.CreateMicroVM({ microvm: spec('tls-a', 'secure') }, cb));
+    const uid: string = created['microvm'].spec.uid;
+    expect(created['microvm'].spec.metadata).toEqual({ 'user-data': 'I2Nsb3VkLWNvbmZpZwo=' });
+    const listed = await call<AnyObj>((cb) => client.ListMicroVMs({ namespace: 'secure' }, cb));
+    expect(listed['microvm'].map((m: AnyObj) => m.spec.uid)).toEqual([uid]);
+    await call((cb) => client.DeleteMicroVM({ uid }, cb));
+    const after = await call<AnyObj>((cb) => client.GetMicroVM({ uid }, cb));
+    expect(after['microvm'].status.state).toBe('DELETING');
+  });
+
+  it('refuses the same client without the token (UNAUTHENTICATED) and changes nothing', async () => {
+    const before = service.records.size;
+    const client = flintlockClient(undefined);
+    const err = await failure(call((cb) => client.CreateMicroVM({ microvm: spec('tls-b', 'secure') }, cb)));
+    expect(err.code).toBe(GrpcStatus.UNAUTHENTICATED);
+    const wrong = flintlockClient('not-the-token-but-long-enough');
+    const err2 = await failure(call((cb) => wrong.ListMicroVMs({ namespace: '' }, cb)));
+    expect(err2.code).toBe(GrpcStatus.UNAUTHENTICATED);
+    expect(service.records.size).toBe(before);
+  });
+
+  it('refuses a client certificate from another CA at the handshake', async () => {
+    const client = flintlockClient(sec.token, sec.certs.otherClientCert, sec.certs.otherClientKey);
+    const err = await failure(call((cb) => client.ListMicroVMs({ namespace: '' }, cb)));
+    expect(err.code).toBe(GrpcStatus.UNAVAILABLE);
   });
 });

@@ -37,7 +37,7 @@ const proxies = {} as Record<H, FaultProxyGroup>;
 const agents = {} as Record<H, AgentProcess>;
 const controllers = new Map<string, ChildProcess>();
 
-const status = (h: H) => adminCall<GcStatus>(agents[h].http, 'GET', 'gc/status', undefined, 3000);
+const status = (h: H) => adminCall<GcStatus>(agents[h].admin, 'GET', 'gc/status', undefined, 3000);
 async function phase(h: H, p: HostPhase, timeoutMs = 60_000): Promise<GcStatus> {
   return until(`${h} ${p}`, async () => {
     const s = await status(h).catch(() => undefined);

@@ -5,7 +5,7 @@ import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AuditResult, GcReport } from '../../src/agent/gc/gc-report.js';
 import type { GcStatus } from '../../src/agent/gc/host-gc.js';
-import { adminCall } from '../../src/api/http/admin-server.js';
+import { adminCall, adminText } from '../../src/api/http/admin-server.js';
 import type { FlintlockMicroVM, MicroVmSpecIn } from '../../src/api/grpc/wire-types.js';
 import { LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
 import { FaultProxyGroup } from '../../src/dev/tcp-proxy.js';
@@ -31,8 +31,8 @@ let proxies: FaultProxyGroup;
 let agent: AgentProcess;
 let client: Etcd3;
 
-const status = () => adminCall<GcStatus>(agent.http, 'GET', 'gc/status', undefined, 3000);
-const report = () => adminCall<GcReport | null>(agent.http, 'GET', 'gc/report', undefined, 3000);
+const status = () => adminCall<GcStatus>(agent.admin, 'GET', 'gc/status', undefined, 3000);
+const report = () => adminCall<GcReport | null>(agent.admin, 'GET', 'gc/report', undefined, 3000);
 
 async function record(): Promise<HostRecord> {
   const raw = await client.get(`/tether/hosts/${hostId}/record`).string();
@@ -86,7 +86,7 @@ async function assertHostClean(): Promise<void> {
   expect(qemusOf(hostId).size).toBe(0);
   expect(tapsOf(hostId)).toEqual([]);
   expect(existsSync(join(dir, 'state', 'vm', 'gc'))).toBe(false);
-  const audit = await adminCall<AuditResult>(agent.http, 'GET', 'gc/audit');
+  const audit = await adminCall<AuditResult>(agent.admin, 'GET', 'gc/audit');
   expect(audit).toMatchObject({ clean: true, leaks: [], missing: [] });
   expect(await agent.api().list()).toEqual([]);
 }
@@ -124,7 +124,7 @@ describe('detached-host GC on real etcd, QEMU and taps', () => {
     expect(rec.timings.watchdogTimeout).toBe(WATCHDOG_MS);
     const alive = await client.get(`/tether/hosts/${hostId}/alive`).exec();
     expect(alive.kvs[0]?.lease).not.toBe('0');
-    const metrics = await (await fetch(`http://${agent.http}/metrics`)).text();
+    const metrics = await adminText(agent.admin, '/metrics');
     expect(metrics).toContain('tether_host_lifecycle_state{phase="attached"} 1');
     expect(metrics).toMatch(/tether_last_ack_age_seconds 0\.\d+/);
     vm1 = await createVm('steady');

@@ -31,8 +31,8 @@ let etcd: LocalEtcdCluster;
 let store: EtcdControllerStore;
 let agent: AgentProcess;
 
-const status = () => adminCall<GcStatus>(agent.http, 'GET', 'gc/status', undefined, 3000);
-const events = () => adminCall<InventoryEvent[]>(agent.http, 'GET', 'events?limit=1000', undefined, 3000);
+const status = () => adminCall<GcStatus>(agent.admin, 'GET', 'gc/status', undefined, 3000);
+const events = () => adminCall<InventoryEvent[]>(agent.admin, 'GET', 'events?limit=1000', undefined, 3000);
 const put = (key: string, value: string) => store.client.put(PREFIX + key).value(value).exec();
 const logLines = (): { level: number; msg: string; key?: string; field?: string }[] =>
   readFileSync(agent.log, 'utf8')

@@ -3,7 +3,17 @@
  * `const api = createMicroVmGrpcServer(service, { logger }); await api.listen(address)`; stop with
  * `await api.close()`.
  */
-export { createMicroVmGrpcServer, createMicroVmHandlers, DEFAULT_GRPC_ADDRESS, GrpcApiServer, type GrpcApiServerOptions } from './server.js';
+export {
+  createMicroVmGrpcServer,
+  createMicroVmHandlers,
+  DEFAULT_GRPC_ADDRESS,
+  GRPC_MAX_CONCURRENT_STREAMS,
+  GRPC_MAX_RECEIVE_BYTES,
+  GrpcApiServer,
+  type GrpcApiServerOptions,
+} from './server.js';
+export { CreateAdmission, DEFAULT_CREATE_LIMITS, type CreateLimits } from './create-admission.js';
+export { createAuthInterceptor, grpcAuthRefusal, grpcCallAuthenticated, grpcServerCredentials, redactMetadata, REDACTED } from './security.js';
 export {
   findProtoRoot,
   loadMicroVmProto,

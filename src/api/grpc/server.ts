@@ -7,11 +7,16 @@
  * the TetherError code); validation happens before the service is called, so the service only
  * ever sees specs that passed {@link specFromFlintlock}.
  */
-import { Server, ServerCredentials, status as GrpcStatus, type handleServerStreamingCall, type handleUnaryCall, type ServerOptions, type ServerWritableStream, type UntypedServiceImplementation } from '@grpc/grpc-js';
+import { chmodSync } from 'node:fs';
+import { Server, ServerCredentials, status as GrpcStatus, type handleServerStreamingCall, type handleUnaryCall, type Metadata, type ServerOptions, type ServerWritableStream, type UntypedServiceImplementation } from '@grpc/grpc-js';
 import { TetherError, messageOf } from '../../domain/errors.js';
 import type { Logger } from '../../ports/logger.js';
 import type { MicroVmService } from '../../ports/microvm-service.js';
+import { checkListenerSecurity, type ApiSecurity } from '../auth/api-security.js';
+import { formatListenAddress, parseListenAddress, withPort } from '../listen-address.js';
+import { CreateAdmission, DEFAULT_CREATE_LIMITS, type CreateLimits } from './create-admission.js';
 import { loadMicroVmProto } from './proto.js';
+import { createAuthInterceptor, grpcCallAuthenticated, grpcServerCredentials, redactMetadata } from './security.js';
 import { filterFromListRequest, specFromCreateRequest, uidFromRequest } from './spec-mapping.js';
 import { grpcStatusFromError, microVmFromRecord, type GrpcErrorStatus } from './status-mapping.js';
 import type { CreateMicroVmRequestIn, FlintlockMicroVM, ListMicroVmsRequestIn, UidRequestIn } from './wire-types.js';
@@ -19,15 +24,33 @@ import type { CreateMicroVmRequestIn, FlintlockMicroVM, ListMicroVmsRequestIn, U
 /** Where the API listens unless told otherwise: loopback only, Flintlock's usual port. */
 export const DEFAULT_GRPC_ADDRESS = '127.0.0.1:9090';
 
+/**
+ * Largest request message the API reads: 2 MiB. A VM spec's labels and metadata are bounded to
+ * 512 KiB each by the record codec, so every valid create fits; a bigger message is refused by
+ * grpc-js with RESOURCE_EXHAUSTED "Received message larger than max (<size> vs 2097152)" before it
+ * is parsed.
+ */
+export const GRPC_MAX_RECEIVE_BYTES = 2 * 1024 * 1024;
+
+/** Concurrent streams (calls) one client connection may open. */
+export const GRPC_MAX_CONCURRENT_STREAMS = 64;
+
 /** Options of {@link GrpcApiServer}. All optional. */
 export interface GrpcApiServerOptions {
-  /** Transport security; default insecure (fine on loopback, which is the default address). */
-  readonly credentials?: ServerCredentials;
+  /**
+   * TLS and token (see auth/api-security.ts). Default `{}`: plaintext, no token, every caller
+   * anonymous; {@link GrpcApiServer.listen} then refuses any address but loopback or a unix socket.
+   */
+  readonly security?: ApiSecurity;
+  /** The setting the listen address comes from, named in errors; default `listen`. */
+  readonly addressKey?: string;
+  /** Create admission limits; default {@link DEFAULT_CREATE_LIMITS}. */
+  readonly createLimits?: CreateLimits;
   /** Receives one debug line per call and one error line per INTERNAL failure. */
   readonly logger?: Logger;
   /** Folder holding the protos; default found from this module (see `findProtoRoot`). */
   readonly protoRoot?: string;
-  /** grpc-js server options (message size limits, keepalive, ...). */
+  /** grpc-js server options (keepalive, ...); message size and stream limits default to the constants above. */
   readonly serverOptions?: ServerOptions;
   /** How long {@link GrpcApiServer.close} waits for calls in flight before cutting them; default 5000 ms. */
   readonly shutdownTimeoutMs?: number;
@@ -53,7 +76,19 @@ function errorOf(status: GrpcErrorStatus): Error & GrpcErrorStatus {
  * - ListMicroVMsStream uses the same filter, writes one `ListMessage` per VM in service order
  *   (namespace, name), honours flow control, stops early when the client cancels, then ends.
  */
-export function createMicroVmHandlers(service: MicroVmService, logger?: Logger): UntypedServiceImplementation {
+export function createMicroVmHandlers(
+  service: MicroVmService,
+  logger?: Logger,
+  opts: { readonly security?: ApiSecurity; readonly createLimits?: CreateLimits } = {},
+): UntypedServiceImplementation {
+  const security = opts.security ?? {};
+  // Metadata values (cloud-init user-data, bootstrap secrets) go only to authenticated callers.
+  const out = (md: Metadata, vm: FlintlockMicroVM): FlintlockMicroVM => (grpcCallAuthenticated(security, md) ? vm : redactMetadata(vm));
+  const admission = new CreateAdmission(opts.createLimits ?? DEFAULT_CREATE_LIMITS, async () => {
+    const vms = await service.list({});
+    return vms.filter((v) => v.phase === 'pending' || v.phase === 'creating').length;
+  });
+
   const fail = (method: string, err: unknown): GrpcErrorStatus => {
     const status = grpcStatusFromError(err);
     if (err instanceof TetherError && status.code !== GrpcStatus.INTERNAL) {
@@ -64,35 +99,37 @@ export function createMicroVmHandlers(service: MicroVmService, logger?: Logger):
     return status;
   };
 
-  const unary = <Req, Res>(method: string, fn: (req: Req) => Promise<Res>): handleUnaryCall<Req, Res> => {
+  // Never log a request: its metadata may hold secrets. Method names and error messages only.
+  const unary = <Req, Res>(method: string, fn: (req: Req, md: Metadata, cancelled: () => boolean) => Promise<Res>): handleUnaryCall<Req, Res> => {
     return (call, callback) => {
       logger?.debug({ method }, 'grpc call');
-      fn(call.request).then(
+      fn(call.request, call.metadata, () => call.cancelled).then(
         (res) => callback(null, res),
         (err: unknown) => callback(fail(method, err)),
       );
     };
   };
 
-  const CreateMicroVM = unary<CreateMicroVmRequestIn, CreateResponse>('CreateMicroVM', async (req) => {
+  const CreateMicroVM = unary<CreateMicroVmRequestIn, CreateResponse>('CreateMicroVM', async (req, md, cancelled) => {
     const spec = specFromCreateRequest(req);
-    return { microvm: microVmFromRecord(await service.create(spec)) };
+    const record = await admission.run(() => service.create(spec), cancelled);
+    return { microvm: out(md, microVmFromRecord(record)) };
   });
   const DeleteMicroVM = unary<UidRequestIn, Record<string, never>>('DeleteMicroVM', async (req) => {
     await service.delete(uidFromRequest(req));
     return {};
   });
-  const GetMicroVM = unary<UidRequestIn, CreateResponse>('GetMicroVM', async (req) => {
-    return { microvm: microVmFromRecord(await service.get(uidFromRequest(req))) };
+  const GetMicroVM = unary<UidRequestIn, CreateResponse>('GetMicroVM', async (req, md) => {
+    return { microvm: out(md, microVmFromRecord(await service.get(uidFromRequest(req)))) };
   });
-  const ListMicroVMs = unary<ListMicroVmsRequestIn, ListResponse>('ListMicroVMs', async (req) => {
+  const ListMicroVMs = unary<ListMicroVmsRequestIn, ListResponse>('ListMicroVMs', async (req, md) => {
     const records = await service.list(filterFromListRequest(req));
-    return { microvm: records.map(microVmFromRecord) };
+    return { microvm: records.map((r) => out(md, microVmFromRecord(r))) };
   });
 
   const ListMicroVMsStream: handleServerStreamingCall<ListMicroVmsRequestIn, { microvm: FlintlockMicroVM }> = (call) => {
     logger?.debug({ method: 'ListMicroVMsStream' }, 'grpc call');
-    streamList(service, call).then(
+    streamList(service, call, (vm) => out(call.metadata, vm)).then(
       () => call.end(),
       (err: unknown) => call.emit('error', errorOf(fail('ListMicroVMsStream', err))),
     );
@@ -101,11 +138,15 @@ export function createMicroVmHandlers(service: MicroVmService, logger?: Logger):
   return { CreateMicroVM, DeleteMicroVM, GetMicroVM, ListMicroVMs, ListMicroVMsStream };
 }
 
-async function streamList(service: MicroVmService, call: ServerWritableStream<ListMicroVmsRequestIn, { microvm: FlintlockMicroVM }>): Promise<void> {
+async function streamList(
+  service: MicroVmService,
+  call: ServerWritableStream<ListMicroVmsRequestIn, { microvm: FlintlockMicroVM }>,
+  out: (vm: FlintlockMicroVM) => FlintlockMicroVM,
+): Promise<void> {
   const records = await service.list(filterFromListRequest(call.request));
   for (const record of records) {
     if (call.cancelled) return;
-    if (!call.write({ microvm: microVmFromRecord(record) })) await drained(call);
+    if (!call.write({ microvm: out(microVmFromRecord(record)) })) await drained(call);
   }
 }
 
@@ -124,12 +165,6 @@ function drained(call: ServerWritableStream<unknown, unknown>): Promise<void> {
   });
 }
 
-function boundAddress(address: string, port: number): string {
-  if (address.startsWith('unix:') || address.startsWith('unix-abstract:')) return address;
-  const m = /^(.*):(\d+)$/.exec(address);
-  return m ? `${m[1]}:${port}` : `${address}:${port}`;
-}
-
 /**
  * One gRPC server exposing the MicroVM service.
  *
@@ -140,15 +175,26 @@ function boundAddress(address: string, port: number): string {
 export class GrpcApiServer {
   private readonly server: Server;
   private readonly credentials: ServerCredentials;
+  private readonly security: ApiSecurity;
   private readonly shutdownTimeoutMs: number;
   private state: 'new' | 'binding' | 'listening' | 'closed' = 'new';
   private bound: string | undefined;
 
   constructor(service: MicroVmService, private readonly opts: GrpcApiServerOptions = {}) {
     const proto = loadMicroVmProto(opts.protoRoot);
-    this.server = new Server(opts.serverOptions);
-    this.server.addService(proto.service, createMicroVmHandlers(service, opts.logger));
-    this.credentials = opts.credentials ?? ServerCredentials.createInsecure();
+    const security = opts.security ?? {};
+    this.server = new Server({
+      'grpc.max_receive_message_length': GRPC_MAX_RECEIVE_BYTES,
+      'grpc.max_concurrent_streams': GRPC_MAX_CONCURRENT_STREAMS,
+      ...opts.serverOptions,
+      interceptors: [
+        ...(opts.serverOptions?.interceptors ?? []),
+        createAuthInterceptor(security, (method, why) => opts.logger?.debug({ method, why }, 'grpc call refused: unauthenticated')),
+      ],
+    });
+    this.server.addService(proto.service, createMicroVmHandlers(service, opts.logger, { security, ...(opts.createLimits ? { createLimits: opts.createLimits } : {}) }));
+    this.credentials = grpcServerCredentials(security);
+    this.security = security;
     this.shutdownTimeoutMs = opts.shutdownTimeoutMs ?? 5000;
   }
 
@@ -158,15 +204,26 @@ export class GrpcApiServer {
   }
 
   /**
-   * Binds `address` (`host:port`, `[v6]:port`, or `unix:/path`; port 0 picks a free one) and starts
-   * serving. Resolves with the bound address, e.g. `127.0.0.1:41234`. Rejects FAILED_PRECONDITION
-   * when called twice or after close, UNAVAILABLE when the address cannot be bound.
+   * Binds `address` (any form {@link parseListenAddress} reads: `host:port`, `[v6]:port`, a port
+   * alone for loopback, `unix:/path`; port 0 picks a free one) and starts serving. Resolves with the
+   * bound address, e.g. `127.0.0.1:41234`. Rejects INVALID_ARGUMENT (naming the address key) for an
+   * unreadable address or one the security settings forbid (plaintext off loopback, no
+   * authentication on the network), FAILED_PRECONDITION when called twice or after close,
+   * UNAVAILABLE when the address cannot be bound. A unix socket is made 0600.
    */
   listen(address: string = DEFAULT_GRPC_ADDRESS): Promise<string> {
     if (this.state !== 'new') return Promise.reject(new TetherError('FAILED_PRECONDITION', `gRPC server is ${this.state}; listen() may be called once`));
+    let parsed: ReturnType<typeof parseListenAddress>;
+    try {
+      parsed = parseListenAddress(address, this.opts.addressKey ?? 'listen');
+      checkListenerSecurity(this.security, [{ key: this.opts.addressKey ?? 'listen', address: parsed }]);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const target = formatListenAddress(parsed);
     this.state = 'binding';
     return new Promise((resolve, reject) => {
-      this.server.bindAsync(address, this.credentials, (err, port) => {
+      this.server.bindAsync(target, this.credentials, (err, port) => {
         if (err) {
           this.state = 'new';
           reject(new TetherError('UNAVAILABLE', `binding gRPC server to ${address}: ${err.message}`, { cause: err }));
@@ -177,9 +234,20 @@ export class GrpcApiServer {
           reject(new TetherError('FAILED_PRECONDITION', 'gRPC server closed while binding'));
           return;
         }
+        if (parsed.kind === 'unix') {
+          try {
+            chmodSync(parsed.path, 0o600);
+          } catch (cause) {
+            this.server.forceShutdown();
+            this.state = 'closed';
+            reject(new TetherError('UNAVAILABLE', `cannot restrict the gRPC socket ${parsed.path} to its owner: ${messageOf(cause)}`, { cause }));
+            return;
+          }
+        }
         this.state = 'listening';
-        this.bound = boundAddress(address, port);
-        this.opts.logger?.info({ address: this.bound }, 'gRPC API listening');
+        this.bound = formatListenAddress(parsed.kind === 'unix' ? parsed : withPort(parsed, port));
+        const sec = this.security;
+        this.opts.logger?.info({ address: this.bound, tls: sec.tls !== undefined, mutualTls: sec.tls?.requireClientCert === true, token: sec.token !== undefined }, 'gRPC API listening');
         resolve(this.bound);
       });
     });

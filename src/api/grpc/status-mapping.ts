@@ -115,6 +115,9 @@ export const GRPC_CODE_BY_ERROR_CODE: Readonly<Partial<Record<ErrorCode, GrpcSta
   UNAVAILABLE: GrpcStatus.UNAVAILABLE,
   UNIMPLEMENTED: GrpcStatus.UNIMPLEMENTED,
   FAILED_PRECONDITION: GrpcStatus.FAILED_PRECONDITION,
+  UNAUTHENTICATED: GrpcStatus.UNAUTHENTICATED,
+  PERMISSION_DENIED: GrpcStatus.PERMISSION_DENIED,
+  RESOURCE_EXHAUSTED: GrpcStatus.RESOURCE_EXHAUSTED,
 };
 
 /** Trailer carrying the Tether error code (e.g. `VMM_ERROR` behind an INTERNAL status). */

@@ -27,6 +27,8 @@ import type { HostContext } from '../../agent/host-context.js';
 import { createMicroVmGrpcServer } from '../../api/grpc/index.js';
 import { HEARTBEAT_PATH_PRIORITY } from '../../adapters/process-priority.js';
 import { AdminHttpServer } from '../../api/http/admin-server.js';
+import { checkListenerSecurity, loadApiSecurity } from '../../api/auth/api-security.js';
+import { parseListenAddress } from '../../api/listen-address.js';
 import { AgentMetrics } from '../../api/http/metrics.js';
 import { TetherError } from '../../domain/errors.js';
 import { describeEtcdAssumptions } from '../../domain/etcd-assumptions.js';
@@ -63,6 +65,16 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
   const logger = createLogger({ level: cfg.logLevel, base: { hostId: cfg.hostId } });
   process.on('unhandledRejection', (err) => logger.error({ err: String(err) }, 'unhandled rejection (please report)'));
   const clock = new SystemClock();
+  // API security first: a listener that would be exposed by accident stops the start before anything changes.
+  const security = loadApiSecurity(cfg, (m) => logger.warn({}, m));
+  if (process.argv.some((a) => a === '--basic-auth-token' || a.startsWith('--basic-auth-token='))) {
+    logger.warn({}, '--basic-auth-token puts the token in the process list (ps) for every local user to read: use --basic-auth-token-file or TETHER_BASIC_AUTH_TOKEN');
+  }
+  checkListenerSecurity(security, [
+    { key: 'listen', address: parseListenAddress(cfg.listen, 'listen') },
+    { key: 'httpListen', address: parseListenAddress(cfg.httpListen, 'httpListen') },
+    ...(cfg.metricsListen ? [{ key: 'metricsListen', address: parseListenAddress(cfg.metricsListen, 'metricsListen'), metricsOnly: true }] : []),
+  ]);
   const stateDir = resolve(cfg.stateDir);
   // Heartbeats must not starve behind busy guests (20 TCG VMs booting saturate 2 cores): run the
   // agent ahead of its QEMU children. Best effort; needs root.
@@ -141,7 +153,11 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
     sync = new ClusterVmSync(ctx, vmStore, agent.service, standing, cfg.timings.heartbeatInterval);
     service = new ClusterVmService(cfg.hostId, agent.service, vmStore, sync, standing, cfg.timings.heartbeatInterval * 2, () => clock.now());
   }
-  const api = createMicroVmGrpcServer(service, { logger: logger.child({ c: 'grpc' }) });
+  const api = createMicroVmGrpcServer(service, {
+    logger: logger.child({ c: 'grpc' }),
+    security,
+    createLimits: { maxConcurrentCreates: cfg.maxConcurrentCreates, createQueueLength: cfg.createQueueLength, maxStartingVms: cfg.maxStartingVms },
+  });
   const noCluster = () => {
     throw new TetherError('FAILED_PRECONDITION', 'this agent runs standalone (no --etcd-endpoints): there is no detached-host GC');
   };
@@ -158,7 +174,10 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
       },
       'GET events': async (b) => inventory.listEvents(Number(b.limit ?? 50)),
     },
-  });
+  }, { security, allowedHosts: cfg.httpAllowedHosts });
+  const metricsOnly = cfg.metricsListen
+    ? new AdminHttpServer({ metrics: () => metrics.text(), handlers: {} }, { security, metricsOnly: true, addressKey: 'metricsListen', allowedHosts: cfg.httpAllowedHosts })
+    : undefined;
 
   // Under systemd (Type=notify, WatchdogSec): READY=1 once serving, WATCHDOG=1 from the event loop,
   // so a frozen or stuck agent is restarted (meanwhile the guardian enforces the last fed deadline).
@@ -176,7 +195,7 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
     hostGc?.stop(noVmsLeft);
     sync?.stop();
     agent.stop();
-    await Promise.allSettled([api.close(), admin.close(), store?.close(), vmStore?.close()]);
+    await Promise.allSettled([api.close(), admin.close(), metricsOnly?.close(), store?.close(), vmStore?.close()]);
     inventory.close();
     lock.release();
     hostLock.release();
@@ -191,7 +210,8 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
   await agent.start();
   hostGc?.start();
   sync?.start();
-  logger.info({ grpc: grpcAddr, http: httpAddr, stateDir, cluster: cfg.etcdEndpoints, timings: cfg.timings }, 'agent ready');
+  const metricsAddr = metricsOnly ? await metricsOnly.listen(cfg.metricsListen) : undefined;
+  logger.info({ grpc: grpcAddr, http: httpAddr, ...(metricsAddr ? { metrics: metricsAddr } : {}), stateDir, cluster: cfg.etcdEndpoints, timings: cfg.timings }, 'agent ready');
   notifier?.ready(`serving ${grpcAddr}`);
   if (store) {
     store.serverVersion(cfg.timings.heartbeatInterval * 5).then(

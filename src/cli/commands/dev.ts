@@ -4,6 +4,7 @@ import type { Command } from 'commander';
 import { EtcdControllerStore } from '../../adapters/etcd/etcd-controller-store.js';
 import { specFromFlintlock } from '../../api/grpc/spec-mapping.js';
 import { adminCall } from '../../api/http/admin-server.js';
+import { agentClientEnv } from '../../dev/api-credentials.js';
 import { DEV_CONTROL_ADDR, DevCluster } from '../../dev/dev-cluster.js';
 import { argvOf, tetherSubcommand, type DevScope } from '../../dev/dev-scan.js';
 import { parentIsNpm, resilientOutput, SignalPolicy, startDeathWatch, SUPERVISOR_SIGNALS, type DeathWatch, type SupervisorSignal } from '../../dev/dev-signals.js';
@@ -180,6 +181,7 @@ async function devUp(o: UpOptions): Promise<void> {
 [dev] ready: ${c.hosts.map((h) => `${h.id} (gRPC ${h.agent.grpc}, HTTP ${h.agent.http})`).join(', ')}.
 In another terminal:
   export TETHER_ETCD_ENDPOINTS=${eps}
+${Object.entries(agentClientEnv(c.apiSecurity)).map(([k, v]) => `  export ${k}=${v}`).join('\n')}
   npx tether host list                                   # hosts: state, epoch, lease age, fence countdown
   npx tether vm list                                     # VMs cluster-wide: phase and host
   npx tether dev partition ${b.id} --for 60s${ctl}            # cut ${b.id} off from etcd (a cut cable)

@@ -1,9 +1,10 @@
 import type { Command } from 'commander';
 import type { AuditResult, GcReport } from '../../agent/gc/gc-report.js';
 import type { GcStatus } from '../../agent/gc/host-gc.js';
-import { adminCall } from '../../api/http/admin-server.js';
+import { adminCall, type AdminTarget } from '../../api/http/admin-server.js';
 import { formatDuration } from '../../domain/duration.js';
 import { printJson, printTable } from '../output.js';
+import { addAgentCredentialOptions, agentCredentialsFrom, type AgentCredentialFlags } from '../agent-client-options.js';
 
 const AGENT_HTTP = process.env.TETHER_AGENT_HTTP ?? '127.0.0.1:9091';
 
@@ -46,19 +47,24 @@ function printReport(r: GcReport | null): void {
 /** `tether gc status|report|audit|hold|release`: talk to the local agent's HTTP port. */
 export function registerGcCommands(program: Command): void {
   const gc = program.command('gc').description("detached-host GC on this host (via the agent's HTTP port)");
-  const opts = (c: Command) => c.option('--agent-http <addr>', "agent's HTTP address", AGENT_HTTP).option('--json', 'machine-readable output');
+  const opts = (c: Command) => addAgentCredentialOptions(c).option('--agent-http <addr>', "agent's HTTP address", AGENT_HTTP).option('--json', 'machine-readable output');
+  // The agent's HTTP address with the --agent-* credentials (TLS, client certificate, token).
+  const at = (o: AgentCredentialFlags & { agentHttp: string }): AdminTarget => {
+    const credentials = agentCredentialsFrom(o);
+    return credentials ? { address: o.agentHttp, credentials } : { address: o.agentHttp };
+  };
   opts(gc.command('status').description('lifecycle state, age of the last acknowledged heartbeat, watchdog countdown')).action(async (o: { agentHttp: string; json?: boolean }) => {
-    const s = await adminCall<GcStatus>(o.agentHttp, 'GET', 'gc/status');
+    const s = await adminCall<GcStatus>(at(o), 'GET', 'gc/status');
     if (o.json) printJson(s);
     else printStatus(s);
   });
   opts(gc.command('report').description('the last GC run: per-VM stop method and timings, resources removed, audit')).action(async (o: { agentHttp: string; json?: boolean }) => {
-    const r = await adminCall<GcReport | null>(o.agentHttp, 'GET', 'gc/report');
+    const r = await adminCall<GcReport | null>(at(o), 'GET', 'gc/report');
     if (o.json) printJson(r);
     else printReport(r);
   });
   opts(gc.command('audit').description('scan processes, taps and files: leaks and missing resources')).action(async (o: { agentHttp: string; json?: boolean }) => {
-    const a = await adminCall<AuditResult>(o.agentHttp, 'GET', 'gc/audit');
+    const a = await adminCall<AuditResult>(at(o), 'GET', 'gc/audit');
     if (o.json) printJson(a);
     else printAudit(a);
     if (!a.clean) process.exitCode = 1;
@@ -66,12 +72,12 @@ export function registerGcCommands(program: Command): void {
   opts(gc.command('hold').description('suspend the watchdog on this host (local hold)'))
     .option('--i-accept-split-brain-risk', 'allow a local hold while detached: the controller cannot learn of it and will fence on schedule')
     .action(async (o: { agentHttp: string; json?: boolean; iAcceptSplitBrainRisk?: boolean }) => {
-      const s = await adminCall<GcStatus>(o.agentHttp, 'POST', 'gc/hold', { held: true, acceptSplitBrainRisk: o.iAcceptSplitBrainRisk === true });
+      const s = await adminCall<GcStatus>(at(o), 'POST', 'gc/hold', { held: true, acceptSplitBrainRisk: o.iAcceptSplitBrainRisk === true });
       if (o.json) printJson(s);
       else printStatus(s);
     });
   opts(gc.command('release').description('release the local hold (takes effect for future detachments)')).action(async (o: { agentHttp: string; json?: boolean }) => {
-    const s = await adminCall<GcStatus>(o.agentHttp, 'POST', 'gc/hold', { held: false });
+    const s = await adminCall<GcStatus>(at(o), 'POST', 'gc/hold', { held: false });
     if (o.json) printJson(s);
     else printStatus(s);
   });

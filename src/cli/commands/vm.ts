@@ -6,10 +6,16 @@ import { specFromFlintlock } from '../../api/grpc/spec-mapping.js';
 import type { ClusterVmRecord } from '../../domain/cluster-vm.js';
 import { clusterCreate, clusterDelete } from '../cluster-vms.js';
 import { MicroVmApiClient } from '../microvm-client.js';
+import { addAgentCredentialOptions, agentCredentialsFrom, type AgentCredentialFlags } from '../agent-client-options.js';
 import { withStore, type StoreFlags } from './host.js';
 import { ago, printJson, printTable } from '../output.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+/** A client of the agent named by `--agent`, with the credentials of the `--agent-*` flags. */
+function agentClient(o: AgentCredentialFlags & { agent?: unknown }): MicroVmApiClient {
+  return new MicroVmApiClient(String(o.agent), 10_000, agentCredentialsFrom(o));
+}
 
 function keyValues(items: string[] | undefined, flag: string): Record<string, string> {
   const out: Record<string, string> = {};
@@ -110,7 +116,7 @@ async function waitRecord(o: StoreFlags, key: string, done: (r: ClusterVmRecord 
 export function registerVmCommands(program: Command): void {
   const vm = program.command('vm').description('microVMs on an agent (Flintlock-compatible gRPC API)');
   const withAgent = (c: Command) =>
-    c
+    addAgentCredentialOptions(c)
       .option('--agent <addr>', 'agent gRPC address', process.env.TETHER_AGENT ?? '127.0.0.1:9090')
       .option('--etcd-endpoints <urls>', 'talk to the cluster instead of one agent (or TETHER_ETCD_ENDPOINTS); VMs are then named <ns>/<name>')
       .option('--etcd-prefix <prefix>', 'key prefix in etcd (or TETHER_ETCD_PREFIX)')
@@ -153,7 +159,7 @@ export function registerVmCommands(program: Command): void {
         if (rec?.phase === 'failed') process.exitCode = 1;
         return;
       }
-      const client = new MicroVmApiClient(o.agent as string);
+      const client = agentClient(o);
       try {
         let created = await client.create(spec);
         if (o.wait) created = (await waitFor(client, created.spec.uid, 'created', timeoutMs)) ?? created;
@@ -173,7 +179,7 @@ export function registerVmCommands(program: Command): void {
       else printTable(CLUSTER_HEAD, [clusterRow(v.key, v.record)]);
       return;
     }
-    const client = new MicroVmApiClient(o.agent);
+    const client = agentClient(o);
     try {
       const v = await client.get(uid);
       if (o.json) printJson(v);
@@ -195,7 +201,7 @@ export function registerVmCommands(program: Command): void {
         else printTable(CLUSTER_HEAD, vms.map((v) => clusterRow(v.key, v.record)));
         return;
       }
-      const client = new MicroVmApiClient(o.agent);
+      const client = agentClient(o);
       try {
         const vms = await client.list(o.namespace, o.name);
         if (o.json) printJson(vms);
@@ -218,7 +224,7 @@ export function registerVmCommands(program: Command): void {
         else console.log(how === 'removed' || o.wait ? `deleted ${uid}` : `delete of ${uid} requested: its host stops it and removes the record`);
         return;
       }
-      const client = new MicroVmApiClient(o.agent);
+      const client = agentClient(o);
       try {
         await client.delete(uid);
         if (o.wait) await waitFor(client, uid, 'gone', timeoutMs);
