@@ -1,5 +1,5 @@
 import { credentials, Metadata, status as GrpcStatus, type Client, type ServiceError } from '@grpc/grpc-js';
-import { usesTls, type AgentCredentials } from '../api/auth/client-credentials.js';
+import { connectionHint, usesTls, type AgentCredentials } from '../api/auth/client-credentials.js';
 import { basicAuthorization } from '../api/auth/token.js';
 import { loadMicroVmProto } from '../api/grpc/proto.js';
 import { formatListenAddress, parseListenAddress } from '../api/listen-address.js';
@@ -36,6 +36,7 @@ const CODES: Partial<Record<number, ErrorCode>> = {
 export class MicroVmApiClient {
   private readonly raw: RawClient;
   private readonly authorization: string | undefined;
+  private readonly creds: AgentCredentials | undefined;
 
   constructor(
     readonly address: string,
@@ -47,6 +48,7 @@ export class MicroVmApiClient {
     const channel = usesTls(creds) ? credentials.createSsl(creds?.ca ?? null, creds?.key ?? null, creds?.cert ?? null) : credentials.createInsecure();
     this.raw = new Client(target, channel) as unknown as RawClient;
     this.authorization = creds?.token === undefined ? undefined : basicAuthorization(creds.token);
+    this.creds = creds;
   }
 
   async create(spec: MicroVmSpecIn): Promise<FlintlockMicroVM> {
@@ -73,7 +75,10 @@ export class MicroVmApiClient {
       fn(md, { deadline: new Date(Date.now() + this.timeoutMs) }, (err, res) => {
         if (!err) return resolve(res);
         const code = CODES[err.code] ?? 'INTERNAL';
-        const msg = err.code === GrpcStatus.UNAVAILABLE && /ECONNREFUSED|No connection/.test(err.details) ? `cannot reach the agent at ${this.address}: ${err.details}` : err.details;
+        const msg =
+          err.code === GrpcStatus.UNAVAILABLE && /ECONNREFUSED|No connection/.test(err.details)
+            ? `cannot reach the agent at ${this.address}: ${err.details.replace(/\s*\n\s*/g, ' ').trim()}${connectionHint(err.details, this.creds)}`
+            : err.details;
         reject(new TetherError(code, msg, { cause: err, retryable: code === 'UNAVAILABLE' }));
       });
     });

@@ -60,3 +60,17 @@ export function loadAgentCredentials(f: AgentCredentialFiles): AgentCredentials 
     ...(token ? { token } : {}),
   };
 }
+
+/**
+ * A hint to append to a connection failure, from what the client used and what the error says:
+ * plaintext against a TLS port, a missing or refused client certificate, an unverifiable server.
+ * '' when there is nothing to add.
+ */
+export function connectionHint(message: string, c: AgentCredentials | undefined): string {
+  if (/certificate required|alert handshake failure|alert bad certificate|unknown ca/i.test(message)) {
+    return c?.cert ? ' (the agent refused this client certificate: is it signed by the agent\'s --tls-client-ca?)' : ' (the agent requires a client certificate: --agent-cert and --agent-key)';
+  }
+  if (/self[- ]signed|unable to verify|unable to get local issuer|altnames/i.test(message)) return " (cannot verify the agent's certificate: pass the CA that signed it with --agent-ca)";
+  if (!usesTls(c) && /socket hang up|ECONNRESET|Failed to connect|Connection dropped|Parse Error/i.test(message)) return ' (the agent may serve TLS: pass --agent-ca, or TETHER_AGENT_CA)';
+  return '';
+}

@@ -24,7 +24,7 @@ import { isIPv4, isIPv6, type AddressInfo } from 'node:net';
 import { checkServerIdentity } from 'node:tls';
 import { TetherError, messageOf, type ErrorCode } from '../../domain/errors.js';
 import { checkListenerSecurity, MIN_TLS_VERSION, type ApiSecurity } from '../auth/api-security.js';
-import { usesTls, type AgentCredentials } from '../auth/client-credentials.js';
+import { connectionHint, usesTls, type AgentCredentials } from '../auth/client-credentials.js';
 import { verifyBearerAuthorization } from '../auth/token.js';
 import { formatListenAddress, isLoopbackIp, parseListenAddress, withPort, type ListenAddress } from '../listen-address.js';
 
@@ -253,6 +253,8 @@ export class AdminHttpServer {
   }
 }
 
+const oneLine = (m: string): string => m.replace(/\s*\n\s*/g, ' ').trim();
+
 /** Where and how to reach an admin HTTP server: its address and the credentials to present. */
 export interface AdminTarget {
   readonly address: string;
@@ -312,7 +314,7 @@ export function adminRequest(
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks).toString('utf8') }));
       res.on('error', (err) => reject(new TetherError('UNAVAILABLE', `reading the answer of ${what} at ${t.address}: ${messageOf(err)}`, { cause: err, retryable: true })));
     });
-    req.on('error', (err) => reject(new TetherError('UNAVAILABLE', `cannot reach ${what} at ${t.address}: ${messageOf(err)}`, { cause: err, retryable: true })));
+    req.on('error', (err) => reject(new TetherError('UNAVAILABLE', `cannot reach ${what} at ${t.address}: ${oneLine(messageOf(err))}${connectionHint(messageOf(err), creds)}`, { cause: err, retryable: true })));
     req.end(opts.body);
   });
 }
