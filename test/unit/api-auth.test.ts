@@ -271,8 +271,10 @@ describe('gRPC auth interceptor on a real loopback server', () => {
   it('bounds concurrent creates with RESOURCE_EXHAUSTED and a clear message', async () => {
     let release!: () => void;
     service.hold = new Promise<void>((r) => (release = r));
+    const calls = service.calls.length;
     const first = call((cb) => client.CreateMicroVM({ microvm: { ...spec, id: 'b' } }, md(basicAuthorization(TOKEN)), cb as Cb));
-    await new Promise((r) => setTimeout(r, 100));
+    // Wait until the first create holds the only slot (inside the service), whatever the machine's load.
+    while (service.calls.length === calls) await new Promise((r) => setImmediate(r));
     const err = (await call((cb) => client.CreateMicroVM({ microvm: { ...spec, id: 'c' } }, md(basicAuthorization(TOKEN)), cb as Cb)).catch((e: unknown) => e)) as ServiceError;
     expect(err.code).toBe(GrpcStatus.RESOURCE_EXHAUSTED);
     expect(err.details).toMatch(/too many CreateMicroVM calls at once: 1 running and 0 waiting \(maxConcurrentCreates 1, createQueueLength 0\)/);
