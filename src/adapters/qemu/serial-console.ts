@@ -47,6 +47,8 @@ export function checkSerialLogMaxBytes(n: number): void {
 export class CappedLog {
   private fh: FileHandle | undefined;
   private size = 0;
+  /** Rotations so far (each drops the older file's bytes). */
+  rotations = 0;
   /** Bytes each file may hold. */
   readonly fileMax: number;
 
@@ -91,6 +93,7 @@ export class CappedLog {
     }
     this.fh = await open(this.path, 'w', PRIVATE_FILE_MODE);
     this.size = 0;
+    this.rotations++;
   }
 }
 
@@ -126,6 +129,8 @@ export class ConsolePump {
   private finished = false;
   /** Bytes drained from the ring since the pump started. */
   drained = 0;
+  /** Reads that returned a full ring: the guest may have written more than the ring kept since the poll before. */
+  fullReads = 0;
   /** Resolves when the pump ended (never rejects). */
   readonly done: Promise<void>;
 
@@ -149,6 +154,7 @@ export class ConsolePump {
 
   private async run(): Promise<void> {
     const { clock } = this.o;
+    const t0 = clock.nowMono();
     const timeoutMs = this.o.timeoutMs ?? 2000;
     try {
       this.qmp = await QmpClient.connect(this.o.socket, { clock, timeoutMs });
@@ -164,6 +170,9 @@ export class ConsolePump {
       this.finished = true;
       await this.qmp?.close();
       await this.o.log.close();
+      if (this.qmp) {
+        this.o.logger?.info({ socket: this.o.socket, drainedBytes: this.drained, forMs: Math.round(clock.nowMono() - t0), fullRingReads: this.fullReads, rotations: this.o.log.rotations, maxBytes: this.o.log.maxBytes }, 'serial console pump ended');
+      }
     }
   }
 
@@ -181,6 +190,7 @@ export class ConsolePump {
       const data = Buffer.from(b64, 'base64');
       if (data.length === 0) return;
       this.drained += data.length;
+      if (data.length === CONSOLE_RING_BYTES) this.fullReads++;
       await this.o.log.append(data);
       if (!this.ready && this.scan(data)) {
         try {
