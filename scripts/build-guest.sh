@@ -14,6 +14,8 @@
 #     tether.gw=<ip>            default route via eth0
 #     tether.uid=<uid>          echoed as `TETHER-GUEST-UID <uid>`
 #     tether.ignore_powerdown=1 power button and ctrl-alt-del are ignored (forced-stop tests)
+#     tether.flood_console=1    after READY, `TETHER-FLOOD …` lines flood the console until power off
+#                               (console-cap tests)
 #   markers printed, each alone on a line
 #     TETHER-ROOTFS-OK          /dev/vda mounted read-only at /mnt and /mnt/TETHER-ROOTFS exists
 #     TETHER-GUEST-READY        boot finished (the VMM adapter's readiness marker)
