@@ -236,6 +236,8 @@ describe('QemuVmm on real QEMU', () => {
   });
 
   it('adopts a running VM after an agent restart (new instance) and stops it with ctrl-alt-del', async () => {
+    // The old agent is gone: its console connections closed (a console monitor serves one client).
+    await vmm.close();
     const adopted = new QemuVmm({ clock, hostId, accel: 'tcg', stateRoot: root });
     const st = await adopted.status(b.uid, b.stateDir);
     expect(st).toMatchObject({ running: true, ready: true });

@@ -146,7 +146,8 @@ class KeyedMutex {
  * - with a writable cgroup2 hierarchy, QEMU starts inside `<cgroupRoot>/<hostId>/` (vm-cgroup.ts),
  *   so nothing it forks escapes the host's cgroup; the empty host cgroup is removed after a stop;
  * - stop escalates: graceful (ACPI button or ctrl-alt-del via QMP, repeated every
- *   `gracefulRepeatMs`) for `graceMs` after the first press,
+ *   `gracefulRepeatMs`) for `graceMs` after the first press (while it waits, a guest power-off
+ *   pauses QEMU, the console ring is drained and QEMU told to quit: still 'graceful'),
  *   then QMP `quit`, then SIGKILL, and returns only once the process is verified gone (else
  *   TIMEOUT); a QMP socket that does not answer in the graceful phase skips straight to SIGKILL;
  * - files in the state folder are never deleted by stop (the caller's cleanup plan owns them);
@@ -477,19 +478,32 @@ export class QemuVmm implements Vmm {
     deadline: number,
     qmp: QmpClient,
     press: (timeoutMs: number) => Promise<boolean>,
-  ): Promise<boolean> {
+    guestOff: () => boolean,
+  ): Promise<'gone' | 'guest-off' | 'timeout'> {
     let nextPress = this.clock.nowMono() + this.gracefulRepeatMs;
     for (;;) {
-      if (!(await this.owner.stillAlive(vm))) return true;
+      if (!(await this.owner.stillAlive(vm))) return 'gone';
+      if (guestOff()) return 'guest-off';
       const now = this.clock.nowMono();
       const left = deadline - now;
-      if (left <= 0) return false;
+      if (left <= 0) return 'timeout';
       if (this.gracefulRepeatMs > 0 && now >= nextPress && !qmp.isClosed) {
         await press(Math.max(1, Math.min(500, left)));
         nextPress = this.clock.nowMono() + this.gracefulRepeatMs;
         continue;
       }
       await this.clock.sleep(Math.min(this.pollMs, left));
+    }
+  }
+
+  /** True when QEMU reports the guest powered off (runstate `shutdown`: paused by the shutdown action). */
+  private async guestIsOff(qmp: QmpClient, uid: string): Promise<boolean> {
+    try {
+      const st = await qmp.execute<{ status?: string }>('query-status', undefined, { timeoutMs: 500 });
+      return st.status === 'shutdown';
+    } catch (err) {
+      this.logger?.warn({ uid, err: messageOf(err) }, 'QMP query-status failed');
+      return false;
     }
   }
 
@@ -537,6 +551,7 @@ export class QemuVmm implements Vmm {
 
     let qmp: QmpClient | undefined;
     let qmpUnreachable = false;
+    let holdShutdown = false;
     let lastAction: 'none' | 'graceful' | 'quit' = 'none';
     try {
       if (!opts.forceOnly && opts.graceMs > 0) {
@@ -544,14 +559,35 @@ export class QemuVmm implements Vmm {
         qmpUnreachable = qmp === undefined;
         if (qmp) {
           const client = qmp;
+          // The guest's last words: while this stop waits, a guest power-off PAUSES QEMU (instead of
+          // exiting at once, which would lose what is still in the console ring); the ring is drained,
+          // then QEMU is told to quit. A VM found already paused that way (a stop interrupted by an
+          // agent crash) is finished the same way.
+          holdShutdown = await this.tryExecute(client, 'set-action', { shutdown: 'pause' }, Math.min(500, opts.graceMs), uid);
+          let off = holdShutdown && (await this.guestIsOff(client, uid));
+          client.on('SHUTDOWN', (d) => {
+            if (d.guest) off = true;
+          });
           const press = (timeoutMs: number): Promise<boolean> =>
             opts.gracefulSignal === 'ctrl-alt-del'
               ? this.tryExecute(client, 'send-key', { keys: ['ctrl', 'alt', 'delete'].map((k) => ({ type: 'qcode', data: k })) }, timeoutMs, uid)
               : this.tryExecute(client, 'system_powerdown', undefined, timeoutMs, uid);
-          if (await press(Math.min(1000, opts.graceMs))) {
+          if (off || (await press(Math.min(1000, opts.graceMs)))) {
             lastAction = 'graceful';
-            if (await this.waitGoneGraceful(vm, this.clock.nowMono() + opts.graceMs, client, press)) return result('graceful');
-            log?.warn({ graceMs: opts.graceMs }, 'guest did not power off in time; forcing');
+            const graceDeadline = this.clock.nowMono() + opts.graceMs;
+            const outcome = off ? 'guest-off' : await this.waitGoneGraceful(vm, graceDeadline, client, press, () => off);
+            if (outcome === 'gone') return result('graceful');
+            if (outcome === 'guest-off') {
+              // Still within the grace period: drain, quit, and wait no later than its end (the forced
+              // phase keeps its whole killTimeout, so the stop's bound is unchanged).
+              const left = (): number => Math.max(1, graceDeadline - this.clock.nowMono());
+              await Promise.race([this.pumps.get(vm.stateDir)?.pump?.drainNow(), this.clock.sleep(left())]);
+              await this.tryExecute(client, 'quit', undefined, left(), uid);
+              if (await this.waitGone(vm, graceDeadline)) return result('graceful');
+              log?.warn({ graceMs: opts.graceMs }, 'guest powered off but QEMU did not quit within the grace period; forcing');
+            } else {
+              log?.warn({ graceMs: opts.graceMs }, 'guest did not power off in time; forcing');
+            }
           }
         }
       }
@@ -590,6 +626,8 @@ export class QemuVmm implements Vmm {
         details: { uid, pid, killTimeoutMs: opts.killTimeoutMs },
       });
     } finally {
+      // Only a stop that failed leaves the VM running: its power-off exits QEMU again.
+      if (holdShutdown && qmp && !qmp.isClosed && (await this.owner.stillAlive(vm))) await this.tryExecute(qmp, 'set-action', { shutdown: 'poweroff' }, 500, uid);
       await qmp?.close();
       await this.tidyCgroup();
     }

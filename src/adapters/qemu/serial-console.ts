@@ -127,6 +127,9 @@ export class ConsolePump {
   private ready: boolean;
   private carry = '';
   private finished = false;
+  /** Drains run one at a time, in order (the loop's and {@link drainNow}'s). */
+  private chain: Promise<void> = Promise.resolve();
+  private lastError = '';
   /** Bytes drained from the ring since the pump started. */
   drained = 0;
   /** Reads that returned a full ring: the guest may have written more than the ring kept since the poll before. */
@@ -146,6 +149,30 @@ export class ConsolePump {
     return this.finished;
   }
 
+  /**
+   * Drains the ring now (after any drain in progress): used before QEMU is told to quit, so the
+   * guest's last words reach the log. Resolves (never rejects) once done; a no-op once ended.
+   */
+  drainNow(): Promise<void> {
+    if (this.finished || !this.qmp) return Promise.resolve();
+    return this.enqueueDrain();
+  }
+
+  private enqueueDrain(): Promise<void> {
+    const timeoutMs = this.o.timeoutMs ?? 2000;
+    this.chain = this.chain.then(() => this.drain(timeoutMs)).then(
+      () => {
+        this.lastError = '';
+      },
+      (err: unknown) => {
+        // E.g. the disk is full: said once per distinct error, retried every poll (the ring keeps the newest bytes).
+        if (messageOf(err) !== this.lastError) this.o.logger?.warn({ socket: this.o.socket, err: messageOf(err) }, 'serial console drain failed');
+        this.lastError = messageOf(err);
+      },
+    );
+    return this.chain;
+  }
+
   /** Stops the pump after one last drain; resolves when it ended. */
   async stop(): Promise<void> {
     this.stopped = true;
@@ -162,7 +189,7 @@ export class ConsolePump {
       for (;;) {
         if (this.qmp.isClosed) break;
         const last = this.stopped;
-        await this.drain(timeoutMs);
+        await this.enqueueDrain();
         if (last || this.qmp.isClosed) break;
         await clock.sleep(this.ready ? (this.o.pollMs ?? 500) : (this.o.bootPollMs ?? 50));
       }
