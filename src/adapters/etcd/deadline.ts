@@ -1,3 +1,4 @@
+import { EtcdAuthenticationFailedError, EtcdPermissionDeniedError, EtcdUserNotFoundError } from 'etcd3';
 import { TetherError, messageOf } from '../../domain/errors.js';
 
 /**
@@ -18,9 +19,19 @@ export function deadlineOption(ms: number): { deadline: Date } {
   return { deadline: new Date(Date.now() + ms) };
 }
 
-/** An etcd failure as a retryable UNAVAILABLE naming the call (a TetherError passes through). */
+/**
+ * An etcd failure as a retryable UNAVAILABLE naming the call (a TetherError passes through). etcd
+ * refusing who we are (wrong password, unknown user, no permission on the key) is not transient: it
+ * comes out as a non-retryable UNAUTHENTICATED or PERMISSION_DENIED, so it is reported loudly.
+ */
 export function asRetryable(what: string, err: unknown): TetherError {
   if (err instanceof TetherError) return err;
+  if (err instanceof EtcdAuthenticationFailedError || err instanceof EtcdUserNotFoundError) {
+    return new TetherError('UNAUTHENTICATED', `${what}: etcd refused the credentials (check --etcd-user and the password): ${messageOf(err)}`, { cause: err });
+  }
+  if (err instanceof EtcdPermissionDeniedError) {
+    return new TetherError('PERMISSION_DENIED', `${what}: etcd denied the permission (the etcd user's role does not cover this key): ${messageOf(err)}`, { cause: err });
+  }
   return new TetherError('UNAVAILABLE', `${what}: ${messageOf(err)}`, { cause: err, retryable: true });
 }
 
