@@ -4,9 +4,10 @@ import { checkTimings, describeViolations, DEFAULT_TIMINGS, type GcTimings } fro
 import { TetherError } from '../domain/errors.js';
 import { join } from 'node:path';
 import type { ConfigKey, ConfigValues } from './config-schema.js';
+import { ETCD_SECURITY_SCHEMA, type EtcdSecuritySettings } from './etcd-options.js';
 
 /** The agent's settings, after parsing. Durations in ms. */
-export interface AgentConfig {
+export interface AgentConfig extends EtcdSecuritySettings {
   readonly hostId: string;
   readonly stateDir: string;
   /** Folder of the per-host-id locks (one agent per host id on a machine, whatever its state dir). */
@@ -75,6 +76,7 @@ export const AGENT_SCHEMA: readonly ConfigKey[] = [
   { key: 'maxStartingVms', type: 'int', default: DEFAULT_CREATE_LIMITS.maxStartingVms, description: 'VMs still starting (pending/creating) above which a create is refused with RESOURCE_EXHAUSTED' },
   { key: 'etcdEndpoints', type: 'list', default: [], description: 'etcd client URLs, comma-separated; empty = standalone (no cluster, no GC)' },
   { key: 'etcdPrefix', type: 'string', default: '/tether/', description: 'key prefix in etcd' },
+  ...ETCD_SECURITY_SCHEMA,
   { key: 'ttl', type: 'duration', default: DEFAULT_TIMINGS.ttl, description: 'lease TTL (whole seconds)' },
   { key: 'heartbeatInterval', type: 'duration', default: DEFAULT_TIMINGS.heartbeatInterval, description: 'keepalive period and per-keepalive deadline' },
   { key: 'detachAfter', type: 'duration', default: DEFAULT_TIMINGS.detachAfter, description: 'no acknowledged heartbeat for this long: detached' },

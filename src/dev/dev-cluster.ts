@@ -155,7 +155,7 @@ export class DevCluster {
       const agent = new AgentProcess(
         id,
         devHostDir(this.opts.stateDir, id),
-        ['--etcd-endpoints', proxies.endpoints().join(','), '--log-level', 'info', ...(this.opts.agentArgs ?? [])],
+        [...this.etcd.agentArgs(proxies.endpoints()), '--log-level', 'info', ...(this.opts.agentArgs ?? [])],
         ports,
         { ownProcessGroup: true, env: this.env, security: this.apiSecurity },
       );
@@ -176,7 +176,7 @@ export class DevCluster {
     this.log(`[dev] starting the controller (log: ${log})`);
     const fd = openSync(log, 'a');
     try {
-      this.controller = spawn(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'controller', '--etcd-endpoints', this.etcd.endpoints().join(','), '--controller-id', 'dev-controller'], {
+      this.controller = spawn(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'controller', ...this.etcd.agentArgs(), '--controller-id', 'dev-controller'], {
         stdio: ['ignore', fd, fd],
         detached: true,
         env: this.env,

@@ -240,7 +240,7 @@ export class DevTeardown {
       this.out(`[dev] ${h.id}: its agent is not running (${p?.signalCode ?? `exit ${p?.exitCode ?? '?'}`}); the forced sweep removes what it left`);
     }
     try {
-      const store = new EtcdControllerStore({ endpoints: c.etcd.endpoints() });
+      const store = new EtcdControllerStore({ endpoints: c.etcd.endpoints(), security: c.etcd.clientTls() });
       try {
         const records = await this.guard(store.listVms(5000));
         let marked = 0;

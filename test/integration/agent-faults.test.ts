@@ -68,7 +68,7 @@ function guardianPid(stateDir: string): number | undefined {
   const pid = Number(readFileSync(f, 'utf8').split('\n')[0]);
   return processesWith('guardian').has(pid) ? pid : undefined;
 }
-const agentArgs = () => ['--etcd-endpoints', etcd.endpoints().join(','), '--lock-dir', lockDir, ...TIMINGS];
+const agentArgs = () => [...etcd.agentArgs(), '--lock-dir', lockDir, ...TIMINGS];
 
 /**
  * One story on host A, checked from outside: the VM's last sighting on A, the fence deadline, the new
@@ -98,11 +98,11 @@ beforeAll(async () => {
   lockDir = join(dir, 'locks');
   etcd = new LocalEtcdCluster({ dataDir: join(dir, 'etcd'), tag: 'test' });
   await etcd.start();
-  store = new EtcdControllerStore({ endpoints: etcd.endpoints() });
+  store = new EtcdControllerStore({ endpoints: etcd.endpoints(), security: etcd.clientTls() });
   for (const h of ['a', 'b'] as const) agents[h] = new AgentProcess(ids[h], join(dir, h), agentArgs());
   await Promise.all([agents.a.start(), agents.b.start()]);
   const log = openSync(join(dir, 'controller.log'), 'a');
-  controller = spawn(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'controller', '--etcd-endpoints', etcd.endpoints().join(','), '--controller-id', `ctl-${ids.a}`, '--leader-ttl', '3s', '--log-level', 'debug'], { stdio: ['ignore', log, log] });
+  controller = spawn(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'controller', ...etcd.agentArgs(), '--controller-id', `ctl-${ids.a}`, '--leader-ttl', '3s', '--log-level', 'debug'], { stdio: ['ignore', log, log] });
   await phase('a', 'attached', 30_000);
   await phase('b', 'attached', 30_000);
 }, 180_000);
@@ -194,7 +194,7 @@ describe('the fence outlives the agent (real agents, guardian, controller, etcd,
     await expect(same.start()).rejects.toThrow(/already serves host id .* \(one agent per host id\)|held by pid/);
     expect(readFileSync(same.log, 'utf8')).toMatch(new RegExp(`state dir ${agents.a.stateDir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
     // Another machine (its own lock dir): it starts, but the cluster refuses it as a duplicate.
-    const other = new AgentProcess(ids.a, join(dir, 'dup-other'), ['--etcd-endpoints', etcd.endpoints().join(','), '--lock-dir', join(dir, 'locks-other'), ...TIMINGS]);
+    const other = new AgentProcess(ids.a, join(dir, 'dup-other'), [...etcd.agentArgs(), '--lock-dir', join(dir, 'locks-other'), ...TIMINGS]);
     extra.push(other);
     await other.start();
     const st = await until('duplicate refused', async () => {

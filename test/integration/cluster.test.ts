@@ -58,17 +58,17 @@ beforeAll(async () => {
   dir = testDir('cluster');
   etcd = new LocalEtcdCluster({ dataDir: join(dir, 'etcd'), tag: 'test' });
   await etcd.start();
-  store = new EtcdControllerStore({ endpoints: etcd.endpoints() });
+  store = new EtcdControllerStore({ endpoints: etcd.endpoints(), security: etcd.clientTls() });
   for (const h of ['a', 'b', 'c'] as H[]) {
     proxies[h] = await FaultProxyGroup.start(etcd.endpoints());
-    agents[h] = new AgentProcess(ids[h], join(dir, h), ['--etcd-endpoints', proxies[h].endpoints().join(','), ...TIMINGS]);
+    agents[h] = new AgentProcess(ids[h], join(dir, h), [...etcd.agentArgs(proxies[h].endpoints()), ...TIMINGS]);
   }
   await Promise.all((['a', 'b', 'c'] as H[]).map((h) => agents[h].start()));
   // Two controller replicas: one active through etcd election, the other standing by.
   const log = openSync(join(dir, 'controller.log'), 'a');
   for (const n of ['1', '2']) {
     const id = `ctl${n}-${ids.a}`;
-    controllers.set(id, spawn(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'controller', '--etcd-endpoints', etcd.endpoints().join(','), '--controller-id', id, '--leader-ttl', '3s', '--log-level', 'debug'], { stdio: ['ignore', log, log] }));
+    controllers.set(id, spawn(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'controller', ...etcd.agentArgs(), '--controller-id', id, '--leader-ttl', '3s', '--log-level', 'debug'], { stdio: ['ignore', log, log] }));
   }
   for (const h of ['a', 'b', 'c'] as H[]) await phase(h, 'attached', 30_000);
 }, 180_000);
@@ -177,7 +177,7 @@ describe('cluster: partition, fence window, reschedule, rejoin (real hosts, cont
     await until('c applies the hold', async () => (await status('c')).held, 20_000, 200);
     // The hold protocol: C wrote holdSeen before it applied the hold.
     expect((await store.getHost(ids.c, 3000)).record).toMatchObject({ hold: true, holdSeen: true });
-    const list = JSON.parse(execFileSync(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'host', 'list', '--json', '--etcd-endpoints', etcd.endpoints().join(',')], { encoding: 'utf8' })) as { hosts: { hostId: string; holdSeen?: boolean; hold?: boolean }[] };
+    const list = JSON.parse(execFileSync(process.execPath, [join(repoRoot(), 'bin/tether.js'), 'host', 'list', '--json', ...etcd.agentArgs()], { encoding: 'utf8' })) as { hosts: { hostId: string; holdSeen?: boolean; hold?: boolean }[] };
     expect(list.hosts.find((h) => h.hostId === ids.c)).toMatchObject({ hold: true, holdSeen: true });
     await proxies.c.blackhole();
     await until('C detached in the cluster', async () => (await store.getHost(ids.c, 3000)).record?.state === 'detached', 30_000, 100);

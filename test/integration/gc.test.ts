@@ -8,6 +8,7 @@ import type { GcStatus } from '../../src/agent/gc/host-gc.js';
 import { adminCall, adminText } from '../../src/api/http/admin-server.js';
 import type { FlintlockMicroVM, MicroVmSpecIn } from '../../src/api/grpc/wire-types.js';
 import { LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
+import { etcd3Security } from '../../src/adapters/etcd/etcd-client.js';
 import { FaultProxyGroup } from '../../src/dev/tcp-proxy.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
 import type { HostPhase } from '../../src/domain/host-lifecycle.js';
@@ -97,8 +98,8 @@ beforeAll(async () => {
   etcd = new LocalEtcdCluster({ dataDir: join(dir, 'etcd'), tag: 'test' });
   await etcd.start();
   proxies = await FaultProxyGroup.start(etcd.endpoints());
-  client = new Etcd3({ hosts: etcd.endpoints(), faultHandling: { host: () => noop, global: noop } });
-  agent = new AgentProcess(hostId, join(dir, 'state'), ['--etcd-endpoints', proxies.endpoints().join(','), ...TIMINGS]);
+  client = new Etcd3({ hosts: etcd.endpoints(), ...etcd3Security(etcd.endpoints(), etcd.clientTls()), faultHandling: { host: () => noop, global: noop } });
+  agent = new AgentProcess(hostId, join(dir, 'state'), [...etcd.agentArgs(proxies.endpoints()), ...TIMINGS]);
   await agent.start();
   await phase('attached', 20_000);
 }, 120_000);

@@ -68,8 +68,8 @@ beforeAll(async () => {
   stateDir = join(dir, 'agent');
   etcd = new LocalEtcdCluster({ dataDir: join(dir, 'etcd'), tag: 'test', size: 1 });
   await etcd.start();
-  store = new EtcdControllerStore({ endpoints: etcd.endpoints(), prefix: PREFIX });
-  agent = new AgentProcess(hostId, stateDir, ['--etcd-endpoints', etcd.endpoints().join(','), '--etcd-prefix', PREFIX, '--lock-dir', join(dir, 'locks'), '--accel', 'tcg', ...TIMINGS]);
+  store = new EtcdControllerStore({ endpoints: etcd.endpoints(), security: etcd.clientTls(), prefix: PREFIX });
+  agent = new AgentProcess(hostId, stateDir, [...etcd.agentArgs(), '--etcd-prefix', PREFIX, '--lock-dir', join(dir, 'locks'), '--accel', 'tcg', ...TIMINGS]);
   await agent.start();
   await until('agent attached', async () => (await status().catch(() => undefined))?.phase === 'attached', 30_000, 100);
 }, 120_000);
@@ -199,7 +199,7 @@ describe('hostile and malformed records read from etcd (real agent, etcd, QEMU)'
   }, 120_000);
 
   it('a malformed host record fails registration with a non-retryable INVALID_RECORD naming the field, and is never overwritten', async () => {
-    const cs = new EtcdClusterStore({ endpoints: etcd.endpoints(), prefix: PREFIX });
+    const cs = new EtcdClusterStore({ endpoints: etcd.endpoints(), security: etcd.clientTls(), prefix: PREFIX });
     const id = `${hostId}-broken`;
     const bad = JSON.stringify({ hostId: id, state: 'attached', epoch: 1, timings: { ...DEFAULT_TIMINGS, ttl: '6s' }, hold: false, capacity: { vcpu: 1, memoryMb: 512 }, labels: {}, agentVersion: 't', updatedAt: 0 });
     await put(`hosts/${id}/record`, bad);

@@ -35,6 +35,7 @@ import { describeEtcdAssumptions } from '../../domain/etcd-assumptions.js';
 import type { MicroVmService } from '../../ports/microvm-service.js';
 import { AGENT_SCHEMA, toAgentConfig, type AgentConfig } from '../agent-config.js';
 import { addConfigOptions, resolveConfig } from '../config-schema.js';
+import { reportEtcdSecurityOnce, toEtcdSecurity } from '../etcd-options.js';
 
 
 /** Inventory meta key of this agent instance's persistent id (see `Registration.agentId`). */
@@ -117,7 +118,9 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
     watchdogRemainingMs: () => gc?.status().watchdogRemainingMs,
     vmCount: () => inventory.listVms().length,
   });
-  const store = cfg.etcdEndpoints.length > 0 ? new EtcdClusterStore({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix }) : undefined;
+  const etcdSecurity = toEtcdSecurity(cfg);
+  if (cfg.etcdEndpoints.length > 0) reportEtcdSecurityOnce(cfg.etcdEndpoints, etcdSecurity, (level, m) => logger[level]({ etcd: cfg.etcdEndpoints }, m));
+  const store = cfg.etcdEndpoints.length > 0 ? new EtcdClusterStore({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix, security: etcdSecurity }) : undefined;
   const boot = bootId();
   // The fence that outlives this process: fed every acknowledged deadline, restarted when gone.
   const guardian = store
@@ -146,7 +149,7 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
   const agent = new Agent(ctx, hostGc ? () => hostGc.admission() : undefined);
   let service: MicroVmService = agent.service;
   let sync: ClusterVmSync | undefined;
-  const vmStore = hostGc ? new EtcdControllerStore({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix }) : undefined;
+  const vmStore = hostGc ? new EtcdControllerStore({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix, security: etcdSecurity }) : undefined;
   if (hostGc && vmStore) {
     // Clustered: VMs come from (and go back to) the cluster's vms/ records placed on this host.
     const standing = () => ({ attached: hostGc.admission() === undefined, epoch: hostGc.status().epoch });

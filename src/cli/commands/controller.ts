@@ -8,11 +8,15 @@ import { TetherError } from '../../domain/errors.js';
 import { DEFAULT_HOST_RECORD_TTL } from '../../domain/host-record-gc.js';
 import { DEFAULT_FREEZE_SHARE } from '../../domain/mass-freeze.js';
 import { addConfigOptions, resolveConfig, type ConfigKey, type ConfigValues } from '../config-schema.js';
+import { ETCD_SECURITY_SCHEMA, reportEtcdSecurityOnce, toEtcdSecurity, type EtcdSecuritySettings } from '../etcd-options.js';
+import type { EtcdSecurity } from '../../adapters/etcd/etcd-client.js';
 
 /** The controller's settings, after parsing. Durations in ms. */
 export interface ControllerConfig {
   readonly etcdEndpoints: string[];
   readonly etcdPrefix: string;
+  /** TLS files and etcd user/password, the password already read. */
+  readonly etcdSecurity: EtcdSecurity;
   readonly controllerId: string;
   /** Share (0..1) of detached hosts above which nothing is fenced. */
   readonly freezeShare: number;
@@ -28,6 +32,7 @@ export interface ControllerConfig {
 export const CONTROLLER_SCHEMA: readonly ConfigKey[] = [
   { key: 'etcdEndpoints', type: 'list', default: [], description: 'etcd client URLs, comma-separated (required)' },
   { key: 'etcdPrefix', type: 'string', default: '/tether/', description: 'key prefix in etcd' },
+  ...ETCD_SECURITY_SCHEMA,
   { key: 'controllerId', type: 'string', default: `${hostname()}-${process.pid}`, description: 'this replica in controller/leader and logs' },
   { key: 'freezeShare', type: 'string', default: `${Math.round(DEFAULT_FREEZE_SHARE * 100)}%`, description: 'share of detached hosts above which nothing is fenced (e.g. 55% or 0.55)' },
   { key: 'hostRecordTtl', type: 'duration', default: DEFAULT_HOST_RECORD_TTL, description: 'fenced and absent this long: the host record is retired, then removed' },
@@ -58,6 +63,7 @@ export function toControllerConfig(v: ConfigValues): ControllerConfig {
   return {
     etcdEndpoints: endpoints,
     etcdPrefix: String(v.etcdPrefix),
+    etcdSecurity: toEtcdSecurity(v as Partial<EtcdSecuritySettings>),
     controllerId: String(v.controllerId),
     freezeShare: parseShare(String(v.freezeShare)),
     hostRecordTtl: Number(v.hostRecordTtl),
@@ -72,7 +78,8 @@ export function toControllerConfig(v: ConfigValues): ControllerConfig {
 export async function runController(cfg: ControllerConfig): Promise<void> {
   const logger = createLogger({ level: cfg.logLevel, base: { controllerId: cfg.controllerId } });
   process.on('unhandledRejection', (err) => logger.error({ err: String(err) }, 'unhandled rejection (please report)'));
-  const store = new EtcdControllerStore({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix });
+  reportEtcdSecurityOnce(cfg.etcdEndpoints, cfg.etcdSecurity, (level, m) => logger[level]({ etcd: cfg.etcdEndpoints }, m));
+  const store = new EtcdControllerStore({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix, security: cfg.etcdSecurity });
   // Records that fail the codec are skipped by the store; say so once per key and revision (invalidRecordsTotal: the metric).
   store.invalidRecords.subscribe((r) =>
     logger.error({ key: r.key, field: r.error.field, revision: r.revision, err: r.error.message, invalidRecordsTotal: store.invalidRecords.total }, 'record read from etcd is invalid: skipped'),

@@ -151,7 +151,7 @@ async function devUp(o: UpOptions): Promise<void> {
   try {
     await c.start();
     const controlAt = await c.listenControl(o.control);
-    const store = new EtcdControllerStore({ endpoints: c.etcd.endpoints() });
+    const store = new EtcdControllerStore({ endpoints: c.etcd.endpoints(), security: c.etcd.clientTls() });
     try {
       for (let i = 0; i < vmCount && !live.finishing; i++) {
         const spec = specFromFlintlock({ id: `demo-${i + 1}`, namespace: 'default', vcpu: 1, memory_in_mb: 96, interfaces: [{ device_id: 'eth0', type: 'TAP', address: { address: `10.99.${i}.2/24` } }] });
@@ -173,15 +173,15 @@ async function devUp(o: UpOptions): Promise<void> {
       await store.close();
     }
     if (live.finishing) return;
-    const eps = c.etcd.endpoints().join(',');
+    // etcd runs with TLS and client-certificate auth: the shell needs the CA and a client certificate too.
+    const envLines = Object.entries({ ...c.etcd.clientEnv(), ...agentClientEnv(c.apiSecurity) }).map(([k, v]) => `  export ${k}=${v}`).join('\n');
     const b = c.hosts[1] ?? c.hosts[0]!;
     const ctl = controlAt === DEV_CONTROL_ADDR ? '' : ` --control ${controlAt}`;
     const sd = o.stateDir === DEFAULT_STATE_DIR ? '' : ` --state-dir ${stateDir}`;
     out(`
 [dev] ready: ${c.hosts.map((h) => `${h.id} (gRPC ${h.agent.grpc}, HTTP ${h.agent.http})`).join(', ')}.
 In another terminal:
-  export TETHER_ETCD_ENDPOINTS=${eps}
-${Object.entries(agentClientEnv(c.apiSecurity)).map(([k, v]) => `  export ${k}=${v}`).join('\n')}
+${envLines}
   npx tether host list                                   # hosts: state, epoch, lease age, fence countdown
   npx tether vm list                                     # VMs cluster-wide: phase and host
   npx tether dev partition ${b.id} --for 60s${ctl}            # cut ${b.id} off from etcd (a cut cable)

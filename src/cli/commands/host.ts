@@ -11,6 +11,7 @@ import { describeHold } from '../../domain/hold.js';
 import type { HostRecord, HostRecordState } from '../../domain/host-record.js';
 import type { ControllerStatus, StoredEvent } from '../../ports/controller-store.js';
 import { resolveConfig, type ConfigKey } from '../config-schema.js';
+import { addEtcdSecurityOptions, reportEtcdSecurityOnce, resolveEtcdSecurity } from '../etcd-options.js';
 import { printJson, printTable } from '../output.js';
 import { drainHost, setDraining } from '../host-drain.js';
 import { parseDuration } from '../../domain/duration.js';
@@ -26,13 +27,19 @@ export interface StoreFlags {
   etcdEndpoints?: string;
   etcdPrefix?: string;
   json?: boolean;
+  /** `--etcd-ca`, `--etcd-cert`, `--etcd-key`, `--etcd-user`, `--etcd-password-file` (see etcd-options.ts). */
+  [etcdSecurityFlag: string]: unknown;
 }
 
 export function openStore(o: StoreFlags): EtcdControllerStore {
   const v = resolveConfig(STORE_SCHEMA, { etcdEndpoints: o.etcdEndpoints, etcdPrefix: o.etcdPrefix }, process.env);
   const endpoints = v.etcdEndpoints as string[];
   if (endpoints.length === 0) throw new TetherError('INVALID_ARGUMENT', 'no etcd endpoints: pass --etcd-endpoints or set TETHER_ETCD_ENDPOINTS');
-  return new EtcdControllerStore({ endpoints, prefix: String(v.etcdPrefix) });
+  const security = resolveEtcdSecurity(o, process.env);
+  reportEtcdSecurityOnce(endpoints, security, (level, m) => {
+    if (level === 'warn') process.stderr.write(`warning: ${m}\n`);
+  });
+  return new EtcdControllerStore({ endpoints, prefix: String(v.etcdPrefix), security });
 }
 
 export async function withStore<T>(o: StoreFlags, fn: (s: EtcdControllerStore) => Promise<T>): Promise<T> {
@@ -45,7 +52,7 @@ export async function withStore<T>(o: StoreFlags, fn: (s: EtcdControllerStore) =
 }
 
 function storeOptions(c: Command): Command {
-  return c.option('--etcd-endpoints <urls>', STORE_SCHEMA[0]!.description).option('--etcd-prefix <prefix>', STORE_SCHEMA[1]!.description);
+  return addEtcdSecurityOptions(c.option('--etcd-endpoints <urls>', STORE_SCHEMA[0]!.description).option('--etcd-prefix <prefix>', STORE_SCHEMA[1]!.description));
 }
 
 /** One row of `tether host list --json`. */

@@ -8,6 +8,7 @@ import { clusterCreate, clusterDelete } from '../cluster-vms.js';
 import { MicroVmApiClient } from '../microvm-client.js';
 import { addAgentCredentialOptions, agentCredentialsFrom, type AgentCredentialFlags } from '../agent-client-options.js';
 import { withStore, type StoreFlags } from './host.js';
+import { addEtcdSecurityOptions } from '../etcd-options.js';
 import { ago, printJson, printTable } from '../output.js';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
@@ -116,7 +117,7 @@ async function waitRecord(o: StoreFlags, key: string, done: (r: ClusterVmRecord 
 export function registerVmCommands(program: Command): void {
   const vm = program.command('vm').description('microVMs on an agent (Flintlock-compatible gRPC API)');
   const withAgent = (c: Command) =>
-    addAgentCredentialOptions(c)
+    addAgentCredentialOptions(addEtcdSecurityOptions(c))
       .option('--agent <addr>', 'agent gRPC address', process.env.TETHER_AGENT ?? '127.0.0.1:9090')
       .option('--etcd-endpoints <urls>', 'talk to the cluster instead of one agent (or TETHER_ETCD_ENDPOINTS); VMs are then named <ns>/<name>')
       .option('--etcd-prefix <prefix>', 'key prefix in etcd (or TETHER_ETCD_PREFIX)')
