@@ -215,6 +215,7 @@ describe('host attack rows (real QEMU, real agent, real guardian)', () => {
       const cleaned = await cleanHost(ctx);
       expect(cleaned.removed.filter((r) => r.includes('process'))).toEqual([]);
       expect(cleaned.audit.leaks.filter((l) => l.startsWith('process:'))).toEqual([]);
+      expect(existsSync(join(stateDir, 'vm', 'default'))).toBe(false); // the planted folders: inside our state dir, so ours to remove
 
       // Never signalled, never connected to.
       expect(alive(forgedQemu)).toBe(true);
@@ -313,6 +314,9 @@ describe('host attack rows (real QEMU, real agent, real guardian)', () => {
     expect(modeOf(join(stateDir, rel, 'qmp.sock'))).toBe(0o600);
     expect(modeOf(join(stateDir, rel, 'con.sock'))).toBe(0o600);
     expect(modeOf(join(stateDir, rel))).toBe(0o700);
+    // The API keys and token the harness made for this agent (scripts/gen-certs.sh) are private too.
+    const certs = join(dir, 'api-certs');
+    if (existsSync(certs)) expect(looseEntries(certs)).toEqual([]);
 
     // A flooding guest still stops; the pump reports what it drained.
     await agent.api().delete(uid);
