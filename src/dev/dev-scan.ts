@@ -260,6 +260,7 @@ export function devPaths(scope: DevScope): string[] {
   return [
     ...scope.hostIds.map((id) => devHostDir(scope.stateDir, id)),
     join(scope.stateDir, 'etcd'),
+    join(scope.stateDir, 'api-certs'),
     join(scope.stateDir, 'controller.log'),
     join(scope.stateDir, 'dev-cluster.json'),
     ...devHostLocks(scope).map((l) => l.path),

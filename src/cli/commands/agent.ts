@@ -65,7 +65,6 @@ export function accelProbe(cacheDir: string): { guest: ProbeGuest; cacheFile: st
 export async function runAgent(cfg: AgentConfig): Promise<void> {
   const logger = createLogger({ level: cfg.logLevel, base: { hostId: cfg.hostId } });
   process.on('unhandledRejection', (err) => logger.error({ err: String(err) }, 'unhandled rejection (please report)'));
-  const clock = new SystemClock();
   // API security first: a listener that would be exposed by accident stops the start before anything changes.
   const security = loadApiSecurity(cfg, (m) => logger.warn({}, m));
   if (process.argv.some((a) => a === '--basic-auth-token' || a.startsWith('--basic-auth-token='))) {
@@ -76,6 +75,7 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
     { key: 'httpListen', address: parseListenAddress(cfg.httpListen, 'httpListen') },
     ...(cfg.metricsListen ? [{ key: 'metricsListen', address: parseListenAddress(cfg.metricsListen, 'metricsListen'), metricsOnly: true }] : []),
   ]);
+  const clock = new SystemClock();
   const stateDir = resolve(cfg.stateDir);
   // Heartbeats must not starve behind busy guests (20 TCG VMs booting saturate 2 cores): run the
   // agent ahead of its QEMU children. Best effort; needs root.
@@ -210,10 +210,10 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
 
   const grpcAddr = await api.listen(cfg.listen);
   const httpAddr = await admin.listen(cfg.httpListen);
+  const metricsAddr = metricsOnly ? await metricsOnly.listen(cfg.metricsListen) : undefined;
   await agent.start();
   hostGc?.start();
   sync?.start();
-  const metricsAddr = metricsOnly ? await metricsOnly.listen(cfg.metricsListen) : undefined;
   logger.info({ grpc: grpcAddr, http: httpAddr, ...(metricsAddr ? { metrics: metricsAddr } : {}), stateDir, cluster: cfg.etcdEndpoints, timings: cfg.timings }, 'agent ready');
   notifier?.ready(`serving ${grpcAddr}`);
   if (store) {
