@@ -218,7 +218,8 @@ export class DevCluster {
 
   /**
    * Serves `POST /v1/partition {host, forMs}`, `POST /v1/heal {host}`, `GET /v1/status` (client:
-   * `adminCall`) on `address` (port 0 picks one); resolves with the address it listens on.
+   * `adminCall`) on `address` (port 0 picks one; loopback only), behind the dev agents' token
+   * (`<stateDir>/api-certs/api-token`); resolves with the address it listens on.
    */
   async listenControl(address = DEV_CONTROL_ADDR): Promise<string> {
     const target = (b: Record<string, unknown>) => (typeof b.host === 'string' && b.host) || this.hosts[0]?.id || '';
@@ -234,7 +235,7 @@ export class DevCluster {
         },
         'GET status': async () => this.status(),
       },
-    });
+    }, { security: { token: this.apiSecurity.token }, addressKey: 'control' });
     this.controlAddress = await this.control.listen(address);
     this.saveState();
     return this.controlAddress;

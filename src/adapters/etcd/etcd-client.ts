@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { createSecureContext } from 'node:tls';
-import { noop } from 'cockatiel';
+import { ExponentialBackoff, noop } from 'cockatiel';
 import { Etcd3, type IOptions } from 'etcd3';
 import { TetherError, messageOf } from '../../domain/errors.js';
 
@@ -117,14 +117,18 @@ export function etcd3Security(endpoints: readonly string[], security: EtcdSecuri
  * An etcd3 client with etcd3's own retry and circuit-breaker policies switched off: Tether owns
  * every deadline and every retry. (With the defaults, one missed deadline is retried at once and
  * opens the host's circuit breaker for 5 s — every call then fails fast even after the network is
- * back; measured in test/integration/tcp-proxy.test.ts.)
+ * back; measured in test/integration/tcp-proxy.test.ts.) A broken watch stream reconnects after at
+ * most 1 s (etcd3's default backoff grows to 30 s: after an etcd member died, the controller then
+ * went more than 10 s without seeing a lost lease).
  *
  * `security` adds TLS (CA, client certificate) and etcd user/password auth; see {@link etcd3Security}
  * for what is checked at construction. `https://` endpoints without a CA use the system trust store.
  */
+const WATCH_BACKOFF = new ExponentialBackoff({ initialDelay: 100, maxDelay: 1000 }).next();
+
 export function createEtcdClient(endpoints: readonly string[], security: EtcdSecurity = {}): Etcd3 {
   if (endpoints.length === 0) throw new TetherError('INVALID_ARGUMENT', 'no etcd endpoints given (--etcd-endpoints)');
-  return new Etcd3({ hosts: [...endpoints], dialTimeout: 1000, ...etcd3Security(endpoints, security), faultHandling: { host: () => noop, global: noop } });
+  return new Etcd3({ hosts: [...endpoints], dialTimeout: 1000, ...etcd3Security(endpoints, security), faultHandling: { host: () => noop, global: noop, watchBackoff: WATCH_BACKOFF } });
 }
 
 /**

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { EtcdControllerStore } from '../../adapters/etcd/etcd-controller-store.js';
@@ -25,8 +25,19 @@ function controlAddress(o: { control?: string; stateDir?: string }): string {
   }
 }
 
+/** The dev cluster's token (the one its agents use), which its control endpoint asks for. */
+function controlToken(o: { stateDir?: string }): string | undefined {
+  try {
+    return readFileSync(join(resolve(o.stateDir ?? DEFAULT_STATE_DIR), 'api-certs', 'api-token'), 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
 function control<T>(o: { control?: string; stateDir?: string }, method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
-  return adminCall<T>(controlAddress(o), method, path, body, 5000, 'a dev cluster (start one with `npm run dev` or `tether dev up`)');
+  const token = controlToken(o);
+  const target = { address: controlAddress(o), ...(token ? { credentials: { token } } : {}) };
+  return adminCall<T>(target, method, path, body, 5000, 'a dev cluster (start one with `npm run dev` or `tether dev up`)');
 }
 
 function intOption(value: string, name: string, min: number, max: number): number {
