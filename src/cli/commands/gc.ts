@@ -15,7 +15,9 @@ function printStatus(s: GcStatus): void {
     ['epoch', String(s.epoch)],
     ['last ack', s.lastAckAgeMs === undefined ? 'never' : `${formatDuration(s.lastAckAgeMs)} ago`],
     ['watchdog', s.watchdogRemainingMs !== undefined ? `fires in ${formatDuration(s.watchdogRemainingMs)}` : s.heldAtDetach ? 'suspended (held when detached)' : 'not armed'],
-    ['hold', s.held ? `yes${s.localHold ? ' (local)' : ''}` : 'no'],
+    ['hold', s.held ? `yes${s.localHold ? ' (local, split-brain risk accepted)' : ' (acknowledged in the cluster)'}` : 'no'],
+    ...(s.guardianRunning === undefined ? [] : [['guardian', s.guardianRunning ? 'running' : 'NOT RUNNING: no new VMs until it runs'] as [string, string]]),
+    ...(s.duplicateOf === undefined ? [] : [['cluster', `not acting: ${s.duplicateOf}`] as [string, string]]),
     ['timings', `ttl ${formatDuration(s.timings.ttl)}, detach ${formatDuration(s.timings.detachAfter)}, watchdog ${formatDuration(s.timings.watchdogTimeout)}, grace ${formatDuration(s.timings.stopGrace)}, kill ${formatDuration(s.timings.killTimeout)}`],
   ];
   for (const [k, v] of rows) console.log(`${k.padEnd(10)} ${v}`);
