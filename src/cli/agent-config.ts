@@ -1,4 +1,5 @@
 import { availableParallelism, homedir, hostname, totalmem } from 'node:os';
+import type { ApiSecuritySettings } from '../api/auth/api-security.js';
 import { DEFAULT_CREATE_LIMITS } from '../api/grpc/create-admission.js';
 import { checkTimings, describeViolations, DEFAULT_TIMINGS, type GcTimings } from '../domain/gc-timing.js';
 import { TetherError } from '../domain/errors.js';
@@ -6,8 +7,8 @@ import { join } from 'node:path';
 import type { ConfigKey, ConfigValues } from './config-schema.js';
 import { ETCD_SECURITY_SCHEMA, type EtcdSecuritySettings } from './etcd-options.js';
 
-/** The agent's settings, after parsing. Durations in ms. */
-export interface AgentConfig extends EtcdSecuritySettings {
+/** The agent's settings, after parsing. Durations in ms. API security: Flintlock's flags (api/auth/api-security.ts). */
+export interface AgentConfig extends EtcdSecuritySettings, ApiSecuritySettings {
   readonly hostId: string;
   readonly stateDir: string;
   /** Folder of the per-host-id locks (one agent per host id on a machine, whatever its state dir). */
@@ -20,14 +21,6 @@ export interface AgentConfig extends EtcdSecuritySettings {
   readonly metricsListen: string;
   /** Extra Host names the HTTP listeners accept (besides IP literals and localhost). */
   readonly httpAllowedHosts: string[];
-  /** API security, Flintlock's flags: see api/auth/api-security.ts. */
-  readonly tlsCert: string;
-  readonly tlsKey: string;
-  readonly tlsClientCa: string;
-  readonly tlsClientValidate: boolean;
-  readonly insecure: boolean;
-  readonly basicAuthToken: string;
-  readonly basicAuthTokenFile: string;
   /** Create admission (api/grpc/create-admission.ts). */
   readonly maxConcurrentCreates: number;
   readonly createQueueLength: number;
