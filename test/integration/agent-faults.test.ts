@@ -152,8 +152,8 @@ describe('the fence outlives the agent (real agents, guardian, controller, etcd,
     }, 10_000, 20);
     measured.guardianRestartGapMs = Date.now() - t0;
     expect(after).not.toBe(before);
-    const events = await adminCall<{ kind: string }[]>(agents.a.admin, 'GET', 'events', undefined, 3000);
-    expect(events.map((e) => e.kind)).toContain('guardian-restarted');
+    // The new guardian takes its lock before the agent's start call returns and records the restart.
+    await until('guardian-restarted event', async () => (await adminCall<{ kind: string }[]>(agents.a.admin, 'GET', 'events', undefined, 3000)).some((e) => e.kind === 'guardian-restarted'), 5000, 50);
   }, 30_000);
 
   it('agent SIGKILLed and not restarted: the guardian kills the VM on A before the controller reschedules it on B; never twice; the returning agent cleans and rejoins ready', async () => {
