@@ -520,19 +520,43 @@ describe('controller against real etcd (3 members)', () => {
       if (!cluster!.isRunning(leader)) await cluster!.restart(leader);
     });
     await cluster!.waitForLeader(10_000);
-    await waitFor(async () => (await obs.serverStatus(OBS_DL).catch(() => ({ raftTerm: before }))).raftTerm > before, SLACK, 'a new raft term');
-    // what a deposed leader's lessor does to a live host (etcd #15247): its lease goes now
+    // What a deposed leader's lessor does to a live host (etcd #15247): its lease goes at once after
+    // the election (the rule covers losses within one TTL of the term change as the controller saw
+    // it: waiting here for this test's own client to see the term made the loss late now and then).
     await retrying(() => a!.revoke());
     // Liveness under a dead etcd member (watch reconnect, perhaps a leadership change): more slack.
     await waitFor(async () => (await obs.getHost('a', OBS_DL).catch(() => ({ record: undefined }))).record?.state === 'detached', 3 * SLACK, 'detached');
-    const rec = (await retrying(() => obs.getHost('a', OBS_DL))).record!;
+    // The window includes the TTL: either the detach already saw the new term, or the controller
+    // lengthens the pending deadline as soon as a response header shows it (before the old deadline).
+    // It may be longer still: a controller that lost its leadership in the election takes the pending
+    // fence over with a full window from its takeover.
+    let rec: HostRecord | undefined;
+    await waitFor(async () => {
+      rec = (await obs.getHost('a', OBS_DL).catch(() => ({ record: undefined }))).record;
+      return rec?.fenceDeadline !== undefined && rec.detachedAt !== undefined && rec.fenceDeadline - rec.detachedAt >= T.ttl + T.fenceWindow;
+    }, T.fenceWindow + SLACK, 'the window lengthened by the TTL').catch(async (err: unknown) => {
+      const evs = await obs.listEvents(100, OBS_DL).catch(() => ({ events: [] }));
+      throw new Error(`${String(err)}; record ${JSON.stringify(rec)}; events ${JSON.stringify(evs.events.map((e) => e.event).filter((e) => 'hostId' in e && e.hostId === 'a'))}`);
+    });
+    if (!rec) throw new Error('no record');
     const det = (await retrying(() => events(obs, 'host-detached', 'a'))) as Extract<ClusterEvent, { kind: 'host-detached' }>[];
-    console.log(`[controller] leader ${leader} killed; lease revoked after the new term; window ${rec.fenceDeadline! - rec.detachedAt!} ms (ttl ${T.ttl} + window ${T.fenceWindow})`);
-    expect(rec.fenceDeadline! - rec.detachedAt!).toBe(T.ttl + T.fenceWindow);
+    const ext = (await retrying(() => events(obs, 'fence-deadline-extended', 'a'))) as Extract<ClusterEvent, { kind: 'fence-deadline-extended' }>[];
+    console.log(`[controller] leader ${leader} killed; lease revoked after the new term; window ${rec.fenceDeadline! - rec.detachedAt!} ms (ttl ${T.ttl} + window ${T.fenceWindow}), ${det[0]?.termChange ? 'at the detach' : 'extended after it'}`);
     expect(det).toHaveLength(1);
-    expect(det[0]!.termChange).toMatchObject({ extendedByMs: T.ttl });
-    expect(det[0]!.termChange!.term).toBeGreaterThan(before);
-    expect(det[0]!.detail).toMatch(/raft term change/);
+    const takenOver = ext.some((e) => e.why !== 'raft-term-change');
+    if (det[0]!.termChange) {
+      expect(det[0]!.termChange).toMatchObject({ extendedByMs: T.ttl });
+      expect(det[0]!.termChange.term).toBeGreaterThan(before);
+      expect(det[0]!.detail).toMatch(/raft term change/);
+    } else if (!takenOver) {
+      expect(ext.some((e) => e.why === 'raft-term-change')).toBe(true);
+    }
+    // Never fenced before the lengthened deadline: past the unlengthened one, it is either not fenced
+    // yet or was fenced only after loss + ttl + window (a freeze from the other hosts' own trouble
+    // during the election may hold the fence longer: not this test's concern).
+    await sleep(Math.max(0, rec.detachedAt! + T.fenceWindow + 1000 - Date.now()));
+    const fenced = (await retrying(() => events(obs, 'host-fenced', 'a'))) as Extract<ClusterEvent, { kind: 'host-fenced' }>[];
+    for (const f of fenced) expect(f.at).toBeGreaterThanOrEqual(rec.detachedAt! + T.ttl + T.fenceWindow);
     await cluster!.restart(leader);
     await cluster!.waitForHealthy(10_000 + SLACK);
   });

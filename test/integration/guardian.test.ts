@@ -306,6 +306,8 @@ describe('tether guardian on real QEMU guests, with no agent', () => {
     await until('late VM killed', async () => !(await vmm.status(f.uid, f.stateDir)).running, 5000, 10);
     measured.vmStartedAfterFireKilledWithinMs = Math.round(clock.nowMono() - t1);
     expect(journal().some((l) => l.event === 'fired' && l.again === true && l.mono > t1)).toBe(true);
+    // Acknowledge only once the guardian has recorded that pass (it rewrites fired.json after verifying).
+    await until('the late kill recorded', () => journal().some((l) => l.event === 'verify' && l.mono > t1), 5000, 10);
     feed.acknowledgeFired();
   });
 
