@@ -228,7 +228,7 @@ describe('cluster: partition, fence window, reschedule, rejoin (real hosts, cont
   it('drain A: its VMs stop on A first, then run on B or C; A takes no new VMs until undrained', async () => {
     const onA = (await store.listVms(3000)).filter((v) => v.record.hostId === ids.a && v.record.phase === 'running');
     expect(onA.length).toBeGreaterThan(0);
-    const res = await drainHost(store, ids.a, 60_000, () => undefined);
+    const res = await drainHost(store, ids.a, 100_000, () => undefined);
     expect(res.moved.map((m) => m.key).sort()).toEqual(onA.map((v) => v.key).sort());
     await until('drained VMs running elsewhere', async () => {
       const vms = await store.listVms(3000);
@@ -242,5 +242,5 @@ describe('cluster: partition, fence window, reschedule, rejoin (real hosts, cont
     expect((await store.getHost(ids.a, 3000)).record?.draining).toBe(true);
     await setDraining(store, ids.a, false);
     expect((await store.getHost(ids.a, 3000)).record?.draining).toBeUndefined();
-  }, 120_000);
+  }, 180_000);
 });

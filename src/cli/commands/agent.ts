@@ -152,7 +152,9 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
   const vmStore = hostGc ? new EtcdControllerStore({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix, security: etcdSecurity }) : undefined;
   if (hostGc && vmStore) {
     // Clustered: VMs come from (and go back to) the cluster's vms/ records placed on this host.
-    const standing = () => ({ attached: hostGc.admission() === undefined, epoch: hostGc.status().epoch });
+    // Attached = the host's phase takes cluster work. Not `admission()`, which also refuses new VMs
+    // while the guardian is down: deletes, drains and status writes must go on then.
+    const standing = () => ({ attached: hostGc.phase === 'attached' || hostGc.phase === 'suspect', epoch: hostGc.status().epoch });
     sync = new ClusterVmSync(ctx, vmStore, agent.service, standing, cfg.timings.heartbeatInterval);
     service = new ClusterVmService(cfg.hostId, agent.service, vmStore, sync, standing, cfg.timings.heartbeatInterval * 2, () => clock.now());
   }
