@@ -27,6 +27,8 @@ export type ErrorCode =
   | 'UNAUTHENTICATED'
   /** The caller is known but the request is refused (wrong Host/Origin, cross-site). */
   | 'PERMISSION_DENIED'
+  /** A watch or read asked for a revision etcd has compacted away (`details.compactRevision`): re-list. Not retryable as is. */
+  | 'COMPACTED'
   /** A limit was hit (message size, concurrent creates); the message names the limit. */
   | 'RESOURCE_EXHAUSTED'
   | 'INTERNAL';
