@@ -39,6 +39,8 @@ export interface DevClusterOptions {
   /** The topmost folder created to make `stateDir`, recorded for the cleanup. */
   readonly createdRoot?: string;
   readonly log?: (line: string) => void;
+  /** Start the controller replica (default true); false when the caller runs its own (chaos runs two). */
+  readonly controller?: boolean;
 }
 
 /**
@@ -172,6 +174,7 @@ export class DevCluster {
       await agent.waitReady();
       this.checkAborted();
     }
+    if (this.opts.controller === false) return;
     const log = join(this.opts.stateDir, 'controller.log');
     this.log(`[dev] starting the controller (log: ${log})`);
     const fd = openSync(log, 'a');
