@@ -2,7 +2,7 @@
 # Installs the Debian packages Tether needs, only those that are missing.
 # Idempotent: on a warm machine it installs nothing and does not touch apt.
 set -euo pipefail
-PKGS=(qemu-system-x86 qemu-utils busybox-static lz4 iproute2 e2fsprogs etcd-server etcd-client procps)
+PKGS=(qemu-system-x86 qemu-utils busybox-static lz4 iproute2 e2fsprogs etcd-server etcd-client procps chromium)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
