@@ -1,0 +1,192 @@
+/**
+ * How messages travel between simulated processes and the etcd model: per-link seeded latency,
+ * partitions (both ways or one way), ambiguous commits, watch notifications delayed in order.
+ * Implements the etcd model's `ModelTransport` contract (src/dev/etcd-model): `request` applies a
+ * request when it reaches the cluster and carries the result back; `notify` delivers a watch
+ * notification.
+ *
+ * Invariants:
+ * - a request whose way to etcd is cut is never applied: it fails with TIMEOUT at its deadline
+ *   (a cut cable) or, sometimes, UNAVAILABLE at once (a refused connection);
+ * - a request applied while the way back is cut (or whose answer arrives after its deadline) fails
+ *   with TIMEOUT although it was applied: an ambiguous commit, as with a real etcd;
+ * - a caller's promise settles exactly once, in an entry owned by the calling process (a dead
+ *   process never sees an answer, a hung one sees it when it resumes);
+ * - watch notifications to one (client, watch) arrive in the order they were sent, never dropped:
+ *   while the way from etcd to the client is cut they are held and delivered after the heal (the
+ *   etcd client resumes its watch streams from the last revision it saw).
+ */
+import { TetherError } from '../../domain/errors.js';
+import type { Prng } from './prng.js';
+import type { Scheduler, SimProcess } from './scheduler.js';
+
+/** The etcd model's transport contract (structurally the same as `ModelTransport` in src/dev/etcd-model). */
+export interface SimModelTransport {
+  request<T>(from: string, what: string, apply: () => T, deadlineMs: number): Promise<T>;
+  notify(to: string, watchId: number, deliver: () => void): void;
+}
+
+/** The node every client talks to: the etcd cluster (the model is the whole cluster). */
+export const ETCD = 'etcd';
+
+/** Which ways of a link are cut. */
+export type CutDirection = 'both' | 'to-etcd' | 'from-etcd';
+
+interface ClientInfo {
+  readonly proc: SimProcess;
+  /** The machine (partition unit) the client runs on. */
+  readonly node: string;
+}
+
+/** Network between sim nodes and etcd. */
+export class SimNetwork implements SimModelTransport {
+  private readonly clients = new Map<string, ClientInfo>();
+  /** Cut ways, as `from>to`. */
+  private readonly cuts = new Set<string>();
+  private readonly baseLatency = new Map<string, number>();
+  private readonly lastWatchDelivery = new Map<string, number>();
+  private readonly held = new Map<string, { to: string; watchId: number; deliver: () => void }[]>();
+  /** Requests sent / applied / never applied / applied but unanswered in time / refused. */
+  readonly counts = { sent: 0, applied: 0, lost: 0, ambiguous: 0, refused: 0 };
+
+  constructor(
+    private readonly sched: Scheduler,
+    private readonly rng: Prng,
+  ) {}
+
+  /** Registers a model client name: the process it belongs to and the machine it runs on. */
+  register(client: string, proc: SimProcess, node: string): void {
+    this.clients.set(client, { proc, node });
+  }
+
+  /** Cuts the link between `node` and etcd. */
+  cut(node: string, dir: CutDirection): void {
+    if (dir !== 'from-etcd') this.cuts.add(`${node}>${ETCD}`);
+    if (dir !== 'to-etcd') this.cuts.add(`${ETCD}>${node}`);
+    this.sched.trace.add(this.sched.now, `net cut ${node} ${dir}`);
+  }
+
+  /** Heals every cut way of `node`; held watch notifications flow again, in order. */
+  heal(node: string): void {
+    this.cuts.delete(`${node}>${ETCD}`);
+    this.cuts.delete(`${ETCD}>${node}`);
+    this.sched.trace.add(this.sched.now, `net heal ${node}`);
+    const held = this.held.get(node) ?? [];
+    this.held.delete(node);
+    for (const h of held) this.schedule(h.to, h.watchId, h.deliver);
+  }
+
+  /** Heals everything. */
+  healAll(): void {
+    const nodes = new Set([...this.cuts].map((c) => c.split('>').find((x) => x !== ETCD)!));
+    for (const n of [...nodes].sort()) this.heal(n);
+  }
+
+  isCut(from: string, to: string): boolean {
+    return this.cuts.has(`${from}>${to}`);
+  }
+
+  /** One way's latency now: the link's base plus seeded jitter, with rare spikes. */
+  latency(node: string): number {
+    let base = this.baseLatency.get(node);
+    if (base === undefined) {
+      base = 0.3 + this.rng.float() * 4;
+      this.baseLatency.set(node, base);
+    }
+    const spike = this.rng.chance(0.01) ? this.rng.float() * 400 : 0;
+    return base * (0.5 + this.rng.float()) + spike;
+  }
+
+  request<T>(from: string, what: string, apply: () => T, deadlineMs: number): Promise<T> {
+    const c = this.client(from);
+    const node = c.node;
+    this.counts.sent++;
+    return new Promise<T>((resolve, reject) => {
+      let settled = false;
+      const deadline = this.sched.after(
+        Math.max(0, deadlineMs),
+        `deadline ${from} ${what}`,
+        () => {
+          if (settled) return;
+          settled = true;
+          reject(new TetherError('TIMEOUT', `${what}: no answer from etcd within ${deadlineMs} ms`, { retryable: true }));
+        },
+        c.proc,
+      );
+      if (this.isCut(node, ETCD)) {
+        this.counts.lost++;
+        if (this.rng.chance(0.2)) {
+          this.counts.refused++;
+          this.sched.after(
+            this.latency(node),
+            `refused ${from} ${what}`,
+            () => {
+              if (settled) return;
+              settled = true;
+              this.sched.cancel(deadline);
+              reject(new TetherError('UNAVAILABLE', `${what}: etcd unreachable (connection refused)`, { retryable: true }));
+            },
+            c.proc,
+          );
+        }
+        return;
+      }
+      this.sched.after(this.latency(node), `apply ${from} ${what}`, () => {
+        this.counts.applied++;
+        let ok = true;
+        let value: T | undefined;
+        let error: unknown;
+        try {
+          value = apply();
+        } catch (err) {
+          ok = false;
+          error = err;
+        }
+        if (this.isCut(ETCD, node)) {
+          this.counts.ambiguous++;
+          return;
+        }
+        this.sched.after(
+          this.latency(node),
+          `answer ${from} ${what}`,
+          () => {
+            if (settled) {
+              this.counts.ambiguous++;
+              return;
+            }
+            settled = true;
+            this.sched.cancel(deadline);
+            if (ok) resolve(value as T);
+            else reject(error);
+          },
+          c.proc,
+        );
+      });
+    });
+  }
+
+  notify(to: string, watchId: number, deliver: () => void): void {
+    const c = this.client(to);
+    if (this.isCut(ETCD, c.node)) {
+      const list = this.held.get(c.node) ?? [];
+      list.push({ to, watchId, deliver });
+      this.held.set(c.node, list);
+      return;
+    }
+    this.schedule(to, watchId, deliver);
+  }
+
+  private schedule(to: string, watchId: number, deliver: () => void): void {
+    const c = this.client(to);
+    const key = `${to}#${watchId}`;
+    const at = Math.max(this.sched.now + this.latency(c.node), this.lastWatchDelivery.get(key) ?? 0);
+    this.lastWatchDelivery.set(key, at);
+    this.sched.at(at, `watch ${to} #${watchId}`, deliver, c.proc);
+  }
+
+  private client(name: string): ClientInfo {
+    const c = this.clients.get(name);
+    if (!c) throw new Error(`SimNetwork: unknown client ${name} (register it first)`);
+    return c;
+  }
+}
