@@ -27,10 +27,17 @@
  *  - a linearizable read (the default) reflects every write acknowledged before it was sent; a
  *    serializable one may be stale.
  */
+import type { KvLeaseId, KvTxnRequest } from '../domain/kv-txn.js';
 import type { Subscription } from './controller-store.js';
 
-/** An etcd lease id, as a decimal string. */
-export type KvLeaseId = string;
+/**
+ * The request side of a txn lives in the domain (src/domain/kv-txn.ts), so that pure builders there
+ * can produce txns without importing a port: `KvLeaseId` (an etcd lease id, as a decimal string),
+ * `KvCompare` (a txn compare: on a missing key, create/mod/version compare as 0 and `value` never
+ * matches), `KvOp` (an operation inside a txn branch) and `KvTxnRequest` (if every compare holds,
+ * `success` runs, else `failure`).
+ */
+export type { KvCompare, KvLeaseId, KvOp, KvTxnRequest } from '../domain/kv-txn.js';
 
 /** etcd's response header: the store revision when the request was served, and the member's raft term. */
 export interface KvHeader {
@@ -52,13 +59,6 @@ export interface KvEntry {
   readonly lease?: KvLeaseId;
 }
 
-/** A txn compare (etcd's `Compare`): on a missing key, create/mod/version compare as 0 and `value` never matches. */
-export type KvCompare =
-  | { readonly key: string; readonly target: 'create' | 'mod' | 'version'; readonly op: '=' | '!=' | '<' | '>'; readonly value: number }
-  | { readonly key: string; readonly target: 'value'; readonly op: '=' | '!='; readonly value: string }
-  /** `'0'` means "no lease" (etcd compares a missing key's lease as 0 too). */
-  | { readonly key: string; readonly target: 'lease'; readonly op: '=' | '!='; readonly value: KvLeaseId };
-
 /** A range request; `prefix` turns `key` into every key starting with it. */
 export interface KvRangeRequest {
   readonly key: string;
@@ -72,24 +72,11 @@ export interface KvRangeRequest {
   readonly keysOnly?: boolean;
 }
 
-/** An operation inside a txn branch. */
-export type KvOp =
-  | { readonly op: 'put'; readonly key: string; readonly value: string; readonly lease?: KvLeaseId }
-  | { readonly op: 'delete'; readonly key: string; readonly prefix?: boolean }
-  | { readonly op: 'range'; readonly key: string; readonly prefix?: boolean; readonly limit?: number };
-
 /** Result of one {@link KvOp}, in the order of the branch that ran. */
 export type KvOpResult =
   | { readonly op: 'put' }
   | { readonly op: 'delete'; readonly deleted: number }
   | { readonly op: 'range'; readonly kvs: readonly KvEntry[]; readonly more: boolean; readonly count: number };
-
-/** A txn: if every compare holds, `success` runs, else `failure`. */
-export interface KvTxnRequest {
-  readonly compare: readonly KvCompare[];
-  readonly success: readonly KvOp[];
-  readonly failure?: readonly KvOp[];
-}
 
 /** Answer of a txn. */
 export interface KvTxnResponse {
