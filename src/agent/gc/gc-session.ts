@@ -1,0 +1,35 @@
+import type { GcTimings } from '../../domain/gc-timing.js';
+import type { HostEvent, HostState } from '../../domain/host-lifecycle.js';
+import type { ClusterStore, LeaseId } from '../../ports/cluster-store.js';
+import type { HostContext } from '../host-context.js';
+
+/**
+ * What the parts of the host GC runner (heartbeat, registration, hold sync, guardian supervision)
+ * share, owned by {@link HostGc} (src/agent/gc/host-gc.ts).
+ *
+ * Invariants: the lifecycle state is read here and changed only through {@link dispatch} (one
+ * owner, events applied in order); `lease` is the lease this agent heartbeats on, set only by an
+ * accepted registration and cleared only when the cluster says it is lost or taken over; once
+ * `stopped`, no part starts new work.
+ */
+export class GcSession {
+  /** The lease this agent heartbeats on (undefined: none, or not known to be ours any more). */
+  lease: LeaseId | undefined;
+  /** The other agent that holds this host id, while one does. */
+  duplicateOf: string | undefined;
+  stopped = false;
+
+  constructor(
+    readonly ctx: HostContext,
+    readonly store: ClusterStore,
+    readonly t: GcTimings,
+    private readonly read: () => HostState,
+    /** Applies one lifecycle event (HostGc.dispatch). */
+    readonly dispatch: (e: HostEvent) => void,
+  ) {}
+
+  /** The current lifecycle state. */
+  get state(): HostState {
+    return this.read();
+  }
+}

@@ -1,0 +1,115 @@
+import { TetherError, messageOf } from '../../domain/errors.js';
+import {
+  FIRST_REGISTRATION_BACKOFF_MS,
+  judgeRegistration,
+  leaseGrantedEvent,
+  registrationRetry,
+  registrationWanted,
+  type RegistrationMode,
+} from '../../domain/registration-loop.js';
+import type { GcSession } from './gc-session.js';
+import type { HoldSync } from './hold-sync.js';
+import { localHoldSet, setLocalHold } from './persisted-state.js';
+
+/** What this agent registers as (HostGcOptions). */
+export interface RegistrantInfo {
+  readonly agentId: string;
+  readonly holder: string;
+  readonly capacity: { vcpu: number; memoryMb: number };
+  readonly labels?: Record<string, string>;
+  readonly agentVersion: string;
+}
+
+/**
+ * (Re-)registration: grant a lease, run the registration txn, feed the answer to the lifecycle, and
+ * retry as src/domain/registration-loop.ts says until it is no longer wanted.
+ *
+ * Invariants: one registration loop at a time (a second `register` while one runs returns at once);
+ * a refused registration's lease is revoked (best effort); waits are on the injected Clock.
+ */
+export class Registrar {
+  private running: RegistrationMode | undefined;
+
+  constructor(
+    private readonly s: GcSession,
+    private readonly me: RegistrantInfo,
+    private readonly holds: HoldSync,
+  ) {}
+
+  /** Registers in `mode` until registered, refused for good, no longer wanted, or stopped. */
+  async register(mode: RegistrationMode): Promise<void> {
+    if (this.running) return;
+    this.running = mode;
+    const s = this.s;
+    const { clock, logger, inventory, hostId } = s.ctx;
+    const t = s.t;
+    let backoff = FIRST_REGISTRATION_BACKOFF_MS;
+    let lastError: string | undefined;
+    try {
+      while (!s.stopped) {
+        if (!registrationWanted(mode, s.state.phase, s.lease !== undefined)) return;
+        const sentAt = clock.nowMono();
+        try {
+          const lease = await s.store.grantLease(t.ttl, t.heartbeatInterval * 2);
+          const reachable = leaseGrantedEvent(mode);
+          if (reachable) s.dispatch(reachable);
+          const res = await s.store.register(
+            {
+              hostId,
+              mode,
+              epoch: s.state.epoch,
+              lease,
+              agentId: this.me.agentId,
+              holder: this.me.holder,
+              holdApplied: s.state.held,
+              record: { hostId, timings: t, capacity: this.me.capacity, labels: this.me.labels ?? {}, agentVersion: this.me.agentVersion },
+            },
+            t.heartbeatInterval * 2,
+          );
+          const v = judgeRegistration(t, res, sentAt, s.duplicateOf);
+          if (v.kind === 'registered') {
+            s.lease = lease;
+            s.duplicateOf = undefined;
+            if (localHoldSet(inventory)) setLocalHold(inventory, false);
+            s.dispatch(v.event);
+            void this.holds.sync();
+            return;
+          }
+          void s.store.revokeLease(lease, t.heartbeatInterval).catch(() => undefined);
+          if (v.kind === 'duplicate') {
+            const detail = v.duplicateOf;
+            if (v.report) {
+              logger.error({ detail }, `registration refused: ${detail}. This agent does not act on the cluster (and fences nothing for it) while the other one holds this host id; retrying every ${t.ttl} ms`);
+              inventory.addEvent('registration-refused', clock.now(), { reason: 'duplicate', detail });
+            }
+            s.duplicateOf = v.duplicateOf;
+            s.dispatch(v.event);
+            await clock.sleep(v.retryAfterMs);
+            continue;
+          }
+          logger.warn({ reason: v.reason, detail: v.detail }, 'registration refused');
+          inventory.addEvent('registration-refused', clock.now(), { reason: v.reason, detail: v.detail });
+          s.dispatch(v.event);
+          return;
+        } catch (err) {
+          const retryable = !(err instanceof TetherError) || err.retryable;
+          const message = messageOf(err);
+          const r = registrationRetry(t, backoff, { retryable, message }, lastError);
+          if (retryable) logger.debug({ mode, err: message }, 'registration attempt failed');
+          else {
+            // e.g. a malformed host record: say so loudly (once per message) and keep backing off.
+            if (r.report) {
+              logger.error({ mode, code: (err as TetherError).code, err: message }, 'registration failed and will keep failing until an operator fixes the cause');
+              inventory.addEvent('registration-error', clock.now(), { code: (err as TetherError).code, err: message });
+            }
+            lastError = message;
+          }
+          await clock.sleep(r.delayMs);
+          backoff = r.nextBackoffMs;
+        }
+      }
+    } finally {
+      this.running = undefined;
+    }
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * The agent's registration loop, pure: whether a registration is still wanted, what its answer
+ * means, and how long to wait before the next attempt. Who may register at which epoch is decided
+ * by the cluster (src/domain/registration.ts); this is the host's side of it.
+ *
+ * Invariants:
+ * - `reattach` is attempted only while the host may keep its epoch (starting, attached, suspect,
+ *   detached) and has no lease (or is still starting); `ready` only while clean or rejoining: a
+ *   fencing or cleaning host never registers;
+ * - an accepted registration is an acknowledged heartbeat sent at the lease GRANT's send time (the
+ *   lease cannot expire before that plus its TTL);
+ * - a `duplicate` refusal never fences (the lifecycle ignores it) and is retried every TTL, reported
+ *   once per holder; `fenced` and `epoch-mismatch` end the loop (the lifecycle fences);
+ * - failures back off from {@link FIRST_REGISTRATION_BACKOFF_MS}, doubling, capped at two heartbeat
+ *   intervals for retryable errors and at the TTL for the others (reported once per message: they
+ *   keep failing until an operator fixes the cause).
+ */
+import type { GcTimings } from './gc-timing.js';
+import type { HostEvent, HostPhase } from './host-lifecycle.js';
+import type { RegistrationRefusal } from './registration.js';
+
+/** `reattach` keeps the epoch; `ready` rejoins with epoch + 1 after a verified cleanup. */
+export type RegistrationMode = 'reattach' | 'ready';
+
+/** First wait after a failed registration attempt (ms). */
+export const FIRST_REGISTRATION_BACKOFF_MS = 250;
+
+/** Whether a registration in `mode` still has something to do. */
+export function registrationWanted(mode: RegistrationMode, phase: HostPhase, hasLease: boolean): boolean {
+  if (mode === 'ready') return phase === 'clean' || phase === 'rejoining';
+  if (!(phase === 'starting' || phase === 'detached' || phase === 'attached' || phase === 'suspect')) return false;
+  return phase === 'starting' || !hasLease;
+}
+
+/** The event once a lease was granted (before the registration txn): a clean host found the cluster again. */
+export function leaseGrantedEvent(mode: RegistrationMode): HostEvent | undefined {
+  return mode === 'ready' ? { kind: 'cluster-reachable' } : undefined;
+}
+
+/** The answer of a registration txn (the cluster store's `RegistrationResult`). */
+export type RegistrationAnswer =
+  | { readonly ok: true; readonly epoch: number }
+  | { readonly ok: false; readonly reason: RegistrationRefusal; readonly detail: string };
+
+/** What the agent does with a registration answer ({@link judgeRegistration}). */
+export type RegistrationVerdict =
+  /** Keep the lease, forget any duplicate, clear a local hold (the cluster knows the hold now), read the hold. */
+  | { readonly kind: 'registered'; readonly event: HostEvent }
+  /** Revoke the lease; another agent holds this host id: wait `retryAfterMs` and try again. `report`: a new holder. */
+  | { readonly kind: 'duplicate'; readonly event: HostEvent; readonly duplicateOf: string; readonly report: boolean; readonly retryAfterMs: number }
+  /** Revoke the lease and stop: the record was fenced or its epoch moved on (the lifecycle fences). */
+  | { readonly kind: 'refused'; readonly event: HostEvent; readonly reason: RegistrationRefusal; readonly detail: string };
+
+/** Judges a registration answer; `sentAt`: monotonic send time of the lease grant. */
+export function judgeRegistration(t: GcTimings, answer: RegistrationAnswer, sentAt: number, duplicateOf: string | undefined): RegistrationVerdict {
+  if (answer.ok) return { kind: 'registered', event: { kind: 'registered', epoch: answer.epoch, sentAt } };
+  const event: HostEvent = { kind: 'register-refused', reason: answer.reason };
+  if (answer.reason === 'duplicate') return { kind: 'duplicate', event, duplicateOf: answer.detail, report: duplicateOf !== answer.detail, retryAfterMs: t.ttl };
+  return { kind: 'refused', event, reason: answer.reason, detail: answer.detail };
+}
+
+/** The wait after a failed attempt ({@link registrationRetry}). */
+export interface RegistrationRetry {
+  readonly delayMs: number;
+  readonly nextBackoffMs: number;
+  /** Tell the operator: a non-retryable failure with a new message. */
+  readonly report: boolean;
+}
+
+/** After an attempt failed with `err` (retryable or not, its message), `backoffMs` being the current wait. */
+export function registrationRetry(t: GcTimings, backoffMs: number, err: { readonly retryable: boolean; readonly message: string }, lastError: string | undefined): RegistrationRetry {
+  return {
+    delayMs: backoffMs,
+    nextBackoffMs: Math.min(backoffMs * 2, err.retryable ? t.heartbeatInterval * 2 : t.ttl),
+    report: !err.retryable && lastError !== err.message,
+  };
+}
