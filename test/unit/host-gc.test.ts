@@ -329,6 +329,27 @@ describe('HostGc loop on a fake clock', () => {
     expect(s.gc.lastReport()?.reason).toBe('cluster-fenced');
   });
 
+  it('a host that fences while a reattach loop is still retrying registers ready once clean (the ready registration is not lost)', async () => {
+    const s = await setup();
+    // The lease is lost, then the cluster stops answering: the reattach loop keeps failing until the watchdog fences.
+    s.cluster.mode = 'lost';
+    const keepalive = s.cluster.keepalive.bind(s.cluster);
+    s.cluster.keepalive = async (...a) => {
+      const r = await keepalive(...a);
+      if (r.kind === 'lease-lost') s.cluster.mode = 'hang';
+      return r;
+    };
+    await s.clock.advance(T.watchdogTimeout + T.heartbeatInterval);
+    expect(s.calls.filter((c) => c.startsWith('vmm.stop:'))).toHaveLength(1);
+    await s.clock.advance(100);
+    expect(s.gc.phase).toBe('clean');
+    s.cluster.mode = 'ok';
+    await s.clock.advance(5 * T.heartbeatInterval);
+    expect(s.gc.phase).toBe('attached');
+    expect(s.gc.status().epoch).toBe(2);
+    expect(s.cluster.registrations.at(-1)?.mode).toBe('ready');
+  });
+
   it('resumes a fence after an agent restart (same boot): the persisted phase and lastAck keep the deadline', async () => {
     const s = await setup();
     s.cluster.mode = 'hang';

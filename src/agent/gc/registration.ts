@@ -29,6 +29,8 @@ export interface RegistrantInfo {
  */
 export class Registrar {
   private running: RegistrationMode | undefined;
+  /** A registration asked for while a loop ran: started when that loop ends (if still wanted then). */
+  private pending: RegistrationMode | undefined;
 
   constructor(
     private readonly s: GcSession,
@@ -36,9 +38,16 @@ export class Registrar {
     private readonly holds: HoldSync,
   ) {}
 
-  /** Registers in `mode` until registered, refused for good, no longer wanted, or stopped. */
+  /**
+   * Registers in `mode` until registered, refused for good, no longer wanted, or stopped. Asked for
+   * while a loop runs, it is not dropped: it runs once that loop ends (a host that fenced while a
+   * `reattach` loop was still retrying must still register `ready` once clean).
+   */
   async register(mode: RegistrationMode): Promise<void> {
-    if (this.running) return;
+    if (this.running) {
+      if (mode !== this.running) this.pending = mode;
+      return;
+    }
     this.running = mode;
     const s = this.s;
     const { clock, logger, inventory, hostId } = s.ctx;
@@ -110,6 +119,9 @@ export class Registrar {
       }
     } finally {
       this.running = undefined;
+      const next = this.pending;
+      this.pending = undefined;
+      if (next && !s.stopped) void this.register(next);
     }
   }
 }
