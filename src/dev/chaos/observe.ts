@@ -87,6 +87,7 @@ export class HostObserver {
   /** `host` lane of the timeline: phase changes, GC reports and the guardian's `fired` lines. */
   timeline(hostId: string, guardianJournal: string | undefined): HostTimelineEvent[] {
     const out: HostTimelineEvent[] = [];
+    const reportedRejoins = new Set([...(this.reports.get(hostId)?.values() ?? [])].map((r) => r.rejoinedEpoch));
     let prevEpoch: number | undefined;
     for (const p of this.phases.get(hostId) ?? []) {
       if (p.phase === 'detached') {
@@ -94,7 +95,7 @@ export class HostObserver {
         out.push({ at: p.at, kind: 'detached' });
         if (p.watchdogRemainingMs !== undefined) out.push({ at: p.at, kind: 'watchdog-armed', deadline: p.at + p.watchdogRemainingMs });
       }
-      if (p.phase === 'attached' && prevEpoch !== undefined && p.epoch !== undefined && p.epoch > prevEpoch) out.push({ at: p.at, kind: 'rejoined', epoch: p.epoch, detail: 'seen by the chaos poller' });
+      if (p.phase === 'attached' && prevEpoch !== undefined && p.epoch !== undefined && p.epoch > prevEpoch && !reportedRejoins.has(p.epoch)) out.push({ at: p.at, kind: 'rejoined', epoch: p.epoch, detail: 'seen by the chaos poller' });
       if (p.epoch !== undefined) prevEpoch = p.epoch;
     }
     for (const r of this.reports.get(hostId)?.values() ?? []) {
