@@ -213,3 +213,30 @@ export function vmsLostChanges(i: VmsLostInput): VmsLostPlan {
   if (batch.length > 0) changes.push(build(batch));
   return { changes, oversized, pending: todo.map((v) => v.key) };
 }
+
+/** Input of {@link extendDeadlineChange}. */
+export interface ExtendInput {
+  readonly hostId: string;
+  /** The `detached` record as read. */
+  readonly record: HostRecord;
+  readonly revision: Revision;
+  /** The new deadline (wall ms); the record keeps the later of it and its own. */
+  readonly to: number;
+  /** The deadline it replaces (shown in the event). */
+  readonly from: number | null;
+  readonly why: 'takeover' | 'raft-term-change';
+  readonly nowWall: number;
+  readonly detail: string;
+}
+
+/**
+ * Publishes a lengthened fence deadline: record (unchanged, `alive` absent) gets
+ * `fenceDeadline = max(recorded, to)`, with a `fence-deadline-extended` event. Invariant: never
+ * shortens the recorded deadline.
+ */
+export function extendDeadlineChange(i: ExtendInput): ClusterChange {
+  return {
+    hosts: [{ hostId: i.hostId, expectRevision: i.revision, requireAliveAbsent: true, next: { ...i.record, fenceDeadline: Math.max(i.record.fenceDeadline ?? 0, i.to), updatedAt: i.nowWall } }],
+    events: [{ kind: 'fence-deadline-extended', hostId: i.hostId, epoch: i.record.epoch, from: i.from, to: i.to, why: i.why, at: i.nowWall, detail: i.detail }],
+  };
+}

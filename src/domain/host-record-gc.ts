@@ -6,6 +6,7 @@
  * retire txns. This is not a safety decision (a removed host can only rejoin through a `ready`
  * registration with a new epoch), so wall time is good enough and survives controller failover.
  */
+import type { ClusterChange, Revision } from './cluster-change.js';
 import type { HostRecord } from './host-record.js';
 
 /** Default `hostRecordTtl`: 24 h. */
@@ -30,4 +31,23 @@ export function hostGcAction(
   if (record.state === 'fenced' && age >= opts.ttl) return 'retire';
   if (record.state === 'retired' && age >= opts.removeAfter) return 'remove';
   return undefined;
+}
+
+/**
+ * The retire txn: record (at `revision`) -> `retired`, only while the `alive` key is absent, with a
+ * `host-retired` event.
+ */
+export function retireChange(hostId: string, record: HostRecord, revision: Revision, nowWall: number, ttlMs: number): ClusterChange {
+  return {
+    hosts: [{ hostId, expectRevision: revision, requireAliveAbsent: true, next: { ...record, state: 'retired', updatedAt: nowWall } }],
+    events: [{ kind: 'host-retired', hostId, epoch: record.epoch, at: nowWall, detail: `host ${hostId} fenced and absent for over ${Math.round(ttlMs / 1000)}s: retired` }],
+  };
+}
+
+/** The remove txn: the retired record (at `revision`) is deleted, only while the `alive` key is absent, with a `host-removed` event. */
+export function removeChange(hostId: string, revision: Revision, nowWall: number): ClusterChange {
+  return {
+    hosts: [{ hostId, expectRevision: revision, requireAliveAbsent: true, next: null }],
+    events: [{ kind: 'host-removed', hostId, at: nowWall, detail: `retired host record ${hostId} removed` }],
+  };
 }

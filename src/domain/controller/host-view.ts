@@ -1,0 +1,178 @@
+/**
+ * The host view: every host's record and `alive` key, from a listing then a watch from just after it
+ * (listed again after a watch error), and the per-host decision ({@link reconcile}) each change
+ * triggers. Watch events older than what was applied for a key are ignored; a host with neither
+ * record nor `alive` key is forgotten.
+ */
+import { decideHost, timingProblems } from '../fence-window.js';
+import { isSchedulable } from '../placement.js';
+import type { HostRecord } from '../host-record.js';
+import type { HostsSnapshot, HostWatchEvent } from '../../ports/controller-store.js';
+import { call, clearTimer, emitEvent, incarnationOf, log, rev, setTimer, track } from './effects.js';
+import { armFence, completeFence, detach, disarm, forget } from './fence.js';
+import { evaluateFreeze, markFreezeDirty } from './freeze.js';
+import { requestSweep } from './sweep.js';
+import { stuck } from './writes.js';
+import type { CallError, Ctx, HostTrack, Now } from './types.js';
+
+/** Lists every host, then watches from just after that snapshot (also after a watch error). */
+export function resync(c: Ctx): void {
+  clearTimer(c, 'resync');
+  if (!c.s.leader) return;
+  c.fx.push({ kind: 'close-watch' });
+  c.s.watch = undefined;
+  c.s.synced = false;
+  call(c, { op: 'list-hosts' }, { for: 'list-hosts' });
+}
+
+/** Outcome of the listing: the view is replaced, the watch started, every host reconciled. */
+export function hostsListed(c: Ctx, r: { readonly snapshot: HostsSnapshot } | { readonly error: CallError }): void {
+  const s = c.s;
+  if (!s.leader) return;
+  if ('error' in r) {
+    log(c, 'warn', { err: r.error.message }, 'listing hosts failed; retrying');
+    setTimer(c, 'resync', s.cfg.retryDelay);
+    return;
+  }
+  const at = rev(r.snapshot.revision);
+  const present = new Set<string>();
+  for (const h of r.snapshot.hosts) {
+    present.add(h.hostId);
+    const t = track(c, h.hostId);
+    setRecord(t, h.record, h.recordRevision);
+    t.recordSeen = at;
+    t.aliveSeen = at;
+    if (h.alive) {
+      t.alive = h.alive;
+      t.goneWall = t.goneMono = undefined;
+    } else t.alive = undefined;
+  }
+  for (const t of s.hosts.values()) {
+    if (present.has(t.hostId)) continue;
+    setRecord(t, undefined, undefined);
+    t.alive = undefined;
+    t.recordSeen = t.aliveSeen = at;
+  }
+  s.watch = call(c, { op: 'watch-hosts', fromRevision: String(at + 1n) }, { for: 'watch' });
+  s.synced = true;
+  log(c, 'info', { hosts: s.hosts.size }, 'host view synced');
+  for (const t of [...s.hosts.values()]) reconcile(c, t);
+  evaluateFreeze(c);
+  requestSweep(c);
+}
+
+/** The watch could not be started: list again later. */
+export function watchFailed(c: Ctx, err: CallError): void {
+  if (!c.s.leader) return;
+  log(c, 'warn', { err: err.message }, 'listing hosts failed; retrying');
+  c.s.synced = false;
+  c.s.watch = undefined;
+  setTimer(c, 'resync', c.s.cfg.retryDelay);
+}
+
+/** The watch failed after it started: list again now. */
+export function watchBroke(c: Ctx, watch: number, message: string): void {
+  if (watch !== c.s.watch) return;
+  log(c, 'warn', { err: message }, 'host watch failed: listing again');
+  resync(c);
+}
+
+/** Sets the record; true when the host came back (`attached`/`ready`) from `detached`. */
+function setRecord(t: HostTrack, record: HostRecord | undefined, revision: string | undefined): boolean {
+  const prev = t.record;
+  t.record = record;
+  t.revision = revision;
+  return prev?.state === 'detached' && (record?.state === 'attached' || record?.state === 'ready');
+}
+
+/** A change under `hosts/` from the current watch, observed at `at`. */
+export function hostEvent(c: Ctx, watch: number, e: HostWatchEvent, at: Now): void {
+  const s = c.s;
+  if (!s.synced || watch !== s.watch) return;
+  const t = track(c, e.hostId);
+  const r = rev(e.revision);
+  const wasSchedulable = isSchedulable(t.record, t.alive !== undefined);
+  if (e.kind === 'record' || e.kind === 'record-deleted') {
+    if (r <= t.recordSeen) return;
+    t.recordSeen = r;
+    const prevState = t.record?.state;
+    const returned = setRecord(t, e.kind === 'record' ? e.record : undefined, e.kind === 'record' ? e.revision : undefined);
+    if (returned && t.record) {
+      log(c, 'info', { hostId: t.hostId, epoch: t.record.epoch, state: t.record.state }, 'host came back before the fence: its fence is cancelled');
+      emitEvent(c, { kind: 'host-returned', hostId: t.hostId, epoch: t.record.epoch, detail: `host ${t.hostId} re-registered (${t.record.state}, epoch ${t.record.epoch}) before its fence deadline` });
+    }
+    if (t.record?.state === 'fenced' && prevState !== 'fenced') requestSweep(c);
+  } else {
+    if (r <= t.aliveSeen) return;
+    t.aliveSeen = r;
+    if (e.kind === 'alive') {
+      t.alive = e.alive;
+      t.goneWall = t.goneMono = undefined;
+    } else {
+      t.alive = undefined;
+      t.goneWall = at.wall;
+      t.goneMono = at.mono;
+      log(c, 'info', { hostId: t.hostId }, 'host lease gone (alive key deleted)');
+    }
+  }
+  if (!t.record && !t.alive) forget(c, t);
+  else reconcile(c, t);
+  if (!wasSchedulable && isSchedulable(t.record, t.alive !== undefined)) requestSweep(c);
+  markFreezeDirty(c);
+}
+
+/**
+ * The per-host decision ({@link decideHost}): detach a host whose lease is gone, arm the fence of a
+ * detached one, report one that will never be fenced automatically, finish marking a fenced host's
+ * VMs lost. Nothing while the host's own detach or fence is in flight, or while a write failed for
+ * good at its current record.
+ */
+export function reconcile(c: Ctx, t: HostTrack): void {
+  const s = c.s;
+  if (!s.leader || !s.synced || t.detaching || t.fencing !== undefined) return;
+  const rec = t.record;
+  if (rec) {
+    const problems = timingProblems(rec);
+    if (problems !== undefined && t.unsafeReported !== rec.epoch) {
+      t.unsafeReported = rec.epoch;
+      log(c, 'warn', { hostId: t.hostId, epoch: rec.epoch, violations: problems }, 'host publishes unsafe GC timings: it will never be fenced automatically');
+      emitEvent(c, {
+        kind: 'host-unsafe-timings',
+        hostId: t.hostId,
+        epoch: rec.epoch,
+        violations: problems,
+        detail: `host ${t.hostId} publishes unsafe timings (${problems}); it will never be fenced automatically`,
+      });
+    }
+  }
+  if (stuck(t)) return;
+  if (rec?.state === 'fenced') {
+    if (t.lostPending) completeFence(c, t);
+    return disarm(c, t);
+  }
+  const d = decideHost(rec, t.alive !== undefined);
+  switch (d.kind) {
+    case 'detach':
+      return detach(c, t);
+    case 'await-fence':
+      return armFence(c, t);
+    case 'never-fence': {
+      disarm(c, t);
+      const key = `${incarnationOf(rec!)}:${d.blockers.join(',')}`;
+      if (t.blockedReported !== key) {
+        t.blockedReported = key;
+        log(c, 'warn', { hostId: t.hostId, blockers: d.blockers }, 'detached host will not be fenced automatically');
+        emitEvent(c, {
+          kind: 'host-fence-blocked',
+          hostId: t.hostId,
+          epoch: rec!.epoch,
+          blockers: d.blockers,
+          detail: `host ${t.hostId} is detached but will not be fenced automatically (${d.blockers.join(', ')}); only 'tether host fence ${t.hostId} --confirm' can fence it`,
+        });
+      }
+      return;
+    }
+    default:
+      disarm(c, t);
+  }
+}

@@ -1,0 +1,205 @@
+/**
+ * The controller's transition function: `step(state, input, now) -> { state, effects }`. Pure and
+ * deterministic: no awaits, no clock, no randomness; the same inputs at the same times give the same
+ * effects. Each input is routed to the handler of its concern (leadership, host view, fence path,
+ * freeze, sweep, record GC, status); see the module docs of those files for the rules.
+ */
+import { DEFAULT_FREEZE_SHARE, NOT_FROZEN } from '../mass-freeze.js';
+import { DEFAULT_HOST_RECORD_TTL } from '../host-record-gc.js';
+import { DEFAULT_TXN_LIMITS } from '../cluster-change.js';
+import { log } from './effects.js';
+import { detachOutcome, fenceCommitted, fenceDue, fenceListed, markLostBatchDone, markLostListed } from './fence.js';
+import { evaluateFreeze } from './freeze.js';
+import { hostEvent, hostsListed, reconcile, resync, watchBroke, watchFailed } from './host-view.js';
+import { campaign, campaignOutcome, keepaliveDue, keepaliveOutcome, serverStatusOutcome } from './leadership.js';
+import { stepDown } from './leadership.js';
+import { observeTerm } from './raft-term.js';
+import { gcTick, gcWritten, pruned } from './record-gc.js';
+import { publishStatus, scheduleStatus, statusPublished } from './status.js';
+import { sweepListed, sweepUids, sweepWritten } from './sweep.js';
+import { writeOutcome } from './writes.js';
+import type { CallError, ControllerState, CoreConfig, Ctx, Effect, Input, Now, Pending, Reply } from './types.js';
+
+/** Options of {@link coreConfig}: the controller's options, durations in ms. */
+export interface CoreOptions {
+  readonly controllerId: string;
+  readonly freezeShare?: number;
+  readonly hostRecordTtl?: number;
+  readonly retiredRemoveAfter?: number;
+  readonly fenceWindowOverride?: number;
+  readonly leaderTtl?: number;
+  readonly campaignInterval?: number;
+  readonly callDeadline?: number;
+  readonly eventRetention?: number;
+  readonly gcInterval?: number;
+  readonly retryDelay?: number;
+  readonly maxRetryDelay?: number;
+  readonly txnLimits?: CoreConfig['txnLimits'];
+}
+
+/** The configuration with its defaults (leader TTL rounded to whole seconds, at least 1 s). */
+export function coreConfig(o: CoreOptions): CoreConfig {
+  const leaderTtl = Math.max(1000, Math.round((o.leaderTtl ?? 5000) / 1000) * 1000);
+  return {
+    controllerId: o.controllerId,
+    freezeShare: o.freezeShare ?? DEFAULT_FREEZE_SHARE,
+    hostRecordTtl: o.hostRecordTtl ?? DEFAULT_HOST_RECORD_TTL,
+    retiredRemoveAfter: o.retiredRemoveAfter ?? 60_000,
+    ...(o.fenceWindowOverride !== undefined ? { fenceWindowOverride: o.fenceWindowOverride } : {}),
+    leaderTtl,
+    campaignInterval: o.campaignInterval ?? Math.min(1000, Math.floor(leaderTtl / 3)),
+    callDeadline: o.callDeadline ?? 2000,
+    eventRetention: o.eventRetention ?? 1000,
+    gcInterval: o.gcInterval ?? 60_000,
+    retryDelay: o.retryDelay ?? 1000,
+    maxRetryDelay: o.maxRetryDelay ?? 30_000,
+    txnLimits: o.txnLimits ?? DEFAULT_TXN_LIMITS,
+  };
+}
+
+/** A standby replica that has not campaigned yet. */
+export function initialState(cfg: CoreConfig): ControllerState {
+  return {
+    cfg,
+    seq: 0,
+    pending: new Map(),
+    timers: new Map(),
+    term: 0,
+    leader: false,
+    leaderTtlMs: cfg.leaderTtl,
+    leaderSinceWall: 0,
+    lastAckMono: 0,
+    synced: false,
+    hosts: new Map(),
+    freeze: NOT_FROZEN,
+    freezeDirty: false,
+    sweepQueued: false,
+    detachesInFlight: 0,
+    detachQueue: new Set(),
+    lastStatus: '',
+    failures: [],
+    reported: new Set(),
+  };
+}
+
+/** One transition (see the module doc). `state` is taken over: keep only the returned one. */
+export function step(state: ControllerState, input: Input, now: Now): { readonly state: ControllerState; readonly effects: readonly Effect[] } {
+  const c: Ctx = { s: state, now, fx: [] };
+  if (input.raftTerm !== undefined) state.raftTermHint = input.raftTerm;
+  const publishing = input.kind === 'timer' && input.key === 'status' && state.timers.get('status') === input.id;
+  dispatch(c, input);
+  if (!publishing) scheduleStatus(c);
+  return { state, effects: c.fx };
+}
+
+function dispatch(c: Ctx, i: Input): void {
+  const s = c.s;
+  switch (i.kind) {
+    case 'start':
+      return campaign(c);
+    case 'timer': {
+      if (s.timers.get(i.key) !== i.id) return; // cleared or re-armed since
+      s.timers.delete(i.key);
+      return timerFired(c, i.key);
+    }
+    case 'raft-term':
+      return observeTerm(c, i.term, i.at.mono);
+    case 'host-event':
+      return hostEvent(c, i.watch, i.event, i.at);
+    case 'watch-error':
+      return watchBroke(c, i.watch, i.message);
+    case 'reply':
+    case 'failed': {
+      const p = s.pending.get(i.req);
+      if (!p) return; // not awaited (any more)
+      s.pending.delete(i.req);
+      return outcome(c, p, i.kind === 'reply' ? { reply: i.reply } : { error: i.error }, i.raftTerm);
+    }
+  }
+}
+
+function timerFired(c: Ctx, key: string): void {
+  switch (key) {
+    case 'campaign':
+      return campaign(c);
+    case 'keepalive':
+      return keepaliveDue(c);
+    case 'gc':
+      return gcTick(c);
+    case 'resync':
+      return resync(c);
+    case 'status':
+      return publishStatus(c);
+    case 'freeze-check':
+    case 'freeze-resume':
+      return evaluateFreeze(c);
+  }
+  const sep = key.indexOf(':');
+  const t = sep > 0 ? c.s.hosts.get(key.slice(sep + 1)) : undefined;
+  if (!t) return;
+  if (key.startsWith('fence:')) return fenceDue(c, t);
+  if (key.startsWith('retry:')) return reconcile(c, t);
+}
+
+type Outcome = { readonly reply: Reply } | { readonly error: CallError };
+
+/** Narrows a reply to the op the request was for (a mismatch is treated as a failure). */
+function as<O extends Reply['op']>(o: Outcome, op: O): Extract<Reply, { op: O }> | { readonly error: CallError } {
+  if ('error' in o) return o;
+  if (o.reply.op === op) return o.reply as Extract<Reply, { op: O }>;
+  return { error: { code: 'INTERNAL', message: `expected a ${op} reply, got ${o.reply.op}`, retryable: false } };
+}
+
+function outcome(c: Ctx, p: Pending, o: Outcome, raftTerm: number | undefined): void {
+  switch (p.for) {
+    case 'campaign':
+      return campaignOutcome(c, p.startedMono, as(o, 'campaign'));
+    case 'keepalive':
+      return keepaliveOutcome(c, p.sentMono, as(o, 'keep-leadership'));
+    case 'server-status':
+      return serverStatusOutcome(c, as(o, 'server-status'));
+    case 'list-hosts': {
+      const r = as(o, 'list-hosts');
+      return hostsListed(c, 'error' in r ? r : { snapshot: r.snapshot });
+    }
+    case 'watch':
+      if ('error' in o) return watchFailed(c, o.error);
+      return;
+    case 'event':
+      if ('error' in o) log(c, 'warn', { err: o.error.message, event: p.event }, 'writing an event failed');
+      return;
+    case 'status':
+      return statusPublished(c, p.sig, 'error' in o ? o.error : undefined);
+    case 'prune':
+      return pruned(c, as(o, 'prune-events'));
+    case 'detach':
+      return detachOutcome(c, p, as(o, 'commit'));
+    case 'fence-list':
+      return fenceListed(c, p, raftTerm, as(o, 'list-vms'));
+    case 'mark-lost-list':
+      return markLostListed(c, p.hostId, as(o, 'list-vms'));
+    case 'sweep-list':
+      return sweepListed(c, as(o, 'list-vms'));
+    case 'sweep-uids': {
+      const r = as(o, 'new-uids');
+      return sweepUids(c, 'error' in r ? [] : r.uids);
+    }
+    case 'write': {
+      const r = as(o, 'commit');
+      const ok = writeOutcome(c, p, 'error' in r ? r : { reply: r }, stepDown);
+      if (ok === 'stepped-down') return;
+      switch (p.then.k) {
+        case 'none':
+          return;
+        case 'fence':
+          return fenceCommitted(c, p.then, ok);
+        case 'mark-lost':
+          return markLostBatchDone(c, p.then.hostId, ok);
+        case 'sweep':
+          return sweepWritten(c, ok);
+        case 'gc':
+          return gcWritten(c, p.then.hostId, p.then.action, ok);
+      }
+    }
+  }
+}

@@ -1,0 +1,273 @@
+/**
+ * The controller's pure core: its inputs, effects, configuration and state (issue 8, item 1).
+ *
+ * `step(state, input, now) -> { state, effects }` ({@link ./step.ts}) decides; a runner
+ * (`src/controller/controller.ts`) executes the effects against the store and the clock and feeds their
+ * outcomes back as inputs. Nothing here awaits, reads a clock or draws a random number: given the same
+ * inputs and times the core gives the same effects.
+ *
+ * Request ids: every effect whose outcome matters carries `req` (a counter in the state); its outcome
+ * comes back as a `reply` or `failed` input with the same `req`. An outcome whose `req` the core no
+ * longer waits for (it stepped down meanwhile) is ignored. Timers carry `id` the same way: a firing
+ * whose id is not the one last set under its key is ignored, so a cleared or re-armed timer never acts.
+ */
+import type { ClusterChange, Revision, TxnLimits, VmEntry } from '../cluster-change.js';
+import type { ClusterEventBody } from '../cluster-event.js';
+import type { TermChange } from '../fence-window.js';
+import type { HostRecord } from '../host-record.js';
+import type { FreezeState } from '../mass-freeze.js';
+import type { AliveInfo, ControllerFailure, ControllerStatus, HostsSnapshot, HostWatchEvent } from '../../ports/controller-store.js';
+
+/** Both time bases at one instant: wall ms (records, display) and monotonic ms (every deadline). */
+export interface Now {
+  readonly wall: number;
+  readonly mono: number;
+}
+
+/** The core's configuration (the runner's options with defaults applied). Durations in ms. */
+export interface CoreConfig {
+  readonly controllerId: string;
+  readonly freezeShare: number;
+  readonly hostRecordTtl: number;
+  readonly retiredRemoveAfter: number;
+  readonly fenceWindowOverride?: number;
+  /** Whole seconds, in ms. */
+  readonly leaderTtl: number;
+  readonly campaignInterval: number;
+  readonly callDeadline: number;
+  readonly eventRetention: number;
+  readonly gcInterval: number;
+  readonly retryDelay: number;
+  readonly maxRetryDelay: number;
+  /** The store's txn limits (every change the core builds fits them). */
+  readonly txnLimits: TxnLimits;
+}
+
+/** A failed store call as the core sees it: the error's stable code, message and whether retrying may help. */
+export interface CallError {
+  readonly code: string;
+  readonly message: string;
+  readonly retryable: boolean;
+}
+
+/** The outcome of a store call, by the call's kind. */
+export type Reply =
+  | { readonly op: 'campaign'; readonly won: boolean; readonly ttlMs?: number }
+  | { readonly op: 'keep-leadership'; readonly answer: 'alive' | 'lost' }
+  | { readonly op: 'server-status'; readonly version: string; readonly raftTerm: number }
+  | { readonly op: 'list-hosts'; readonly snapshot: HostsSnapshot }
+  | { readonly op: 'watch-hosts' }
+  | { readonly op: 'list-vms'; readonly vms: readonly VmEntry[] }
+  | { readonly op: 'commit'; readonly result: { readonly ok: true; readonly revision: Revision } | { readonly ok: false; readonly reason: 'conflict' | 'not-leader' } }
+  | { readonly op: 'prune-events'; readonly deleted: number }
+  | { readonly op: 'put-status' }
+  | { readonly op: 'new-uids'; readonly uids: readonly string[] };
+
+/**
+ * What the core reacts to. `raftTerm` on any input is the highest raft term the store had seen when
+ * the input was made (a response header's term; used where the old code polled it).
+ */
+export type Input = (
+  | { readonly kind: 'start' }
+  | { readonly kind: 'timer'; readonly key: string; readonly id: number }
+  | { readonly kind: 'reply'; readonly req: number; readonly reply: Reply }
+  | { readonly kind: 'failed'; readonly req: number; readonly error: CallError }
+  /** A change under `hosts/` from watch `watch`, observed at `at`. */
+  | { readonly kind: 'host-event'; readonly watch: number; readonly event: HostWatchEvent; readonly at: Now }
+  | { readonly kind: 'watch-error'; readonly watch: number; readonly message: string }
+  /** A response header showed a raft term never seen before, at `at`. */
+  | { readonly kind: 'raft-term'; readonly term: number; readonly at: Now }
+) & { readonly raftTerm?: number };
+
+/** Store calls the runner makes; each answers with a `reply` or `failed` input carrying `req`. */
+export type Call =
+  | { readonly op: 'campaign'; readonly candidateId: string; readonly ttlMs: number }
+  | { readonly op: 'keep-leadership' }
+  | { readonly op: 'server-status' }
+  | { readonly op: 'list-hosts' }
+  /** Closes any previous host watch, then watches from `fromRevision`; its events carry `watch: req`. */
+  | { readonly op: 'watch-hosts'; readonly fromRevision: Revision }
+  | { readonly op: 'list-vms' }
+  /** One txn, guarded by this replica's leadership (the runner adds it). */
+  | { readonly op: 'commit'; readonly change: ClusterChange }
+  | { readonly op: 'prune-events'; readonly keep: number }
+  | { readonly op: 'put-status'; readonly status: ControllerStatus }
+  /** `count` fresh VM uids from the runner's injected source. */
+  | { readonly op: 'new-uids'; readonly count: number };
+
+/** Log levels of {@link Effect} `log`. */
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+
+/** What the core asks the runner to do, in order. */
+export type Effect =
+  | ({ readonly kind: 'call'; readonly req: number; readonly deadlineMs: number } & { readonly call: Call })
+  | { readonly kind: 'set-timer'; readonly key: string; readonly id: number; readonly delayMs: number }
+  | { readonly kind: 'clear-timer'; readonly key: string }
+  /** Stops the host watch (its later events are ignored anyway: they carry an old watch id). */
+  | { readonly kind: 'close-watch' }
+  /** This replica no longer leads: forget the leadership token (never resign with it). */
+  | { readonly kind: 'leadership-dropped' }
+  | { readonly kind: 'log'; readonly level: LogLevel; readonly fields: Readonly<Record<string, unknown>>; readonly msg: string };
+
+/** The lost-marking of one fenced host's VMs in progress: batches committed one after the other. */
+export interface MarkLostRun {
+  /** The VM listing is in flight (no batch planned yet). */
+  listing: boolean;
+  changes: readonly ClusterChange[];
+  next: number;
+  marked: number;
+  conflicts: number;
+  readonly startedMono: number;
+  /** Started by this replica's fence (a sweep follows it). */
+  readonly fromFence: boolean;
+}
+
+/** What the controller tracks per host. */
+export interface HostTrack {
+  readonly hostId: string;
+  record?: HostRecord;
+  /** `mod_revision` of `record`: what txns compare. */
+  revision?: Revision;
+  /** Newest revision applied for the record key and the alive key (older watch events are ignored). */
+  recordSeen: bigint;
+  aliveSeen: bigint;
+  alive?: AliveInfo;
+  /** When the `alive` key was seen deleted (the observed lease expiry). */
+  goneWall?: number;
+  goneMono?: number;
+  /** The loss this replica's fence deadline counts from. */
+  lossWall?: number;
+  lossMono?: number;
+  /** The window of the current detachment already includes the TTL for a raft term change. */
+  termExtended?: boolean;
+  /** Consecutive failed or conflicting writes (retry backoff). */
+  attempts?: number;
+  /** Record revision at which a write failed for good: nothing more is tried until the record changes. */
+  stuckAt?: Revision;
+  /** Some VMs of this fenced host may still need marking lost. */
+  lostPending?: boolean;
+  /** VM keys reported as too large to mark lost (reported once). */
+  oversizedReported?: Set<string>;
+  /** `<epoch>:<detachedAt>` of the detachment the fence deadline belongs to. */
+  incarnation?: string;
+  fenceAtMono?: number;
+  fenceAtWall?: number;
+  /** Epoch for which unsafe timings were reported / incarnation+blockers for which a blocked fence was. */
+  unsafeReported?: number;
+  blockedReported?: string;
+  /** A detach txn for this host is in flight. */
+  detaching?: boolean;
+  /** A fence (VM listing, then the fence txn) for this incarnation is in flight. */
+  fencing?: string;
+  /** Lost-marking of its VMs in progress. */
+  marking?: MarkLostRun;
+}
+
+/** A write queued by the reschedule sweep (committed one after the other, like the old loop did). */
+export interface SweepWrite {
+  readonly action: 'mark-lost' | 'keep-lost' | 'reschedule' | 'pending';
+  /** The change (all but placements). */
+  readonly change?: ClusterChange;
+  /** Host whose current revision replaces the change's guard when the write is issued. */
+  readonly guardHost?: string;
+  /** A placement, built when issued (the target's current revision, the next fresh uid). */
+  readonly place?: { readonly vm: VmEntry; readonly placement: { readonly key: string; readonly hostId: string; readonly hostEpoch: number }; readonly uidIndex: number };
+}
+
+/** The reschedule sweep in progress. */
+export interface SweepRun {
+  phase: 'list-fenced' | 'completing' | 'list-stale' | 'stale' | 'list-place' | 'uids' | 'writes';
+  vms: readonly VmEntry[];
+  /** Hosts whose lost-marking the sweep waits for (phase `completing`). */
+  waiting: Set<string>;
+  writes: SweepWrite[];
+  next: number;
+  marked: number;
+  uids: readonly string[];
+}
+
+/** What a request id stands for: how its outcome continues. Plain data (no closures). */
+export type Pending =
+  | { readonly for: 'campaign'; readonly startedMono: number }
+  | { readonly for: 'keepalive'; readonly sentMono: number }
+  | { readonly for: 'server-status' }
+  | { readonly for: 'list-hosts' }
+  | { readonly for: 'watch' }
+  | { readonly for: 'event'; readonly event: string }
+  | { readonly for: 'status'; readonly sig: string }
+  | { readonly for: 'prune' }
+  | { readonly for: 'detach'; readonly hostId: string; readonly next: HostRecord; readonly obsWall: number; readonly obsMono: number; readonly termExtended: boolean }
+  | { readonly for: 'fence-list'; readonly hostId: string; readonly incarnation: string }
+  | { readonly for: 'mark-lost-list'; readonly hostId: string; readonly fromFence: boolean }
+  | { readonly for: 'sweep-list' }
+  | { readonly for: 'sweep-uids' }
+  | { readonly for: 'write'; readonly hostId?: string; readonly action: string; readonly retry: boolean; readonly change: ClusterChange; readonly then: Then };
+
+/** How a write's outcome continues (see `writes.ts`). */
+export type Then =
+  | { readonly k: 'none' }
+  | { readonly k: 'fence'; readonly hostId: string; readonly vms: readonly VmEntry[]; readonly pending: number; readonly lateMs: number; readonly epoch: number }
+  | { readonly k: 'mark-lost'; readonly hostId: string }
+  | { readonly k: 'sweep' }
+  | { readonly k: 'gc'; readonly hostId: string; readonly action: 'retire' | 'remove' };
+
+/**
+ * The controller's whole state. `step` takes it over and returns the next one (it may update it in
+ * place: a controller of 5,000 hosts cannot copy its host map per input); a caller keeps only the
+ * returned state.
+ */
+export interface ControllerState {
+  readonly cfg: CoreConfig;
+  /** Next request / timer id. */
+  seq: number;
+  /** Request ids awaited, and what each stands for. */
+  readonly pending: Map<number, Pending>;
+  /** Timers set, by key, with the id of the last set. */
+  readonly timers: Map<string, number>;
+
+  /** Leadership term of this replica (bumped at election and at step-down). */
+  term: number;
+  leader: boolean;
+  leaderTtlMs: number;
+  leaderSinceWall: number;
+  /** Send time of the last acknowledged leader keepalive (monotonic). */
+  lastAckMono: number;
+
+  /** The host view is listed and its watch (`watch`) started. */
+  synced: boolean;
+  watch?: number;
+  readonly hosts: Map<string, HostTrack>;
+
+  freeze: FreezeState;
+  freezeResumeAtWall?: number;
+  /** Host states changed since the freeze was last evaluated. */
+  freezeDirty: boolean;
+
+  sweep?: SweepRun;
+  sweepQueued: boolean;
+
+  detachesInFlight: number;
+  readonly detachQueue: Set<string>;
+
+  /** Highest raft term seen, and when this replica first saw it. */
+  termChange?: TermChange;
+  /** The store's highest raft term as the last input reported it. */
+  raftTermHint?: number;
+
+  lastStatus: string;
+  /** Non-retryable failures (newest last, bounded). */
+  readonly failures: ControllerFailure[];
+  /** Failures already reported. */
+  readonly reported: Set<string>;
+  storeInfo?: { readonly version: string; readonly assumption: string };
+}
+
+/** One step's working context: the state, the time, and the effects emitted so far. */
+export interface Ctx {
+  readonly s: ControllerState;
+  readonly now: Now;
+  readonly fx: Effect[];
+}
+
+/** An event body as the core writes it (the time is added when it is emitted). */
+export type EventBody = ClusterEventBody & { readonly detail: string };
