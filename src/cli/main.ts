@@ -6,6 +6,7 @@ import { registerDevCommands } from './commands/dev.js';
 import { registerGcCommands } from './commands/gc.js';
 import { registerGuardianCommand } from './commands/guardian.js';
 import { registerHostCommands } from './commands/host.js';
+import { registerTimelineCommand } from './commands/timeline.js';
 import { registerVmCommands } from './commands/vm.js';
 
 /** Builds the `tether` command tree. */
@@ -22,6 +23,7 @@ export function buildProgram(): Command {
   registerControllerCommand(program);
   registerHostCommands(program);
   registerGuardianCommand(program);
+  registerTimelineCommand(program);
   return program;
 }
 

@@ -8,7 +8,7 @@
  * or without colour.
  */
 import type { TimelineInput } from '../domain/timeline.js';
-import { formatOffset, layoutTimeline, type Mark, type Severity, type TimelineLayout } from './layout.js';
+import { formatOffset, layoutTimeline, type Severity, type TimelineLayout } from './layout.js';
 
 /** Options of {@link renderText}. */
 export interface TextOptions {
@@ -74,6 +74,39 @@ function strip(l: TimelineLayout, width: number): string[] {
   return lines;
 }
 
+/** One row of the events table: time, lane, event kind, what happened (all safe for a terminal). */
+export interface EventRow {
+  readonly t: number;
+  readonly time: string;
+  readonly lane: string;
+  readonly kind: string;
+  readonly what: string;
+  readonly severity: Severity;
+}
+
+/**
+ * The events table: every mark but the minor heartbeats (the last acknowledged heartbeat before other
+ * news says how many it stands for), each fence deadline, each violation; in time order.
+ */
+export function eventRows(l: TimelineLayout): EventRow[] {
+  const laneName = new Map(l.lanes.map((x) => [x.id, safeText(x.label, 24)]));
+  const rows: EventRow[] = [];
+  const skipped = new Map<string, number>();
+  const row = (t: number, lane: string, kind: string, what: string, severity: Severity) => rows.push({ t, time: formatOffset(t), lane, kind, what, severity });
+  for (const m of l.marks) {
+    if (m.minor) {
+      skipped.set(m.lane, (skipped.get(m.lane) ?? 0) + 1);
+      continue;
+    }
+    const n = m.kind === 'heartbeat-acked' ? (skipped.get(m.lane) ?? 0) : 0;
+    if (m.kind === 'heartbeat-acked') skipped.set(m.lane, 0);
+    row(m.t, laneName.get(m.lane) ?? '?', safeText(m.kind, 24), safeText(m.label) + (n > 0 ? ` (last of ${n + 1})` : ''), m.severity);
+  }
+  for (const b of l.bands) if (b.kind === 'fence-window' && b.to !== undefined) row(b.to, laneName.get(b.lane) ?? '?', 'fence-deadline', `the cluster's fence deadline (window opened ${formatOffset(b.from)})`, 'warn');
+  for (const v of l.violations) row(v.t, 'VIOLATION', safeText(v.invariant, 24), safeText(v.detail), 'bad');
+  return rows.map((r, i) => [r, i] as const).sort((a, b) => a[0].t - b[0].t || a[1] - b[1]).map(([r]) => r);
+}
+
 /**
  * Renders `input` (or an already computed layout) as lines of text joined with `\n`, ending with
  * a newline.
@@ -96,23 +129,8 @@ export function renderText(input: TimelineInput | TimelineLayout, opts: TextOpti
   out.push('          G guardian fired  --| fence window and deadline  .. watchdog  ~ fault  ! violation');
   out.push('');
   out.push('EVENTS');
-  const laneName = new Map(l.lanes.map((x) => [x.id, safeText(x.label, 24)]));
-  const rows: [string, string, string, string, Severity, number][] = [];
-  const skipped = new Map<string, number>();
-  const push = (m: Mark) => {
-    if (m.minor) {
-      skipped.set(m.lane, (skipped.get(m.lane) ?? 0) + 1);
-      return;
-    }
-    const n = m.kind === 'heartbeat-acked' ? (skipped.get(m.lane) ?? 0) : 0;
-    if (m.kind === 'heartbeat-acked') skipped.set(m.lane, 0);
-    rows.push([formatOffset(m.t), laneName.get(m.lane) ?? '?', safeText(m.kind, 24), safeText(m.label) + (n > 0 ? ` (last of ${n + 1})` : ''), m.severity, m.t]);
-  };
-  for (const m of l.marks) push(m);
-  for (const b of l.bands) if (b.kind === 'fence-window' && b.to !== undefined) rows.push([formatOffset(b.to), laneName.get(b.lane) ?? '?', 'fence-deadline', `the cluster's fence deadline (window opened ${formatOffset(b.from)})`, 'warn', b.to]);
-  for (const v of l.violations) rows.push([formatOffset(v.t), 'VIOLATION', safeText(v.invariant, 24), safeText(v.detail), 'bad', v.t]);
-  const order = rows.map((r, i) => [r, i] as const).sort((a, b) => a[0][5] - b[0][5] || a[1] - b[1]).map(([r]) => r);
-  const w = [0, 1, 2].map((i) => Math.max(...order.map((r) => String(r[i]).length), ['T', 'LANE', 'EVENT'][i]!.length));
+  const order = eventRows(l).map((r) => [r.time, r.lane, r.kind, r.what, r.severity] as const);
+  const w = [0, 1, 2].map((i) => Math.max(...order.map((r) => r[i]!.length), ['T', 'LANE', 'EVENT'][i]!.length));
   out.push(`  ${'T'.padStart(w[0]!)}  ${'LANE'.padEnd(w[1]!)}  ${'EVENT'.padEnd(w[2]!)}  WHAT`);
   for (const r of order) out.push(`  ${r[0].padStart(w[0]!)}  ${r[1].padEnd(w[1]!)}  ${paint(r[2].padEnd(w[2]!), r[4])}  ${r[3]}`);
   out.push('');
