@@ -14,6 +14,7 @@ import { findEtcdBinary, findProcessesByMark, LocalEtcdCluster } from '../../src
 import { TetherError } from '../../src/domain/errors.js';
 import type { Kv, KvHeader, KvOp, KvWatchEvent } from '../../src/ports/kv.js';
 import { expectCode } from '../support/expect-code.js';
+import { describeKvConformance } from '../support/kv-conformance.js';
 
 const DL = 5000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -271,6 +272,12 @@ describe('EtcdKv against real etcd 3.4 (3 members, TLS)', () => {
     await cluster.stop();
     expect(findProcessesByMark(cluster.mark)).toEqual([]);
     expect(existsSync(dataDir)).toBe(false);
+  });
+
+  // The shared table the etcd model is held to (test/support/kv-conformance.ts), on this real etcd.
+  describeKvConformance('EtcdKv on real etcd 3.4', async () => {
+    const kv = newKv();
+    return { kv, close: () => kv.close(), compact: async (rev) => void (await kv.client.kv.compact({ revision: rev, physical: true })) };
   });
 
   kvCases('EtcdKv', {

@@ -274,6 +274,10 @@ export class EtcdKv implements Kv {
       state = 'closed';
       this.streams.delete(stream);
       try {
+        // end() first: etcd3 marks the host failed (closing every channel of this client, so calls
+        // starting then fail "Channel closed before call started") on a CANCELLED error from a
+        // stream that is still writable.
+        stream.end();
         stream.cancel();
       } catch {
         // already gone

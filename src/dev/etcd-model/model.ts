@@ -13,7 +13,8 @@
  *    watches below it refused with COMPACTED;
  *  - txns: compares on the state before the txn (a missing key compares create/mod/version/lease as 0
  *    and never matches a `value` compare), all-or-nothing, etcd's refusals (src/dev/etcd-model/txn-checks.ts:
- *    128 ops, 1.5 MiB, duplicate keys), a put on an unknown lease refused as a whole;
+ *    128 ops, 1.5 MiB, duplicate keys), a put on an unknown lease refuses the whole txn (etcd's gRPC
+ *    NotFound, which EtcdKv reports as a retryable UNAVAILABLE: not applied);
  *  - leases: TTL rounded up to whole seconds and to the minimum TTL, which etcd derives from the raft
  *    timing: `minTTL = ceil((3 * electionTicks / 2) * heartbeat)` (etcdserver/server.go, NewServer:
  *    `MinLeaseTTL: int64(math.Ceil(minTTL.Seconds()))`), i.e. ceil(15 * 100 ms) = 2 s by default.
@@ -392,8 +393,9 @@ export class EtcdModel {
     const ops = succeeded ? req.success : (req.failure ?? []);
     for (const op of ops) {
       if (op.op === 'put' && op.lease !== undefined && op.lease !== '0' && !this.leaseMap.has(op.lease)) {
-        throw new TetherError('FAILED_PRECONDITION', `etcdserver: requested lease not found (lease ${op.lease}, key ${op.key})`, {
-          retryable: false,
+        // gRPC NotFound from etcd; EtcdKv reports it as a retryable UNAVAILABLE (not applied), so does the model.
+        throw new TetherError('UNAVAILABLE', `etcdserver: requested lease not found (lease ${op.lease}, key ${op.key})`, {
+          retryable: true,
           details: { reason: 'lease-not-found', lease: op.lease, key: op.key },
         });
       }
