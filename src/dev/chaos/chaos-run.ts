@@ -15,7 +15,7 @@ import { DevTeardown } from '../dev-teardown.js';
 import { ChaosCluster, CHAOS_AGENT_TIMINGS, CHAOS_CONTROLLER_ARGS } from './chaos-cluster.js';
 import { DoubleRunSampler, incarnationsByKey } from './double-run.js';
 import { applyFault, type AppliedFault } from './faults.js';
-import { planFaults, type PlannedFault } from './nemesis.js';
+import { faultGroup, planFaults, type PlannedFault } from './nemesis.js';
 import { HostObserver } from './observe.js';
 
 /** Options of {@link ChaosRun}. */
@@ -329,14 +329,18 @@ export class ChaosRun {
     return this.faults.filter((f) => !f.skipped).map((f) => {
       const base: Record<string, unknown> = { n: f.n, kind: f.kind, target: f.target, atS: sec(f.at - origin), durationS: sec((f.until ?? f.at) - f.at), ...f.measured };
       const hostId = this.c.hostIds.includes(f.target) ? f.target : undefined;
-      const windowEnd = (f.until ?? f.at) + 45_000;
+      // What follows a fault is its doing until the next fault on the same host (or etcd, or
+      // controllers) begins, at most 45 s after the heal (10 s for etcd and controller faults).
+      const next = this.faults.find((g) => g.at > f.at && !g.skipped && faultGroup(g.kind, g.target) === faultGroup(f.kind, f.target));
+      const windowEnd = Math.min((f.until ?? f.at) + (hostId ? 45_000 : 10_000), next?.at ?? Infinity);
       const hostEvents = (kind: string) => events.filter((e) => e.kind === kind && 'hostId' in e && (hostId ? e.hostId === hostId : true) && e.at >= f.at && e.at <= windowEnd);
       if (hostId) {
         const vms = seen.filter((s) => s.hostId === hostId && s.firstSeen <= f.at && s.lastSeen >= f.at - 500);
         base.vms = vms.map((s) => {
-          const gone = s.lastSeen < end - 1000 ? s.lastSeen - f.at : undefined;
-          const next = seen.filter((x) => x.key === s.key && x.uid !== s.uid && x.firstSeen >= f.at).sort((a, b) => a.firstSeen - b.firstSeen)[0];
-          return { key: s.key, uid: s.uid, goneAfterS: sec(gone), runningElsewhereAfterS: sec(next ? next.firstSeen - f.at : undefined), on: next?.hostId ?? null, gapS: sec(next && gone !== undefined ? next.firstSeen - s.lastSeen : undefined) };
+          const gone = s.lastSeen < end - 1000 && s.lastSeen <= windowEnd ? s.lastSeen - f.at : undefined;
+          const after = seen.filter((x) => x.key === s.key && x.uid !== s.uid && x.firstSeen >= f.at && x.firstSeen <= windowEnd + 60_000).sort((a, b) => a.firstSeen - b.firstSeen)[0];
+          const moved = gone !== undefined ? after : undefined;
+          return { key: s.key, uid: s.uid, goneAfterS: sec(gone), runningElsewhereAfterS: sec(moved ? moved.firstSeen - f.at : undefined), on: moved?.hostId ?? null, gapS: sec(moved && gone !== undefined ? moved.firstSeen - s.lastSeen : undefined) };
         });
         const phases = this.observer?.phases.get(hostId) ?? [];
         const firstPhase = (p: string) => phases.find((x) => x.phase === p && x.at >= f.at && x.at <= windowEnd);

@@ -68,7 +68,19 @@ function missingParts(): string[] {
   return missing;
 }
 
+/** Drops Node's DEP0123 warning, as bin/tether.js does (grpc-js over TLS to 127.0.0.1; the certificate is still verified against the IP). */
+function quietTlsIpWarning(): void {
+  const emit = process.emitWarning.bind(process) as (...a: unknown[]) => void;
+  process.emitWarning = ((warning: string | Error, ...rest: unknown[]) => {
+    const o = rest[0];
+    const code = typeof o === 'object' && o !== null ? (o as { code?: string }).code : rest[1];
+    if (code === 'DEP0123') return;
+    emit(warning, ...rest);
+  }) as typeof process.emitWarning;
+}
+
 async function main(): Promise<void> {
+  quietTlsIpWarning();
   const out = resilientOutput();
   let args: Args;
   try {
