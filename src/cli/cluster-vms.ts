@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { ClusterVmRecord } from '../domain/cluster-vm.js';
 import { NotFoundError, TetherError } from '../domain/errors.js';
 import { isSchedulable, placeVms, type SchedulableHost } from '../domain/placement.js';
+import { createVmChange } from '../domain/reschedule-changes.js';
 import type { VmSpec } from '../domain/vm.js';
 import type { ControllerStore, HostEntry } from '../ports/controller-store.js';
 
@@ -41,18 +42,16 @@ export async function clusterCreate(store: Pick<ControllerStore, 'listHosts' | '
     throw new TetherError('FAILED_PRECONDITION', `host ${host} takes no new VMs now (state ${h.record?.state ?? 'unknown'}${h.record?.hold ? ', held' : ''}${h.alive ? '' : ', not alive'})`);
   }
   const [p] = placeVms([{ key, spec }], candidates, vms.map((v) => v.record));
-  const uid = randomBytes(16).toString('hex');
-  const base = { uid, spec, generation: 1, updatedAt: Date.now() };
-  let record: ClusterVmRecord;
-  let guards: { hostId: string; expectRevision: string }[] = [];
-  if (p && 'hostId' in p) {
-    record = { ...base, hostId: p.hostId, hostEpoch: p.hostEpoch, phase: 'pending' };
-    guards = [{ hostId: p.hostId, expectRevision: snapshot.hosts.find((h) => h.hostId === p.hostId)!.recordRevision! }];
-  } else {
-    if (host) throw new TetherError('FAILED_PRECONDITION', `host ${host} has no room: ${p?.reason ?? 'no capacity'}`);
-    record = { ...base, phase: 'pending', reason: p?.reason ?? 'no schedulable host' };
-  }
-  const res = await store.commit({ guards, vms: [{ key, expectRevision: null, next: record }] }, DEADLINE);
+  if (!(p && 'hostId' in p) && host) throw new TetherError('FAILED_PRECONDITION', `host ${host} has no room: ${p?.reason ?? 'no capacity'}`);
+  // the same builder family as the controller's placements (domain/reschedule-changes.ts)
+  const { record, change } = createVmChange({
+    key,
+    spec,
+    uid: randomBytes(16).toString('hex'),
+    nowWall: Date.now(),
+    placement: p && 'hostId' in p ? { hostId: p.hostId, hostEpoch: p.hostEpoch, targetRevision: snapshot.hosts.find((h) => h.hostId === p.hostId)!.recordRevision! } : { reason: p?.reason ?? 'no schedulable host' },
+  });
+  const res = await store.commit(change, DEADLINE);
   if (!res.ok) throw new TetherError('UNAVAILABLE', `microvm ${key}: the cluster changed while placing it (${res.reason}); try again`, { retryable: true });
   return { key, record };
 }

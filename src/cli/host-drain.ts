@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { ClusterVmRecord } from '../domain/cluster-vm.js';
 import { NotFoundError, TetherError } from '../domain/errors.js';
 import { placeVms } from '../domain/placement.js';
+import { placementChange } from '../domain/reschedule-changes.js';
 import { schedulableHosts } from './cluster-vms.js';
 import type { ControllerStore } from '../ports/controller-store.js';
 
@@ -76,10 +77,10 @@ export async function drainHost(
       progress(`${p.key}: no room elsewhere (${p.reason}); the controller places it when room appears`);
       continue;
     }
-    const { reason: _r, ...rest } = v.record;
-    const next: ClusterVmRecord = { ...rest, uid: randomBytes(16).toString('hex'), hostId: p.hostId, hostEpoch: p.hostEpoch, phase: 'pending', generation: v.record.generation + 1, updatedAt: Date.now() };
     const target = snapshot.hosts.find((x) => x.hostId === p.hostId)!;
-    const res = await store.commit({ guards: [{ hostId: p.hostId, expectRevision: target.recordRevision! }], vms: [{ key: v.key, expectRevision: v.revision, next }] }, DEADLINE);
+    // the controller's placement builder (domain/reschedule-changes.ts), without its event
+    const { change } = placementChange({ vm: v, placement: p, targetRevision: target.recordRevision!, uid: randomBytes(16).toString('hex'), nowWall: Date.now(), event: false });
+    const res = await store.commit(change, DEADLINE);
     moved.push(res.ok ? { key: v.key, to: p.hostId } : { key: v.key, reason: 'placed concurrently (by the controller)' });
     if (res.ok) progress(`${v.key}: placed on ${p.hostId}`);
   }
