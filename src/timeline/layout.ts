@@ -198,43 +198,74 @@ function hostMark(hostId: string, e: HostTimelineEvent, t: number, rel: (wall: n
   }
 }
 
-/** The detachments of `hostId` as the cluster saw them, with their episode end and latest deadline. */
+/** Mass-freeze spans `[from, to)` from freeze-entered / freeze-lifted (`resumeAt`) events; `to` Infinity while never lifted. */
+function freezeSpans(cluster: readonly ClusterEvent[]): { from: number; to: number }[] {
+  const spans: { from: number; to: number }[] = [];
+  let open: number | undefined;
+  for (const e of cluster) {
+    if (e.kind === 'freeze-entered' && open === undefined) open = e.at;
+    else if ((e.kind === 'freeze-lifted' || e.kind === 'freeze-resumed') && open !== undefined) {
+      const r = e as unknown as Record<string, unknown>;
+      spans.push({ from: open, to: e.kind === 'freeze-lifted' && finite(r.resumeAt) ? Math.max(r.resumeAt, e.at) : e.at });
+      open = undefined;
+    }
+  }
+  if (open !== undefined) spans.push({ from: open, to: Infinity });
+  return spans;
+}
+
+/**
+ * One margin per `host-detached`. The episode of a detachment runs from the end of the host's
+ * previous one (its last return, rejoin or detach before it) to its next detach or its rejoin; the
+ * host's VM stops in that span count. The deadline is the detach's, raised by a later
+ * `fence-deadline-extended` of the same epoch, and pushed past any mass freeze it falls in (the
+ * cluster fences nothing while frozen: up to the freeze's `resumeAt`).
+ */
 function margins(input: TimelineInput, rel: (wall: number) => number): Margin[] {
   const out: Margin[] = [];
   const cluster = input.cluster.filter((e) => finite(e.at));
+  const frozen = freezeSpans(cluster);
+  const hostOf = (e: ClusterEvent) => (e as unknown as Record<string, unknown>).hostId;
   for (const d of cluster) {
     if (d.kind !== 'host-detached') continue;
     const r = d as unknown as Record<string, unknown>;
     const hostId = field(r.hostId);
     const epoch = finite(r.epoch) ? r.epoch : NaN;
-    const later = cluster.filter((e) => e.at >= d.at && e !== d && (e as unknown as Record<string, unknown>).hostId === r.hostId);
+    const later = cluster.filter((e) => e.at >= d.at && e !== d && hostOf(e) === r.hostId);
     const endEvent = later.find((e) => e.kind === 'host-returned' || e.kind === 'host-detached');
     let deadline = finite(r.fenceDeadline) ? r.fenceDeadline : NaN;
     for (const x of later) {
       if (endEvent && x.at > endEvent.at) break;
       if (x.kind === 'fence-deadline-extended' && (x as unknown as Record<string, unknown>).epoch === r.epoch && finite(x.to)) deadline = Math.max(deadline, x.to);
     }
-    const prev = cluster.filter((e) => e.at < d.at && e.kind === 'host-detached' && (e as unknown as Record<string, unknown>).hostId === r.hostId).pop();
+    const recorded = deadline;
+    for (const f of frozen) if (f.from <= deadline && deadline < f.to) deadline = f.to;
     const host = input.hosts.find((h) => h.hostId === hostId);
     const events = (host?.events ?? []).filter((e) => finite(e.at));
+    const before = [
+      ...cluster.filter((e) => e.at < d.at && hostOf(e) === r.hostId && (e.kind === 'host-detached' || e.kind === 'host-returned')).map((e) => e.at),
+      ...events.filter((e) => e.at < d.at && e.kind === 'rejoined').map((e) => e.at),
+    ];
+    const from = before.length > 0 ? Math.max(...before) : -Infinity;
     const rejoin = events.find((e) => e.kind === 'rejoined' && e.at >= d.at);
     const returned = endEvent?.kind === 'host-returned';
     const fenced = later.some((e) => e.kind === 'host-fenced' && (!endEvent || e.at <= endEvent.at));
     const until = Math.min(endEvent?.kind === 'host-detached' ? endEvent.at : Infinity, rejoin?.at ?? Infinity);
-    const from = prev?.at ?? -Infinity;
     const inEpisode = events.filter((e) => e.at > from && e.at <= until);
     const stops = inEpisode.filter((e) => e.kind === 'vm-stop');
     const failed = inEpisode.filter((e) => e.kind === 'vm-stop-failed');
     const notes: string[] = [];
-    if (r.heldAtDetach === true) notes.push('held at detach: the cluster does not fence it automatically');
-    if (!finite(deadline)) notes.push('no fence deadline recorded');
+    const held = r.heldAtDetach === true && !fenced;
+    if (held) notes.push('held at detach: the cluster does not fence it automatically');
+    if (!Number.isNaN(recorded) && deadline !== recorded) notes.push(finite(deadline) ? `mass freeze: fencing resumed only at ${formatOffset(rel(deadline))}` : 'mass freeze: the cluster fenced nothing');
+    if (Number.isNaN(recorded)) notes.push('no fence deadline recorded');
     let lastGone: number | undefined;
     if (stops.length > 0) lastGone = Math.max(...stops.map((e) => e.at));
     else if (!host) notes.push('no account from this host (pass its GC report)');
-    else if (returned && !fenced) notes.push('the host returned before its VMs were stopped: nothing to fence');
+    else if (returned && !fenced) notes.push('no VM stop recorded; the host returned (not fenced)');
     else notes.push('no VM stop recorded');
     if (failed.length > 0) notes.push(`${failed.length} VM stop(s) FAILED: those VMs may still run`);
-    const marginMs = lastGone !== undefined && finite(deadline) ? deadline - lastGone : undefined;
+    const marginMs = lastGone !== undefined && finite(deadline) && !held ? deadline - lastGone : undefined;
     out.push({
       hostId,
       epoch,

@@ -48,6 +48,34 @@ describe('timeline layout', () => {
     expect(l.margins[0]).toMatchObject({ deadline: 27200, marginMs: 9200, violation: false });
   });
 
+  it('a mass freeze pushes the deadline to its resumeAt; never lifted: no deadline, no violation', () => {
+    const s = sampleTimeline();
+    const late = violatingTimeline();
+    const entered: ClusterEvent = { kind: 'freeze-entered', at: at(12), detail: 'freeze', detached: 2, total: 3, limit: 0.55 };
+    const lifted: ClusterEvent = { kind: 'freeze-lifted', at: at(22), detail: 'lifted', detached: 1, total: 3, resumeAt: at(32) };
+    const l = layoutTimeline({ ...late, cluster: [...s.cluster, entered, lifted], violations: [] });
+    expect(l.margins[0]).toMatchObject({ deadline: 32000, lastGone: 23000, marginMs: 9000, violation: false, note: 'mass freeze: fencing resumed only at +32.000s' });
+    const never = layoutTimeline({ ...late, cluster: [...s.cluster, entered], violations: [] });
+    expect(never.margins[0]).toMatchObject({ violation: false, note: 'mass freeze: the cluster fenced nothing' });
+    expect(never.margins[0]!.marginMs).toBeUndefined();
+    // A freeze after the deadline changes nothing.
+    const after = layoutTimeline({ ...late, cluster: [...s.cluster, { ...entered, at: at(22) }, { ...lifted, at: at(40), resumeAt: at(50) }], violations: [] });
+    expect(after.margins[0]).toMatchObject({ deadline: 21200, marginMs: -1800, violation: true });
+  });
+
+  it("a host's second detachment counts only the stops after its first one ended", () => {
+    const s = sampleTimeline();
+    const again: ClusterEvent[] = [
+      { kind: 'host-detached', at: at(40), detail: 'again', hostId: 'h1', epoch: 4, fenceDeadline: at(50), heldAtDetach: false },
+      { kind: 'host-returned', at: at(45), detail: 'back', hostId: 'h1', epoch: 4 },
+    ];
+    const l = layoutTimeline({ ...s, cluster: [...s.cluster, ...again] });
+    expect(l.margins).toHaveLength(2);
+    expect(l.margins[0]).toMatchObject({ epoch: 3, marginMs: 3200 });
+    expect(l.margins[1]).toMatchObject({ epoch: 4, violation: false, note: 'no VM stop recorded; the host returned (not fenced)' });
+    expect(l.margins[1]!.lastGone).toBeUndefined();
+  });
+
   it('a failed stop is a violation even without a negative margin; no host account leaves the margin unknown', () => {
     const s = sampleTimeline();
     const h1 = [...s.hosts[0]!.events, { kind: 'vm-stop-failed' as const, at: at(17.5), vm: 'db-2', uid: 'u-db-2', error: 'EPERM' }];
