@@ -13,11 +13,13 @@ import type { VmEntry } from '../../src/domain/cluster-change.js';
 import type { HostEntry, HostWatchEvent } from '../../src/ports/controller-store.js';
 import { bareSpec } from './host-harness.js';
 
+/** The timings every record here publishes (ttl 6 s, fenceWindow 10 s). */
 export const T = DEFAULT_TIMINGS;
 
 /** Wall time is mono + this (one clock, no drift). */
 export const WALL0 = 1_700_000_000_000;
 
+/** A store-call effect. */
 export type CallEffect = Extract<Effect, { kind: 'call' }>;
 
 /** A host record (attached, epoch 1, default timings). */
@@ -130,6 +132,7 @@ export function events(fx: readonly Effect[]): ClusterEvent[] {
   return calls(fx, 'commit').flatMap((c) => (c.call.op === 'commit' ? [...(c.call.change.events ?? [])] : []));
 }
 
+/** Kinds of the events committed by `fx`. */
 export const eventKinds = (fx: readonly Effect[]): string[] => events(fx).map((e) => e.kind);
 
 /** Timers set by `fx`, as `key@delay`. */
@@ -141,6 +144,9 @@ export const ops = (fx: readonly Effect[]): string[] =>
 
 /** Commit result helpers. */
 export const ok = (revision = '200'): Reply => ({ op: 'commit', result: { ok: true, revision } });
+/** A commit that lost a race. */
 export const conflict: Reply = { op: 'commit', result: { ok: false, reason: 'conflict' } };
+/** A non-retryable failure (etcd refuses the txn as too large). */
 export const tooLarge: CallError = { code: 'FAILED_PRECONDITION', message: 'txn too large: 9000 bytes', retryable: false };
+/** A retryable failure. */
 export const unavailable: CallError = { code: 'UNAVAILABLE', message: 'etcd unreachable', retryable: true };
