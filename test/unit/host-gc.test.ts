@@ -350,6 +350,22 @@ describe('HostGc loop on a fake clock', () => {
     expect(s.cluster.registrations.at(-1)?.mode).toBe('ready');
   });
 
+  it('refuses to start on a corrupt persisted lifecycle state with INVENTORY_ERROR (it does not guess a phase)', () => {
+    const h = fakeHost();
+    h.inventory.setMeta('gc.state', '{"phase":"attached","epoch":1,"held":false,"lastAck":12');
+    const make = () => new HostGc(h.ctx, new FakeCluster(h.clock), { timings: T, bootId: 'b', capacity: { vcpu: 1, memoryMb: 1 }, agentVersion: 't', agentId: 'agent-1', holder: 't' });
+    let err: unknown;
+    try {
+      make();
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(TetherError);
+    expect((err as TetherError).code).toBe('INVENTORY_ERROR');
+    h.inventory.setMeta('gc.state', JSON.stringify({ bootId: 'b', phase: 'attached', epoch: 1, held: false, lastAck: 12 }));
+    expect(make().phase).toBe('detached');
+  });
+
   it('resumes a fence after an agent restart (same boot): the persisted phase and lastAck keep the deadline', async () => {
     const s = await setup();
     s.cluster.mode = 'hang';
