@@ -50,7 +50,8 @@ export interface ChaosReport {
   readonly plan: readonly PlannedFault[];
   readonly faults: readonly Omit<AppliedFault, 'heal' | 'planned'>[];
   readonly perFault: readonly Record<string, unknown>[];
-  readonly sampler: { readonly samples: number; readonly maxGapMs: number; readonly incarnations: number };
+  /** Every QEMU incarnation the sampler saw: first and last seen alive, seconds from t=0. */
+  readonly sampler: { readonly samples: number; readonly maxGapMs: number; readonly incarnations: readonly { key: string; uid: string; hostId: string; firstSeenS: number; lastSeenS: number }[] };
   readonly convergence: { readonly converged: boolean; readonly afterHealMs: number | null; readonly lastProblems: readonly string[] };
   readonly audit: Record<string, unknown>;
   readonly violations: readonly TimelineViolation[];
@@ -169,7 +170,11 @@ export class ChaosRun {
       plan,
       faults: this.faults.map(({ heal: _h, planned: _p, ...f }) => f),
       perFault: this.perFault(events, origin),
-      sampler: { samples: this.sampler?.samples ?? 0, maxGapMs: this.sampler?.maxGapMs ?? 0, incarnations: this.sampler?.seen.size ?? 0 },
+      sampler: {
+        samples: this.sampler?.samples ?? 0,
+        maxGapMs: this.sampler?.maxGapMs ?? 0,
+        incarnations: [...(this.sampler?.seen.values() ?? [])].map((s) => ({ key: s.key, uid: s.uid, hostId: s.hostId, firstSeenS: (s.firstSeen - origin) / 1000, lastSeenS: (s.lastSeen - origin) / 1000 })),
+      },
       convergence,
       audit,
       violations: this.violations,
@@ -364,7 +369,7 @@ export class ChaosRun {
       title: `chaos seed ${this.o.seed} ${new Date(origin).toISOString().slice(0, 16)}Z`,
       origin,
       cluster: events,
-      hosts: this.c.hostIds.map((hostId) => ({ hostId, events: this.observer?.timeline(hostId, journals.get(hostId)) ?? [] })),
+      hosts: this.c.hostIds.map((hostId) => ({ hostId, events: this.observer?.timeline(hostId, journals.get(hostId), (uid) => this.sampler?.seen.get(uid)?.lastSeen) ?? [] })),
       faults: this.faults.filter((f) => !f.skipped).map((f) => ({ at: f.at, ...(f.until !== undefined ? { until: f.until } : {}), kind: f.kind, target: f.target, ...(f.detail ? { detail: f.detail } : {}) })),
       violations: this.violations,
     };

@@ -85,7 +85,7 @@ export class HostObserver {
   }
 
   /** `host` lane of the timeline: phase changes, GC reports and the guardian's `fired` lines. */
-  timeline(hostId: string, guardianJournal: string | undefined): HostTimelineEvent[] {
+  timeline(hostId: string, guardianJournal: string | undefined, lastSeen: (uid: string) => number | undefined = () => undefined): HostTimelineEvent[] {
     const out: HostTimelineEvent[] = [];
     const reportedRejoins = new Set([...(this.reports.get(hostId)?.values() ?? [])].map((r) => r.rejoinedEpoch));
     let prevEpoch: number | undefined;
@@ -102,7 +102,10 @@ export class HostObserver {
       out.push({ at: r.startedAt, kind: 'fence-started', reason: r.reason });
       if (r.reason === 'watchdog' && r.fenceStartAfterAckMs !== undefined) out.push({ at: r.startedAt, kind: 'watchdog-expired' });
       for (const s of r.stops) {
-        const at = r.startedAt + s.stoppedAfterMs;
+        // The agent's report says when it saw the VM gone; a guardian's kill (or a stop the agent
+        // made while frozen) happened earlier. The process table says when the QEMU was last alive.
+        const seen = lastSeen(s.uid);
+        const at = seen !== undefined && s.method !== 'failed' ? Math.min(seen, r.startedAt + s.stoppedAfterMs) : r.startedAt + s.stoppedAfterMs;
         if (s.method === 'failed') out.push({ at, kind: 'vm-stop-failed', vm: s.vm, uid: s.uid, ...(s.error ? { error: s.error } : {}) });
         else out.push({ at, kind: 'vm-stop', vm: s.vm, uid: s.uid, method: s.method === 'graceful' ? 'graceful' : s.method === 'forced-guardian' ? 'forced-guardian' : 'forced' });
       }
