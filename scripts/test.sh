@@ -24,9 +24,9 @@ if (r.numTotalTests === 0) process.exitCode = 1;
 # A short chaos run on real parts (docs/chaos.md): fails on a double run, non-convergence or a leftover.
 # Only on a full run (no test files named); TETHER_SKIP_CHAOS=1 skips it, CHAOS_SEED picks the seed.
 if [ $# -eq 0 ] && [ "${TETHER_SKIP_CHAOS:-0}" != 1 ]; then
-  echo "[test] chaos (1.2 min of faults, seed ${CHAOS_SEED:=$RANDOM})"
+  echo "[test] chaos (1 min of faults, seed ${CHAOS_SEED:=$RANDOM})"
   chaos_out=/tmp/tether-chaos/ci-seed-$CHAOS_SEED   # kept (report, timeline, logs) only when the run fails
-  if npm run --silent chaos -- --minutes 1.2 --seed "$CHAOS_SEED" --converge-timeout 60 --out "$chaos_out"; then rm -rf "$chaos_out"
+  if npm run --silent chaos -- --minutes 1 --seed "$CHAOS_SEED" --converge-timeout 90 --out "$chaos_out"; then rm -rf "$chaos_out"
   else status=1; echo "[test] chaos failed: report, timeline and logs in $chaos_out"; fi
 fi
 bash scripts/check-leaks.sh || status=1
