@@ -62,7 +62,10 @@ function strip(l: TimelineLayout, width: number): string[] {
       for (let c = col(b.from); c <= col(b.to ?? l.end); c++) row[c] = ch;
       if (b.kind === 'fence-window' && b.to !== undefined) row[col(b.to)] = '|';
     }
-    for (const m of l.marks.filter((x) => x.lane === lane.id && !x.minor)) row[col(m.t)] = SYMBOL[m.kind] ?? 'o';
+    // Where marks share a column, the more severe one shows.
+    const rank: Record<Severity, number> = { info: 0, good: 1, warn: 2, bad: 3 };
+    const marks = l.marks.filter((x) => x.lane === lane.id && !x.minor).map((m, i) => [m, i] as const);
+    for (const [m] of marks.sort((a, b) => rank[a[0].severity] - rank[b[0].severity] || a[1] - b[1])) row[col(m.t)] = SYMBOL[m.kind] ?? 'o';
     if (lane.kind === 'host') for (const g of l.margins.filter((x) => `host:${x.hostId}` === lane.id && x.violation && x.lastGone !== undefined)) row[col(g.lastGone!)] = '!';
     lines.push(`  ${safeText(lane.label, 24).padEnd(name)} |${row.join('')}|`);
   }
@@ -126,7 +129,7 @@ export function renderText(input: TimelineInput | TimelineLayout, opts: TextOpti
   out.push(...strip(l, width));
   out.push('  legend: e controller elected  D detached  F fenced  p placed again  r returned  h last heartbeat acked');
   out.push('          d host detached  w/W watchdog armed/expired  f fence start  s VM stopped  X stop failed  c cleaned  v verified  R rejoined');
-  out.push('          G guardian fired  --| fence window and deadline  .. watchdog  ~ fault  ! violation');
+  out.push('          G guardian fired  o other  --| fence window and deadline  .. watchdog  ~ fault  ! violation');
   out.push('');
   out.push('EVENTS');
   const order = eventRows(l).map((r) => [r.time, r.lane, r.kind, r.what, r.severity] as const);

@@ -65,6 +65,7 @@ export function registerTimelineCommand(program: Command): void {
   addEtcdSecurityOptions(
     program
       .command('timeline')
+      .argument('[file]', 'a timeline JSON file (the same as --from)')
       .description('what happened (heartbeats, detach, watchdog, VM stops, fence window and deadline, fence, reschedule, rejoin) with the safety margin marked')
       .option('--from <file>', 'a timeline JSON file (as `npm run sim` and `npm run chaos` write it, or `tether timeline --live --json`)')
       .option('--live', "the cluster's events from etcd (with --host-report for a host's own account)")
@@ -77,7 +78,9 @@ export function registerTimelineCommand(program: Command): void {
       .option('--html <out.html>', 'also write one self-contained HTML/SVG file')
       .option('--json', 'print the timeline input as JSON instead of text (save it, render it later with --from)')
       .option('--no-color', 'no ANSI colours even on a terminal (also NO_COLOR)'),
-  ).action(async (o: TimelineFlags) => {
+  ).action(async (file: string | undefined, o: TimelineFlags) => {
+    if (file !== undefined && o.from !== undefined && file !== o.from) throw new TetherError('INVALID_ARGUMENT', `two timeline files given (${file} and --from ${o.from}): give one`);
+    if (file !== undefined) o.from = file;
     const input = await timelineInputFor(o, Date.now());
     if (o.html !== undefined) {
       try {
