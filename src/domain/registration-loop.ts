@@ -15,6 +15,7 @@
  *   intervals for retryable errors and at the TTL for the others (reported once per message: they
  *   keep failing until an operator fixes the cause).
  */
+import { TetherError, messageOf } from './errors.js';
 import type { GcTimings } from './gc-timing.js';
 import type { HostEvent, HostPhase } from './host-lifecycle.js';
 import type { RegistrationRefusal } from './registration.js';
@@ -63,15 +64,22 @@ export function judgeRegistration(t: GcTimings, answer: RegistrationAnswer, sent
 export interface RegistrationRetry {
   readonly delayMs: number;
   readonly nextBackoffMs: number;
+  /** Whether the failure may pass by itself: anything but a TetherError marked not retryable (e.g. a malformed record). */
+  readonly retryable: boolean;
+  readonly message: string;
   /** Tell the operator: a non-retryable failure with a new message. */
   readonly report: boolean;
 }
 
-/** After an attempt failed with `err` (retryable or not, its message), `backoffMs` being the current wait. */
-export function registrationRetry(t: GcTimings, backoffMs: number, err: { readonly retryable: boolean; readonly message: string }, lastError: string | undefined): RegistrationRetry {
+/** After an attempt failed with `err`, `backoffMs` being the current wait and `lastError` the last non-retryable message reported. */
+export function registrationRetry(t: GcTimings, backoffMs: number, err: unknown, lastError: string | undefined): RegistrationRetry {
+  const retryable = !(err instanceof TetherError) || err.retryable;
+  const message = messageOf(err);
   return {
     delayMs: backoffMs,
-    nextBackoffMs: Math.min(backoffMs * 2, err.retryable ? t.heartbeatInterval * 2 : t.ttl),
-    report: !err.retryable && lastError !== err.message,
+    nextBackoffMs: Math.min(backoffMs * 2, retryable ? t.heartbeatInterval * 2 : t.ttl),
+    retryable,
+    message,
+    report: !retryable && lastError !== message,
   };
 }

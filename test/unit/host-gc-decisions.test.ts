@@ -126,7 +126,7 @@ describe('registration loop decisions', () => {
       const out: number[] = [];
       let b = FIRST_REGISTRATION_BACKOFF_MS;
       for (let i = 0; i < 8; i++) {
-        const r = registrationRetry(T, b, { retryable, message: 'x' }, undefined);
+        const r = registrationRetry(T, b, retryable ? new Error('x') : new TetherError('INVALID_RECORD', 'x'), undefined);
         out.push(r.delayMs);
         b = r.nextBackoffMs;
       }
@@ -134,10 +134,12 @@ describe('registration loop decisions', () => {
     };
     expect(waits(true)).toEqual([250, 500, 1000, 2000, 2000, 2000, 2000, 2000]);
     expect(waits(false)).toEqual([250, 500, 1000, 2000, 4000, 6000, 6000, 6000]);
-    expect(registrationRetry(T, 250, { retryable: false, message: 'bad record' }, undefined).report).toBe(true);
-    expect(registrationRetry(T, 250, { retryable: false, message: 'bad record' }, 'bad record').report).toBe(false);
-    expect(registrationRetry(T, 250, { retryable: false, message: 'other' }, 'bad record').report).toBe(true);
-    expect(registrationRetry(T, 250, { retryable: true, message: 'timeout' }, undefined).report).toBe(false);
+    const bad = new TetherError('INVALID_RECORD', 'bad record');
+    expect(registrationRetry(T, 250, bad, undefined)).toMatchObject({ retryable: false, message: 'bad record', report: true });
+    expect(registrationRetry(T, 250, bad, 'bad record').report).toBe(false);
+    expect(registrationRetry(T, 250, new TetherError('INVALID_RECORD', 'other'), 'bad record').report).toBe(true);
+    expect(registrationRetry(T, 250, new TetherError('TIMEOUT', 'timeout', { retryable: true }), undefined)).toMatchObject({ retryable: true, report: false });
+    expect(registrationRetry(T, 250, 'a thrown string', undefined)).toMatchObject({ retryable: true, message: 'a thrown string', report: false });
   });
 });
 

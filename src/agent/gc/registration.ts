@@ -1,4 +1,4 @@
-import { TetherError, messageOf } from '../../domain/errors.js';
+import { TetherError } from '../../domain/errors.js';
 import {
   FIRST_REGISTRATION_BACKOFF_MS,
   judgeRegistration,
@@ -101,17 +101,16 @@ export class Registrar {
           s.dispatch(v.event);
           return;
         } catch (err) {
-          const retryable = !(err instanceof TetherError) || err.retryable;
-          const message = messageOf(err);
-          const r = registrationRetry(t, backoff, { retryable, message }, lastError);
-          if (retryable) logger.debug({ mode, err: message }, 'registration attempt failed');
+          const r = registrationRetry(t, backoff, err, lastError);
+          if (r.retryable) logger.debug({ mode, err: r.message }, 'registration attempt failed');
           else {
             // e.g. a malformed host record: say so loudly (once per message) and keep backing off.
+            const code = err instanceof TetherError ? err.code : undefined;
             if (r.report) {
-              logger.error({ mode, code: (err as TetherError).code, err: message }, 'registration failed and will keep failing until an operator fixes the cause');
-              inventory.addEvent('registration-error', clock.now(), { code: (err as TetherError).code, err: message });
+              logger.error({ mode, code, err: r.message }, 'registration failed and will keep failing until an operator fixes the cause');
+              inventory.addEvent('registration-error', clock.now(), { code, err: r.message });
             }
-            lastError = message;
+            lastError = r.message;
           }
           await clock.sleep(r.delayMs);
           backoff = r.nextBackoffMs;
