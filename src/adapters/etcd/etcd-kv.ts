@@ -1,5 +1,6 @@
 import {
   castGrpcError,
+  castGrpcErrorMessage,
   CompareResult,
   CompareTarget,
   EtcdLeaseInvalidError,
@@ -311,7 +312,8 @@ export class EtcdKv implements Kv {
           return;
         }
         if (res.canceled) {
-          end(new TetherError('UNAVAILABLE', `${what}: canceled by etcd${res.cancel_reason ? `: ${res.cancel_reason}` : ''}`, { retryable: true }));
+          // A reason (e.g. "etcdserver: permission denied") maps like any etcd error; none: a retryable UNAVAILABLE.
+          end(res.cancel_reason ? asKvError(what, castGrpcErrorMessage(res.cancel_reason)) : new TetherError('UNAVAILABLE', `${what}: canceled by etcd`, { retryable: true }));
           return;
         }
         if (state !== 'open' || !res.events || res.events.length === 0) return;
