@@ -36,6 +36,8 @@ export interface Mark {
   /** One short line. */
   readonly label: string;
   readonly severity: Severity;
+  /** The event's own line for people (cluster events' `detail`), if any: shown on hover in HTML. */
+  readonly detail?: string;
   /** Heartbeats are many: all but the last before trouble are `minor` (ticks, not lines). */
   readonly minor?: boolean;
 }
@@ -292,7 +294,8 @@ export function layoutTimeline(input: TimelineInput): TimelineLayout {
   const bands: Band[] = [];
   for (const e of input.cluster) {
     if (!finite(e.at)) continue;
-    marks.push(clusterMark(e, rel(e.at), rel));
+    const m = clusterMark(e, rel(e.at), rel);
+    marks.push(typeof e.detail === 'string' && e.detail !== '' ? { ...m, detail: e.detail } : m);
   }
   const hostIds = new Set<string>();
   for (const h of input.hosts) hostIds.add(field(h.hostId));

@@ -83,7 +83,7 @@ export function renderHtml(input: TimelineInput | TimelineLayout, opts: HtmlOpti
         ends.push(0);
       }
       ends[row] = lx + w;
-      laid.push({ x: lx, row, text, full: `${formatOffset(m.t)} ${m.label}`, color: COLOR[m.severity], markX: mx });
+      laid.push({ x: lx, row, text, full: `${formatOffset(m.t)} ${m.label}${m.detail === undefined ? '' : ` \u2014 ${m.detail}`}`, color: COLOR[m.severity], markX: mx });
     }
     laneLabels.set(lane.id, laid);
   }
