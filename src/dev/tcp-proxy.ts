@@ -22,7 +22,7 @@ import { raiseOwnPriority } from '../adapters/process-priority.js';
 import { InvalidArgumentError, TetherError } from '../domain/errors.js';
 
 /** Behaviour of a {@link FaultProxy}. */
-export type FaultMode = 'pass' | 'blackhole' | 'refuse';
+export type FaultMode = 'pass' | 'blackhole' | 'refuse' | 'drop-replies';
 
 /** Counters since the proxy started. Bytes "up" go client -> upstream, "down" upstream -> client. */
 export interface FaultProxyStats {
@@ -97,6 +97,8 @@ interface Conn {
   upstream: Socket | undefined;
   /** Open during a blackhole: never forwards again, destroyed on heal. */
   tainted: boolean;
+  /** Lost upstream bytes in `drop-replies` mode: destroyed on heal. */
+  lossy?: boolean;
   readonly up: Lane;
   readonly down: Lane;
 }
@@ -120,6 +122,8 @@ function parseEndpoint(endpoint: string): { prefix: string; host: string; port: 
  *    client. Every connection open during the blackhole is destroyed by `heal()`.
  *  - `refuse`: the listener is closed (connecting gets ECONNREFUSED) and every connection was
  *    reset. `heal()` listens again on the SAME port.
+ *  - `drop-replies` (a one-way cut): client bytes are forwarded, upstream bytes are discarded;
+ *    every connection that lost a byte is destroyed by `heal()`.
  *  - After `close()` nothing of the proxy remains (listener, sockets, timers) and every mode call throws.
  */
 export class FaultProxy {
@@ -207,7 +211,7 @@ export class FaultProxy {
   async heal(): Promise<void> {
     this.assertOpen();
     this.currentMode = 'pass';
-    for (const c of [...this.conns]) if (c.tainted) this.destroyConn(c, false);
+    for (const c of [...this.conns]) if (c.tainted || c.lossy) this.destroyConn(c, false);
     if (!this.server.listening) await this.listen(this.boundPort);
   }
 
@@ -220,6 +224,17 @@ export class FaultProxy {
     this.currentMode = 'refuse';
     for (const c of [...this.conns]) this.destroyConn(c, true);
     await this.closeListener();
+  }
+
+  /**
+   * A one-way cut: client bytes still reach the upstream (requests are applied), every upstream
+   * byte is discarded (answers are lost), connections stay open. `heal()` destroys every connection
+   * that lost a byte this way.
+   */
+  dropReplies(): void {
+    this.assertOpen();
+    if (this.currentMode !== 'pass') throw new TetherError('FAILED_PRECONDITION', `drop-replies from ${this.currentMode}: heal first`);
+    this.currentMode = 'drop-replies';
   }
 
   /** Sets the one-way delay for chunks read from now on (both directions; order is kept). */
@@ -299,7 +314,8 @@ export class FaultProxy {
   }
 
   private onData(conn: Conn, dir: 'up' | 'down', chunk: Buffer): void {
-    if (conn.tainted) {
+    if (conn.tainted || (dir === 'down' && this.currentMode === 'drop-replies')) {
+      if (!conn.tainted) conn.lossy = true;
       this.drop(dir, chunk.length);
       return;
     }
@@ -394,6 +410,11 @@ export class FaultProxyGroup {
   /** {@link FaultProxy.heal} on every proxy. */
   async heal(): Promise<void> {
     await Promise.all(this.proxies.map((p) => p.heal()));
+  }
+
+  /** {@link FaultProxy.dropReplies} on every proxy. */
+  dropReplies(): void {
+    for (const p of this.proxies) p.dropReplies();
   }
 
   /** {@link FaultProxy.refuse} on every proxy. */

@@ -16,9 +16,10 @@ import { devHostDir } from '../dev-state.js';
  * Agent timings of a chaos run (those of the cluster integration test): ttl 3s, heartbeat 1s,
  * detach 2s, watchdog 9s, grace 3s, kill 2s, fence window 12s (9 + 3 + 2 + 1 <= 3 + 12): a cut
  * host stops its VMs within ~14 s and the controller fences it ~15 s after its last acknowledged
- * heartbeat, so faults of a few seconds to half a minute exercise both blips and fences.
+ * heartbeat, so faults of a few seconds to half a minute exercise both blips and fences. A guest
+ * may take 120 s to be ready (TCG guests on a loaded 2-core machine took over 60 s).
  */
-export const CHAOS_AGENT_TIMINGS: readonly string[] = ['--ttl', '3s', '--heartbeat-interval', '1s', '--detach-after', '2s', '--watchdog-timeout', '9s', '--stop-grace', '3s', '--kill-timeout', '2s', '--fence-window', '12s'];
+export const CHAOS_AGENT_TIMINGS: readonly string[] = ['--ttl', '3s', '--heartbeat-interval', '1s', '--detach-after', '2s', '--watchdog-timeout', '9s', '--stop-grace', '3s', '--kill-timeout', '2s', '--fence-window', '12s', '--ready-timeout', '120s'];
 
 /** Controller flags of a chaos run: a leader lease of 3 s, so a killed leader is replaced quickly. */
 export const CHAOS_CONTROLLER_ARGS: readonly string[] = ['--leader-ttl', '3s', '--log-level', 'info'];

@@ -197,20 +197,22 @@ export class ChaosRun {
   }
 
   private async createVms(keys: readonly string[]): Promise<void> {
+    // One at a time: four TCG guests booting at once on a loaded 2-core machine can miss their
+    // ready timeout, and a failed VM is terminal.
     const store = this.c.store!;
     for (const [i, key] of keys.entries()) {
       const name = key.split('/')[1]!;
       const spec = specFromFlintlock({ id: name, namespace: 'chaos', vcpu: 1, memory_in_mb: 96, interfaces: [{ device_id: 'eth0', type: 'TAP', address: { address: `10.98.${i}.2/24` } }] });
       const created = await clusterCreate(store, spec);
       this.log(`[chaos] ${created.key} placed on ${created.record.hostId ?? '(none)'} as ${created.record.uid}`);
-    }
-    const t0 = Date.now();
-    for (;;) {
-      if (this.interrupted) throw new Error('interrupted');
-      const vms = await store.listVms(5000);
-      if (vms.length === keys.length && vms.every((v) => v.record.phase === 'running')) return;
-      if (Date.now() - t0 > 120_000) throw new Error(`VMs not running after 120 s: ${vms.map((v) => `${v.key} ${v.record.phase} ${v.record.reason ?? ''}`).join('; ')}`);
-      await sleep(500);
+      const t0 = Date.now();
+      for (;;) {
+        if (this.interrupted) throw new Error('interrupted');
+        const r = (await store.listVms(5000)).find((v) => v.key === key)?.record;
+        if (r?.phase === 'running') break;
+        if (r?.phase === 'failed' || Date.now() - t0 > 150_000) throw new Error(`${key} not running after ${((Date.now() - t0) / 1000).toFixed(0)} s: ${r?.phase ?? 'no record'} ${r?.reason ?? ''}`);
+        await sleep(500);
+      }
     }
   }
 

@@ -52,6 +52,15 @@ export async function applyFault(c: ChaosCluster, plan: PlannedFault, n: number)
       };
       break;
     }
+    case 'partition-oneway': {
+      const h = c.host(plan.target);
+      h.proxies.dropReplies();
+      f.detail = 'one way: the host\'s requests reach etcd (keepalives renew its lease), every answer is lost';
+      f.heal = async () => {
+        await h.proxies.heal();
+      };
+      break;
+    }
     case 'agent-pause': {
       if (!c.signalAgent(plan.target, 'SIGSTOP')) {
         f.skipped = 'agent not running';

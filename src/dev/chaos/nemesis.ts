@@ -14,6 +14,7 @@
 /** Every kind of fault the chaos nemesis applies. */
 export const CHAOS_FAULT_KINDS = [
   'partition',
+  'partition-oneway',
   'agent-pause',
   'agent-kill',
   'guardian-pause',
@@ -81,6 +82,7 @@ export class Rng {
 /** Relative weights of the kinds (partitions and agent faults matter most for Tether's promise). */
 const WEIGHTS: Readonly<Record<ChaosFaultKind, number>> = {
   partition: 5,
+  'partition-oneway': 2,
   'agent-pause': 3,
   'agent-kill': 3,
   'guardian-pause': 1,
@@ -96,6 +98,8 @@ function duration(rng: Rng, kind: ChaosFaultKind): number {
   switch (kind) {
     case 'partition':
       return rng.next() < 0.4 ? rng.int(1_000, 4_000) : rng.int(14_000, 32_000);
+    case 'partition-oneway':
+      return rng.next() < 0.3 ? rng.int(1_000, 4_000) : rng.int(12_000, 28_000);
     case 'agent-pause':
       return rng.next() < 0.5 ? rng.int(2_000, 6_000) : rng.int(12_000, 24_000);
     case 'agent-kill':
