@@ -18,6 +18,8 @@ export class GuardianSupervisor {
   private fed: number | null | undefined;
   /** Whether the guardian is known to run (undefined: not checked yet). */
   private up: boolean | undefined;
+  /** The check in progress, if any. */
+  private checking: Promise<void> | undefined;
 
   constructor(
     private readonly s: GcSession,
@@ -39,10 +41,20 @@ export class GuardianSupervisor {
     this.fed = d;
   }
 
-  /** Starts the guardian again when it is gone (its death must not silently remove the protection). Never throws. */
-  async supervise(): Promise<void> {
-    const g = this.g;
-    if (!g || this.s.stopped) return;
+  /**
+   * Starts the guardian again when it is gone (its death must not silently remove the protection).
+   * Never throws. Checks do not overlap: a call while one runs shares it (a start that several
+   * overlapping checks saw would otherwise be reported as restarts).
+   */
+  supervise(): Promise<void> {
+    if (!this.g || this.s.stopped) return Promise.resolve();
+    this.checking ??= this.check(this.g).finally(() => {
+      this.checking = undefined;
+    });
+    return this.checking;
+  }
+
+  private async check(g: Guardian): Promise<void> {
     const { logger, inventory, clock } = this.s.ctx;
     let check: GuardianCheck;
     let pid: number | undefined;
