@@ -1,7 +1,8 @@
 /**
- * A cluster of simulated hosts around the Controller, on one fake clock and the in-memory store
- * (etcd semantics: revisions, txns and their size limits, leases that expire on the clock, raft terms
- * in response headers). Simulated hosts are lease holders with a record and an `alive` key, as the
+ * A cluster of simulated hosts around the Controller, on one fake clock and the production
+ * `KvControllerStore` over the etcd model (src/dev/etcd-model: revisions, txns and etcd's limits,
+ * leases with etcd's minimum TTL that expire on the clock, raft terms in response headers, leases
+ * refreshed on a leader change). Simulated hosts are lease holders with a record and an `alive` key, as the
  * agent's registration writes them, and they acknowledge holds (`holdSeen`) while they are live, as
  * the agent's hold protocol does.
  *
@@ -16,11 +17,11 @@ import type { HostRecord } from '../../src/domain/host-record.js';
 import { decideRegistration } from '../../src/domain/registration.js';
 import type { VmSpec } from '../../src/domain/vm.js';
 import { Controller, type ControllerOptions } from '../../src/controller/controller.js';
-import { MemoryControllerStore, type MemoryControllerStoreOptions } from '../../src/controller/memory-controller-store.js';
 import type { LeaseId } from '../../src/ports/cluster-store.js';
 import { FakeClock } from './fake-clock.js';
 import { silentLogger } from './fake-ports.js';
 import { bareSpec } from './host-harness.js';
+import { ModelControllerStore, type ModelControllerStoreOptions } from './model-cluster.js';
 
 /** The timings simulated hosts publish by default (ttl 6 s, fenceWindow 10 s). */
 export const T = DEFAULT_TIMINGS;
@@ -36,7 +37,7 @@ export async function settle(): Promise<void> {
 /** A cluster of simulated hosts on one fake clock. */
 export class Sim {
   readonly clock = new FakeClock();
-  readonly store: MemoryControllerStore;
+  readonly store: ModelControllerStore;
   /** Leases kept alive by {@link run}. */
   readonly live = new Map<string, LeaseId>();
   readonly controllers: Controller[] = [];
@@ -48,8 +49,8 @@ export class Sim {
   readonly logs: string[] = [];
 
   constructor(
-    storeOptions: MemoryControllerStoreOptions = {},
-    makeStore: (clock: FakeClock, opts: MemoryControllerStoreOptions) => MemoryControllerStore = (clock, opts) => new MemoryControllerStore(clock, '/tether/', opts),
+    storeOptions: ModelControllerStoreOptions = {},
+    makeStore: (clock: FakeClock, opts: ModelControllerStoreOptions) => ModelControllerStore = (clock, opts) => new ModelControllerStore(clock, '/tether/', opts),
   ) {
     this.store = makeStore(this.clock, storeOptions);
   }

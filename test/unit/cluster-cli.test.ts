@@ -1,15 +1,15 @@
 import { describe, expect, it } from 'vitest';
 import { clusterCreate, clusterDelete } from '../../src/cli/cluster-vms.js';
 import { holdColumn } from '../../src/cli/commands/host.js';
-import { MemoryControllerStore } from '../../src/controller/memory-controller-store.js';
 import { DEFAULT_TIMINGS } from '../../src/domain/gc-timing.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
 import { specFromFlintlock } from '../../src/api/grpc/spec-mapping.js';
 import { expectCode } from '../support/expect-code.js';
 import { FakeClock } from '../support/fake-clock.js';
 import { sampleSpec } from '../support/host-harness.js';
+import { ModelControllerStore } from '../support/model-cluster.js';
 
-function host(store: MemoryControllerStore, hostId: string, extra: Partial<HostRecord> = {}, alive = true): void {
+function host(store: ModelControllerStore, hostId: string, extra: Partial<HostRecord> = {}, alive = true): void {
   const rec: HostRecord = { hostId, state: 'attached', epoch: 2, timings: DEFAULT_TIMINGS, hold: false, capacity: { vcpu: 4, memoryMb: 1024 }, labels: {}, agentVersion: 't', updatedAt: 0, ...extra };
   store.putRaw(`hosts/${hostId}/record`, rec);
   if (alive) store.putRaw(`hosts/${hostId}/alive`, { epoch: rec.epoch, agentVersion: 't' }, store.grantLease(6000));
@@ -18,7 +18,7 @@ function host(store: MemoryControllerStore, hostId: string, extra: Partial<HostR
 
 describe('cluster VM operations (tether vm ... --etcd-endpoints)', () => {
   it('places by capacity on a schedulable host at its epoch, or on --host; never on a held, detached or dead host', async () => {
-    const store = new MemoryControllerStore(new FakeClock());
+    const store = new ModelControllerStore(new FakeClock());
     host(store, 'a', { capacity: { vcpu: 4, memoryMb: 512 } });
     host(store, 'b', { capacity: { vcpu: 4, memoryMb: 2048 } });
     host(store, 'held', { hold: true, capacity: { vcpu: 64, memoryMb: 65536 } });
@@ -37,7 +37,7 @@ describe('cluster VM operations (tether vm ... --etcd-endpoints)', () => {
   });
 
   it('without capacity the VM waits pending with the reason; bad specs are refused before anything is written', async () => {
-    const store = new MemoryControllerStore(new FakeClock());
+    const store = new ModelControllerStore(new FakeClock());
     host(store, 'small', { capacity: { vcpu: 1, memoryMb: 64 } });
     const c = await clusterCreate(store, sampleSpec('big', 'ns'));
     expect(c.record.hostId).toBeUndefined();
@@ -47,7 +47,7 @@ describe('cluster VM operations (tether vm ... --etcd-endpoints)', () => {
   });
 
   it('delete marks a placed VM deleting (its host removes it) and removes an unplaced one at once', async () => {
-    const store = new MemoryControllerStore(new FakeClock());
+    const store = new ModelControllerStore(new FakeClock());
     host(store, 'a');
     await clusterCreate(store, sampleSpec('placed', 'ns'));
     expect(await clusterDelete(store, 'ns/placed')).toBe('deleting');
@@ -59,7 +59,7 @@ describe('cluster VM operations (tether vm ... --etcd-endpoints)', () => {
   });
 
   it('an unreadable record is neither overwritten by a create nor invisible to a delete; it is reported once per revision', async () => {
-    const store = new MemoryControllerStore(new FakeClock());
+    const store = new ModelControllerStore(new FakeClock());
     host(store, 'a');
     const reports: string[] = [];
     store.invalidRecords.subscribe((r) => reports.push(`${r.key} ${r.error.field}@${r.revision}`));

@@ -10,11 +10,11 @@ import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
 import { fenceChange, LOST_VMS_LISTED, vmsLostChanges } from '../../src/domain/fence-changes.js';
 import { TetherError } from '../../src/domain/errors.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
-import { MemoryControllerStore } from '../../src/controller/memory-controller-store.js';
 import { operatorFence } from '../../src/controller/operator.js';
 import type { Change, CommitResult } from '../../src/ports/controller-store.js';
 import { expectCode } from '../support/expect-code.js';
 import { Sim, spec, T } from '../support/controller-sim.js';
+import { ModelControllerStore } from '../support/model-cluster.js';
 
 let sim: Sim | undefined;
 afterEach(async () => {
@@ -42,8 +42,8 @@ const entries = (n: number, over: Partial<ClusterVmRecord> = {}): VmEntry[] =>
   });
 const fits = (c: ClusterChange, leader: boolean, limits: TxnLimits = DEFAULT_TXN_LIMITS) => txnLimitProblem(txnOpCounts(c, leader), estimateTxnBytes(c, leader), limits) === undefined;
 
-/** The in-memory store, counting commits per host and optionally failing lost-marking txns (a controller that dies mid-fence). */
-class CountingStore extends MemoryControllerStore {
+/** The store over the etcd model, counting commits per host and optionally failing lost-marking txns (a controller that dies mid-fence). */
+class CountingStore extends ModelControllerStore {
   readonly commitsByHost = new Map<string, number>();
   failMarkLost = false;
   override async commit(change: Change, deadlineMs: number): Promise<CommitResult> {
@@ -64,8 +64,8 @@ describe('txn size as etcd counts it', () => {
     expect(txnLimitProblem({ compares: 1, success: 1, failure: 0 }, 2_000_000, DEFAULT_TXN_LIMITS)).toMatch(/bytes/);
   });
 
-  it('the in-memory store refuses a txn over the limits with a NON-retryable error, like etcd', async () => {
-    const store = new MemoryControllerStore(new Sim().clock);
+  it('the store refuses a txn over the limits with a NON-retryable error, like etcd', async () => {
+    const store = new ModelControllerStore(new Sim().clock);
     const change: ClusterChange = { vms: Array.from({ length: 129 }, (_, i) => ({ key: `ns/v${i}`, expectRevision: null, next: vmRec(`v${i}`) })) };
     const err = await expectCode(store.commit(change, 1000), 'FAILED_PRECONDITION');
     expect(err.retryable).toBe(false);

@@ -3,99 +3,20 @@ import { HostGc } from '../../src/agent/gc/host-gc.js';
 import { TetherError } from '../../src/domain/errors.js';
 import { DEFAULT_TIMINGS as T } from '../../src/domain/gc-timing.js';
 import type { HostPhase } from '../../src/domain/host-lifecycle.js';
-import type { HostRecord } from '../../src/domain/host-record.js';
-import type { ClusterStore, HoldAckResult, KeepaliveAnswer, Registration, RegistrationResult } from '../../src/ports/cluster-store.js';
 import type { Guardian } from '../../src/ports/guardian.js';
 import type { GuardianFiredRecord } from '../../src/domain/guardian.js';
-import { decideRegistration } from '../../src/domain/registration.js';
-import type { FakeClock } from '../support/fake-clock.js';
 import { fakeHost, sampleSpec, uidOf } from '../support/host-harness.js';
+import { ModelClusterStore } from '../support/model-cluster.js';
 import { runPlan } from '../../src/domain/plan.js';
 import { createPlanner } from '../../src/agent/plans/create-plan.js';
 
 /**
- * A cluster whose answers the test controls: `ok`, `hang` (until the call's deadline), `lost` (the
- * lease is gone), or `taken` (another agent's lease holds the alive key). Registration follows the
- * real rules (src/domain/registration.ts); the hold protocol's `holdSeen` is kept like etcd would.
+ * The cluster is the production `KvClusterStore` over the etcd model (test/support/model-cluster.ts),
+ * steered by the test: `mode` `ok`, `hang` (nothing answers until the call's deadline), `lost` (the
+ * lease is revoked) or `taken` (another agent's lease holds the alive key); `hold`/`state`/`epoch`
+ * write the host record as an operator or controller would; `ackAmbiguous` loses the answers of hold
+ * acknowledgements that etcd applied.
  */
-class FakeCluster implements ClusterStore {
-  mode: 'ok' | 'hang' | 'lost' | 'taken' = 'ok';
-  /** When set, ackHold calls hang until their deadline (an ambiguous commit) but are applied. */
-  ackAmbiguous = false;
-  epoch = 0;
-  state: HostRecord['state'] | undefined;
-  hold = false;
-  holdSeen = false;
-  /** Another agent's alive key, if any. */
-  otherAgent: string | undefined;
-  registrations: Registration[] = [];
-  acks: { seen: boolean; heldAtCall: boolean }[] = [];
-  heldProbe: () => boolean = () => false;
-  private leases = 0;
-  private lease: string | undefined;
-  constructor(private readonly clock: FakeClock) {}
-  private answer<R>(deadlineMs: number, value: () => R): Promise<R> {
-    if (this.mode === 'hang') {
-      return new Promise((_, reject) => this.clock.setTimer(deadlineMs, () => reject(new TetherError('TIMEOUT', 'no answer', { retryable: true }))));
-    }
-    return Promise.resolve().then(value);
-  }
-  grantLease(_ttl: number, d: number): Promise<string> {
-    return this.answer(d, () => String(++this.leases));
-  }
-  keepalive(_host: string, lease: string, d: number): Promise<KeepaliveAnswer> {
-    return this.answer(d, () => {
-      if (this.mode === 'taken') return { kind: 'taken-over', detail: 'alive key on lease 999 of agent other' };
-      if (this.mode === 'lost' || lease !== this.lease) return { kind: 'lease-lost', detail: 'gone' };
-      return { kind: 'alive' };
-    });
-  }
-  revokeLease(): Promise<void> {
-    return Promise.resolve();
-  }
-  register(reg: Registration, d: number): Promise<RegistrationResult> {
-    return this.answer(d, () => {
-      this.registrations.push(reg);
-      if (this.mode === 'lost') this.mode = 'ok';
-      const cur = this.state === undefined ? undefined : { state: this.state, epoch: this.epoch };
-      const alive = this.otherAgent === undefined ? undefined : { agentId: this.otherAgent, lease: '999' };
-      const dec = decideRegistration(reg, cur, alive);
-      if (!dec.ok) return dec;
-      this.epoch = dec.epoch;
-      this.state = dec.state;
-      this.holdSeen = reg.holdApplied;
-      this.lease = reg.lease;
-      return { ok: true, epoch: this.epoch, hold: this.hold };
-    });
-  }
-  record(): HostRecord {
-    return { hostId: 'h', state: this.state ?? 'attached', epoch: this.epoch, timings: T, hold: this.hold, holdSeen: this.holdSeen, capacity: { vcpu: 1, memoryMb: 1 }, labels: {}, agentVersion: 't', updatedAt: 0 };
-  }
-  getHost(_id: string, d: number): Promise<HostRecord | undefined> {
-    return this.answer(d, () => (this.state === undefined ? undefined : this.record()));
-  }
-  setHold(_id: string, hold: boolean, d: number): Promise<HostRecord> {
-    return this.answer(d, () => {
-      this.hold = hold;
-      return this.record();
-    });
-  }
-  ackHold(_id: string, epoch: number, lease: string, seen: boolean, d: number): Promise<HoldAckResult> {
-    this.acks.push({ seen, heldAtCall: this.heldProbe() });
-    if (this.ackAmbiguous) {
-      if (epoch === this.epoch && lease === this.lease) this.holdSeen = seen;
-      return new Promise((_, reject) => this.clock.setTimer(d, () => reject(new TetherError('TIMEOUT', 'no answer', { retryable: true }))));
-    }
-    return this.answer(d, (): HoldAckResult => {
-      if (epoch !== this.epoch || lease !== this.lease) return { ok: false, detail: 'not ours' };
-      this.holdSeen = seen;
-      return { ok: true };
-    });
-  }
-  close(): Promise<void> {
-    return Promise.resolve();
-  }
-}
 
 /** The guardian as the agent sees it: records what it is fed; `fire()` plays its deadline passing. */
 class FakeGuardian implements Guardian {
@@ -122,7 +43,7 @@ class FakeGuardian implements Guardian {
 
 async function setup(vms = 1) {
   const h = fakeHost();
-  const cluster = new FakeCluster(h.clock);
+  const cluster = new ModelClusterStore(h.clock);
   for (let i = 0; i < vms; i++) {
     h.inventory.addVm(uidOf(i), sampleSpec(`vm${i}`), 0);
     await runPlan('create', createPlanner(h.ctx, uidOf(i)));
@@ -274,7 +195,7 @@ describe('HostGc loop on a fake clock', () => {
 
   it('a registration refused as duplicate never fences and retries every TTL; an alive key taken over stops the heartbeats and the own watchdog fences on time', async () => {
     const h = fakeHost();
-    const cluster = new FakeCluster(h.clock);
+    const cluster = new ModelClusterStore(h.clock);
     h.inventory.addVm(uidOf(0), sampleSpec('vm0'), 0);
     await runPlan('create', createPlanner(h.ctx, uidOf(0)));
     cluster.state = 'attached';
@@ -353,7 +274,7 @@ describe('HostGc loop on a fake clock', () => {
   it('refuses to start on a corrupt persisted lifecycle state with INVENTORY_ERROR (it does not guess a phase)', () => {
     const h = fakeHost();
     h.inventory.setMeta('gc.state', '{"phase":"attached","epoch":1,"held":false,"lastAck":12');
-    const make = () => new HostGc(h.ctx, new FakeCluster(h.clock), { timings: T, bootId: 'b', capacity: { vcpu: 1, memoryMb: 1 }, agentVersion: 't', agentId: 'agent-1', holder: 't' });
+    const make = () => new HostGc(h.ctx, new ModelClusterStore(h.clock), { timings: T, bootId: 'b', capacity: { vcpu: 1, memoryMb: 1 }, agentVersion: 't', agentId: 'agent-1', holder: 't' });
     let err: unknown;
     try {
       make();
