@@ -72,16 +72,3 @@ export class Prng {
     return new Prng(h >>> 0);
   }
 }
-
-/** FNV-1a 64-bit-ish (two 32-bit lanes) hash of a string, as 16 hex digits: the trace hash. */
-export function hashText(text: string, prev = '811c9dc5cbf29ce4'): string {
-  let h1 = parseInt(prev.slice(0, 8), 16) >>> 0;
-  let h2 = parseInt(prev.slice(8), 16) >>> 0;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    h1 = Math.imul(h1 ^ c, 0x01000193) >>> 0;
-    h2 = Math.imul(h2 ^ c, 0x5bd1e995) >>> 0;
-    h2 = (h2 ^ (h2 >>> 15)) >>> 0;
-  }
-  return h1.toString(16).padStart(8, '0') + h2.toString(16).padStart(8, '0');
-}

@@ -12,7 +12,7 @@
  *   and re-queued, in its original order, when the process resumes.
  * Nothing here reads the system clock; sim time is a number of milliseconds from 0.
  */
-import { hashText } from './prng.js';
+import { createHash, type Hash } from 'node:crypto';
 
 /** One queued entry. */
 export interface SimEntry {
@@ -73,7 +73,8 @@ export function drainMicrotasks(): Promise<void> {
 
 /** The trace of one run: every entry and fact as one line, folded into a hash (optionally kept). */
 export class Trace {
-  private h = hashText('');
+  private readonly h: Hash = createHash('sha256');
+  private digest: string | undefined;
   private count = 0;
   readonly lines: string[] | undefined;
   constructor(keep: boolean) {
@@ -81,12 +82,15 @@ export class Trace {
   }
   add(at: number, text: string): void {
     const line = `${at.toFixed(3)} ${text}`;
-    this.h = hashText(line + '\n', this.h);
+    this.h.update(line);
+    this.h.update('\n');
     this.count++;
     this.lines?.push(line);
   }
+  /** sha256 of every line so far (first 16 hex digits); read it once, at the end of the run. */
   get hash(): string {
-    return this.h;
+    this.digest ??= this.h.digest('hex').slice(0, 16);
+    return this.digest;
   }
   get length(): number {
     return this.count;
@@ -133,9 +137,10 @@ export class Scheduler {
 
   /**
    * Runs entries up to and including sim time `until`, draining microtasks after each; `afterEach`
-   * runs after every entry that ran (the invariant checks). Time ends at `until`.
+   * runs after every entry that ran (the invariant checks); when it returns true the run stops
+   * there (time stays at that entry). Otherwise time ends at `until`.
    */
-  async runUntil(until: number, afterEach?: () => void): Promise<void> {
+  async runUntil(until: number, afterEach?: () => boolean | void): Promise<void> {
     await drainMicrotasks();
     for (;;) {
       const t = this.peekTime();
@@ -152,7 +157,7 @@ export class Scheduler {
       this.trace.add(e.at, e.label);
       e.fn();
       await drainMicrotasks();
-      afterEach?.();
+      if (afterEach?.() === true) return;
     }
     this.now = Math.max(this.now, until);
   }

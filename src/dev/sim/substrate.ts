@@ -1,7 +1,6 @@
 /**
  * The fake host substrate of the simulator: one {@link SimMachine} per host with a VMM whose VM
- * processes outlive the agent (like daemonized QEMU), taps, overlays, files and an in-memory SQLite
- * inventory (the real adapter), plus the {@link Incarnations} ledger of every VM process running
+ * processes outlive the agent (like daemonized QEMU), taps, overlays, files and an in-memory inventory, plus the {@link Incarnations} ledger of every VM process running
  * anywhere — the ground truth the "never two incarnations" invariant reads.
  *
  * Invariants:
@@ -13,9 +12,9 @@
  * - the ledger records every start with the VM key (namespace/name, from the state dir layout) and
  *   reports a violation the moment a second incarnation of one key (or one uid twice) starts.
  */
-import { SqliteInventory } from '../../adapters/sqlite/sqlite-inventory.js';
 import { NotFoundError, TetherError } from '../../domain/errors.js';
 import type { Clock } from '../../ports/clock.js';
+import type { Inventory } from '../../ports/inventory.js';
 import type { Files } from '../../ports/files.js';
 import type { ImageStore, ResolvedImage } from '../../ports/images.js';
 import type { Network, TapInfo, TapOwner } from '../../ports/network.js';
@@ -23,6 +22,7 @@ import type { StopOptions, StopResult, VmLaunchSpec, Vmm, VmProcessStatus } from
 import type { Volumes } from '../../ports/volumes.js';
 import type { MachineClock } from './clock.js';
 import type { Prng } from './prng.js';
+import { MemoryInventory } from './inventory.js';
 import type { Scheduler } from './scheduler.js';
 
 /** One running VM process. */
@@ -254,7 +254,8 @@ export class SimMachine {
   readonly files: SimFiles;
   readonly volumes: SimVolumes;
   readonly images = new SimImages();
-  readonly inventory: SqliteInventory;
+  /** The inventory (kept across agent restarts and reboots, like the SQLite file). */
+  inventory: Inventory;
   /** `guardian/feed.json` and `guardian/fired.json` (text, as the real files). */
   feedText: string | undefined;
   firedText: string | undefined;
@@ -276,7 +277,7 @@ export class SimMachine {
     this.files = new SimFiles(this.root);
     this.volumes = new SimVolumes(this.files);
     this.vmm = new SimVmm(this, ledger, guests);
-    this.inventory = new SqliteInventory(':memory:');
+    this.inventory = new MemoryInventory();
     this.agentClock = () => {
       throw new Error(`no agent clock on ${hostId}`);
     };

@@ -38,8 +38,21 @@ interface ClientInfo {
   readonly node: string;
 }
 
+/**
+ * Observers of requests (the invariant checks): `sent` runs when a request leaves its client and
+ * returns a context; `applied` runs right after the request was applied, with that context and
+ * what `before` returned just before it was applied; `answered` when an answer reaches the client.
+ */
+export interface NetworkHooks {
+  sent?(from: string, what: string): unknown;
+  before?(from: string, what: string): unknown;
+  applied?(from: string, what: string, sentCtx: unknown, beforeCtx: unknown): void;
+  answered?(from: string, what: string, value: unknown): void;
+}
+
 /** Network between sim nodes and etcd. */
 export class SimNetwork implements SimModelTransport {
+  hooks: NetworkHooks = {};
   private readonly clients = new Map<string, ClientInfo>();
   /** Cut ways, as `from>to`. */
   private readonly cuts = new Set<string>();
@@ -82,6 +95,11 @@ export class SimNetwork implements SimModelTransport {
     for (const n of [...nodes].sort()) this.heal(n);
   }
 
+  /** Names of the live processes' clients on `node` (all nodes when absent), in registration order. */
+  clientsOn(node?: string): string[] {
+    return [...this.clients].filter(([, c]) => (node === undefined || c.node === node) && c.proc.alive).map(([n]) => n);
+  }
+
   isCut(from: string, to: string): boolean {
     return this.cuts.has(`${from}>${to}`);
   }
@@ -101,6 +119,7 @@ export class SimNetwork implements SimModelTransport {
     const c = this.client(from);
     const node = c.node;
     this.counts.sent++;
+    const sentCtx = this.hooks.sent?.(from, what);
     return new Promise<T>((resolve, reject) => {
       let settled = false;
       const deadline = this.sched.after(
@@ -136,12 +155,14 @@ export class SimNetwork implements SimModelTransport {
         let ok = true;
         let value: T | undefined;
         let error: unknown;
+        const beforeCtx = this.hooks.before?.(from, what);
         try {
           value = apply();
         } catch (err) {
           ok = false;
           error = err;
         }
+        this.hooks.applied?.(from, what, sentCtx, beforeCtx);
         if (this.isCut(ETCD, node)) {
           this.counts.ambiguous++;
           return;
@@ -156,8 +177,10 @@ export class SimNetwork implements SimModelTransport {
             }
             settled = true;
             this.sched.cancel(deadline);
-            if (ok) resolve(value as T);
-            else reject(error);
+            if (ok) {
+              this.hooks.answered?.(from, what, value);
+              resolve(value as T);
+            } else reject(error);
           },
           c.proc,
         );
