@@ -2,39 +2,10 @@ import { describe, expect, it } from 'vitest';
 import { HostGc } from '../../src/agent/gc/host-gc.js';
 import { DEFAULT_TIMINGS as T } from '../../src/domain/gc-timing.js';
 import type { GuardianFiredRecord } from '../../src/domain/guardian.js';
-import type { HostRecord } from '../../src/domain/host-record.js';
-import type { ClusterStore, HoldAckResult, KeepaliveAnswer, RegistrationResult } from '../../src/ports/cluster-store.js';
 import type { Guardian } from '../../src/ports/guardian.js';
 import type { FakeClock } from '../support/fake-clock.js';
 import { fakeHost } from '../support/host-harness.js';
-
-/** A cluster that always answers yes (this file is about the guardian, not the cluster). */
-class AgreeingCluster implements ClusterStore {
-  grantLease(): Promise<string> {
-    return Promise.resolve('1');
-  }
-  keepalive(): Promise<KeepaliveAnswer> {
-    return Promise.resolve({ kind: 'alive' });
-  }
-  revokeLease(): Promise<void> {
-    return Promise.resolve();
-  }
-  register(): Promise<RegistrationResult> {
-    return Promise.resolve({ ok: true, epoch: 1, hold: false });
-  }
-  getHost(): Promise<HostRecord | undefined> {
-    return Promise.resolve(undefined);
-  }
-  setHold(): Promise<HostRecord> {
-    return Promise.reject(new Error('not used'));
-  }
-  ackHold(): Promise<HoldAckResult> {
-    return Promise.resolve({ ok: true });
-  }
-  close(): Promise<void> {
-    return Promise.resolve();
-  }
-}
+import { ModelClusterStore } from '../support/model-cluster.js';
 
 /**
  * Like GuardianFeed: concurrent `ensureRunning` calls share one start, and every caller sees
@@ -71,7 +42,7 @@ describe('HostGc guardian supervision', () => {
   it('a guardian start seen by two overlapping checks is one start, not a restart; a real restart is one guardian-restarted event', async () => {
     const h = fakeHost();
     const guardian = new SharedStartGuardian(h.clock, 2500);
-    const gc = new HostGc(h.ctx, new AgreeingCluster(), { timings: T, bootId: 'b', capacity: { vcpu: 1, memoryMb: 1 }, agentVersion: 't', agentId: 'agent-1', holder: 't', guardian });
+    const gc = new HostGc(h.ctx, new ModelClusterStore(h.clock), { timings: T, bootId: 'b', capacity: { vcpu: 1, memoryMb: 1 }, agentVersion: 't', agentId: 'agent-1', holder: 't', guardian });
     const restarts = () => h.inventory.listEvents(500).filter((e) => e.kind === 'guardian-restarted').length;
     gc.start();
     await h.clock.advance(10);
