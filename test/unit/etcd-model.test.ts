@@ -268,6 +268,17 @@ describe('etcd model: compaction and determinism', () => {
     expect(model.compactRevision).toBe(r);
   });
 
+  it('retainRevisions compacts on its own, keeping that many revisions', async () => {
+    const { model, kv } = setup({ retainRevisions: 10 });
+    let last = 0;
+    for (let i = 0; i < 25; i++) last = model.put('/k', String(i));
+    expect(model.compactRevision).toBeGreaterThan(0);
+    expect(last - model.compactRevision).toBeGreaterThanOrEqual(10);
+    expect(last - model.compactRevision).toBeLessThan(20);
+    await expectCode(kv.range({ key: '/k', revision: 2 }, DL), 'COMPACTED');
+    expect((await kv.range({ key: '/k', revision: last - 10 }, DL)).kvs[0]!.value).toBe('14');
+  });
+
   it('two models fed the same calls give the same ids, revisions, headers and events', async () => {
     const run = async () => {
       const { clock, model, kv } = setup();

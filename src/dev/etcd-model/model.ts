@@ -78,6 +78,12 @@ export interface EtcdModelOptions {
   readonly version?: string;
   /** Raft term at start (default 2, what a fresh etcd cluster reports after its first election). */
   readonly initialTerm?: number;
+  /**
+   * Auto-compaction (etcd's `--auto-compaction-mode=revision`): keep this many revisions of history,
+   * compacting once the history is twice that long. Default: never compact on its own (tests call
+   * {@link EtcdModel.compact}); long simulations set it to bound memory.
+   */
+  readonly retainRevisions?: number;
 }
 
 /** How requests fail while the cluster has no quorum (see {@link EtcdModel.unavailable}). */
@@ -185,6 +191,7 @@ export class EtcdModel {
   private readonly renewAfter = new Set<KvLeaseId>();
   private readonly watches = new Map<number, WatchState_>();
   private nextWatch = 1;
+  private readonly retain: number | undefined;
 
   constructor(
     readonly clock: Clock,
@@ -201,6 +208,7 @@ export class EtcdModel {
     if (names.length === 0 || new Set(names).size !== names.length) throw new TetherError('INVALID_ARGUMENT', 'etcd model: member names must be unique and at least one');
     this.memberList = names.map((name) => ({ name, id: memberIdOf(name), lag: 0 }));
     this.term = opts.initialTerm ?? 2;
+    this.retain = opts.retainRevisions !== undefined ? Math.max(1, Math.floor(opts.retainRevisions)) : undefined;
     this.leaderName = names[0];
   }
 
@@ -628,8 +636,9 @@ export class EtcdModel {
     if (done) this.publish(done.revision, done.events);
   }
 
-  /** Hands one revision's events to every watch that covers some of them (one batch per watch). */
+  /** Hands one revision's events to every watch that covers some of them (one batch per watch); auto-compacts. */
   private publish(revision: number, events: readonly KvWatchEvent[]): void {
+    if (this.retain !== undefined && revision - Math.max(1, this.store.compactRevision) >= 2 * this.retain) this.store.compact(revision - this.retain);
     for (const w of this.watches.values()) {
       if (w.state !== 'open' && w.state !== 'pending') continue;
       if (revision < w.from) continue;
