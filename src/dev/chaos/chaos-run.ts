@@ -50,6 +50,8 @@ export interface ChaosReport {
   readonly plan: readonly PlannedFault[];
   readonly faults: readonly Omit<AppliedFault, 'heal' | 'planned'>[];
   readonly perFault: readonly Record<string, unknown>[];
+  /** Per fault kind: how many were applied, and min / median / max of every measured number (seconds or ms as named). */
+  readonly summary: Record<string, { readonly applied: number; readonly numbers: Record<string, { min: number; median: number; max: number; n: number }> }>;
   /** Every QEMU incarnation the sampler saw: first and last seen alive, seconds from t=0. */
   readonly sampler: { readonly samples: number; readonly maxGapMs: number; readonly incarnations: readonly { key: string; uid: string; hostId: string; firstSeenS: number; lastSeenS: number }[] };
   readonly convergence: { readonly converged: boolean; readonly afterHealMs: number | null; readonly lastProblems: readonly string[] };
@@ -58,6 +60,30 @@ export interface ChaosReport {
   readonly ok: boolean;
   readonly timeline: string;
   readonly logs: string;
+}
+
+/** Per kind: count, and min / median / max of each numeric field (those of `vms[]` as `vm.<field>`). */
+export function summarize(perFault: readonly Record<string, unknown>[]): ChaosReport['summary'] {
+  const out: Record<string, { applied: number; values: Map<string, number[]> }> = {};
+  const add = (kind: string, k: string, v: unknown) => {
+    if (typeof v !== 'number' || !Number.isFinite(v) || k === 'n' || k === 'atS') return;
+    const m = out[kind]!.values;
+    m.set(k, [...(m.get(k) ?? []), v]);
+  };
+  for (const p of perFault) {
+    const kind = String(p.kind);
+    out[kind] ??= { applied: 0, values: new Map() };
+    out[kind].applied++;
+    for (const [k, v] of Object.entries(p)) add(kind, k, v);
+    for (const vm of Array.isArray(p.vms) ? (p.vms as Record<string, unknown>[]) : []) for (const [k, v] of Object.entries(vm)) add(kind, `vm.${k}`, v);
+  }
+  return Object.fromEntries(Object.entries(out).map(([kind, { applied, values }]) => [kind, {
+    applied,
+    numbers: Object.fromEntries([...values].map(([k, vs]) => {
+      const sorted = [...vs].sort((a, b) => a - b);
+      return [k, { min: sorted[0]!, median: sorted[Math.floor(sorted.length / 2)]!, max: sorted.at(-1)!, n: sorted.length }];
+    })),
+  }]));
 }
 
 function sleep(ms: number): Promise<void> {
@@ -154,6 +180,7 @@ export class ChaosRun {
       this.copyLogs();
     }
     const timeline = this.timelineInput(origin, events, journals);
+    const perFault = this.perFault(events, origin);
     const report: ChaosReport = {
       version: 1,
       seed: this.o.seed,
@@ -169,7 +196,8 @@ export class ChaosRun {
       faultPhaseMs,
       plan,
       faults: this.faults.map(({ heal: _h, planned: _p, ...f }) => f),
-      perFault: this.perFault(events, origin),
+      perFault,
+      summary: summarize(perFault),
       sampler: {
         samples: this.sampler?.samples ?? 0,
         maxGapMs: this.sampler?.maxGapMs ?? 0,
@@ -197,22 +225,24 @@ export class ChaosRun {
   }
 
   private async createVms(keys: readonly string[]): Promise<void> {
-    // One at a time: four TCG guests booting at once on a loaded 2-core machine can miss their
-    // ready timeout, and a failed VM is terminal.
+    // All at once (the agents' ready timeout is 120 s: four TCG guests booting together on a loaded
+    // 2-core machine missed 60 s); a failed VM is terminal, so the run stops early then.
     const store = this.c.store!;
     for (const [i, key] of keys.entries()) {
       const name = key.split('/')[1]!;
       const spec = specFromFlintlock({ id: name, namespace: 'chaos', vcpu: 1, memory_in_mb: 96, interfaces: [{ device_id: 'eth0', type: 'TAP', address: { address: `10.98.${i}.2/24` } }] });
       const created = await clusterCreate(store, spec);
       this.log(`[chaos] ${created.key} placed on ${created.record.hostId ?? '(none)'} as ${created.record.uid}`);
-      const t0 = Date.now();
-      for (;;) {
-        if (this.interrupted) throw new Error('interrupted');
-        const r = (await store.listVms(5000)).find((v) => v.key === key)?.record;
-        if (r?.phase === 'running') break;
-        if (r?.phase === 'failed' || Date.now() - t0 > 150_000) throw new Error(`${key} not running after ${((Date.now() - t0) / 1000).toFixed(0)} s: ${r?.phase ?? 'no record'} ${r?.reason ?? ''}`);
-        await sleep(500);
+    }
+    const t0 = Date.now();
+    for (;;) {
+      if (this.interrupted) throw new Error('interrupted');
+      const vms = await store.listVms(5000);
+      if (vms.length === keys.length && vms.every((v) => v.record.phase === 'running')) return;
+      if (vms.some((v) => v.record.phase === 'failed') || Date.now() - t0 > 150_000) {
+        throw new Error(`VMs not all running after ${((Date.now() - t0) / 1000).toFixed(0)} s: ${vms.map((v) => `${v.key} ${v.record.phase} ${v.record.reason ?? ''}`).join('; ')}`);
       }
+      await sleep(500);
     }
   }
 

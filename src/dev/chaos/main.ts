@@ -117,6 +117,7 @@ async function main(): Promise<void> {
     const applied = report.faults.filter((f) => !f.skipped);
     out(`[chaos] seed ${report.seed}: ${(report.faultPhaseMs / 60_000).toFixed(2)} min of faults, ${applied.length} applied (${[...new Set(applied.map((f) => f.kind))].join(', ')}), ${report.faults.length - applied.length} skipped; sampler: ${report.sampler.samples} samples (max gap ${report.sampler.maxGapMs} ms), ${report.sampler.incarnations.length} incarnations`);
     for (const p of report.perFault) out(`[chaos]   ${JSON.stringify(p)}`);
+    for (const [kind, s] of Object.entries(report.summary)) out(`[chaos] ${kind} x${s.applied}: ${Object.entries(s.numbers).map(([k, v]) => `${k} ${v.min}/${v.median}/${v.max}`).join(', ')} (min/median/max)`);
     if (report.ok) out(`[chaos] OK: no violation; converged ${((report.convergence.afterHealMs ?? 0) / 1000).toFixed(1)}s after healing`);
     else for (const v of report.violations) out(`[chaos] VIOLATION ${v.invariant} at t+${((v.at - report.origin) / 1000).toFixed(1)}s: ${v.detail}`);
     code = report.ok ? 0 : 1;
