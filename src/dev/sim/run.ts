@@ -9,7 +9,7 @@
  */
 import { clusterEventsFrom, type TimelineInput } from '../../domain/timeline.js';
 import { applyFault, describeFault, drawSchedule, healEverything, type FaultKind, type FaultOp } from './nemesis.js';
-import { SIM_ORIGIN_WALL, SimWorld, type SimStores, type Violation } from './world.js';
+import { SIM_ORIGIN_WALL, SimWorld, type SimConfig, type SimStores, type Violation } from './world.js';
 
 /** Options of {@link runSeed}. */
 export interface RunOptions {
@@ -29,6 +29,8 @@ export interface RunOptions {
   readonly stopAtFirst?: boolean;
   /** The real stores over the model (stores.ts: `kvStores`). */
   readonly stores: SimStores;
+  /** See {@link SimConfig.noGuardian} (holes harness only). */
+  readonly noGuardian?: boolean;
 }
 
 /** What one seed did. */
@@ -52,7 +54,7 @@ export async function runSeed(o: RunOptions): Promise<SeedResult> {
   const vms = o.vms ?? 6;
   const faultMs = o.faultMs ?? 45_000;
   const healMs = o.healMs ?? 60_000;
-  const w = new SimWorld({ seed: o.seed, hosts, vms, keepTrace: o.keepTrace ?? false }, o.stores);
+  const w = new SimWorld({ seed: o.seed, hosts, vms, keepTrace: o.keepTrace ?? false, ...(o.noGuardian ? { noGuardian: true } : {}) }, o.stores);
   const schedule = o.schedule ?? drawSchedule(w.rng.fork('nemesis'), hosts, faultMs, o.kinds);
   try {
     w.createVms(vms);
@@ -156,4 +158,23 @@ export function describeFailure(r: SeedResult, shrunk?: readonly FaultOp[]): str
     for (const op of shrunk) out.push(`    ${describeFault(op)}`);
   }
   return out;
+}
+
+/** Result of {@link hunt}. */
+export interface HuntResult {
+  /** The first seed with a violation, if any within the budget. */
+  readonly firstFailingSeed?: number;
+  /** Seeds run (including the failing one). */
+  readonly seedsTried: number;
+  readonly violation?: Violation;
+  readonly schedule?: readonly FaultOp[];
+}
+
+/** Runs seeds from `from` until the first violation or `maxSeeds` seeds (the holes harness). */
+export async function hunt(o: Omit<RunOptions, 'seed'> & { readonly from: number; readonly maxSeeds: number }): Promise<HuntResult> {
+  for (let i = 0; i < o.maxSeeds; i++) {
+    const r = await runSeed({ ...o, seed: o.from + i });
+    if (r.violations.length > 0) return { firstFailingSeed: o.from + i, seedsTried: i + 1, violation: r.violations[0]!, schedule: r.schedule };
+  }
+  return { seedsTried: o.maxSeeds };
 }

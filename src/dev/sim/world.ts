@@ -48,6 +48,12 @@ export interface SimConfig {
   readonly timings?: GcTimings;
   /** Keep every trace line (for a timeline or a diff), not only the hash. */
   readonly keepTrace?: boolean;
+  /**
+   * Sim-only hole (the re-introduced-holes harness): agents run WITHOUT a guardian process, so the
+   * watchdog lives only inside the agent (as before issue 7). A choice of the simulated
+   * deployment, like running `tether agent` without its guardian; production code has no switch.
+   */
+  readonly noGuardian?: boolean;
 }
 
 /** An invariant found broken. */
@@ -238,7 +244,7 @@ export class SimWorld {
       agentVersion: 'sim',
       agentId,
       holder: name,
-      guardian: feed,
+      ...(this.cfg.noGuardian ? {} : { guardian: feed }),
       holdPollEvery: 3,
       onTransition: (from, to, reason) => {
         this.trace.add(this.sched.now, `${name} ${from}->${to} ${reason}`);
