@@ -9,7 +9,7 @@
  */
 import { clusterEventsFrom, type TimelineInput } from '../../domain/timeline.js';
 import { applyFault, describeFault, drawSchedule, healEverything, type FaultKind, type FaultOp } from './nemesis.js';
-import { SIM_ORIGIN_WALL, SimWorld, type SimConfig, type SimStores, type Violation } from './world.js';
+import { SIM_ORIGIN_WALL, SimWorld, type SimStores, type Violation } from './world.js';
 
 /** Options of {@link runSeed}. */
 export interface RunOptions {
@@ -29,7 +29,7 @@ export interface RunOptions {
   readonly stopAtFirst?: boolean;
   /** The real stores over the model (stores.ts: `kvStores`). */
   readonly stores: SimStores;
-  /** See {@link SimConfig.noGuardian} (holes harness only). */
+  /** See `SimConfig.noGuardian` in world.ts (holes harness only). */
   readonly noGuardian?: boolean;
 }
 
