@@ -28,16 +28,18 @@ interface Hole {
   readonly noGuardian?: boolean;
   /** The fault kinds that can reach the hole (fewer kinds: fewer seeds; every kind is still legal). */
   readonly kinds: readonly FaultKind[];
+  /** Fault phase length (default 45 s); a hold needs a long partition under it. */
+  readonly faultMs?: number;
 }
 
 const HOLES: readonly Hole[] = [
   { name: 'watchdog inside the agent only (no guardian)', noGuardian: true, kinds: ['agent-hang', 'agent-crash', 'partition'] },
-  { name: 'unpublished local hold (applied without holdSeen)', patch: 'unpublished-hold.patch', kinds: ['hold', 'partition', 'partition-to-etcd'] },
-  { name: 'early lease revoke not allowed for', patch: 'early-revoke.patch', kinds: ['early-revoke', 'partition', 'agent-hang'] },
+  { name: 'unpublished local hold (applied without holdSeen)', patch: 'unpublished-hold.patch', kinds: ['hold', 'partition'], faultMs: 90_000 },
+  { name: 'early lease revoke not allowed for', patch: 'early-revoke.patch', kinds: ['early-revoke', 'partition'] },
 ];
 
 /** Runs `hunt` in a worktree of HEAD with `patch` applied. */
-function huntPatched(patch: string, kinds: readonly FaultKind[]): HuntResult {
+function huntPatched(patch: string, kinds: readonly FaultKind[], faultMs: number): HuntResult {
   const dir = mkdtempSync(join(tmpdir(), 'tether-sim-hole-'));
   rmSync(dir, { recursive: true });
   execFileSync('git', ['-C', ROOT, 'worktree', 'add', '--detach', dir, 'HEAD'], { stdio: 'pipe' });
@@ -47,7 +49,7 @@ function huntPatched(patch: string, kinds: readonly FaultKind[]): HuntResult {
     writeFileSync(
       join(dir, 'hunt-hole.ts'),
       `import { hunt } from './src/dev/sim/run.js';\nimport { kvStores } from './src/dev/sim/stores.js';\n` +
-        `const r = await hunt({ from: 1, maxSeeds: ${BUDGET}, stores: kvStores, kinds: ${JSON.stringify(kinds)} });\nconsole.log('HUNT ' + JSON.stringify(r));\n`,
+        `const r = await hunt({ from: 1, maxSeeds: ${BUDGET}, stores: kvStores, kinds: ${JSON.stringify(kinds)}, faultMs: ${faultMs} });\nconsole.log('HUNT ' + JSON.stringify(r));\n`,
     );
     const out = execFileSync(join(ROOT, 'node_modules/.bin/vite-node'), ['hunt-hole.ts'], { cwd: dir, encoding: 'utf8', timeout: 900_000 });
     const line = out.split('\n').find((l) => l.startsWith('HUNT '));
@@ -61,11 +63,12 @@ function huntPatched(patch: string, kinds: readonly FaultKind[]): HuntResult {
 describe('simulator catches each re-introduced hole of issue 7', () => {
   for (const h of HOLES) {
     it(`${h.name}: a violation within ${BUDGET} seeds, none on the same seeds without the hole`, async () => {
-      const r = h.patch ? huntPatched(h.patch, h.kinds) : await hunt({ from: 1, maxSeeds: BUDGET, stores: kvStores, kinds: h.kinds, noGuardian: true });
+      const faultMs = h.faultMs ?? 45_000;
+      const r = h.patch ? huntPatched(h.patch, h.kinds, faultMs) : await hunt({ from: 1, maxSeeds: BUDGET, stores: kvStores, kinds: h.kinds, faultMs, noGuardian: true });
       console.log(`[sim-holes] ${h.name}: first failing seed ${r.firstFailingSeed ?? 'none'} after ${r.seedsTried} seed(s): ${r.violation ? `${r.violation.invariant}: ${r.violation.detail}` : '-'}`);
       expect(r.firstFailingSeed).toBeDefined();
       expect(['double-run', 'false-fence', 'fenced-epoch-write']).toContain(r.violation!.invariant);
-      const control = await hunt({ from: 1, maxSeeds: r.seedsTried, stores: kvStores, kinds: h.kinds });
+      const control = await hunt({ from: 1, maxSeeds: r.seedsTried, stores: kvStores, kinds: h.kinds, faultMs });
       expect(control.firstFailingSeed).toBeUndefined();
     }, 1_200_000);
   }

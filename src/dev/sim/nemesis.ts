@@ -85,7 +85,6 @@ function drawFault(rng: Prng, hosts: number, faultMs: number, kinds: readonly Fa
     case 'watch-break':
       return { at, kind, target: 'etcd', durationMs: kind === 'quorum-loss' ? rng.range(500, 6000) : 0 };
     case 'guardian-kill':
-    case 'early-revoke':
     case 'renew-after-revoke':
       return { at, kind, target: host, durationMs: 0 };
     case 'malformed':
@@ -145,10 +144,16 @@ export function applyFault(w: SimWorld, op: FaultOp, index: number): void {
       });
       return;
     case 'early-revoke':
+      // etcd #15247: a deposed leader revokes the lease it saw no keepalives for — typically while
+      // the host cannot reach the cluster either, so half of the time the host is cut for the duration.
       start(() => {
         const l = aliveLease();
         if (l !== undefined) w.model.earlyRevokeOnNextElection(l);
         if (!w.model.isUnavailable) w.model.electLeader();
+        if (w.rng.chance(0.5)) {
+          w.net.cut(op.target, 'both');
+          w.sched.at(op.at + op.durationMs, `${label} end`, () => w.net.heal(op.target));
+        }
       });
       return;
     case 'watch-break':
