@@ -386,8 +386,8 @@ describe('controller: election and failover', () => {
     expect(sim.events('host-fenced')).toHaveLength(1);
   });
 
-  it('a leader that cannot reach the store steps down before its lease could expire', async () => {
-    sim = new Sim();
+  it.each([['refuses at once', 'refuse'], ['hangs until each call deadline', 'hang']] as const)('a leader whose store %s steps down before its lease could expire', async (_what, noQuorum) => {
+    sim = new Sim({ noQuorum });
     sim.register('a');
     const c = sim.controller({ leaderTtl: 3000 });
     await sim.run(500);

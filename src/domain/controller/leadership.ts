@@ -39,6 +39,7 @@ export function campaignOutcome(c: Ctx, startedMono: number, r: Extract<Reply, {
   s.leaderSinceWall = c.now.wall;
   s.lastAckMono = startedMono;
   setTimer(c, 'keepalive', keepaliveInterval(s.leaderTtlMs));
+  armLeaderExpiry(c);
   log(c, 'info', { term: s.term, leaderTtl: s.leaderTtlMs }, 'elected: this replica is the active controller');
   emitEvent(c, { kind: 'controller-elected', controllerId: s.cfg.controllerId, detail: `${s.cfg.controllerId} is the active controller` });
   call(c, { op: 'server-status' }, { for: 'server-status' });
@@ -59,12 +60,32 @@ export function keepaliveOutcome(c: Ctx, sentMono: number, r: Extract<Reply, { o
   if ('error' in r) log(c, 'warn', { err: r.error.message }, 'leader keepalive missed');
   else if (r.answer === 'lost') return stepDown(c, 'the leader lease is gone');
   else s.lastAckMono = Math.max(s.lastAckMono, sentMono);
-  const interval = keepaliveInterval(s.leaderTtlMs);
-  const margin = Math.min(500, interval / 2);
-  if (c.now.mono >= s.lastAckMono + s.leaderTtlMs - margin) {
-    return stepDown(c, `no leader keepalive acknowledged for ${Math.round(c.now.mono - s.lastAckMono)} ms (ttl ${s.leaderTtlMs} ms)`);
-  }
-  setTimer(c, 'keepalive', interval);
+  if (leaderExpiryCheck(c)) return;
+  armLeaderExpiry(c);
+  setTimer(c, 'keepalive', keepaliveInterval(s.leaderTtlMs));
+}
+
+/** Margin before the leader lease's possible expiry at which a replica steps down. */
+function stepDownMargin(ttlMs: number): number {
+  return Math.min(500, keepaliveInterval(ttlMs) / 2);
+}
+
+/**
+ * The replica's own deadline as leader: `lastAck + ttl - margin`, armed on election and on every
+ * acknowledged keepalive. It fires even while a keepalive hangs (a keepalive's answer may come only
+ * at its deadline), so a replica never acts as leader past the moment its lease could have expired.
+ */
+function armLeaderExpiry(c: Ctx): void {
+  const s = c.s;
+  setTimer(c, 'leader-expiry', s.lastAckMono + s.leaderTtlMs - stepDownMargin(s.leaderTtlMs) - c.now.mono);
+}
+
+/** Steps down when no keepalive was acknowledged for `ttl - margin`; true when it did. */
+export function leaderExpiryCheck(c: Ctx): boolean {
+  const s = c.s;
+  if (!s.leader || c.now.mono < s.lastAckMono + s.leaderTtlMs - stepDownMargin(s.leaderTtlMs)) return false;
+  stepDown(c, `no leader keepalive acknowledged for ${Math.round(c.now.mono - s.lastAckMono)} ms (ttl ${s.leaderTtlMs} ms)`);
+  return true;
 }
 
 /**
