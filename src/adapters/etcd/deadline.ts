@@ -34,12 +34,3 @@ export function asRetryable(what: string, err: unknown): TetherError {
   }
   return new TetherError('UNAVAILABLE', `${what}: ${messageOf(err)}`, { cause: err, retryable: true });
 }
-
-/** Runs an etcd call under {@link withDeadline}; every failure comes out as {@link asRetryable}. */
-export async function callWithDeadline<T>(what: string, deadlineMs: number, fn: () => Promise<T>): Promise<T> {
-  try {
-    return await withDeadline(what, deadlineMs, fn());
-  } catch (err) {
-    throw asRetryable(what, err);
-  }
-}
