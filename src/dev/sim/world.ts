@@ -174,7 +174,8 @@ export class SimWorld {
     for (let i = 1; i <= cfg.hosts; i++) this.addHost(`host-${i}`);
     for (let i = 1; i <= 2; i++) {
       const rate = 1 + (this.rng.float() - 0.5) * 0.004;
-      this.controllers.push({ name: `ctl-${i}`, clock: new MachineClock(this.sched, `ctl-${i}`, rate, this.rng.float() * 1e6, SIM_ORIGIN_WALL + (this.rng.float() - 0.5) * 400), proc: undefined, controller: undefined, n: 0 });
+      const origin = this.rng.float() * 1e6;
+      this.controllers.push({ name: `ctl-${i}`, clock: new MachineClock(this.sched, `ctl-${i}`, rate, origin, SIM_ORIGIN_WALL - origin + (this.rng.float() - 0.5) * 400), proc: undefined, controller: undefined, n: 0 });
     }
   }
 
@@ -193,7 +194,9 @@ export class SimWorld {
 
   private newMachine(hostId: string, node: string): SimMachine {
     const rate = 1 + (this.rng.float() - 0.5) * 0.004;
-    const clock = new MachineClock(this.sched, node, rate, this.rng.float() * 1e6, SIM_ORIGIN_WALL + (this.rng.float() - 0.5) * 400);
+    const origin = this.rng.float() * 1e6;
+    // Wall clocks agree with sim time within ± 200 ms at the start, then drift apart at their rates.
+    const clock = new MachineClock(this.sched, node, rate, origin, SIM_ORIGIN_WALL - origin + (this.rng.float() - 0.5) * 400);
     return new SimMachine(hostId, this.sched, clock, this.ledger, seededGuests(this.guests), `${node}-boot-1`);
   }
 
