@@ -66,7 +66,7 @@ async function fakeConsole(path: string): Promise<{ exit: () => Promise<void>; w
   };
 }
 
-async function until(what: string, cond: () => boolean, ms = 5000): Promise<void> {
+async function until(what: string, cond: () => boolean, ms = 30_000): Promise<void> {
   const end = clock.nowMono() + ms;
   while (!cond()) {
     if (clock.nowMono() > end) throw new Error(`timed out: ${what}`);
