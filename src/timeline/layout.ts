@@ -218,7 +218,7 @@ function freezeSpans(cluster: readonly ClusterEvent[]): { from: number; to: numb
 
 /**
  * One margin per `host-detached`. The episode of a detachment runs from the end of the host's
- * previous one (its last return, rejoin or detach before it) to its next detach or its rejoin; the
+ * previous one (its last return, rejoin or detach before it) to its return, next detach or rejoin; the
  * host's VM stops in that span count. The deadline is the detach's, raised by a later
  * `fence-deadline-extended` of the same epoch, and pushed past any mass freeze it falls in (the
  * cluster fences nothing while frozen: up to the freeze's `resumeAt`).
@@ -252,7 +252,8 @@ function margins(input: TimelineInput, rel: (wall: number) => number): Margin[] 
     const rejoin = events.find((e) => e.kind === 'rejoined' && e.at >= d.at);
     const returned = endEvent?.kind === 'host-returned';
     const fenced = later.some((e) => e.kind === 'host-fenced' && (!endEvent || e.at <= endEvent.at));
-    const until = Math.min(endEvent?.kind === 'host-detached' ? endEvent.at : Infinity, rejoin?.at ?? Infinity);
+    // a return ends the episode too: stops after it belong to later trouble (chaos saw false violations)
+    const until = Math.min(endEvent?.at ?? Infinity, rejoin?.at ?? Infinity);
     const inEpisode = events.filter((e) => e.at > from && e.at <= until);
     const stops = inEpisode.filter((e) => e.kind === 'vm-stop');
     const failed = inEpisode.filter((e) => e.kind === 'vm-stop-failed');
