@@ -9,7 +9,7 @@ import { FAULT_KINDS, type FaultKind, type FaultOp } from '../../src/dev/sim/nem
 import { runSeed } from '../../src/dev/sim/run.js';
 import { kvStores } from '../../src/dev/sim/stores.js';
 
-const SEEDS = Number(process.env.SIM_SEEDS ?? 48);
+const SEEDS = Number(process.env.SIM_SEEDS ?? 200);
 /**
  * Every fault kind but `watch-break`: with every watch stream broken once, seed 1009's VMs of a
  * host that rejoined `ready` are never rescheduled (reported to the lead; `npm run sim -- --seed
