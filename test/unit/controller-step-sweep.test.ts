@@ -19,7 +19,7 @@ describe('controller core: leadership', () => {
     const fx = d.input({ kind: 'start' });
     const won = d.reply(calls(fx)[0]!.req, { op: 'campaign', won: true, ttlMs: 3000 });
     expect(ops(won)).toEqual(['commit:controller-elected', 'server-status', 'list-hosts']);
-    expect(timersSet(won)).toEqual(['keepalive@1000', 'gc@60000']);
+    expect(timersSet(won)).toEqual(['keepalive@1000', 'leader-expiry@2500', 'gc@60000']);
   });
 
   // [what, keepalive answers at 1 s intervals, expected: step down at answer #]

@@ -11,9 +11,8 @@ import { kvStores } from '../../src/dev/sim/stores.js';
 
 const SEEDS = Number(process.env.SIM_SEEDS ?? 200);
 /**
- * Every fault kind but `watch-break`: with every watch stream broken once, seed 1009's VMs of a
- * host that rejoined `ready` are never rescheduled (reported to the lead; `npm run sim -- --seed
- * 1009` with all kinds replays it). Put it back once the controller re-lists correctly.
+ * Every fault kind but `watch-break` for now: with it, the drawn schedules change and seed 1079
+ * (partition + duplicate agent: host-2 stays fenced, its agent rejoining) fails liveness; being fixed.
  */
 const CI_KINDS = (Object.keys(FAULT_KINDS) as FaultKind[]).filter((k) => k !== 'watch-break');
 
@@ -47,11 +46,10 @@ describe('simulator', () => {
     expect(failures).toEqual([]);
   }, 600_000);
 
-  // Finding (reported to the lead): with every watch stream broken once (an etcd member restart)
-  // during these faults, host-3 rejoins `ready` at epoch 2 but its six VMs, still recorded `running`
-  // on host-3 at epoch 1, are never rescheduled. Expected to fail until the controller handles it:
-  // then vitest reports this `it.fails` as failing, and it becomes a plain `it`.
-  it.fails('after a broken watch stream, the VMs of a host that rejoined ready are rescheduled (seed 1009, shrunk schedule)', async () => {
+  // Found by the simulator: the freeze's resume timer fired a hair before resumeAt on the
+  // controller's monotonic clock and was not re-armed, so the freeze never lifted and the VMs of the
+  // hosts that rejoined `ready` were never placed again. Kept as a regression test.
+  it('after a mass freeze, the VMs of hosts that rejoined ready are placed again (seed 1009, shrunk schedule)', async () => {
     const schedule: FaultOp[] = [
       { at: 21792, kind: 'agent-crash', target: 'host-2', durationMs: 32221 },
       { at: 22261, kind: 'partition-to-etcd', target: 'host-3', durationMs: 20843 },

@@ -54,6 +54,10 @@ export function evaluateFreeze(c: Ctx): void {
       resumeAt,
       detail: `${count.detached} of ${count.total} hosts detached: fencing resumes at ${iso(resumeAt)} (a full fence window)`,
     });
+  } else if (state.mode === 'resuming' && !timerSet(c, 'freeze-resume')) {
+    // the resume timer fired a hair before resumeAt (timers may fire early against the monotonic
+    // clock: rounding in Node's timers and in the simulator's clocks): wait for the rest
+    setTimer(c, 'freeze-resume', state.resumeAt - nowMono);
   } else if (transition === 'resumed') {
     s.freezeResumeAtWall = undefined;
     log(c, 'info', {}, 'mass-disruption freeze over: fencing and rescheduling resume');

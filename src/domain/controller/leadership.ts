@@ -80,8 +80,13 @@ function armLeaderExpiry(c: Ctx): void {
   setTimer(c, 'leader-expiry', s.lastAckMono + s.leaderTtlMs - stepDownMargin(s.leaderTtlMs) - c.now.mono);
 }
 
+/** The leader-expiry timer fired: steps down, or (fired early against the monotonic clock) waits for the rest. */
+export function leaderExpiryTimer(c: Ctx): void {
+  if (c.s.leader && !leaderExpiryCheck(c)) armLeaderExpiry(c);
+}
+
 /** Steps down when no keepalive was acknowledged for `ttl - margin`; true when it did. */
-export function leaderExpiryCheck(c: Ctx): boolean {
+function leaderExpiryCheck(c: Ctx): boolean {
   const s = c.s;
   if (!s.leader || c.now.mono < s.lastAckMono + s.leaderTtlMs - stepDownMargin(s.leaderTtlMs)) return false;
   stepDown(c, `no leader keepalive acknowledged for ${Math.round(c.now.mono - s.lastAckMono)} ms (ttl ${s.leaderTtlMs} ms)`);

@@ -11,7 +11,7 @@ import { log } from './effects.js';
 import { detachOutcome, fenceCommitted, fenceDue, fenceListed, markLostBatchDone, markLostListed } from './fence.js';
 import { evaluateFreeze } from './freeze.js';
 import { hostEvent, hostsListed, reconcile, resync, watchBroke, watchFailed } from './host-view.js';
-import { campaign, campaignOutcome, keepaliveDue, keepaliveOutcome, leaderExpiryCheck, serverStatusOutcome } from './leadership.js';
+import { campaign, campaignOutcome, keepaliveDue, keepaliveOutcome, leaderExpiryTimer, serverStatusOutcome } from './leadership.js';
 import { stepDown } from './leadership.js';
 import { observeTerm } from './raft-term.js';
 import { gcTick, gcWritten, pruned } from './record-gc.js';
@@ -125,7 +125,7 @@ function timerFired(c: Ctx, key: string): void {
     case 'keepalive':
       return keepaliveDue(c);
     case 'leader-expiry':
-      return void leaderExpiryCheck(c);
+      return leaderExpiryTimer(c);
     case 'gc':
       return gcTick(c);
     case 'resync':
