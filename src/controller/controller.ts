@@ -16,7 +16,7 @@
  * queue; the queue is drained on a microtask, one `step` after the other.
  */
 import { randomBytes } from 'node:crypto';
-import { coreConfig, initialState, step } from '../domain/controller/step.js';
+import { coreConfig, initialState, step, type CoreOptions } from '../domain/controller/step.js';
 import { statusOf } from '../domain/controller/status.js';
 import type { Call, CallError, ControllerState, Effect, Input, Now, Reply } from '../domain/controller/types.js';
 import { messageOf, TetherError } from '../domain/errors.js';
@@ -25,31 +25,7 @@ import type { ControllerStatus, ControllerStore, Leadership, Subscription, TxnLi
 import type { Logger } from '../ports/logger.js';
 
 /** Options of {@link Controller}. Durations in ms. */
-export interface ControllerOptions {
-  /** This replica's name in `controller/leader` and in logs. */
-  readonly controllerId: string;
-  /** Share of detached hosts above which nothing is fenced (default 0.55). */
-  readonly freezeShare?: number;
-  /** Fenced and absent this long: the record is retired (default 24 h). */
-  readonly hostRecordTtl?: number;
-  /** Retired and absent this long: the record is removed (default 60 s). */
-  readonly retiredRemoveAfter?: number;
-  /** Lengthens (never shortens) every host's published fence window. */
-  readonly fenceWindowOverride?: number;
-  /** Leader lease TTL, whole seconds (default 5 s). Keepalives every third of it. */
-  readonly leaderTtl?: number;
-  /** How often a standby tries to take over (default min(1 s, leaderTtl / 3)). */
-  readonly campaignInterval?: number;
-  /** Deadline of each store call (default 2 s). */
-  readonly callDeadline?: number;
-  /** Events kept (default 1000). */
-  readonly eventRetention?: number;
-  /** Period of host-record GC, event pruning and the retry of pending VMs (default 60 s). */
-  readonly gcInterval?: number;
-  /** Delay before retrying a failed or conflicting write (default 1 s); doubles per consecutive failure of a host. */
-  readonly retryDelay?: number;
-  /** Longest delay between retries of one host (default 30 s). */
-  readonly maxRetryDelay?: number;
+export interface ControllerOptions extends Omit<CoreOptions, 'txnLimits'> {
   /** New VM uids (default 32 random hex chars). The only source of ids: a simulator injects a seeded one. */
   readonly newUid?: () => string;
 }

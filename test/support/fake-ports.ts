@@ -1,5 +1,5 @@
 import { NotFoundError, TetherError } from '../../src/domain/errors.js';
-import type { Files } from '../../src/ports/files.js';
+import { SimFiles as FakeFiles } from '../../src/dev/sim/substrate.js';
 import type { ImageStore, ResolvedImage } from '../../src/ports/images.js';
 import type { Logger } from '../../src/ports/logger.js';
 import type { Network, TapInfo, TapOwner } from '../../src/ports/network.js';
@@ -79,26 +79,8 @@ export class FakeVolumes implements Volumes {
   }
 }
 
-/** In-memory files under a root. */
-export class FakeFiles implements Files {
-  readonly paths = new Map<string, string>();
-  constructor(readonly root: string) {}
-  async ensureDir(path: string): Promise<void> {
-    this.paths.set(path, 'dir');
-  }
-  async exists(path: string): Promise<boolean> {
-    return this.paths.has(path);
-  }
-  async removeTree(path: string): Promise<void> {
-    for (const p of [...this.paths.keys()]) if (p === path || p.startsWith(`${path}/`)) this.paths.delete(p);
-  }
-  async removeEmptyDir(path: string): Promise<void> {
-    if (![...this.paths.keys()].some((p) => p.startsWith(`${path}/`))) this.paths.delete(path);
-  }
-  async list(path: string): Promise<string[]> {
-    return [...this.paths.keys()].filter((p) => p.startsWith(`${path}/`)).map((p) => p.slice(path.length + 1).split('/')[0]!);
-  }
-}
+/** In-memory files under a root: the simulator's (one implementation for tests and the simulator). */
+export { FakeFiles };
 
 /** Image store that knows the built-ins and the names given. */
 export class FakeImages implements ImageStore {

@@ -22,18 +22,31 @@ import type { CallError, ControllerState, CoreConfig, Ctx, Effect, Input, Now, P
 
 /** Options of {@link coreConfig}: the controller's options, durations in ms. */
 export interface CoreOptions {
+  /** This replica's name in `controller/leader` and in logs. */
   readonly controllerId: string;
+  /** Share of detached hosts above which nothing is fenced (default 0.55). */
   readonly freezeShare?: number;
+  /** Fenced and absent this long: the record is retired (default 24 h). */
   readonly hostRecordTtl?: number;
+  /** Retired and absent this long: the record is removed (default 60 s). */
   readonly retiredRemoveAfter?: number;
+  /** Lengthens (never shortens) every host's published fence window. */
   readonly fenceWindowOverride?: number;
+  /** Leader lease TTL, whole seconds (default 5 s). Keepalives every third of it. */
   readonly leaderTtl?: number;
+  /** How often a standby tries to take over (default min(1 s, leaderTtl / 3)). */
   readonly campaignInterval?: number;
+  /** Deadline of each store call (default 2 s). */
   readonly callDeadline?: number;
+  /** Events kept (default 1000). */
   readonly eventRetention?: number;
+  /** Period of host-record GC, event pruning and the retry of pending VMs (default 60 s). */
   readonly gcInterval?: number;
+  /** Delay before retrying a failed or conflicting write (default 1 s); doubles per consecutive failure of a host. */
   readonly retryDelay?: number;
+  /** Longest delay between retries of one host (default 30 s). */
   readonly maxRetryDelay?: number;
+  /** The store's txn limits (default etcd 3.4's). */
   readonly txnLimits?: CoreConfig['txnLimits'];
 }
 
