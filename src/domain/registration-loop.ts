@@ -10,7 +10,12 @@
  * - an accepted registration is an acknowledged heartbeat sent at the lease GRANT's send time (the
  *   lease cannot expire before that plus its TTL);
  * - a `duplicate` refusal never fences (the lifecycle ignores it) and is retried every TTL, reported
- *   once per holder; `fenced` and `epoch-mismatch` end the loop (the lifecycle fences);
+ *   once per holder; `fenced` and `epoch-mismatch` end a `reattach` loop (the lifecycle fences);
+ * - a `ready` registration refused as `epoch-mismatch` (another agent instance registered this host
+ *   id at a newer epoch after this host fenced, and the cluster has not fenced that epoch yet) is
+ *   waited out, retried every TTL, reported once per detail: this host is clean and runs nothing,
+ *   and the cluster decides when it may rejoin (once that epoch is fenced). Ending the loop there
+ *   left the host `rejoining` forever (simulator, seed 1079);
  * - failures back off from {@link FIRST_REGISTRATION_BACKOFF_MS}, doubling, capped at two heartbeat
  *   intervals for retryable errors and at the TTL for the others (reported once per message: they
  *   keep failing until an operator fixes the cause).
@@ -50,13 +55,30 @@ export type RegistrationVerdict =
   /** Revoke the lease; another agent holds this host id: wait `retryAfterMs` and try again. `report`: a new holder. */
   | { readonly kind: 'duplicate'; readonly event: HostEvent; readonly duplicateOf: string; readonly report: boolean; readonly retryAfterMs: number }
   /** Revoke the lease and stop: the record was fenced or its epoch moved on (the lifecycle fences). */
-  | { readonly kind: 'refused'; readonly event: HostEvent; readonly reason: RegistrationRefusal; readonly detail: string };
+  | { readonly kind: 'refused'; readonly event: HostEvent; readonly reason: RegistrationRefusal; readonly detail: string }
+  /**
+   * Revoke the lease, wait `retryAfterMs` and try again (no lifecycle event: the host stays clean or
+   * rejoining): a `ready` registration found the record at another agent instance's epoch, not fenced
+   * yet. `report`: a new detail.
+   */
+  | { readonly kind: 'wait'; readonly detail: string; readonly report: boolean; readonly retryAfterMs: number };
 
-/** Judges a registration answer; `sentAt`: monotonic send time of the lease grant. */
-export function judgeRegistration(t: GcTimings, answer: RegistrationAnswer, sentAt: number, duplicateOf: string | undefined): RegistrationVerdict {
+/**
+ * Judges a registration answer to a registration in `mode`; `sentAt`: monotonic send time of the
+ * lease grant; `duplicateOf` / `waitingOn`: the duplicate holder / the wait detail reported last.
+ */
+export function judgeRegistration(
+  t: GcTimings,
+  answer: RegistrationAnswer,
+  sentAt: number,
+  duplicateOf: string | undefined,
+  mode: RegistrationMode,
+  waitingOn?: string,
+): RegistrationVerdict {
   if (answer.ok) return { kind: 'registered', event: { kind: 'registered', epoch: answer.epoch, sentAt } };
   const event: HostEvent = { kind: 'register-refused', reason: answer.reason };
   if (answer.reason === 'duplicate') return { kind: 'duplicate', event, duplicateOf: answer.detail, report: duplicateOf !== answer.detail, retryAfterMs: t.ttl };
+  if (mode === 'ready' && answer.reason === 'epoch-mismatch') return { kind: 'wait', detail: answer.detail, report: waitingOn !== answer.detail, retryAfterMs: t.ttl };
   return { kind: 'refused', event, reason: answer.reason, detail: answer.detail };
 }
 

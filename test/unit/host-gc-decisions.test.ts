@@ -110,7 +110,7 @@ describe('registration loop decisions', () => {
     [{ ok: false, reason: 'duplicate', detail: 'agent b' } as const, undefined, 'duplicate', { kind: 'register-refused', reason: 'duplicate' }],
     [{ ok: false, reason: 'duplicate', detail: 'agent b' } as const, 'agent b', 'duplicate', { kind: 'register-refused', reason: 'duplicate' }],
   ])('%j (duplicate before: %s) -> %s', (answer, dupBefore, kind, event) => {
-    const v = judgeRegistration(T, answer, 50, dupBefore);
+    const v = judgeRegistration(T, answer, 50, dupBefore, 'reattach');
     expect(v.kind).toBe(kind);
     expect(v.event).toEqual(event);
     if (v.kind === 'duplicate') {

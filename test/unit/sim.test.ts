@@ -61,4 +61,13 @@ describe('simulator', () => {
     const r = await runSeed({ seed: 1009, stores: kvStores, schedule });
     expect(r.violations).toEqual([]);
   }, 60_000);
+
+  it('a fenced host rejoins after a duplicate agent registered its host id and left (seed 1079, shrunk schedule)', async () => {
+    const schedule: FaultOp[] = [
+      { at: 5841, kind: 'partition', target: 'host-2', durationMs: 35151 },
+      { at: 34211, kind: 'duplicate-agent', target: 'host-2', durationMs: 23508 },
+    ];
+    const r = await runSeed({ seed: 1079, stores: kvStores, schedule });
+    expect(r.violations).toEqual([]);
+  }, 60_000);
 });

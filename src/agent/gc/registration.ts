@@ -54,6 +54,7 @@ export class Registrar {
     const t = s.t;
     let backoff = FIRST_REGISTRATION_BACKOFF_MS;
     let lastError: string | undefined;
+    let waitingOn: string | undefined;
     try {
       while (!s.stopped) {
         if (!registrationWanted(mode, s.state.phase, s.lease !== undefined)) return;
@@ -75,7 +76,7 @@ export class Registrar {
             },
             t.heartbeatInterval * 2,
           );
-          const v = judgeRegistration(t, res, sentAt, s.duplicateOf);
+          const v = judgeRegistration(t, res, sentAt, s.duplicateOf, mode, waitingOn);
           if (v.kind === 'registered') {
             s.lease = lease;
             s.duplicateOf = undefined;
@@ -85,6 +86,15 @@ export class Registrar {
             return;
           }
           void s.store.revokeLease(lease, t.heartbeatInterval).catch(() => undefined);
+          if (v.kind === 'wait') {
+            if (v.report) {
+              logger.warn({ detail: v.detail }, `rejoin refused for now: ${v.detail}. This host is clean and runs nothing; retrying every ${t.ttl} ms`);
+              inventory.addEvent('registration-refused', clock.now(), { reason: 'epoch-mismatch', detail: v.detail });
+            }
+            waitingOn = v.detail;
+            await clock.sleep(v.retryAfterMs);
+            continue;
+          }
           if (v.kind === 'duplicate') {
             const detail = v.duplicateOf;
             if (v.report) {
