@@ -85,6 +85,17 @@ export class MemoryInventory implements Inventory {
     this.meta.set(key, value);
   }
   close(): void {}
+
+  /** A copy of every row, resource, event and meta value (a cloned state dir, e.g. a cloned VM image of the host). */
+  clone(): MemoryInventory {
+    const c = new MemoryInventory();
+    for (const [k, v] of this.vms) c.vms.set(k, v);
+    for (const [k, v] of this.resources) c.resources.set(k, v);
+    for (const [k, v] of this.meta) c.meta.set(k, v);
+    c.events.push(...this.events);
+    c.nextEvent = this.nextEvent;
+    return c;
+  }
 }
 
 function cmp(a: string, b: string): number {

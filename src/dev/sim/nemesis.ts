@@ -7,7 +7,8 @@
  * guardian death, controller crash (and restart: the other replica takes over meanwhile), etcd
  * leader change, with etcd 3.4's anomalies (early revoke of a host's lease by the deposed leader,
  * renew after revoke), quorum loss, operator hold/release, drain, power-off plus the operator's
- * confirmed fence, a duplicate agent with the same host id, malformed records written raw, every
+ * confirmed fence, a duplicate agent with the same host id (from another state dir, or a clone of
+ * the host's state dir booted on another machine), malformed records written raw, every
  * watch stream broken at once (an etcd member restart).
  *
  * To add a fault kind: add it to {@link FAULT_KINDS} with a weight, draw its target and duration in
@@ -38,6 +39,7 @@ export const FAULT_KINDS = {
   drain: 2,
   'power-off-fence': 2,
   'duplicate-agent': 2,
+  'cloned-agent': 2,
   malformed: 2,
   'watch-break': 2,
 } as const;
@@ -188,6 +190,11 @@ export function applyFault(w: SimWorld, op: FaultOp, index: number): void {
       return;
     case 'duplicate-agent':
       start(() => w.startDuplicate(op.target));
+      end(() => w.stopDuplicate(op.target));
+      return;
+    case 'cloned-agent':
+      // A cloned VM image of the host booted elsewhere: same state dir (inventory, epoch, agent id).
+      start(() => w.startDuplicate(op.target, 'clone'));
       end(() => w.stopDuplicate(op.target));
       return;
     case 'malformed':

@@ -30,6 +30,7 @@ import { SimGuardianFeed, launchGuardian, type SimGuardianProcess } from './guar
 import { Prng } from './prng.js';
 import { Scheduler, SimProcess, Trace } from './scheduler.js';
 import { Incarnations, SimMachine, seededGuests } from './substrate.js';
+import { MemoryInventory } from './inventory.js';
 import { SimNetwork } from './transport.js';
 
 /** How the simulator builds the real stores over a `Kv` (src/adapters/kv). */
@@ -304,19 +305,32 @@ export class SimWorld {
     this.startAgent(hostId);
   }
 
-  /** A second agent with the same host id on another machine (another state dir, agent id). */
-  startDuplicate(hostId: string): void {
+  /**
+   * A second agent with the same host id on another machine. `fresh`: another state dir (epoch 0,
+   * its own agent id). `clone`: a copy of the host's state dir as it is now — same inventory rows,
+   * persisted epoch and agent id, as a cloned VM image of the host would have — on another machine
+   * (another boot, no VM processes, its own host-id lock: the lock guards one machine only).
+   */
+  startDuplicate(hostId: string, kind: 'fresh' | 'clone' = 'fresh'): void {
     if (this.duplicates.has(hostId)) return;
+    const slot = this.hosts.get(hostId)!;
     const node = `${hostId}-dup`;
     const machine = this.newMachine(hostId, node);
-    const agent = this.makeAgent(machine, node, hostId, `agent-${hostId}-dup`, `${hostId}/dup-agent`, undefined, true);
+    if (kind === 'clone') {
+      if (slot.machine.inventory instanceof MemoryInventory) machine.inventory = slot.machine.inventory.clone();
+      for (const [k, v] of slot.machine.files.paths) machine.files.paths.set(k, v);
+    }
+    const agent = this.makeAgent(machine, node, hostId, `agent-${hostId}-${kind === 'clone' ? 'clone' : 'dup'}`, `${hostId}/dup-agent`, undefined, true);
     this.duplicates.set(hostId, { machine, agent });
   }
 
+  /** The duplicate's machine goes off: its agent, guardian and VM processes are gone. */
   stopDuplicate(hostId: string): void {
     const d = this.duplicates.get(hostId);
     if (!d) return;
     d.agent.proc.kill();
+    for (const uid of [...d.machine.vmm.procs.keys()]) d.machine.vmm.remove(uid, 'power-off');
+    d.machine.taps.taps.clear();
     this.duplicates.delete(hostId);
   }
 
