@@ -96,12 +96,16 @@ export function hostEvent(c: Ctx, watch: number, e: HostWatchEvent, at: Now): vo
     if (r <= t.recordSeen) return;
     t.recordSeen = r;
     const prevState = t.record?.state;
+    const prevEpoch = t.record?.epoch;
     const returned = setRecord(t, e.kind === 'record' ? e.record : undefined, e.kind === 'record' ? e.revision : undefined);
     if (returned && t.record) {
       log(c, 'info', { hostId: t.hostId, epoch: t.record.epoch, state: t.record.state }, 'host came back before the fence: its fence is cancelled');
       emitEvent(c, { kind: 'host-returned', hostId: t.hostId, epoch: t.record.epoch, detail: `host ${t.hostId} re-registered (${t.record.state}, epoch ${t.record.epoch}) before its fence deadline` });
     }
     if (t.record?.state === 'fenced' && prevState !== 'fenced') requestSweep(c);
+    // A host registered at a newer epoch (rejoined `ready` after its own fence and cleanup): its VMs
+    // of older epochs are gone; mark them lost now (staleOnRejoinedHost), not at the next GC tick.
+    else if (t.record && prevEpoch !== undefined && t.record.epoch > prevEpoch) requestSweep(c);
   } else {
     if (r <= t.aliveSeen) return;
     t.aliveSeen = r;
