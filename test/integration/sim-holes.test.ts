@@ -9,13 +9,14 @@
  * Integration tier: a worktree and a vite-node process per hole (about a minute each).
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { FaultKind } from '../../src/dev/sim/nemesis.js';
 import { hunt, type HuntResult } from '../../src/dev/sim/run.js';
 import { kvStores } from '../../src/dev/sim/stores.js';
+import type { Violation } from '../../src/dev/sim/world.js';
 
 const ROOT = resolve(__dirname, '../..');
 /** Seeds each hole may take before the test gives up (none took more than a handful when written). */
@@ -23,8 +24,19 @@ const BUDGET = 40;
 
 interface Hole {
   readonly name: string;
-  /** Patch under test/sim-holes/, or undefined for the sim switch. */
+  /**
+   * Under test/sim-holes/, or undefined for the sim switch: a `.patch` (git apply) or a
+   * `.replace.json` (exact text replacements, each of which must match exactly once: rebase-proof,
+   * and it fails loudly when the code it re-opens has moved).
+   */
   readonly patch?: string;
+  /** World size (default 3 hosts, 6 VMs). */
+  readonly hosts?: number;
+  readonly vms?: number;
+  /** Seeds to try (default {@link BUDGET}). */
+  readonly budget?: number;
+  /** The invariants the hole may break (default: the safety ones). */
+  readonly catches?: readonly Violation['invariant'][];
   readonly noGuardian?: boolean;
   /** The fault kinds that can reach the hole (fewer kinds: fewer seeds; every kind is still legal). */
   readonly kinds: readonly FaultKind[];
@@ -36,20 +48,41 @@ const HOLES: readonly Hole[] = [
   { name: 'watchdog inside the agent only (no guardian)', noGuardian: true, kinds: ['agent-hang', 'agent-crash', 'partition'] },
   { name: 'unpublished local hold (applied without holdSeen)', patch: 'unpublished-hold.patch', kinds: ['hold', 'partition'], faultMs: 90_000 },
   { name: 'early lease revoke not allowed for', patch: 'early-revoke.patch', kinds: ['early-revoke', 'partition'] },
+  // Not yet usable: duplicate-agent.replace.json (registration accepts a live holder) fails seed 30
+  // of ['cloned-agent', 'partition'] with a double run, but the unpatched code fails seed 30 too
+  // (docs/sim.md, "Finding"): re-enable once the clone finding is fixed.
+  // { name: 'duplicate agent accepted while the holder lives', patch: 'duplicate-agent.replace.json', kinds: ['cloned-agent', 'partition'] },
+  // Not yet caught: summed-txn-ops.replace.json (one lost-marking txn for all of a fenced host's
+  // VMs) with 3 hosts x 150 VMs passed seeds 1-4 of 'partition' (no host with its VMs was fenced
+  // in them: the fault schedule must fence a big host; try power-off-fence with more seeds), e.g.
+  // { name: 'one lost-marking txn for all VMs', patch: 'summed-txn-ops.replace.json', kinds: [...], hosts: 3, vms: 450, budget: 4, catches: ['liveness'] },
 ];
 
+/** Applies `file` (test/sim-holes/*.replace.json) in `dir`; throws unless every `find` occurs exactly once. */
+function applyReplacements(dir: string, file: string): void {
+  const spec = JSON.parse(readFileSync(join(ROOT, 'test/sim-holes', file), 'utf8')) as { edits: { file: string; find: string; replace: string }[] };
+  for (const e of spec.edits) {
+    const path = join(dir, e.file);
+    const text = readFileSync(path, 'utf8');
+    const n = text.split(e.find).length - 1;
+    if (n !== 1) throw new Error(`${file}: the text to replace occurs ${n} times in ${e.file} (the code moved: update the hole)`);
+    writeFileSync(path, text.replace(e.find, () => e.replace));
+  }
+}
+
 /** Runs `hunt` in a worktree of HEAD with `patch` applied. */
-function huntPatched(patch: string, kinds: readonly FaultKind[], faultMs: number): HuntResult {
+function huntPatched(patch: string, kinds: readonly FaultKind[], faultMs: number, size: { hosts: number; vms: number }, budget: number): HuntResult {
   const dir = mkdtempSync(join(tmpdir(), 'tether-sim-hole-'));
   rmSync(dir, { recursive: true });
   execFileSync('git', ['-C', ROOT, 'worktree', 'add', '--detach', dir, 'HEAD'], { stdio: 'pipe' });
   try {
-    execFileSync('git', ['-C', dir, 'apply', join(ROOT, 'test/sim-holes', patch)], { stdio: 'pipe' });
+    if (patch.endsWith('.replace.json')) applyReplacements(dir, patch);
+    else execFileSync('git', ['-C', dir, 'apply', join(ROOT, 'test/sim-holes', patch)], { stdio: 'pipe' });
     symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
     writeFileSync(
       join(dir, 'hunt-hole.ts'),
       `import { hunt } from './src/dev/sim/run.js';\nimport { kvStores } from './src/dev/sim/stores.js';\n` +
-        `const r = await hunt({ from: 1, maxSeeds: ${BUDGET}, stores: kvStores, kinds: ${JSON.stringify(kinds)}, faultMs: ${faultMs} });\nconsole.log('HUNT ' + JSON.stringify(r));\n`,
+        `const r = await hunt({ from: 1, maxSeeds: ${budget}, hosts: ${size.hosts}, vms: ${size.vms}, stores: kvStores, kinds: ${JSON.stringify(kinds)}, faultMs: ${faultMs} });\nconsole.log('HUNT ' + JSON.stringify(r));\n`,
     );
     const out = execFileSync(join(ROOT, 'node_modules/.bin/vite-node'), ['hunt-hole.ts'], { cwd: dir, encoding: 'utf8', timeout: 900_000 });
     const line = out.split('\n').find((l) => l.startsWith('HUNT '));
@@ -62,13 +95,17 @@ function huntPatched(patch: string, kinds: readonly FaultKind[], faultMs: number
 
 describe('simulator catches each re-introduced hole of issue 7', () => {
   for (const h of HOLES) {
-    it(`${h.name}: a violation within ${BUDGET} seeds, none on the same seeds without the hole`, async () => {
+    const budget = h.budget ?? BUDGET;
+    it(`${h.name}: a violation within ${budget} seeds, none on the same seeds without the hole`, async () => {
       const faultMs = h.faultMs ?? 45_000;
-      const r = h.patch ? huntPatched(h.patch, h.kinds, faultMs) : await hunt({ from: 1, maxSeeds: BUDGET, stores: kvStores, kinds: h.kinds, faultMs, noGuardian: true });
-      console.log(`[sim-holes] ${h.name}: first failing seed ${r.firstFailingSeed ?? 'none'} after ${r.seedsTried} seed(s): ${r.violation ? `${r.violation.invariant}: ${r.violation.detail}` : '-'}`);
+      const size = { hosts: h.hosts ?? 3, vms: h.vms ?? 6 };
+      const t0 = performance.now();
+      const r = h.patch ? huntPatched(h.patch, h.kinds, faultMs, size, budget) : await hunt({ from: 1, maxSeeds: budget, ...size, stores: kvStores, kinds: h.kinds, faultMs, noGuardian: true });
+      const took = ((performance.now() - t0) / 1000).toFixed(1);
+      console.log(`[sim-holes] ${h.name}: first failing seed ${r.firstFailingSeed ?? 'none'} after ${r.seedsTried} seed(s) (${took} s): ${r.violation ? `${r.violation.invariant}: ${r.violation.detail}` : '-'}`);
       expect(r.firstFailingSeed).toBeDefined();
-      expect(['double-run', 'false-fence', 'fenced-epoch-write']).toContain(r.violation!.invariant);
-      const control = await hunt({ from: 1, maxSeeds: r.seedsTried, stores: kvStores, kinds: h.kinds, faultMs });
+      expect(h.catches ?? ['double-run', 'false-fence', 'fenced-epoch-write']).toContain(r.violation!.invariant);
+      const control = await hunt({ from: 1, maxSeeds: r.seedsTried, ...size, stores: kvStores, kinds: h.kinds, faultMs });
       expect(control.firstFailingSeed).toBeUndefined();
     }, 1_200_000);
   }
