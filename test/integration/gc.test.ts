@@ -102,6 +102,8 @@ beforeAll(async () => {
   agent = new AgentProcess(hostId, join(dir, 'state'), [...etcd.agentArgs(proxies.endpoints()), ...TIMINGS]);
   await agent.start();
   await phase('attached', 20_000);
+  // new VMs are admitted once the guardian is known to run (it may come up after the attach under load)
+  await until('guardian running', async () => ((await status().catch(() => undefined))?.guardianRunning === true ? true : undefined), 30_000, 50);
 }, 120_000);
 
 afterAll(async () => {
