@@ -56,6 +56,20 @@ export function clusterPhaseOf(local: VmPhase): ClusterVmPhase {
 }
 
 /**
+ * True when the VM ran here and died: its record (placed on this host at its current epoch) says
+ * `running`, and the local VM is `failed` while still wanted — the reconciler marks a running VM so
+ * when its process is gone after the agent was down (a reboot shorter than the lease TTL, or the
+ * guardian's kill while the host still reattached at the same epoch). A create that failed here never
+ * matches: its record was never `running`. Such a VM is deleted locally (process stopped if any,
+ * leftovers removed), then re-created from its record at a later round, under the same uid, on this
+ * host at this epoch — the only place the cluster runs it, since the controller moves a VM only after
+ * it was marked lost. Never a loop: it dies again only with another agent outage.
+ */
+export function diedHere(record: Pick<ClusterVmRecord, 'phase'>, local: Pick<LocalVm, 'phase' | 'desired'>): boolean {
+  return record.phase === 'running' && local.desired === 'present' && local.phase === 'failed';
+}
+
+/**
  * Decides one sync round for host `hostId` at `epoch`.
  * Invariants: only records with `hostId` = this host and `hostEpoch` = `epoch` are ever created or
  * written; a local VM whose record is not such a record (and not being created from one) is deleted
@@ -91,6 +105,7 @@ export function planSync(
       if (v.record.phase !== 'failed' && v.record.phase !== 'stopped') create.push(v);
       continue;
     }
+    if (diedHere(v.record, l)) continue; // deleted locally below, re-created from the record next
     const phase = clusterPhaseOf(l.phase);
     if (l.desired === 'present' && phase !== v.record.phase && !(v.record.phase === 'pending' && phase === 'creating' && l.phase === 'pending')) {
       status.push({ view: v, phase });
@@ -100,7 +115,7 @@ export function planSync(
     .filter((l) => l.desired === 'present')
     .filter((l) => {
       const v = byUid.get(l.uid);
-      if (v) return v.record.phase === 'deleting' || v.record.phase === 'lost';
+      if (v) return v.record.phase === 'deleting' || v.record.phase === 'lost' || diedHere(v.record, l);
       if (l.key !== undefined && unreadableKeys.has(l.key)) {
         kept.push(l.uid);
         return false;

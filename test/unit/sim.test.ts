@@ -83,4 +83,14 @@ describe('simulator', () => {
     const r = await runSeed({ seed: 1079, stores: kvStores, schedule });
     expect(r.violations).toEqual([]);
   }, 60_000);
+
+  // A reboot shorter than the lease TTL (the operator's fence is refused: the lease still lives): the
+  // host reattaches at the same epoch and its VMs' processes are gone. They used to end `failed` for
+  // good (a note, not a violation); now the host re-creates them from their records.
+  it('a host rebooted within the lease TTL runs its VMs again (no VM left failed)', async () => {
+    const schedule: FaultOp[] = [{ at: 20000, kind: 'power-off-fence', target: 'host-2', durationMs: 2000 }];
+    const r = await runSeed({ seed: 89, stores: kvStores, schedule });
+    expect(r.violations).toEqual([]);
+    expect(r.notes).toEqual([]);
+  }, 60_000);
 });
