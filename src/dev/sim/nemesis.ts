@@ -136,7 +136,7 @@ export function applyFault(w: SimWorld, op: FaultOp, index: number): void {
       end(() => w.hosts.get(op.target)?.agent?.proc.resume());
       return;
     case 'guardian-kill':
-      start(() => w.hosts.get(op.target)?.guardian?.proc.kill());
+      start(() => w.killGuardian(op.target));
       return;
     case 'controller-crash':
       start(() => w.crashController(ctl()));

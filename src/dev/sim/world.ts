@@ -277,6 +277,25 @@ export class SimWorld {
     if (a?.proc.alive) a.proc.kill();
   }
 
+  /**
+   * Guardian killed (SIGKILL). As deployed (deploy/systemd/tether-guardian.service: Restart=always,
+   * RestartSec=200ms) the machine's service manager starts it again 200 ms later, whether or not the
+   * agent runs; the new guardian reads the feed and fires at once when the deadline has passed. Without
+   * this, an agent down and a guardian killed at once would leave nothing to fence the VMs: a double
+   * failure that only a hardware watchdog could cover (docs/guardian.md).
+   */
+  killGuardian(hostId: string): void {
+    const slot = this.hosts.get(hostId);
+    const g = slot?.guardian;
+    if (!slot || !g?.proc.alive) return;
+    g.proc.kill();
+    const boots = slot.boots;
+    this.sched.after(200, `systemd restarts ${hostId}/guardian`, () => {
+      if (!slot.poweredOn || slot.boots !== boots || slot.guardian?.proc.alive) return;
+      slot.guardian = launchGuardian(this.sched, slot.machine, ++slot.guardianN, this.t.killTimeout);
+    });
+  }
+
   /** Powers the machine off: every process and VM gone, taps gone; the inventory and files stay. */
   powerOff(hostId: string): void {
     const slot = this.hosts.get(hostId)!;
