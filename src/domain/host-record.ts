@@ -40,6 +40,12 @@ export interface HostRecord {
   readonly capacity: { readonly vcpu: number; readonly memoryMb: number };
   readonly labels: Readonly<Record<string, string>>;
   readonly agentVersion: string;
+  /**
+   * The machine that registered this epoch (`/etc/machine-id`, see src/domain/registration.ts): only
+   * an agent on this machine may reattach at this epoch. Absent on records written before machine
+   * ids (legacy: any machine may, as before).
+   */
+  readonly machineId?: string;
   /** Wall-clock ms of the last write (display only). */
   readonly updatedAt: number;
 }

@@ -4,7 +4,8 @@
  * The stores (src/adapters/kv) read, call these, send the txn and loop on a lost compare; the etcd
  * adapter and the etcd model therefore run the same rules.
  *
- * Invariants: every txn compares the `mod_revision` (0 = absent) of each key its decision read, so
+ * Invariants: the registration txn writes the registering machine's id (or none) on both the record
+ * and `alive`, never a machine id read before; every txn compares the `mod_revision` (0 = absent) of each key its decision read, so
  * a decision taken on a stale read never lands; registration follows {@link decideRegistration};
  * a hold acknowledgement lands only at the record's epoch, while it is `attached` or `ready`, and
  * while `alive` is on the acknowledging host's lease (a fenced host or one that lost its lease
@@ -34,6 +35,8 @@ export interface RegistrationInput {
   readonly mode: 'reattach' | 'ready';
   readonly epoch: number;
   readonly agentId: string;
+  /** The machine the agent runs on (the port's `Registration.machineId`). */
+  readonly machineId?: string;
   readonly holder: string;
   readonly holdApplied: boolean;
   readonly record: Omit<HostRecord, 'state' | 'epoch' | 'hold' | 'updatedAt'>;
@@ -54,8 +57,11 @@ export type RegistrationPlan =
 export function registrationTxn(keys: Keyspace, reg: RegistrationInput, cur: ReadRecord | undefined, alive: ReadAlive | undefined, now: number): RegistrationPlan {
   const decision = decideRegistration(reg, cur?.record, alive?.holder);
   if (!decision.ok) return decision;
+  // The record's machine is the registering one (reg.machineId), never one carried in reg.record.
+  const { machineId: _carried, ...recordFields } = reg.record;
   const record: HostRecord = {
-    ...reg.record,
+    ...recordFields,
+    ...(reg.machineId !== undefined ? { machineId: reg.machineId } : {}),
     state: decision.state,
     epoch: decision.epoch,
     hold: cur?.record.hold ?? false,
@@ -65,7 +71,7 @@ export function registrationTxn(keys: Keyspace, reg: RegistrationInput, cur: Rea
   };
   const key = keys.hostRecord(reg.hostId);
   const aliveKey = keys.hostAlive(reg.hostId);
-  const aliveValue = { epoch: record.epoch, agentVersion: reg.record.agentVersion, agentId: reg.agentId, holder: reg.holder };
+  const aliveValue = { epoch: record.epoch, agentVersion: reg.record.agentVersion, agentId: reg.agentId, ...(reg.machineId !== undefined ? { machineId: reg.machineId } : {}), holder: reg.holder };
   return {
     ok: true,
     record,

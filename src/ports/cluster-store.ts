@@ -26,6 +26,12 @@ export interface Registration {
   readonly epoch: number;
   /** This agent instance's persistent id (kept in its state dir): who writes `alive`. */
   readonly agentId: string;
+  /**
+   * The machine this agent runs on (`/etc/machine-id`): only the record's machine may reattach at
+   * its epoch, and a live `alive` from another machine is a duplicate whatever its agent id (a
+   * cloned state dir carries the agent id along). Absent: an unknown machine (never the record's).
+   */
+  readonly machineId?: string;
   /** Human description of this agent (pid, machine, state dir), shown to a refused duplicate. */
   readonly holder: string;
   /**

@@ -142,7 +142,8 @@ export class KvClusterStore implements ClusterStore {
     const kv = (await this.kv.range({ key }, deadlineMs)).kvs[0];
     if (!kv) return undefined;
     const decoded = decodeAliveValue(this.keys.rel(key), kv.value);
-    const value = decoded.ok ? { ...(decoded.value.agentId ? { agentId: decoded.value.agentId } : {}), ...(decoded.value.holder ? { holder: decoded.value.holder } : {}) } : {};
+    const v = decoded.ok ? decoded.value : undefined;
+    const value = v ? { ...(v.agentId ? { agentId: v.agentId } : {}), ...(v.machineId ? { machineId: v.machineId } : {}), ...(v.holder ? { holder: v.holder } : {}) } : {};
     return { holder: { ...value, lease: kv.lease ?? '0' }, modRevision: kv.modRevision };
   }
 }

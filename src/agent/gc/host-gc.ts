@@ -39,6 +39,13 @@ export interface HostGcOptions {
   readonly agentVersion: string;
   /** This agent instance's persistent id (one per state dir): the writer of `hosts/<id>/alive`. */
   readonly agentId: string;
+  /**
+   * The machine this agent runs on (`/etc/machine-id`, src/adapters/machine-id.ts), registered with
+   * the host record and `alive`: a copy of the state dir booted on another machine (same host id,
+   * agent id and epoch) is then refused instead of running the host's VMs a second time. Absent: an
+   * unknown machine (it may reattach only to legacy records that name none).
+   */
+  readonly machineId?: string;
   /** Human description of this agent (pid, machine, state dir), shown to a refused duplicate. */
   readonly holder: string;
   /**

@@ -14,6 +14,8 @@ import { localHoldSet, setLocalHold } from './persisted-state.js';
 /** What this agent registers as (HostGcOptions). */
 export interface RegistrantInfo {
   readonly agentId: string;
+  /** The machine this agent runs on (see `Registration.machineId`). */
+  readonly machineId?: string;
   readonly holder: string;
   readonly capacity: { vcpu: number; memoryMb: number };
   readonly labels?: Record<string, string>;
@@ -70,6 +72,7 @@ export class Registrar {
               epoch: s.state.epoch,
               lease,
               agentId: this.me.agentId,
+              ...(this.me.machineId !== undefined ? { machineId: this.me.machineId } : {}),
               holder: this.me.holder,
               holdApplied: s.state.held,
               record: { hostId, timings: t, capacity: this.me.capacity, labels: this.me.labels ?? {}, agentVersion: this.me.agentVersion },

@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import { hostname, setPriority } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
+import { readMachineId } from '../../adapters/machine-id.js';
 import { SystemClock } from '../../adapters/clock/system-clock.js';
 import { QcowVolumes } from '../../adapters/disk/qcow-volumes.js';
 import { EtcdClusterStore } from '../../adapters/etcd/etcd-cluster-store.js';
@@ -137,6 +138,7 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
       capacity: { vcpu: cfg.capacityVcpu, memoryMb: cfg.capacityMemory },
       agentVersion: VERSION,
       agentId,
+      machineId: readMachineId(),
       holder: `tether agent pid ${process.pid} on ${hostname()}, state dir ${stateDir}`,
       metrics: {
         vmStopped: (m) => metrics.vmsStopped.inc({ method: m }),

@@ -39,9 +39,7 @@ export const FAULT_KINDS = {
   drain: 2,
   'power-off-fence': 2,
   'duplicate-agent': 2,
-  // Opt-in only (weight 0: drawn only when asked for by `kinds`): the unpatched code double-runs
-  // under it (docs/sim.md, "Finding"), so it stays out of the normal mix until that is fixed.
-  'cloned-agent': 0,
+  'cloned-agent': 2,
   malformed: 2,
   'watch-break': 2,
 } as const;
@@ -195,8 +193,9 @@ export function applyFault(w: SimWorld, op: FaultOp, index: number): void {
       end(() => w.stopDuplicate(op.target));
       return;
     case 'cloned-agent':
-      // A cloned VM image of the host booted elsewhere: same state dir (inventory, epoch, agent id).
-      start(() => w.startDuplicate(op.target, 'clone'));
+      // A cloned VM image of the host booted elsewhere: same state dir (inventory, epoch, agent id);
+      // odd durations: a restored backup whose agent id was reset (same epoch, new agent id).
+      start(() => w.startDuplicate(op.target, op.durationMs % 2 === 0 ? 'clone' : 'clone-new-id'));
       end(() => w.stopDuplicate(op.target));
       return;
     case 'malformed':

@@ -31,6 +31,8 @@ export interface RunOptions {
   readonly stores: SimStores;
   /** See `SimConfig.noGuardian` in world.ts (holes harness only). */
   readonly noGuardian?: boolean;
+  /** See `SimConfig.noMachineId` in world.ts (shows the cloned-agent finding). */
+  readonly noMachineId?: boolean;
 }
 
 /** What one seed did. */
@@ -54,7 +56,7 @@ export async function runSeed(o: RunOptions): Promise<SeedResult> {
   const vms = o.vms ?? 6;
   const faultMs = o.faultMs ?? 45_000;
   const healMs = o.healMs ?? 60_000;
-  const w = new SimWorld({ seed: o.seed, hosts, vms, keepTrace: o.keepTrace ?? false, ...(o.noGuardian ? { noGuardian: true } : {}) }, o.stores);
+  const w = new SimWorld({ seed: o.seed, hosts, vms, keepTrace: o.keepTrace ?? false, ...(o.noGuardian ? { noGuardian: true } : {}), ...(o.noMachineId ? { noMachineId: true } : {}) }, o.stores);
   const schedule = o.schedule ?? drawSchedule(w.rng.fork('nemesis'), hosts, faultMs, o.kinds);
   try {
     w.createVms(vms);

@@ -55,6 +55,12 @@ export interface SimConfig {
    * deployment, like running `tether agent` without its guardian; production code has no switch.
    */
   readonly noGuardian?: boolean;
+  /**
+   * Sim-only hole: agents register WITHOUT a machine id (as agents did before machine ids), so a
+   * clone of a host's state dir on another machine is told apart only by its agent id (the
+   * `cloned-agent` finding of docs/sim.md). Production agents always send one.
+   */
+  readonly noMachineId?: boolean;
 }
 
 /** An invariant found broken. */
@@ -247,6 +253,8 @@ export class SimWorld {
       capacity: { vcpu: 10_000, memoryMb: 10_000_000 },
       agentVersion: 'sim',
       agentId,
+      // One machine id per node: the host's machine keeps it across reboots, a duplicate's is its own.
+      ...(this.cfg.noMachineId ? {} : { machineId: `machine-${node}` }),
       holder: name,
       ...(this.cfg.noGuardian ? {} : { guardian: feed }),
       holdPollEvery: 3,
@@ -328,18 +336,20 @@ export class SimWorld {
    * A second agent with the same host id on another machine. `fresh`: another state dir (epoch 0,
    * its own agent id). `clone`: a copy of the host's state dir as it is now — same inventory rows,
    * persisted epoch and agent id, as a cloned VM image of the host would have — on another machine
-   * (another boot, no VM processes, its own host-id lock: the lock guards one machine only).
+   * (another boot, another machine id, no VM processes, its own host-id lock: the lock guards one
+   * machine only). `clone-new-id`: the same with a new agent id (a restored backup whose id was reset).
    */
-  startDuplicate(hostId: string, kind: 'fresh' | 'clone' = 'fresh'): void {
+  startDuplicate(hostId: string, kind: 'fresh' | 'clone' | 'clone-new-id' = 'fresh'): void {
     if (this.duplicates.has(hostId)) return;
     const slot = this.hosts.get(hostId)!;
     const node = `${hostId}-dup`;
     const machine = this.newMachine(hostId, node);
-    if (kind === 'clone') {
+    if (kind !== 'fresh') {
       if (slot.machine.inventory instanceof MemoryInventory) machine.inventory = slot.machine.inventory.clone();
       for (const [k, v] of slot.machine.files.paths) machine.files.paths.set(k, v);
     }
-    const agent = this.makeAgent(machine, node, hostId, `agent-${hostId}-${kind === 'clone' ? 'clone' : 'dup'}`, `${hostId}/dup-agent`, undefined, true);
+    const agentId = kind === 'clone' ? slot.agentId : `agent-${hostId}-${kind === 'fresh' ? 'dup' : 'clone'}`;
+    const agent = this.makeAgent(machine, node, hostId, agentId, `${hostId}/dup-agent`, undefined, true);
     this.duplicates.set(hostId, { machine, agent });
   }
 

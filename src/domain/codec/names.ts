@@ -88,6 +88,8 @@ export const RECORD_LIMITS = {
   maxMapValueLength: 65536,
   /** Length of a one-line free text (reason, version, holder, ids of controllers). */
   maxTextLength: RECORD_LIMITS_TEXT,
+  /** Length of a machine id (`/etc/machine-id` is 32 hex digits, a boot id 36 characters). */
+  maxMachineIdLength: 128,
   /** Length of an event's `detail` (it may list every lost VM of a fenced host). */
   maxDetailLength: 262144,
   /** Entries of a list inside a record (lost VMs of an event, hosts of the status document). */

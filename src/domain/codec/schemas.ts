@@ -170,6 +170,9 @@ const timingsSchema = z.strictObject({
   electionTolerance: duration,
 });
 
+/** A machine id (`/etc/machine-id`: 32 hex digits; a boot id: a UUID): bounded, a safe alphabet. */
+const machineIdSchema = z.string().min(1).max(L.maxMachineIdLength).regex(/^[A-Za-z0-9._:-]+$/, "must be letters, digits, '.', '_', ':' or '-'");
+
 /** `hosts/<id>/record`: {@link HostRecord}. */
 export const hostRecordSchema = z.strictObject({
   hostId,
@@ -185,6 +188,7 @@ export const hostRecordSchema = z.strictObject({
   capacity: z.strictObject({ vcpu: z.int().min(0).max(L.maxHostVcpu), memoryMb: z.int().min(0).max(L.maxHostMemoryMb) }),
   labels: stringMap,
   agentVersion: text(128),
+  machineId: machineIdSchema.optional(),
   updatedAt: wallMs,
 });
 
@@ -194,6 +198,8 @@ export const aliveValueSchema = z.strictObject({
   agentVersion: text(128),
   /** The agent instance that wrote it (absent when written by an older agent). */
   agentId: nameOf('agent-id').optional(),
+  /** The machine the writer runs on (absent when written by an older agent). */
+  machineId: machineIdSchema.optional(),
   /** Human description of the writer (pid, machine, state dir). */
   holder: text(L.maxTextLength).optional(),
 });
