@@ -95,6 +95,28 @@ describe('simulator', () => {
     expect(r.violations).toEqual([]);
   }, 60_000);
 
+  // A copy of the host's state dir booted on another machine (same host id, epoch and agent id): it
+  // used to reattach at the same epoch and run host-2's VMs a second time. Registration now names the
+  // machine (src/domain/registration.ts, "one machine per epoch"); without machine ids it still fails.
+  it('a cloned state dir on another machine never runs the host VMs a second time (seed 5, cloned-agent)', async () => {
+    const schedule: FaultOp[] = [{ at: 10091, kind: 'cloned-agent', target: 'host-2', durationMs: 3280 }];
+    expect((await runSeed({ seed: 5, stores: kvStores, schedule })).violations).toEqual([]);
+    const legacy = await runSeed({ seed: 5, stores: kvStores, schedule, noMachineId: true });
+    expect(legacy.violations.map((v) => v.invariant)).toContain('double-run');
+  }, 60_000);
+
+  // The clone has its own agent id (odd duration) and boots while the original is partitioned, its
+  // lease gone, its VMs still inside their watchdog window: it may not take the epoch over.
+  it('a clone with its own agent id does not reattach while the original is partitioned (cloned-agent + partition)', async () => {
+    const schedule: FaultOp[] = [
+      { at: 5000, kind: 'partition', target: 'host-3', durationMs: 10000 },
+      { at: 10500, kind: 'cloned-agent', target: 'host-3', durationMs: 20001 },
+    ];
+    expect((await runSeed({ seed: 30, stores: kvStores, schedule })).violations).toEqual([]);
+    const legacy = await runSeed({ seed: 30, stores: kvStores, schedule, noMachineId: true });
+    expect(legacy.violations.map((v) => v.invariant)).toContain('double-run');
+  }, 60_000);
+
   // A reboot shorter than the lease TTL (the operator's fence is refused: the lease still lives): the
   // host reattaches at the same epoch and its VMs' processes are gone. They used to end `failed` for
   // good (a note, not a violation); now the host re-creates them from their records.
