@@ -48,10 +48,9 @@ const HOLES: readonly Hole[] = [
   { name: 'watchdog inside the agent only (no guardian)', noGuardian: true, kinds: ['agent-hang', 'agent-crash', 'partition'] },
   { name: 'unpublished local hold (applied without holdSeen)', patch: 'unpublished-hold.patch', kinds: ['hold', 'partition'], faultMs: 90_000 },
   { name: 'early lease revoke not allowed for', patch: 'early-revoke.patch', kinds: ['early-revoke', 'partition'] },
-  // Not yet usable: duplicate-agent.replace.json (registration accepts a live holder) fails seed 30
-  // of ['cloned-agent', 'partition'] with a double run, but the unpatched code fails seed 30 too
-  // (docs/sim.md, "Finding"): re-enable once the clone finding is fixed.
-  // { name: 'duplicate agent accepted while the holder lives', patch: 'duplicate-agent.replace.json', kinds: ['cloned-agent', 'partition'] },
+  // A second agent with the host id (a clone of its state dir on another machine) accepted while the
+  // holder lives, or taking the record's epoch over from another machine.
+  { name: 'duplicate agent accepted while the holder lives', patch: 'duplicate-agent.replace.json', kinds: ['cloned-agent', 'partition'] },
   // Not yet caught: summed-txn-ops.replace.json (one lost-marking txn for all of a fenced host's
   // VMs) with 3 hosts x 150 VMs passed seeds 1-4 of 'partition' (no host with its VMs was fenced
   // in them: the fault schedule must fence a big host; try power-off-fence with more seeds), e.g.
