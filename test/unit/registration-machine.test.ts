@@ -75,7 +75,7 @@ describe('registration txn with machine ids', () => {
     const plan = registrationTxn(keys, reg(), { record: rec(), modRevision: 5 }, undefined, 2);
     expect(plan).toMatchObject({ ok: true, record: { epoch: 3, machineId: 'm1' } });
     if (!plan.ok) return;
-    const [r, a] = plan.txn.success as { value: string }[];
+    const [r, a] = plan.txn.success as readonly unknown[] as readonly { value: string }[];
     expect(decodeHostRecord('hosts/h1/record', r!.value)).toMatchObject({ ok: true, value: { machineId: 'm1' } });
     expect(decodeAliveValue('hosts/h1/alive', a!.value)).toMatchObject({ ok: true, value: { agentId: 'agent-1', machineId: 'm1' } });
   });
