@@ -29,15 +29,27 @@ export interface ReadAlive {
   readonly modRevision: number;
 }
 
-/** What a host sends when it (re-)registers (the port's `Registration`). */
+/** What a host sends when it (re-)registers (the cluster store port's `Registration`). */
 export interface RegistrationInput {
   readonly hostId: string;
+  /** `reattach`: keep the epoch; refused when the record was fenced or its epoch moved on. `ready`: rejoin with epoch + 1. */
   readonly mode: 'reattach' | 'ready';
+  /** The epoch the host believes it has (0 when it never registered). */
   readonly epoch: number;
+  /** This agent instance's persistent id (kept in its state dir): who writes `alive`. */
   readonly agentId: string;
-  /** The machine the agent runs on (the port's `Registration.machineId`). */
+  /**
+   * The machine this agent runs on (`/etc/machine-id`): only the record's machine may reattach at
+   * its epoch, and a live `alive` from another machine is a duplicate whatever its agent id (a
+   * cloned state dir carries the agent id along). Absent: an unknown machine (never the record's).
+   */
   readonly machineId?: string;
+  /** Human description of this agent (pid, machine, state dir), shown to a refused duplicate. */
   readonly holder: string;
+  /**
+   * The hold this host applies right now, written as `holdSeen` in the same txn (hold protocol:
+   * the cluster's `holdSeen` is true whenever the host applies a hold).
+   */
   readonly holdApplied: boolean;
   readonly record: Omit<HostRecord, 'state' | 'epoch' | 'hold' | 'updatedAt'>;
   readonly lease: KvLeaseId;

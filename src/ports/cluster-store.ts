@@ -1,3 +1,4 @@
+import type { RegistrationInput } from '../domain/registration-txn.js';
 import type { HostRecord } from '../domain/host-record.js';
 import type { RegistrationRefusal } from '../domain/registration.js';
 
@@ -17,31 +18,8 @@ export type KeepaliveAnswer =
   | { readonly kind: 'lease-lost'; readonly detail: string }
   | { readonly kind: 'taken-over'; readonly detail: string };
 
-/** What a host sends when it (re-)registers. */
-export interface Registration {
-  readonly hostId: string;
-  /** `reattach`: keep the epoch; refused when the record was fenced or its epoch moved on. `ready`: rejoin with epoch + 1. */
-  readonly mode: 'reattach' | 'ready';
-  /** The epoch the host believes it has (0 when it never registered). */
-  readonly epoch: number;
-  /** This agent instance's persistent id (kept in its state dir): who writes `alive`. */
-  readonly agentId: string;
-  /**
-   * The machine this agent runs on (`/etc/machine-id`): only the record's machine may reattach at
-   * its epoch, and a live `alive` from another machine is a duplicate whatever its agent id (a
-   * cloned state dir carries the agent id along). Absent: an unknown machine (never the record's).
-   */
-  readonly machineId?: string;
-  /** Human description of this agent (pid, machine, state dir), shown to a refused duplicate. */
-  readonly holder: string;
-  /**
-   * The hold this host applies right now, written as `holdSeen` in the same txn (hold protocol:
-   * the cluster's `holdSeen` is true whenever the host applies a hold).
-   */
-  readonly holdApplied: boolean;
-  readonly record: Omit<HostRecord, 'state' | 'epoch' | 'hold' | 'updatedAt'>;
-  readonly lease: LeaseId;
-}
+/** What a host sends when it (re-)registers (defined with the pure registration txn builder). */
+export type Registration = RegistrationInput;
 
 /** Result of a registration txn. */
 export type RegistrationResult =
