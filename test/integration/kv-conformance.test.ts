@@ -280,6 +280,30 @@ describe('EtcdKv against real etcd 3.4 (3 members, TLS)', () => {
     return { kv, close: () => kv.close(), compact: async (rev) => void (await kv.client.kv.compact({ revision: rev, physical: true })) };
   });
 
+  it('a dead member costs a retry, not the call: reads and txns keep succeeding while one of three refuses connections', async () => {
+    const c = cluster!;
+    const kv = newKv();
+    await kv.range({ key: 'warm' }, 2000); // connections up
+    const victim = (await c.waitForLeader(10_000)) === 0 ? 1 : 0; // a follower: quorum and leader stay
+    await c.stopMember(victim);
+    try {
+      let failures = 0;
+      for (let i = 0; i < 30; i++) {
+        try {
+          await kv.range({ key: 'dead-member' }, 3000);
+          await kv.txn({ compare: [], success: [{ op: 'put', key: `dead-member/${i}`, value: 'x' }] }, 3000);
+        } catch {
+          failures++;
+        }
+      }
+      // Without the retry, about a third of the calls went to the dead member and failed.
+      expect(failures).toBe(0);
+    } finally {
+      await c.restart(victim);
+      await c.waitForHealthy(30_000);
+    }
+  }, 90_000);
+
   kvCases('EtcdKv', {
     kv: newKv,
     compact: async (rev) => {

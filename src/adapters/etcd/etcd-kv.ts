@@ -162,6 +162,13 @@ export function asKvError(what: string, err: unknown): TetherError {
   return asRetryable(what, err);
 }
 
+/** True for a gRPC failure that proves the request never reached a member (no connection to it). */
+function neverSent(err: unknown): boolean {
+  if (err instanceof TetherError) return false;
+  const m = messageOf(err);
+  return /\b14 UNAVAILABLE\b|unavailable/i.test(m) && /No connection established|ECONNREFUSED/.test(m);
+}
+
 /**
  * {@link Kv} on a real etcd 3.4 (npm etcd3's raw gRPC clients, so every answer carries etcd's own
  * response header: revision, raft term, member id).
@@ -177,8 +184,12 @@ export class EtcdKv implements Kv {
   readonly client: Etcd3;
   private readonly streams = new Set<{ cancel(): void }>();
 
+  /** Attempts per call while members refuse connections (see {@link call}). */
+  private readonly attempts: number;
+
   constructor(opts: EtcdKvOptions) {
     this.client = createEtcdClient(opts.endpoints, opts.security);
+    this.attempts = Math.max(1, 2 * opts.endpoints.length);
   }
 
   async range(req: KvRangeRequest, deadlineMs: number): Promise<KvRangeResponse> {
@@ -352,11 +363,21 @@ export class EtcdKv implements Kv {
     this.client.close();
   }
 
+  /**
+   * Runs one call under the deadline. A request that provably never left this client (the member's
+   * connection refused or never established: a dead member) is sent again within the same deadline:
+   * the pool picks a member at random, so a dead one costs a retry, not the call. Nothing else is
+   * retried here: a request that may have reached etcd is the caller's to judge (ambiguous commit).
+   */
   private async call<T>(what: string, deadlineMs: number, fn: () => Promise<T>): Promise<T> {
-    try {
-      return await withDeadline(what, deadlineMs, fn());
-    } catch (err) {
-      throw asKvError(what, err);
+    const end = performance.now() + deadlineMs;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await withDeadline(what, Math.max(1, Math.round(end - performance.now())), fn());
+      } catch (err) {
+        if (attempt < this.attempts && neverSent(err) && end - performance.now() > 50) continue;
+        throw asKvError(what, err);
+      }
     }
   }
 }
