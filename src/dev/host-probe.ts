@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
+import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { cgroup2MountFrom, VM_CGROUP_PARENT } from '../adapters/qemu/vm-cgroup.js';
 
@@ -7,6 +8,34 @@ import { cgroup2MountFrom, VM_CGROUP_PARENT } from '../adapters/qemu/vm-cgroup.j
  * Looks at the real host (/proc, `ip link`) the way an operator would: used by the integration
  * tests, the benchmarks and the dev cluster to check what exists, never through an agent's view.
  */
+
+/** A real part integration tests and chaos runs need. */
+export type RealPart = 'root' | 'qemu' | 'guest' | 'etcd' | 'build';
+
+/**
+ * The parts of `parts` this machine lacks, each named with the command that provides it (empty when
+ * none is missing). `repo` is the checkout whose build `build` looks for.
+ */
+export function missingRealParts(parts: readonly RealPart[], repo: string): string[] {
+  const missing: string[] = [];
+  const have = (bin: string) => {
+    try {
+      execFileSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' });
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (parts.includes('root') && process.getuid?.() !== 0) missing.push('root (taps and QEMU processes need it)');
+  if (parts.includes('qemu') && !have('qemu-system-x86_64')) missing.push('qemu-system-x86_64 (run scripts/install-system.sh)');
+  if (parts.includes('etcd') && !have('etcd')) missing.push('etcd (run scripts/install-system.sh)');
+  const guest = join(process.env.TETHER_CACHE_DIR ?? join(homedir(), '.cache', 'tether'), 'guest');
+  if (parts.includes('guest') && !['vmlinux', 'initrd.img', 'rootfs.img'].every((f) => existsSync(join(guest, f)))) {
+    missing.push(`the guest image in ${guest} (run scripts/build-guest.sh)`);
+  }
+  if (parts.includes('build') && !existsSync(join(repo, 'dist/src/cli/main.js'))) missing.push('the build (run npm run build)');
+  return missing;
+}
 
 /** Every process whose command line contains `needle` (pid -> argv). */
 export function processesWith(needle: string): Map<number, string[]> {

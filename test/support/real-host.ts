@@ -1,7 +1,4 @@
-import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { homedir } from 'node:os';
-import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
 
@@ -9,24 +6,8 @@ import { randomBytes } from 'node:crypto';
  * Fails (never skips) when a real part the integration tests need is missing, naming the fix.
  * CI runs as root with everything installed by the project's own scripts.
  */
-export function requireRealParts(parts: ('root' | 'qemu' | 'guest' | 'etcd' | 'build')[]): void {
-  const missing: string[] = [];
-  const have = (bin: string) => {
-    try {
-      execFileSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' });
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  if (parts.includes('root') && process.getuid?.() !== 0) missing.push('root (taps and QEMU processes need it)');
-  if (parts.includes('qemu') && !have('qemu-system-x86_64')) missing.push('qemu-system-x86_64 (run scripts/install-system.sh)');
-  if (parts.includes('etcd') && !have('etcd')) missing.push('etcd (run scripts/install-system.sh)');
-  const guest = join(process.env.TETHER_CACHE_DIR ?? join(homedir(), '.cache', 'tether'), 'guest');
-  if (parts.includes('guest') && !['vmlinux', 'initrd.img', 'rootfs.img'].every((f) => existsSync(join(guest, f)))) {
-    missing.push(`the guest image in ${guest} (run scripts/build-guest.sh)`);
-  }
-  if (parts.includes('build') && !existsSync(join(repoRoot(), 'dist/src/cli/main.js'))) missing.push('the build (run npm run build)');
+export function requireRealParts(parts: RealPart[]): void {
+  const missing = missingRealParts(parts, repoRoot());
   if (missing.length > 0) throw new Error(`integration test cannot run: missing ${missing.join('; ')}`);
 }
 
@@ -48,4 +29,5 @@ export function removeDir(dir: string): void {
 
 export { AgentProcess } from '../../src/dev/agent-process.js';
 import { repoRoot } from '../../src/dev/agent-process.js';
+import { missingRealParts, type RealPart } from '../../src/dev/host-probe.js';
 export * from '../../src/dev/host-probe.js';

@@ -6,12 +6,12 @@
  * violation, the cluster converged and the cleanup left nothing behind (1 otherwise, 2 on bad
  * arguments or missing real parts). Ctrl-C heals and cleans up; Ctrl-C again forces the cleanup.
  */
-import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { homedir, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { messageOf } from '../../domain/errors.js';
 import { parentIsNpm, resilientOutput, SignalPolicy, startDeathWatch, SUPERVISOR_SIGNALS, type SupervisorSignal } from '../dev-signals.js';
+import { repoRoot } from '../agent-process.js';
+import { missingRealParts } from '../host-probe.js';
 import { ChaosRun } from './chaos-run.js';
 
 interface Args {
@@ -49,25 +49,6 @@ function parseArgs(argv: readonly string[]): Args {
   return a;
 }
 
-/** What a run needs; the names of what is missing and how to get it. */
-function missingParts(): string[] {
-  const missing: string[] = [];
-  const have = (bin: string) => {
-    try {
-      execFileSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' });
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  if (process.getuid?.() !== 0) missing.push('root (taps and QEMU processes need it)');
-  if (!have('qemu-system-x86_64')) missing.push('qemu-system-x86_64 (run scripts/install-system.sh)');
-  if (!have('etcd')) missing.push('etcd (run scripts/install-system.sh)');
-  const guest = join(process.env.TETHER_CACHE_DIR ?? join(homedir(), '.cache', 'tether'), 'guest');
-  if (!['vmlinux', 'initrd.img', 'rootfs.img'].every((f) => existsSync(join(guest, f)))) missing.push(`the guest image in ${guest} (run scripts/build-guest.sh)`);
-  return missing;
-}
-
 /** Drops Node's DEP0123 warning, as bin/tether.js does (grpc-js over TLS to 127.0.0.1; the certificate is still verified against the IP). */
 function quietTlsIpWarning(): void {
   const emit = process.emitWarning.bind(process) as (...a: unknown[]) => void;
@@ -89,7 +70,7 @@ async function main(): Promise<void> {
     out(`[chaos] ${messageOf(err)}`);
     process.exit(2);
   }
-  const missing = missingParts();
+  const missing = missingRealParts(['root', 'qemu', 'etcd', 'guest'], repoRoot());
   if (missing.length > 0) {
     out(`[chaos] cannot run: missing ${missing.join('; ')}`);
     process.exit(2);
