@@ -12,6 +12,7 @@ import { TetherError } from '../../src/domain/errors.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
 import { operatorFence } from '../../src/controller/operator.js';
 import type { Change, CommitResult } from '../../src/ports/controller-store.js';
+import { rec } from '../support/controller-step.js';
 import { expectCode } from '../support/expect-code.js';
 import { Sim, spec, T } from '../support/controller-sim.js';
 import { ModelControllerStore } from '../support/model-cluster.js';
@@ -22,18 +23,7 @@ afterEach(async () => {
   sim = undefined;
 });
 
-const hostRec = (over: Partial<HostRecord> = {}): HostRecord => ({
-  hostId: 'a',
-  state: 'fenced',
-  epoch: 2,
-  timings: T,
-  hold: false,
-  capacity: { vcpu: 4, memoryMb: 1024 },
-  labels: {},
-  agentVersion: 't',
-  updatedAt: 0,
-  ...over,
-});
+const hostRec = (over: Partial<HostRecord> = {}): HostRecord => rec('a', { state: 'fenced', epoch: 2, ...over });
 const vmRec = (name: string, over: Partial<ClusterVmRecord> = {}): ClusterVmRecord => ({ uid: `u-${name}`, spec: spec(name), hostId: 'a', hostEpoch: 2, phase: 'running', generation: 1, ...over });
 const entries = (n: number, over: Partial<ClusterVmRecord> = {}): VmEntry[] =>
   Array.from({ length: n }, (_, i) => {
