@@ -86,7 +86,7 @@ export async function until<T>(what: string, fn: () => T | Promise<T>, timeoutMs
   }
 }
 
-/** Kills every QEMU of `hostId` and removes its taps: the last-resort cleanup of a test. */
+/** Kills every QEMU and the guardian of `hostId` and removes its taps: the last-resort cleanup of a test. */
 export function killHostLeftovers(hostId: string): void {
   for (const pid of qemusOf(hostId).values()) {
     try {
@@ -96,6 +96,18 @@ export function killHostLeftovers(hostId: string): void {
     }
   }
   for (const tap of tapsOf(hostId)) execFileSync('ip', ['link', 'del', 'dev', tap]);
+  // Its guardian too: it exits once its state dir is gone, but a write racing the removal can
+  // recreate the dir and keep it alive (seen once in CI). Only `tether guardian --host-id <hostId>`.
+  for (const [pid, args] of processesWith(hostId)) {
+    const at = args.indexOf('--host-id');
+    if (args.includes('guardian') && at >= 0 && args[at + 1] === hostId) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  }
   removeHostCgroup(hostId);
   removeStaleHostLock(hostId);
 }
