@@ -66,7 +66,12 @@ export class Reconciler {
   private async loop(uid: string): Promise<void> {
     do {
       this.again.delete(uid);
-      await this.pass(uid);
+      try {
+        await this.pass(uid);
+      } catch (err) {
+        // Never a crash of the agent (callers `void` the kick): logged; the next kick passes again.
+        this.ctx.logger.error({ vmUid: uid, err: messageOf(err) }, 'reconcile pass failed');
+      }
     } while (this.again.has(uid));
   }
 
@@ -88,7 +93,8 @@ export class Reconciler {
         log.info({}, 'vm deleted');
       } catch (err) {
         log.error({ err: messageOf(err) }, 'delete failed');
-        inventory.setPhase(uid, 'deleting', clock.now(), messageOf(err));
+        // The row may be gone already (the plan's last step, or the host GC's wipe meanwhile).
+        if (inventory.getVm(uid)) inventory.setPhase(uid, 'deleting', clock.now(), messageOf(err));
       }
       return;
     }

@@ -42,6 +42,8 @@ interface Hole {
   readonly kinds: readonly FaultKind[];
   /** Fault phase length (default 45 s); a hold needs a long partition under it. */
   readonly faultMs?: number;
+  /** etcd's `--max-txn-ops` in the run (default 128): see `SimConfig.maxTxnOps`. */
+  readonly maxTxnOps?: number;
 }
 
 const HOLES: readonly Hole[] = [
@@ -51,10 +53,10 @@ const HOLES: readonly Hole[] = [
   // A second agent with the host id (a clone of its state dir on another machine) accepted while the
   // holder lives, or taking the record's epoch over from another machine.
   { name: 'duplicate agent accepted while the holder lives', patch: 'duplicate-agent.replace.json', kinds: ['cloned-agent', 'partition'] },
-  // Not yet caught: summed-txn-ops.replace.json (one lost-marking txn for all of a fenced host's
-  // VMs) with 3 hosts x 150 VMs passed seeds 1-4 of 'partition' (no host with its VMs was fenced
-  // in them: the fault schedule must fence a big host; try power-off-fence with more seeds), e.g.
-  // { name: 'one lost-marking txn for all VMs', patch: 'summed-txn-ops.replace.json', kinds: [...], hosts: 3, vms: 450, budget: 4, catches: ['liveness'] },
+  // One lost-marking txn for all of a fenced host's VMs: etcd refuses it (over --max-txn-ops), so the
+  // VMs stay on the fenced host until it comes back. A txn limit of 16 lets 20 VMs per host reach it;
+  // the fault phase is long enough for a fenced host to stay away past the fence-progress grace.
+  { name: 'one lost-marking txn for all VMs (summed txn ops)', patch: 'summed-txn-ops.replace.json', kinds: ['power-off-fence', 'partition'], hosts: 3, vms: 60, maxTxnOps: 16, faultMs: 90_000, catches: ['fence-progress'] },
 ];
 
 /** Applies `file` (test/sim-holes/*.replace.json) in `dir`; throws unless every `find` occurs exactly once. */
@@ -70,7 +72,7 @@ function applyReplacements(dir: string, file: string): void {
 }
 
 /** Runs `hunt` in a worktree of HEAD with `patch` applied. */
-function huntPatched(patch: string, kinds: readonly FaultKind[], faultMs: number, size: { hosts: number; vms: number }, budget: number): HuntResult {
+function huntPatched(patch: string, kinds: readonly FaultKind[], faultMs: number, size: { hosts: number; vms: number }, budget: number, maxTxnOps: number | undefined): HuntResult {
   const dir = mkdtempSync(join(tmpdir(), 'tether-sim-hole-'));
   rmSync(dir, { recursive: true });
   execFileSync('git', ['-C', ROOT, 'worktree', 'add', '--detach', dir, 'HEAD'], { stdio: 'pipe' });
@@ -81,7 +83,7 @@ function huntPatched(patch: string, kinds: readonly FaultKind[], faultMs: number
     writeFileSync(
       join(dir, 'hunt-hole.ts'),
       `import { hunt } from './src/dev/sim/run.js';\nimport { kvStores } from './src/dev/sim/stores.js';\n` +
-        `const r = await hunt({ from: 1, maxSeeds: ${budget}, hosts: ${size.hosts}, vms: ${size.vms}, stores: kvStores, kinds: ${JSON.stringify(kinds)}, faultMs: ${faultMs} });\nconsole.log('HUNT ' + JSON.stringify(r));\n`,
+        `const r = await hunt({ from: 1, maxSeeds: ${budget}, hosts: ${size.hosts}, vms: ${size.vms}, stores: kvStores, kinds: ${JSON.stringify(kinds)}, faultMs: ${faultMs}${maxTxnOps === undefined ? '' : `, maxTxnOps: ${maxTxnOps}`} });\nconsole.log('HUNT ' + JSON.stringify(r));\n`,
     );
     const out = execFileSync(join(ROOT, 'node_modules/.bin/vite-node'), ['hunt-hole.ts'], { cwd: dir, encoding: 'utf8', timeout: 900_000 });
     const line = out.split('\n').find((l) => l.startsWith('HUNT '));
@@ -99,12 +101,13 @@ describe('simulator catches each re-introduced hole of issue 7', () => {
       const faultMs = h.faultMs ?? 45_000;
       const size = { hosts: h.hosts ?? 3, vms: h.vms ?? 6 };
       const t0 = performance.now();
-      const r = h.patch ? huntPatched(h.patch, h.kinds, faultMs, size, budget) : await hunt({ from: 1, maxSeeds: budget, ...size, stores: kvStores, kinds: h.kinds, faultMs, noGuardian: true });
+      const txn = h.maxTxnOps === undefined ? {} : { maxTxnOps: h.maxTxnOps };
+      const r = h.patch ? huntPatched(h.patch, h.kinds, faultMs, size, budget, h.maxTxnOps) : await hunt({ from: 1, maxSeeds: budget, ...size, ...txn, stores: kvStores, kinds: h.kinds, faultMs, noGuardian: true });
       const took = ((performance.now() - t0) / 1000).toFixed(1);
       console.log(`[sim-holes] ${h.name}: first failing seed ${r.firstFailingSeed ?? 'none'} after ${r.seedsTried} seed(s) (${took} s): ${r.violation ? `${r.violation.invariant}: ${r.violation.detail}` : '-'}`);
       expect(r.firstFailingSeed).toBeDefined();
       expect(h.catches ?? ['double-run', 'false-fence', 'fenced-epoch-write']).toContain(r.violation!.invariant);
-      const control = await hunt({ from: 1, maxSeeds: r.seedsTried, ...size, stores: kvStores, kinds: h.kinds, faultMs });
+      const control = await hunt({ from: 1, maxSeeds: r.seedsTried, ...size, ...txn, stores: kvStores, kinds: h.kinds, faultMs });
       expect(control.firstFailingSeed).toBeUndefined();
     }, 1_200_000);
   }

@@ -33,6 +33,8 @@ export interface RunOptions {
   readonly noGuardian?: boolean;
   /** See `SimConfig.noMachineId` in world.ts (shows the cloned-agent finding). */
   readonly noMachineId?: boolean;
+  /** See `SimConfig.maxTxnOps` in world.ts. */
+  readonly maxTxnOps?: number;
 }
 
 /** What one seed did. */
@@ -50,13 +52,16 @@ export interface SeedResult {
   readonly timeline: TimelineInput;
 }
 
+/** Faults that disturb the controllers (the fence-progress check does not count their time). */
+const CONTROL_FAULTS: ReadonlySet<FaultKind> = new Set(['controller-partition', 'controller-crash', 'quorum-loss', 'leader-change', 'watch-break']);
+
 /** Runs one seed. */
 export async function runSeed(o: RunOptions): Promise<SeedResult> {
   const hosts = o.hosts ?? 3;
   const vms = o.vms ?? 6;
   const faultMs = o.faultMs ?? 45_000;
   const healMs = o.healMs ?? 60_000;
-  const w = new SimWorld({ seed: o.seed, hosts, vms, keepTrace: o.keepTrace ?? false, ...(o.noGuardian ? { noGuardian: true } : {}), ...(o.noMachineId ? { noMachineId: true } : {}) }, o.stores);
+  const w = new SimWorld({ seed: o.seed, hosts, vms, keepTrace: o.keepTrace ?? false, ...(o.noGuardian ? { noGuardian: true } : {}), ...(o.noMachineId ? { noMachineId: true } : {}), ...(o.maxTxnOps !== undefined ? { maxTxnOps: o.maxTxnOps } : {}) }, o.stores);
   const schedule = o.schedule ?? drawSchedule(w.rng.fork('nemesis'), hosts, faultMs, o.kinds);
   try {
     w.createVms(vms);
@@ -64,9 +69,11 @@ export async function runSeed(o: RunOptions): Promise<SeedResult> {
     w.startController(0);
     w.startController(1);
     schedule.forEach((op, i) => applyFault(w, op, i));
+    w.controlFaults = schedule.filter((op) => CONTROL_FAULTS.has(op.kind)).map((op) => ({ from: op.at, to: op.at + op.durationMs }));
     const stopAtFirst = o.stopAtFirst ?? true;
     const check = () => {
       w.checkLedger();
+      w.checkFenceProgress();
       return stopAtFirst && w.violations.length > 0;
     };
     await w.sched.runUntil(faultMs, check);

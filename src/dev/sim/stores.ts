@@ -13,5 +13,5 @@ export const SIM_PREFIX = '/tether/';
 export const kvStores: SimStores = {
   prefix: SIM_PREFIX,
   cluster: (kv, clock) => new KvClusterStore(kv, { prefix: SIM_PREFIX, clock }),
-  controller: (kv, clock, ids) => new KvControllerStore(kv, { prefix: SIM_PREFIX, clock, idSource: ids }),
+  controller: (kv, clock, ids, txnLimits) => new KvControllerStore(kv, { prefix: SIM_PREFIX, clock, idSource: ids, ...(txnLimits ? { txnLimits } : {}) }),
 };

@@ -13,6 +13,7 @@ import { ClusterVmSync } from '../../agent/cluster-sync.js';
 import { HostGc } from '../../agent/gc/host-gc.js';
 import type { HostContext } from '../../agent/host-context.js';
 import { Controller } from '../../controller/controller.js';
+import { DEFAULT_TXN_LIMITS, type TxnLimits } from '../../domain/cluster-change.js';
 import type { ClusterVmRecord } from '../../domain/cluster-vm.js';
 import { messageOf } from '../../domain/errors.js';
 import { DEFAULT_TIMINGS, type GcTimings } from '../../domain/gc-timing.js';
@@ -24,7 +25,7 @@ import type { Clock } from '../../ports/clock.js';
 import type { ControllerStore } from '../../ports/controller-store.js';
 import type { Kv, KvWatchEvent } from '../../ports/kv.js';
 import type { Logger } from '../../ports/logger.js';
-import { EtcdModel, immediateTransport } from '../etcd-model/index.js';
+import { ETCD_34_LIMITS, EtcdModel, immediateTransport } from '../etcd-model/index.js';
 import { MachineClock, type ProcessClock } from './clock.js';
 import { SimGuardianFeed, launchGuardian, type SimGuardianProcess } from './guardian.js';
 import { Prng } from './prng.js';
@@ -36,7 +37,8 @@ import { SimNetwork } from './transport.js';
 /** How the simulator builds the real stores over a `Kv` (src/adapters/kv). */
 export interface SimStores {
   cluster(kv: Kv, clock: Clock): ClusterStore;
-  controller(kv: Kv, clock: Clock, ids: () => string): ControllerStore;
+  /** `txnLimits`: the model's txn limit when the run lowers it (`SimConfig.maxTxnOps`); etcd's defaults otherwise. */
+  controller(kv: Kv, clock: Clock, ids: () => string, txnLimits?: TxnLimits): ControllerStore;
   /** The key prefix the stores use (e.g. `/tether/`). */
   readonly prefix: string;
 }
@@ -61,14 +63,23 @@ export interface SimConfig {
    * `cloned-agent` finding of docs/sim.md). Production agents always send one.
    */
   readonly noMachineId?: boolean;
+  /**
+   * etcd's `--max-txn-ops` for this run (default 128), told to the model and to every controller
+   * store alike, as an operator sets both. A low value lets a small world reach the paths that
+   * split work across txns (a fenced host with more VMs than one txn holds).
+   */
+  readonly maxTxnOps?: number;
 }
 
 /** An invariant found broken. */
 export interface Violation {
   readonly at: number;
-  readonly invariant: 'double-run' | 'fenced-epoch-write' | 'false-fence' | 'liveness';
+  readonly invariant: 'double-run' | 'fenced-epoch-write' | 'false-fence' | 'fence-progress' | 'liveness';
   readonly detail: string;
 }
+
+/** Undisturbed controller time within which a fenced host's VMs must be marked lost (fence-progress). */
+export const FENCE_PROGRESS_MS = 15_000;
 
 /** Sim time 0 as wall ms (timelines). */
 export const SIM_ORIGIN_WALL = 1_767_225_600_000;
@@ -142,6 +153,14 @@ export class SimWorld {
   /** Revision -> who wrote it and the host record just before. */
   private readonly writers = new Map<number, { from: string; ctx: WriterCtx; recordBefore?: Pick<HostRecord, 'state' | 'epoch'> }>();
   private readonly hostStates = new Map<string, string>();
+  /** Hosts whose record is `fenced` now: since when (sim ms) and at which epoch (fence-progress check). */
+  private readonly fencedSince = new Map<string, { readonly at: number; readonly epoch: number; reported: boolean }>();
+  private lastProgressCheck = 0;
+  /**
+   * Sim-time intervals in which the controllers were disturbed (crash, partition, quorum loss, leader
+   * change, broken watches): the fence-progress check only counts undisturbed time. Set by the run.
+   */
+  controlFaults: readonly { readonly from: number; readonly to: number }[] = [];
   private vmSeq = 0;
 
   constructor(
@@ -158,10 +177,10 @@ export class SimWorld {
     this.ledger = new Incarnations(this.sched);
     this.etcdProc = new SimProcess('etcd', this.sched);
     const etcdClock = new MachineClock(this.sched, 'etcd', 1, 50_000, SIM_ORIGIN_WALL - 50_000);
-    this.model = new EtcdModel(etcdClock.forProcess(this.etcdProc));
+    this.model = new EtcdModel(etcdClock.forProcess(this.etcdProc), cfg.maxTxnOps === undefined ? {} : { limits: { ...ETCD_34_LIMITS, maxTxnOps: cfg.maxTxnOps } });
     this.opProc = new SimProcess('operator', this.sched);
     this.opClock = new MachineClock(this.sched, 'operator', 1, 0, SIM_ORIGIN_WALL).forProcess(this.opProc);
-    this.opStore = stores.controller(this.client('operator', this.opProc, 'operator'), this.opClock, () => this.eventId());
+    this.opStore = stores.controller(this.client('operator', this.opProc, 'operator'), this.opClock, () => this.eventId(), this.txnLimits());
     this.net.hooks = {
       sent: (from) => this.writerCtx(from),
       before: (from, what) => (what === 'txn' ? this.recordOf(this.hostOfClient(from)) : undefined),
@@ -233,7 +252,7 @@ export class SimWorld {
       files: machine.files, logger: silent, stop: { graceMs: this.t.stopGrace, killTimeoutMs: this.t.killTimeout }, readyTimeoutMs: 5000,
     };
     const cstore = this.stores.cluster(kv, clock);
-    const vstore = this.stores.controller(kv, clock, () => this.eventId());
+    const vstore = this.stores.controller(kv, clock, () => this.eventId(), this.txnLimits());
     const dup = duplicate ? this.duplicates.get(hostId) : undefined;
     const feed = new SimGuardianFeed(
       machine,
@@ -372,7 +391,7 @@ export class SimWorld {
     const proc = new SimProcess(name, this.sched);
     s.proc = proc;
     const clock = s.clock.forProcess(proc);
-    const store = this.stores.controller(this.client(name, proc, s.name), clock, () => this.eventId());
+    const store = this.stores.controller(this.client(name, proc, s.name), clock, () => this.eventId(), this.txnLimits());
     const c = new Controller(store, clock, silent, { controllerId: s.name, leaderTtl: 3000, newUid: () => this.newUid() });
     s.controller = c;
     this.sched.after(0, `start ${name}`, () => c.start(), proc);
@@ -389,6 +408,11 @@ export class SimWorld {
   }
 
   /** Releases what outlives the run (the in-memory SQLite inventories). */
+  /** The controller stores' txn limits: the model's, when the run lowers them (`SimConfig.maxTxnOps`). */
+  private txnLimits(): TxnLimits | undefined {
+    return this.cfg.maxTxnOps === undefined ? undefined : { ...DEFAULT_TXN_LIMITS, maxOps: this.cfg.maxTxnOps };
+  }
+
   close(): void {
     for (const s of this.hosts.values()) s.machine.inventory.close();
     for (const d of this.duplicates.values()) d.machine.inventory.close();
@@ -495,6 +519,8 @@ export class SimWorld {
         }
         const prev = this.hostStates.get(m[1]!);
         if (state !== undefined) this.hostStates.set(m[1]!, state);
+        if (state !== 'fenced') this.fencedSince.delete(m[1]!);
+        else if (prev !== 'fenced') this.fencedSince.set(m[1]!, { at: this.sched.now, epoch: (JSON.parse(e.kv.value) as HostRecord).epoch, reported: false });
         if (state === 'fenced' && prev !== 'fenced') this.checkFence(m[1]!);
         if (state !== prev) this.trace.add(this.sched.now, `record ${m[1]} ${prev ?? '-'}->${state ?? '?'}`);
       }
@@ -525,6 +551,34 @@ export class SimWorld {
     while (this.ledger.doubleRuns.length > 0) {
       const d = this.ledger.doubleRuns.shift()!;
       this.violate('double-run', `${d.key} runs ${d.running.length} incarnations at once: ${d.running.map((r) => `${r.uid.slice(0, 8)} on ${r.hostId}`).join(', ')}`);
+    }
+  }
+
+  /**
+   * Fence progress: once a host is `fenced`, its VMs at (or below) the fenced epoch are marked lost
+   * (and so can be placed elsewhere) within {@link FENCE_PROGRESS_MS} of undisturbed controller time,
+   * while the host is still away. The check after the heal cannot see this: a host that rejoins
+   * marks its old VMs lost itself. Runs at most once per sim second; reports a host once per fence.
+   */
+  checkFenceProgress(): void {
+    const now = this.sched.now;
+    if (now - this.lastProgressCheck < 1000 || this.fencedSince.size === 0) return;
+    this.lastProgressCheck = now;
+    const disturbedUntil = this.controlFaults.reduce((m, f) => (f.from <= now ? Math.max(m, f.to) : m), 0);
+    for (const [hostId, f] of this.fencedSince) {
+      if (f.reported || now - Math.max(f.at, disturbedUntil) < FENCE_PROGRESS_MS) continue;
+      const stuck = this.model.list(`${this.stores.prefix}vms/`).filter((e) => {
+        try {
+          const r = JSON.parse(e.value) as ClusterVmRecord;
+          return r.hostId === hostId && (r.hostEpoch ?? 0) <= f.epoch && r.phase !== 'lost';
+        } catch {
+          return false;
+        }
+      });
+      if (stuck.length === 0) continue;
+      f.reported = true;
+      const names = stuck.map((e) => e.key.slice(this.stores.prefix.length + 4));
+      this.violate('fence-progress', `${hostId} fenced at epoch ${f.epoch} ${Math.round(now - f.at)} ms ago, yet ${stuck.length} of its VMs are not marked lost: ${names.slice(0, 3).join(', ')}${names.length > 3 ? ` (+${names.length - 3})` : ''}`);
     }
   }
 
