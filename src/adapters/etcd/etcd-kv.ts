@@ -37,6 +37,7 @@ import type {
 } from '../../ports/kv.js';
 import { asRetryable, deadlineOption, withDeadline } from './deadline.js';
 import { createEtcdClient, type EtcdSecurity } from './etcd-client.js';
+import { KeepaliveStream, type KeepaliveSlot } from './keepalive-stream.js';
 
 /** Options of {@link EtcdKv}: where etcd is and how to reach it. */
 export interface EtcdKvOptions {
@@ -183,6 +184,10 @@ export class EtcdKv implements Kv {
   /** The underlying etcd3 client (tests write hostile values through it directly). */
   readonly client: Etcd3;
   private readonly streams = new Set<{ cancel(): void }>();
+  /** The shared keepalive stream (see {@link leaseKeepAlive}); a promise while it opens. */
+  private ka: Promise<KeepaliveStream> | undefined;
+  private kaOpened = 0;
+  private closed = false;
 
   /** Attempts per call while members refuse connections (see {@link call}). */
   private readonly attempts: number;
@@ -224,25 +229,71 @@ export class EtcdKv implements Kv {
     return { header: headerOf(res.header), id: String(res.ID), ttlMs: Number(res.TTL) * 1000 };
   }
 
+  /**
+   * One keepalive, written on this client's single long-lived LeaseKeepAlive stream
+   * ({@link KeepaliveStream}: answers matched by lease id, FIFO per id), opened on first use to a
+   * member picked at random and re-opened on the next call after it broke. The deadline is this
+   * call's own: a stream that leaves a call unanswered by its deadline is retired (no new request
+   * goes on it; it closes once its other calls are settled), so a stalled connection costs one
+   * miss, not every later keepalive. A broken stream fails its waiting calls as a retryable
+   * UNAVAILABLE (sent again within the deadline only when the member refused the connection, as
+   * {@link call} does). The response header (revision, raft term) is etcd's for this request.
+   */
   async leaseKeepAlive(id: KvLeaseId, deadlineMs: number): Promise<{ header: KvHeader; ttlMs: number }> {
     const what = `keepalive of lease ${id}`;
-    const res = await this.call(what, deadlineMs, async () => {
-      const stream = await this.client.leaseClient.leaseKeepAlive(deadlineOption(deadlineMs));
-      this.streams.add(stream);
+    const end = performance.now() + deadlineMs;
+    for (let attempt = 1; ; attempt++) {
+      let slot: KeepaliveSlot | undefined;
+      let stream: KeepaliveStream | undefined;
       try {
-        return await new Promise<{ header: IResponseHeader; TTL: string }>((resolve, reject) => {
-          stream.on('data', resolve);
-          stream.on('error', (err: Error) => reject(castGrpcError(err)));
-          stream.on('end', () => reject(new TetherError('UNAVAILABLE', `${what}: stream ended without an answer`, { retryable: true })));
-          stream.write({ ID: id });
-        });
-      } finally {
-        this.streams.delete(stream);
-        stream.end();
-        stream.cancel();
+        stream = await withDeadline(what, Math.max(1, Math.round(end - performance.now())), this.keepaliveStream());
+        slot = stream.send(id);
+        const res = await withDeadline(what, Math.max(1, Math.round(end - performance.now())), slot.answer);
+        return { header: headerOf(res.header), ttlMs: Math.max(0, Number(res.TTL)) * 1000 };
+      } catch (err) {
+        if (err instanceof TetherError && err.code === 'TIMEOUT') {
+          slot?.abandon();
+          stream?.retire();
+        }
+        if (attempt < this.attempts && neverSent(err) && end - performance.now() > 50) continue;
+        throw asKvError(what, err);
       }
+    }
+  }
+
+  /** Long-lived LeaseKeepAlive streams this client opened so far (one, unless streams broke or stalled). */
+  get keepaliveStreamsOpened(): number {
+    return this.kaOpened;
+  }
+
+  /** The open keepalive stream, opening one when there is none (or it broke, or was retired). */
+  private keepaliveStream(): Promise<KeepaliveStream> {
+    const cur = this.ka;
+    if (cur) {
+      const open = cur.then(
+        (s) => s.open,
+        () => false,
+      );
+      return open.then((ok) => (ok ? cur : this.openKeepaliveStream(cur)));
+    }
+    return this.openKeepaliveStream(undefined);
+  }
+
+  private openKeepaliveStream(replacing: Promise<KeepaliveStream> | undefined): Promise<KeepaliveStream> {
+    // Concurrent callers that found the same stream gone share one new stream.
+    if (this.ka !== replacing && this.ka) return this.keepaliveStream();
+    if (this.closed) return Promise.reject(new TetherError('UNAVAILABLE', 'the etcd client is closed', { retryable: true }));
+    const p = this.client.leaseClient.leaseKeepAlive().then((raw) => {
+      this.kaOpened++;
+      const s = new KeepaliveStream(raw);
+      if (this.closed) s.close();
+      return s;
     });
-    return { header: headerOf(res.header), ttlMs: Math.max(0, Number(res.TTL)) * 1000 };
+    p.catch(() => {
+      if (this.ka === p) this.ka = undefined;
+    });
+    this.ka = p;
+    return p;
   }
 
   async leaseRevoke(id: KvLeaseId, deadlineMs: number): Promise<{ header: KvHeader }> {
@@ -352,6 +403,9 @@ export class EtcdKv implements Kv {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    void this.ka?.then((s) => s.close(), () => undefined);
+    this.ka = undefined;
     for (const s of this.streams) {
       try {
         s.cancel();
