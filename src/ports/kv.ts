@@ -12,6 +12,9 @@
  *  - `TIMEOUT`, retryable: no answer by the deadline; a write MAY have been applied (ambiguous).
  *  - `FAILED_PRECONDITION`, not retryable: etcd refused the request as malformed or too big
  *    (too many operations in a txn, request too large, duplicate key in a txn).
+ *  - `RESOURCE_EXHAUSTED`, not retryable as is (`details.reason = 'reply-too-large'`, `details.bytes`,
+ *    `details.limit`): the reply was larger than the client's gRPC receive limit; read fewer keys
+ *    (the pager, src/adapters/kv/range-paged.ts, halves its page).
  *  - `COMPACTED`, not retryable as is (`details.compactRevision`): a watch or range at a revision
  *    older than the compaction; the caller must re-list.
  *  - `UNAUTHENTICATED` / `PERMISSION_DENIED`, not retryable: etcd refused the credentials or the key.
@@ -63,6 +66,12 @@ export interface KvEntry {
 export interface KvRangeRequest {
   readonly key: string;
   readonly prefix?: boolean;
+  /**
+   * With `prefix`: start at this key (inclusive; it must start with `key`) instead of at `key`, the
+   * range still ending where the prefix ends (etcd: `key = from`, `range_end = prefixEnd(key)`).
+   * Used by paged reads (src/adapters/kv/range-paged.ts) to continue after the last key of a page.
+   */
+  readonly from?: string;
   /** At most this many keys (0 or absent: all), in key order. */
   readonly limit?: number;
   /** Serve from the member's local state without a quorum round (may be stale). Default false. */

@@ -3,6 +3,7 @@ import { createSecureContext } from 'node:tls';
 import { ExponentialBackoff, noop } from 'cockatiel';
 import { Etcd3, type IOptions } from 'etcd3';
 import { TetherError, messageOf } from '../../domain/errors.js';
+import { ETCD_CLIENT_MAX_RECV_BYTES } from '../../domain/kv-read-limits.js';
 
 /**
  * How Tether authenticates to etcd and verifies it: TLS files (PEM) and etcd's user/password auth.
@@ -123,12 +124,21 @@ export function etcd3Security(endpoints: readonly string[], security: EtcdSecuri
  *
  * `security` adds TLS (CA, client certificate) and etcd user/password auth; see {@link etcd3Security}
  * for what is checked at construction. `https://` endpoints without a CA use the system trust store.
+ * `maxRecvBytes` is the gRPC receive limit (default {@link ETCD_CLIENT_MAX_RECV_BYTES}, 32 MiB; a
+ * reply over it fails RESOURCE_EXHAUSTED, which the pager answers with smaller pages).
  */
 const WATCH_BACKOFF = new ExponentialBackoff({ initialDelay: 100, maxDelay: 1000 }).next();
 
-export function createEtcdClient(endpoints: readonly string[], security: EtcdSecurity = {}): Etcd3 {
+export function createEtcdClient(endpoints: readonly string[], security: EtcdSecurity = {}, maxRecvBytes: number = ETCD_CLIENT_MAX_RECV_BYTES): Etcd3 {
   if (endpoints.length === 0) throw new TetherError('INVALID_ARGUMENT', 'no etcd endpoints given (--etcd-endpoints)');
-  return new Etcd3({ hosts: [...endpoints], dialTimeout: 1000, ...etcd3Security(endpoints, security), faultHandling: { host: () => noop, global: noop, watchBackoff: WATCH_BACKOFF } });
+  return new Etcd3({
+    hosts: [...endpoints],
+    dialTimeout: 1000,
+    ...etcd3Security(endpoints, security),
+    faultHandling: { host: () => noop, global: noop, watchBackoff: WATCH_BACKOFF },
+    // Deliberate, not grpc-js's 4 MiB default: see ETCD_CLIENT_MAX_RECV_BYTES (src/domain/kv-read-limits.ts).
+    grpcOptions: { 'grpc.max_receive_message_length': maxRecvBytes },
+  });
 }
 
 /**

@@ -44,6 +44,8 @@ export interface EtcdKvOptions {
   readonly endpoints: readonly string[];
   /** TLS files and etcd user/password (see {@link EtcdSecurity}); files are read at construction. */
   readonly security?: EtcdSecurity;
+  /** The client's gRPC receive limit in bytes (default ETCD_CLIENT_MAX_RECV_BYTES, src/domain/kv-read-limits.ts). */
+  readonly maxRecvBytes?: number;
 }
 
 /** Bytes after every key starting with `prefix` (etcd's `range_end` for a prefix; `\0` for an all-0xff prefix: to the end). */
@@ -144,6 +146,9 @@ function opResultOf(r: IResponseOp): KvOpResult {
 /**
  * An etcd failure as the {@link Kv} failure contract names it:
  * - a missed deadline (ours or gRPC's) is a retryable TIMEOUT: a write may have been applied;
+ * - a reply over the client's gRPC receive limit (grpc-js: RESOURCE_EXHAUSTED "Received message
+ *   larger than max (N vs L)") is a NON-retryable RESOURCE_EXHAUSTED with `details.reason =
+ *   'reply-too-large'`, `bytes` and `limit`: asking again gets the same reply; read fewer keys;
  * - etcd refusing a request as malformed or too big (too many operations in a txn, request too
  *   large, duplicate key in a txn; gRPC InvalidArgument, or ResourceExhausted other than etcd's
  *   "too many requests" / "database space exceeded") is a NON-retryable FAILED_PRECONDITION;
@@ -154,6 +159,14 @@ function opResultOf(r: IResponseOp): KvOpResult {
 export function asKvError(what: string, err: unknown): TetherError {
   if (err instanceof TetherError) return err;
   if (err instanceof GRPCDeadlineExceededError) return new TetherError('TIMEOUT', `${what}: no answer by the deadline (${messageOf(err)})`, { cause: err, retryable: true });
+  const tooLarge = /Received message larger than max \((\d+) vs (\d+)\)/.exec(messageOf(err));
+  if (tooLarge) {
+    return new TetherError('RESOURCE_EXHAUSTED', `${what}: reply larger than the client's receive limit (${tooLarge[1]} bytes, limit ${tooLarge[2]})`, {
+      cause: err,
+      retryable: false,
+      details: { reason: 'reply-too-large', bytes: Number(tooLarge[1]), limit: Number(tooLarge[2]) },
+    });
+  }
   if (err instanceof GRPCInvalidArgumentError || (err instanceof GRPCResourceExhastedError && !/too many requests|space exceeded/i.test(err.message))) {
     return new TetherError('FAILED_PRECONDITION', `${what}: refused by etcd: ${messageOf(err)}`, { cause: err, retryable: false });
   }
@@ -193,7 +206,7 @@ export class EtcdKv implements Kv {
   private readonly attempts: number;
 
   constructor(opts: EtcdKvOptions) {
-    this.client = createEtcdClient(opts.endpoints, opts.security);
+    this.client = createEtcdClient(opts.endpoints, opts.security, opts.maxRecvBytes);
     this.attempts = Math.max(1, 2 * opts.endpoints.length);
   }
 
@@ -202,7 +215,7 @@ export class EtcdKv implements Kv {
     const res = await this.call(`get ${req.key}${req.prefix ? '*' : ''}`, deadlineMs, () =>
       this.client.kv.range(
         {
-          key,
+          key: req.prefix && req.from !== undefined ? Buffer.from(req.from) : key,
           ...(req.prefix ? { range_end: prefixEnd(key) } : {}),
           ...(req.limit ? { limit: req.limit } : {}),
           ...(req.serializable ? { serializable: true } : {}),

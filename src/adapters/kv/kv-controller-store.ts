@@ -38,6 +38,7 @@ import type {
   WatchHandlers,
 } from '../../ports/controller-store.js';
 import type { Kv, KvEntry, KvHeader } from '../../ports/kv.js';
+import { rangePaged, type PagedResult, type RangePagedOptions } from './range-paged.js';
 
 /** Options of {@link KvControllerStore}. */
 export interface KvControllerStoreOptions {
@@ -109,14 +110,14 @@ export class KvControllerStore implements ControllerStore {
   }
 
   async listHosts(deadlineMs: number): Promise<HostsSnapshot> {
-    const res = this.noted(await this.kv.range({ key: this.keys.hosts(), prefix: true }, deadlineMs));
+    const res = await this.paged(this.keys.hosts(), {}, deadlineMs);
     const byId = new Map<string, HostAcc>();
     for (const kv of res.kvs) this.addHostKv(byId, kv);
-    return { revision: String(res.header.revision), hosts: [...byId.values()] };
+    return { revision: String(res.revision), hosts: [...byId.values()] };
   }
 
   async getHost(hostId: string, deadlineMs: number): Promise<HostEntry> {
-    const res = this.noted(await this.kv.range({ key: this.keys.host(hostId), prefix: true }, deadlineMs));
+    const res = await this.paged(this.keys.host(hostId), {}, deadlineMs);
     const byId = new Map<string, HostAcc>();
     for (const kv of res.kvs) this.addHostKv(byId, kv);
     return byId.get(hostId) ?? { hostId };
@@ -141,7 +142,7 @@ export class KvControllerStore implements ControllerStore {
   }
 
   async scanVms(deadlineMs: number): Promise<VmScan> {
-    const res = this.noted(await this.kv.range({ key: this.keys.vms(), prefix: true }, deadlineMs));
+    const res = await this.paged(this.keys.vms(), {}, deadlineMs);
     const entries: VmEntry[] = [];
     const invalid: InvalidRecordError[] = [];
     for (const kv of res.kvs) {
@@ -231,12 +232,12 @@ export class KvControllerStore implements ControllerStore {
    * values of the newest `limit` of them read at that same revision.
    */
   async listEvents(limit: number, deadlineMs: number): Promise<{ revision: Revision; events: StoredEvent[] }> {
-    const keys = this.noted(await this.kv.range({ key: this.keys.events(), prefix: true, keysOnly: true }, deadlineMs));
-    const revision = keys.header.revision;
+    const keys = await this.paged(this.keys.events(), { keysOnly: true }, deadlineMs);
+    const revision = keys.revision;
     const newest = keys.kvs.slice(Math.max(0, keys.kvs.length - Math.max(1, limit))).map((e) => e.key);
     const values = new Map<string, KvEntry>();
     if (newest.length === keys.kvs.length) {
-      const all = this.noted(await this.kv.range({ key: this.keys.events(), prefix: true, revision }, deadlineMs));
+      const all = await this.paged(this.keys.events(), { revision }, deadlineMs);
       for (const kv of all.kvs) values.set(kv.key, kv);
     } else {
       let next = 0;
@@ -268,7 +269,7 @@ export class KvControllerStore implements ControllerStore {
 
   /** Deletes all but the newest `keep` events, oldest first, in txns within {@link txnLimits}. */
   async pruneEvents(keep: number, deadlineMs: number): Promise<number> {
-    const keys = this.noted(await this.kv.range({ key: this.keys.events(), prefix: true, keysOnly: true }, deadlineMs));
+    const keys = await this.paged(this.keys.events(), { keysOnly: true }, deadlineMs);
     const old = keys.kvs.slice(0, Math.max(0, keys.kvs.length - Math.max(0, keep))).map((e) => e.key);
     let deleted = 0;
     const batch = Math.max(1, this.txnLimits.maxOps);
@@ -402,6 +403,14 @@ export class KvControllerStore implements ControllerStore {
     }
     this.watches.add(sub);
     return { close };
+  }
+
+  /**
+   * Every key under `prefix`, read in pages pinned to one revision ({@link rangePaged}: no reply
+   * grows with the cluster), each page's raft term noted. Bounded by `deadlineMs` as a whole.
+   */
+  private paged(prefix: string, opts: Pick<RangePagedOptions, 'keysOnly' | 'revision'>, deadlineMs: number): Promise<PagedResult> {
+    return rangePaged(this.kv, { key: prefix, prefix: true }, { ...opts, clock: this.clock, onPage: (h) => this.noteHeader(h) }, deadlineMs);
   }
 
   /** `res` after noting its header's raft term. */

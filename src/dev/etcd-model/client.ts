@@ -3,12 +3,15 @@
  * the model when it arrives, and its answer travels back. Errors follow the port's failure contract
  * (src/ports/kv.ts): the model's own refusals (FAILED_PRECONDITION, COMPACTED) pass through; the
  * transport adds UNAVAILABLE (not applied) and TIMEOUT (maybe applied); no quorum in `hang` mode
- * is a TIMEOUT at the call's deadline on the model's clock.
+ * is a TIMEOUT at the call's deadline on the model's clock; a range or txn reply over the client's
+ * receive limit fails RESOURCE_EXHAUSTED like grpc-js (see `received`).
  */
 import { TetherError } from '../../domain/errors.js';
+import { ETCD_CLIENT_MAX_RECV_BYTES, estimateRangeReplyBytes } from '../../domain/kv-read-limits.js';
 import type { Subscription } from '../../ports/controller-store.js';
 import type {
   Kv,
+  KvEntry,
   KvHeader,
   KvLeaseId,
   KvRangeRequest,
@@ -42,14 +45,20 @@ export class ModelKv implements Kv {
     /** The member this client is connected to (serves its serializable reads, names its headers). */
     readonly member: string,
     private readonly transport: ModelTransport,
+    /** The client's gRPC receive limit in bytes (see {@link received}). */
+    readonly maxRecvBytes: number = ETCD_CLIENT_MAX_RECV_BYTES,
   ) {}
 
-  range(req: KvRangeRequest, deadlineMs: number): Promise<KvRangeResponse> {
-    return this.call('range', deadlineMs, () => this.model.range(req, this.member));
+  async range(req: KvRangeRequest, deadlineMs: number): Promise<KvRangeResponse> {
+    const res = await this.call('range', deadlineMs, () => this.model.range(req, this.member));
+    this.received(`range ${req.key}${req.prefix ? '*' : ''}`, res.kvs);
+    return res;
   }
 
-  txn(req: KvTxnRequest, deadlineMs: number): Promise<KvTxnResponse> {
-    return this.call('txn', deadlineMs, () => this.model.txn(req, this.member));
+  async txn(req: KvTxnRequest, deadlineMs: number): Promise<KvTxnResponse> {
+    const res = await this.call('txn', deadlineMs, () => this.model.txn(req, this.member));
+    this.received('txn', res.responses.flatMap((r) => (r.op === 'range' ? r.kvs : [])));
+    return res;
   }
 
   leaseGrant(ttlMs: number, deadlineMs: number): Promise<{ readonly header: KvHeader; readonly id: KvLeaseId; readonly ttlMs: number }> {
@@ -123,6 +132,22 @@ export class ModelKv implements Kv {
     this.closed = true;
     for (const id of this.watchIds) this.model.closeWatch(id);
     this.watchIds.clear();
+  }
+
+  /**
+   * What grpc-js does with a reply over the client's receive limit: the call fails with
+   * RESOURCE_EXHAUSTED after etcd served it (a txn's writes are applied), as EtcdKv reports it
+   * (`details.reason = 'reply-too-large'`). The size is {@link estimateRangeReplyBytes}, never below
+   * the real protobuf size, so the model refuses at least what the real client refuses.
+   */
+  private received(what: string, kvs: readonly KvEntry[]): void {
+    if (kvs.length === 0) return;
+    const bytes = estimateRangeReplyBytes(kvs);
+    if (bytes <= this.maxRecvBytes) return;
+    throw new TetherError('RESOURCE_EXHAUSTED', `${what}: reply larger than the client's receive limit (${bytes} bytes, limit ${this.maxRecvBytes}) (etcd model)`, {
+      retryable: false,
+      details: { reason: 'reply-too-large', bytes, limit: this.maxRecvBytes },
+    });
   }
 
   private closedError(what: string): TetherError {

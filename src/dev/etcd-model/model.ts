@@ -33,6 +33,8 @@
  *    revision, then live changes one batch per revision; a watch below the compaction is created
  *    and then ended with COMPACTED (as etcd sends `created` then a compacted cancel);
  *  - response headers carry the revision, the raft term and the serving member's id;
+ *  - the client's gRPC receive limit: a range or txn reply over it fails RESOURCE_EXHAUSTED on the
+ *    client, after the member served it (src/dev/etcd-model/client.ts);
  *  - injectable etcd 3.4 anomalies: {@link earlyRevokeOnNextElection} (etcd #15247) and
  *    {@link renewAfterRevoke} (etcd #14758).
  *
@@ -42,6 +44,7 @@
  * add/remove, defragmentation and quotas (`--quota-backend-bytes`).
  */
 import { TetherError } from '../../domain/errors.js';
+import { ETCD_CLIENT_MAX_RECV_BYTES } from '../../domain/kv-read-limits.js';
 import type { Clock, TimerHandle } from '../../ports/clock.js';
 import type {
   Kv,
@@ -84,6 +87,12 @@ export interface EtcdModelOptions {
    * {@link EtcdModel.compact}); long simulations set it to bound memory.
    */
   readonly retainRevisions?: number;
+  /**
+   * The gRPC receive limit of the clients it hands out (default ETCD_CLIENT_MAX_RECV_BYTES, what
+   * Tether sets on its etcd client): a reply over it fails RESOURCE_EXHAUSTED like grpc-js. Tests set
+   * grpc-js's default (4 MiB) or less to prove that a read is paged.
+   */
+  readonly clientMaxRecvBytes?: number;
 }
 
 /** How requests fail while the cluster has no quorum (see {@link EtcdModel.unavailable}). */
@@ -178,6 +187,8 @@ export class EtcdModel {
   readonly electionMs: number;
   readonly limits: EtcdLimits;
   readonly version: string;
+  /** The receive limit of the clients it hands out (see {@link EtcdModelOptions.clientMaxRecvBytes}). */
+  readonly clientMaxRecvBytes: number;
   private readonly store = new MvccStore();
   private readonly memberList: { name: string; id: string; lag: number }[];
   private term: number;
@@ -204,6 +215,7 @@ export class EtcdModel {
     this.minLeaseTtlMs = Math.ceil((Math.floor((3 * electionTicks) / 2) * heartbeat) / 1000) * 1000;
     this.limits = opts.limits ?? ETCD_34_LIMITS;
     this.version = opts.version ?? '3.4.23';
+    this.clientMaxRecvBytes = opts.clientMaxRecvBytes ?? ETCD_CLIENT_MAX_RECV_BYTES;
     const names = opts.members ?? ['m1', 'm2', 'm3'];
     if (names.length === 0 || new Set(names).size !== names.length) throw new TetherError('INVALID_ARGUMENT', 'etcd model: member names must be unique and at least one');
     this.memberList = names.map((name) => ({ name, id: memberIdOf(name), lag: 0 }));
@@ -217,11 +229,16 @@ export class EtcdModel {
   /**
    * A `Kv` client named `name` (the name the transport sees), connected to `opts.member` (default:
    * the first member). Requests and watch notifications travel through `transport` (default: at once).
+   * `opts.maxRecvBytes` overrides the model's `clientMaxRecvBytes` for this client.
    */
-  client(name: string, transport: ModelTransport = immediateTransport, opts: { readonly member?: string } = {}): Kv & { readonly name: string; readonly member: string } {
+  client(
+    name: string,
+    transport: ModelTransport = immediateTransport,
+    opts: { readonly member?: string; readonly maxRecvBytes?: number } = {},
+  ): Kv & { readonly name: string; readonly member: string } {
     const member = opts.member ?? this.memberList[0]!.name;
     this.member(member);
-    return new ModelKv(this, name, member, transport);
+    return new ModelKv(this, name, member, transport, opts.maxRecvBytes ?? this.clientMaxRecvBytes);
   }
 
   // ---- cluster state and fault injection ------------------------------------------------------
@@ -387,7 +404,8 @@ export class EtcdModel {
       if (req.revision < this.store.compactRevision) throw this.compactedError(req.revision);
       at = req.revision;
     }
-    const all = this.store.rangeAt(req, at);
+    const from = req.prefix ? req.from : undefined;
+    const all = from === undefined ? this.store.rangeAt(req, at) : this.store.rangeAt(req, at).filter((e) => e.key >= from);
     const limit = req.limit && req.limit > 0 ? req.limit : all.length;
     const kvs = all.slice(0, limit).map((e) => (req.keysOnly ? { ...e, value: '' } : e));
     return { header: this.header(member, served), kvs, more: all.length > limit, count: all.length };
