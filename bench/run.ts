@@ -18,11 +18,12 @@ import { progress } from './lib/progress.js';
 import { BenchResources } from './lib/resources.js';
 import { renderTable, type Table } from './lib/table.js';
 import { runControllerScale } from './scenarios/controller-scale.js';
+import { runFleetScenario } from './scenarios/fleet.js';
 import { runGc } from './scenarios/gc.js';
 import { runReschedule } from './scenarios/reschedule.js';
 import { runAgentIdleRss, runCreateReady, runGracefulStop } from './scenarios/substrate.js';
 
-type Section = 'create-ready' | 'graceful-stop' | 'agent-idle-rss' | 'gc' | 'reschedule' | 'controller-scale';
+type Section = 'create-ready' | 'graceful-stop' | 'agent-idle-rss' | 'gc' | 'reschedule' | 'controller-scale' | 'fleet';
 
 const RUNNERS: Record<Section, (ctx: BenchContext) => Promise<ScenarioResult>> = {
   'create-ready': runCreateReady,
@@ -31,6 +32,7 @@ const RUNNERS: Record<Section, (ctx: BenchContext) => Promise<ScenarioResult>> =
   gc: runGc,
   reschedule: runReschedule,
   'controller-scale': runControllerScale,
+  fleet: runFleetScenario,
 };
 
 /** Names accepted on the command line and the sections they run. */
@@ -42,9 +44,13 @@ const SCENARIOS: Record<string, readonly Section[]> = {
   gc: ['gc'],
   reschedule: ['reschedule'],
   'controller-scale': ['controller-scale'],
+  fleet: ['fleet'],
 };
 
-const USAGE = `usage: npm run bench -- [scenario...] [--quick] [--gc-n 1,5,10,20]
+/** Scenarios that run only when named (long, and they size themselves). */
+const ONLY_WHEN_NAMED = new Set(['fleet']);
+
+const USAGE = `usage: npm run bench -- [scenario...] [--quick] [--gc-n 1,5,10,20] [--hosts N --vms-per-host V]
 
 scenarios (default: all):
   create          host substrate: create-ready + graceful-stop + agent-idle-rss
@@ -54,19 +60,25 @@ scenarios (default: all):
   gc              detached-host GC for N = 1, 5, 10, 20 VMs (cut etcd, fence, clean, rejoin)
   reschedule      partition -> VM running again on another host (3 hosts, controller), default and aggressive timings
   controller-scale  one controller, N = 1000, 5000 simulated hosts (quick: 200, 1000): lease gone -> detached
+  fleet           (only when named) N simulated hosts running the production agent cluster code, V VMs each,
+                  a controller and a standby: etcd load, expiry -> detached/fenced/placed, takeover
+                  (default 1000 x 100, quick 200 x 20)
 
 --quick   smoke run: 1 repetition, 3-VM batch, gc N = 1, 5
---gc-n    the N values of the gc scenario (comma-separated)`;
+--gc-n    the N values of the gc scenario (comma-separated)
+--hosts, --vms-per-host   size of the fleet scenario`;
 
 interface Args {
   readonly sections: Section[];
   readonly quick: boolean;
   readonly gcSizes: number[];
+  readonly fleet: { hosts?: number; vmsPerHost?: number };
 }
 
 function parseArgs(argv: readonly string[]): Args {
   let quick = false;
   let gcSizes: number[] | undefined;
+  const fleet: { hosts?: number; vmsPerHost?: number } = {};
   const names: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
@@ -78,13 +90,20 @@ function parseArgs(argv: readonly string[]): Args {
       const v = a.includes('=') ? a.slice(a.indexOf('=') + 1) : argv[++i];
       gcSizes = (v ?? '').split(',').map(Number);
       if (gcSizes.length === 0 || gcSizes.some((n) => !Number.isInteger(n) || n < 1 || n > 40)) usage(`--gc-n wants integers 1..40, got ${v}`);
+    } else if (a === '--hosts' || a.startsWith('--hosts=') || a === '--vms-per-host' || a.startsWith('--vms-per-host=')) {
+      const name = a.replace(/=.*/, '');
+      const v = a.includes('=') ? a.slice(a.indexOf('=') + 1) : argv[++i];
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1 || n > (name === '--hosts' ? 50_000 : 1000)) usage(`${name} wants an integer 1..${name === '--hosts' ? 50_000 : 1000}, got ${v}`);
+      if (name === '--hosts') fleet.hosts = n;
+      else fleet.vmsPerHost = n;
     } else if (a.startsWith('-')) usage(`unknown option ${a}`);
     else if (!(a in SCENARIOS)) usage(`unknown scenario ${a}`);
     else names.push(a);
   }
-  const chosen = new Set((names.length ? names : Object.keys(SCENARIOS)).flatMap((n) => SCENARIOS[n]!));
+  const chosen = new Set((names.length ? names : Object.keys(SCENARIOS).filter((n) => !ONLY_WHEN_NAMED.has(n))).flatMap((n) => SCENARIOS[n]!));
   const sections = (Object.keys(RUNNERS) as Section[]).filter((s) => chosen.has(s));
-  return { sections, quick, gcSizes: gcSizes ?? (quick ? [1, 5] : [1, 5, 10, 20]) };
+  return { sections, quick, gcSizes: gcSizes ?? (quick ? [1, 5] : [1, 5, 10, 20]), fleet };
 }
 
 function usage(message: string): never {
@@ -129,6 +148,7 @@ async function main(): Promise<void> {
     res,
     quick: args.quick,
     gcSizes: args.gcSizes,
+    fleet: args.fleet,
     etcd: lazyEtcd(res),
     sawAccel: (a) => {
       if (a) accels.add(a);
@@ -160,7 +180,7 @@ async function main(): Promise<void> {
       status,
       startedAt: startedAt.toISOString(),
       finishedAt: new Date().toISOString(),
-      options: { sections: args.sections, quick: args.quick, gcSizes: args.gcSizes },
+      options: { sections: args.sections, quick: args.quick, gcSizes: args.gcSizes, fleet: args.fleet },
       git: gitState(root),
       machine: { ...machine, accel: [...accels], loadAvgAtEnd: load(), foreignQemuAtEnd: foreignQemus(res.ids) },
       hostIds: res.ids,

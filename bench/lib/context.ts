@@ -10,6 +10,8 @@ export interface BenchContext {
   readonly quick: boolean;
   /** N values of the gc scenario. */
   readonly gcSizes: readonly number[];
+  /** Size of the `fleet` scenario (`--hosts`, `--vms-per-host`); its defaults when absent. */
+  readonly fleet?: { readonly hosts?: number; readonly vmsPerHost?: number };
   /** The run's 3-member loopback etcd cluster, started on first use and stopped by the cleanup. */
   etcd(): Promise<LocalEtcdCluster>;
   /** Notes what QEMU accelerator the VMs ran with (read from a QEMU command line). */

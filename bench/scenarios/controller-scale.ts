@@ -458,7 +458,7 @@ class RecordWatch {
 
 // ---- the controller child ------------------------------------------------------------------------
 
-class ControllerChild {
+export class ControllerChild {
   private exitInfo: string | undefined;
   private readonly exited: Promise<void>;
 
