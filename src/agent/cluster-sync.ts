@@ -117,7 +117,7 @@ export class ClusterVmSync {
           // Refused here (unknown image, name taken): the record says why instead of waiting forever.
           logger.warn({ vm: v.key, err: messageOf(err) }, 'cluster VM could not be accepted');
           const next: ClusterVmRecord = { ...v.record, phase: 'failed', reason: toRecordText(messageOf(err)), generation: v.record.generation + 1, updatedAt: clock.now() };
-          await this.store.commit({ guards, vms: [{ key: v.key, expectRevision: rev.get(v.key)!, next }] }, this.intervalMs);
+          await this.store.commit({ guards, vms: [{ key: v.key, expectRevision: rev.get(v.key)!, prevHostId: v.record.hostId ?? null, next }] }, this.intervalMs);
         }
       }
       for (const uid of plan.deleteLocal) {
@@ -125,16 +125,16 @@ export class ClusterVmSync {
         await this.service.delete(uid).catch(() => undefined);
       }
       for (const v of plan.removeRecord) {
-        await this.store.commit({ guards, vms: [{ key: v.key, expectRevision: rev.get(v.key)!, next: null }] }, this.intervalMs);
+        await this.store.commit({ guards, vms: [{ key: v.key, expectRevision: rev.get(v.key)!, prevHostId: v.record.hostId ?? null, next: null }] }, this.intervalMs);
       }
       for (const v of plan.release) {
         const { drain: _drain, ...rest } = v.record;
         const next: ClusterVmRecord = { ...rest, phase: 'lost', reason: `drained from ${this.ctx.hostId}: stopped and cleaned there`, generation: v.record.generation + 1, updatedAt: clock.now() };
-        await this.store.commit({ guards, vms: [{ key: v.key, expectRevision: rev.get(v.key)!, next }] }, this.intervalMs);
+        await this.store.commit({ guards, vms: [{ key: v.key, expectRevision: rev.get(v.key)!, prevHostId: v.record.hostId ?? null, next }] }, this.intervalMs);
       }
       for (const s of plan.status) {
         const next: ClusterVmRecord = { ...s.view.record, phase: s.phase, generation: s.view.record.generation + 1, updatedAt: clock.now() };
-        const res = await this.store.commit({ guards, vms: [{ key: s.view.key, expectRevision: rev.get(s.view.key)!, next }] }, this.intervalMs);
+        const res = await this.store.commit({ guards, vms: [{ key: s.view.key, expectRevision: rev.get(s.view.key)!, prevHostId: s.view.record.hostId ?? null, next }] }, this.intervalMs);
         if (!res.ok) logger.debug({ vm: s.view.key, reason: res.reason }, 'status write lost a race; next round retries');
       }
       this.lastFailure = undefined;

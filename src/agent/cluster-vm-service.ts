@@ -32,7 +32,7 @@ export class ClusterVmService implements MicroVmService {
     const uid = newVmUid();
     const record: ClusterVmRecord = { uid, spec, hostId: this.hostId, hostEpoch: epoch, phase: 'pending', generation: 1, updatedAt: this.now() };
     const res = await this.store.commit(
-      { guards: [{ hostId: this.hostId, expectRevision: host.recordRevision! }], vms: [{ key, expectRevision: null, next: record }], events: [] },
+      { guards: [{ hostId: this.hostId, expectRevision: host.recordRevision! }], vms: [{ key, expectRevision: null, prevHostId: null, next: record }], events: [] },
       this.deadlineMs,
     );
     if (!res.ok) {
@@ -52,7 +52,7 @@ export class ClusterVmService implements MicroVmService {
     const host = attached ? await this.sync.guard(epoch) : undefined;
     if (host && entry && entry.record.phase !== 'deleting' && entry.record.hostId === this.hostId && entry.record.hostEpoch === epoch) {
       const next: ClusterVmRecord = { ...entry.record, phase: 'deleting', generation: entry.record.generation + 1, updatedAt: this.now() };
-      await this.store.commit({ guards: [{ hostId: this.hostId, expectRevision: host.recordRevision! }], vms: [{ key: entry.key, expectRevision: entry.revision, next }] }, this.deadlineMs);
+      await this.store.commit({ guards: [{ hostId: this.hostId, expectRevision: host.recordRevision! }], vms: [{ key: entry.key, expectRevision: entry.revision, prevHostId: entry.record.hostId ?? null, next }] }, this.deadlineMs);
     }
     if (vm) await this.local.delete(uid);
     void this.sync.syncOnce();

@@ -67,14 +67,14 @@ export async function clusterDelete(store: Pick<ControllerStore, 'scanVms' | 'co
   const v = entries.find((x) => x.key === key);
   const unreadable = invalid.find((e) => e.key === `vms/${key}`);
   if (!v && unreadable?.revision !== undefined) {
-    const res = await store.commit({ vms: [{ key, expectRevision: unreadable.revision, next: null }] }, DEADLINE);
+    const res = await store.commit({ vms: [{ key, expectRevision: unreadable.revision, prevHostId: null, next: null }] }, DEADLINE);
     if (!res.ok) throw new TetherError('UNAVAILABLE', `microvm ${key} changed meanwhile; try again`, { retryable: true });
     return 'removed';
   }
   if (!v) throw new NotFoundError(`microvm ${key}`);
   const placed = v.record.hostId !== undefined && v.record.phase !== 'lost';
   const next: ClusterVmRecord | null = placed ? { ...v.record, phase: 'deleting', generation: v.record.generation + 1, updatedAt: Date.now() } : null;
-  const res = await store.commit({ vms: [{ key, expectRevision: v.revision, next }] }, DEADLINE);
+  const res = await store.commit({ vms: [{ key, expectRevision: v.revision, prevHostId: v.record.hostId ?? null, next }] }, DEADLINE);
   if (!res.ok) throw new TetherError('UNAVAILABLE', `microvm ${key} changed meanwhile; try again`, { retryable: true });
   return placed ? 'deleting' : 'removed';
 }

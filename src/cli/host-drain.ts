@@ -48,7 +48,7 @@ export async function drainHost(
   for (const v of onHost) {
     if (v.record.phase === 'deleting') continue;
     const next: ClusterVmRecord = { ...v.record, phase: 'deleting', drain: true, generation: v.record.generation + 1, updatedAt: Date.now() };
-    const res = await store.commit({ vms: [{ key: v.key, expectRevision: v.revision, next }] }, DEADLINE);
+    const res = await store.commit({ vms: [{ key: v.key, expectRevision: v.revision, prevHostId: v.record.hostId ?? null, next }] }, DEADLINE);
     if (!res.ok) throw new TetherError('UNAVAILABLE', `VM ${v.key} changed while draining; run the drain again`, { retryable: true });
     progress(`${v.key}: stopping on ${hostId}`);
   }

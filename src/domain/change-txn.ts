@@ -3,7 +3,11 @@
  * real etcd or the etcd model.
  *
  * Invariants: the txn has exactly the compares and success ops {@link txnOpCounts} counts (checked:
- * INTERNAL otherwise); a change over the store's {@link TxnLimits} is refused here with a
+ * INTERNAL otherwise); every VM write also keeps the per-host index in the same txn: a placed record's
+ * byte-identical copy at `hostvms/<next.hostId>/<key>` (same value, same `mod_revision`), and
+ * `hostvms/<prevHostId>/<key>` deleted when the host changes or the record is deleted — so after a
+ * commit `hostvms/H/` holds exactly the records placed on H, provided each writer's `prevHostId` is
+ * the host of the revision it compares; a change over the store's {@link TxnLimits} is refused here with a
  * NON-retryable FAILED_PRECONDITION (it could never commit); every value goes through the codec's
  * encoders, so a record a reader would refuse is never written (INVALID_RECORD).
  */
@@ -41,11 +45,23 @@ export function changeTxn(keys: Keyspace, change: ClusterChange, limits: TxnLimi
     else puts.push(put(key, encodeHostRecord(keys.rel(key), h.next)));
   }
   for (const g of change.guards ?? []) compare.push(modIs(keys.hostRecord(g.hostId), g.expectRevision));
+  for (const g of change.capacityGuards ?? []) {
+    const key = keys.hostPlacements(g.hostId);
+    compare.push({ key, target: 'mod', op: '<', value: Number(g.seenRevision) + 1 });
+    puts.push(put(key, JSON.stringify({ hostId: g.hostId })));
+  }
   for (const v of change.vms ?? []) {
     const key = keys.vm(v.key);
     compare.push(v.expectRevision === null ? createIs(key, 0) : modIs(key, v.expectRevision));
+    const nextHost = v.next?.hostId ?? null;
     if (v.next === null) dels.push(del(key));
-    else puts.push(put(key, encodeClusterVm(keys.rel(key), v.next)));
+    else {
+      const value = encodeClusterVm(keys.rel(key), v.next);
+      puts.push(put(key, value));
+      // The per-host index: a byte-identical copy in the same txn (so with the same mod_revision).
+      if (nextHost !== null) puts.push(put(keys.hostVm(nextHost, v.key), value));
+    }
+    if (v.prevHostId !== null && v.prevHostId !== nextHost) dels.push(del(keys.hostVm(v.prevHostId, v.key)));
   }
   for (const e of change.events ?? []) {
     const key = keys.event(e.at);

@@ -24,10 +24,19 @@ export interface HostWrite {
   readonly next: HostRecord | null;
 }
 
-/** Change of one VM record, guarded by its `mod_revision` (null: it must not exist yet). */
+/**
+ * Change of one VM record, guarded by its `mod_revision` (null: it must not exist yet). The same txn
+ * keeps the per-host index (`hostvms/<hostId>/<key>`, see `Keyspace.hostVm`): it puts the copy under
+ * `next.hostId` and deletes the one under `prevHostId` when the host changes or the record goes.
+ */
 export interface VmWrite {
   readonly key: ClusterVmKey;
   readonly expectRevision: Revision | null;
+  /**
+   * `hostId` of the record as the writer read it at `expectRevision` (null: no record, or unplaced).
+   * Must be true of that revision: the `mod_revision` compare makes the index delete exact only then.
+   */
+  readonly prevHostId: string | null;
   /** New record, or null to delete it. */
   readonly next: ClusterVmRecord | null;
 }
@@ -44,6 +53,14 @@ export interface ClusterChange {
   readonly hosts?: readonly HostWrite[];
   /** Host records that must be unchanged (compared, not written), e.g. the target of a placement. */
   readonly guards?: readonly { readonly hostId: string; readonly expectRevision: Revision }[];
+  /**
+   * Capacity guards of placements (issue 9): per target host, `placements/<hostId>` must not have been
+   * written after `seenRevision` (compare `mod_revision < seenRevision + 1`), and is written (bumped)
+   * by this txn. Invariant kept by every writer that places a VM on a host (create, reschedule,
+   * drain): its capacity check saw every VM on the host up to `seenRevision`, so two placements
+   * decided on the same view cannot both commit; one compare and one put per host.
+   */
+  readonly capacityGuards?: readonly { readonly hostId: string; readonly seenRevision: Revision }[];
   readonly vms?: readonly VmWrite[];
   /** Events appended in the same txn (so an event exists exactly when its change happened). */
   readonly events?: readonly ClusterEvent[];
@@ -74,10 +91,20 @@ export interface TxnOpCounts {
 }
 
 /**
+ * Success ops of one VM write: the record's put or delete, the put of its index copy under
+ * `next.hostId` (when placed), and the delete of the index entry under `prevHostId` (when it was
+ * placed and the host changes or the record is deleted).
+ */
+export function vmWriteOps(v: Pick<VmWrite, 'prevHostId' | 'next'>): number {
+  const nextHost = v.next?.hostId ?? null;
+  return 1 + (nextHost !== null ? 1 : 0) + (v.prevHostId !== null && v.prevHostId !== nextHost ? 1 : 0);
+}
+
+/**
  * How the store turns `change` into a txn: one compare per host write (`mod_revision`) plus one when it
  * requires the `alive` key absent, one per guard, one per VM write, one for the leadership when
  * `leader` (and, for an event-only change, one create compare on the event key); one success op per
- * host write, VM write and event; no failure ops.
+ * host write and event, {@link vmWriteOps} per VM write (record + per-host index); no failure ops.
  */
 export function txnOpCounts(change: ClusterChange, leader: boolean): TxnOpCounts {
   let compares = leader ? 1 : 0;
@@ -87,8 +114,10 @@ export function txnOpCounts(change: ClusterChange, leader: boolean): TxnOpCounts
     success++;
   }
   compares += (change.guards ?? []).length;
+  compares += (change.capacityGuards ?? []).length;
+  success += (change.capacityGuards ?? []).length;
   compares += (change.vms ?? []).length;
-  success += (change.vms ?? []).length;
+  for (const v of change.vms ?? []) success += vmWriteOps(v);
   const events = (change.events ?? []).length;
   success += events;
   if (compares === 0 && events > 0) compares = 1;
@@ -102,12 +131,15 @@ export function utf8Length(s: string): number {
   return utf8.encode(s).length;
 }
 
-/** Estimated request bytes of `change`: every value's JSON plus {@link KEY_BYTES_ALLOWANCE} per op. */
+/**
+ * Estimated request bytes of `change`: every value's JSON plus {@link KEY_BYTES_ALLOWANCE} per op; a
+ * placed VM's value counts twice (the record and its per-host index copy).
+ */
 export function estimateTxnBytes(change: ClusterChange, leader: boolean): number {
   const c = txnOpCounts(change, leader);
   let bytes = (c.compares + c.success) * KEY_BYTES_ALLOWANCE;
   for (const h of change.hosts ?? []) if (h.next) bytes += utf8Length(JSON.stringify(h.next));
-  for (const v of change.vms ?? []) if (v.next) bytes += utf8Length(JSON.stringify(v.next));
+  for (const v of change.vms ?? []) if (v.next) bytes += utf8Length(JSON.stringify(v.next)) * (v.next.hostId !== undefined ? 2 : 1);
   for (const e of change.events ?? []) bytes += utf8Length(JSON.stringify(e));
   return bytes;
 }

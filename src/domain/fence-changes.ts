@@ -20,6 +20,7 @@ import {
   KEY_BYTES_ALLOWANCE,
   txnOpCounts,
   utf8Length,
+  vmWriteOps,
   type ClusterChange,
   type Revision,
   type TxnLimits,
@@ -169,7 +170,7 @@ export function vmsLostChanges(i: VmsLostInput): VmsLostPlan {
   const reason = i.by === 'operator' ? `host ${i.hostId} fenced by the operator at epoch ${epoch}` : `host ${i.hostId} fenced at epoch ${epoch}`;
   const build = (batch: { key: string; revision: Revision; next: ClusterVmRecord }[]): ClusterChange => ({
     guards: [{ hostId: i.hostId, expectRevision: i.revision }],
-    vms: batch.map((b) => ({ key: b.key, expectRevision: b.revision, next: b.next })),
+    vms: batch.map((b) => ({ key: b.key, expectRevision: b.revision, prevHostId: i.hostId, next: b.next })),
     events: [
       {
         kind: 'host-vms-lost',
@@ -190,25 +191,29 @@ export function vmsLostChanges(i: VmsLostInput): VmsLostPlan {
   const oversized: string[] = [];
   let batch: { key: string; revision: Revision; next: ClusterVmRecord }[] = [];
   let bytes = 0;
+  let successOps = 1; // the event
   const base = estimateTxnBytes(build([]), i.leader) + 16; // + the digits of the count in the detail
   const leaderCompares = i.leader ? 1 : 0;
   for (const v of todo) {
     const item = { key: v.key, revision: v.revision, next: markLost(v.record, reason, i.nowWall) };
-    // compare + put allowances, the value, and the key's place in the event's list
-    const cost = 2 * KEY_BYTES_ALLOWANCE + utf8Length(JSON.stringify(item.next)) + utf8Length(item.key) + 3;
+    const itemOps = vmWriteOps({ prevHostId: i.hostId, next: item.next }); // record put + its per-host index copy
+    // compare + put allowances (record and index copy), the value twice, and the key's place in the event's list
+    const cost = (1 + itemOps) * KEY_BYTES_ALLOWANCE + 2 * utf8Length(JSON.stringify(item.next)) + utf8Length(item.key) + 3;
     if (!fits(build([item]))) {
       oversized.push(v.key);
       continue;
     }
     const n = batch.length + 1;
-    const ops = Math.max(leaderCompares + 1 + n, n + 1); // compares: leadership, host guard, VMs; puts: VMs, event
+    const ops = Math.max(leaderCompares + 1 + n, successOps + itemOps); // compares: leadership, host guard, VMs; success: event, VMs and index copies
     if (batch.length > 0 && (ops > i.limits.maxOps || base + bytes + cost > i.limits.maxBytes)) {
       changes.push(build(batch));
       batch = [];
       bytes = 0;
+      successOps = 1;
     }
     batch.push(item);
     bytes += cost;
+    successOps += itemOps;
   }
   if (batch.length > 0) changes.push(build(batch));
   return { changes, oversized, pending: todo.map((v) => v.key) };

@@ -1,6 +1,7 @@
 /**
  * Tether's etcd keyspace under a prefix (ARCHITECTURE.md section 2), in one place: key builders for
- * hosts (`hosts/<id>/record`, `hosts/<id>/alive`), cluster VMs (`vms/<ns>/<name>`), events
+ * hosts (`hosts/<id>/record`, `hosts/<id>/alive`), cluster VMs (`vms/<ns>/<name>`), the per-host VM
+ * index (`hostvms/<hostId>/<ns>/<name>`, a copy of each placed record), events
  * (`events/<15-digit ms>-<8 hex>`) and the controller (`controller/leader`, `controller/status`),
  * and the parsers back. Pure: the random part of an event key comes from an injected `idSource`,
  * so a simulation that seeds it is deterministic.
@@ -48,6 +49,32 @@ export class Keyspace {
   vm(key: string): string {
     return `${this.prefix}vms/${key}`;
   }
+  /**
+   * Prefix of every per-host VM index entry (`hostvms/`): see {@link hostVm}.
+   */
+  hostVmsAll(): string {
+    return `${this.prefix}hostvms/`;
+  }
+  /**
+   * Prefix of host `hostId`'s VM index (`hostvms/<hostId>/`): the only prefix an agent lists or
+   * watches. Ends with `/`, so host `h1` never matches `h10`.
+   */
+  hostVms(hostId: string): string {
+    return `${this.prefix}hostvms/${hostId}/`;
+  }
+  /**
+   * `hostvms/<hostId>/<ns>/<name>` for `key` = `<ns>/<name>`: the per-host index entry of a VM record.
+   * Invariant (kept by `changeTxn`, which writes it in the record's own txn): it exists exactly when
+   * `vms/<key>` exists with `hostId` = `hostId`, and holds a byte-identical copy of that record with
+   * the same `mod_revision`.
+   */
+  hostVm(hostId: string, key: string): string {
+    return `${this.prefix}hostvms/${hostId}/${key}`;
+  }
+  /** `placements/<hostId>`: bumped by every capacity-guarded placement onto the host (see `ClusterChange.capacityGuards`). */
+  hostPlacements(hostId: string): string {
+    return `${this.prefix}placements/${hostId}`;
+  }
   /** Prefix of every event. */
   events(): string {
     return `${this.prefix}events/`;
@@ -83,6 +110,12 @@ export class Keyspace {
   /** `<ns>/<name>` of a key under `vms/`, or undefined. */
   parseVmKey(key: string): string | undefined {
     return key.startsWith(this.vms()) ? key.slice(this.vms().length) : undefined;
+  }
+  /** `{hostId, key}` (key = `<ns>/<name>`) of a key under `hostvms/`, or undefined for anything else. */
+  parseHostVmKey(key: string): { hostId: string; key: string } | undefined {
+    if (!key.startsWith(this.hostVmsAll())) return undefined;
+    const m = /^([^/]+)\/([^/]+\/[^/]+)$/.exec(key.slice(this.hostVmsAll().length));
+    return m ? { hostId: m[1]!, key: m[2]! } : undefined;
   }
   /** `<ms>-<hex>` of a key under `events/`, or undefined. */
   parseEventKey(key: string): string | undefined {

@@ -33,7 +33,7 @@ export function vmLostOnRejoinChange(v: VmEntry, host: { readonly hostId: string
   const why = `host ${host.hostId} rejoined clean at epoch ${host.epoch}; this incarnation (epoch ${v.record.hostEpoch ?? 0}) is gone`;
   return {
     guards: [{ hostId: host.hostId, expectRevision: host.revision }],
-    vms: [{ key: v.key, expectRevision: v.revision, next: markLost(v.record, why, nowWall) }],
+    vms: [{ key: v.key, expectRevision: v.revision, prevHostId: v.record.hostId ?? null, next: markLost(v.record, why, nowWall) }],
     events: [{ kind: 'vm-lost', vm: v.key, hostId: host.hostId, hostEpoch: v.record.hostEpoch ?? 0, hostRejoinedEpoch: host.epoch, at: nowWall, detail: `VM ${v.key} lost: ${why}` }],
   };
 }
@@ -41,7 +41,7 @@ export function vmLostOnRejoinChange(v: VmEntry, host: { readonly hostId: string
 /** A lost VM with restartPolicy `none`: noted as left for the operator ({@link KEEP_LOST_REASON}). */
 export function keepLostChange(v: VmEntry, nowWall: number): ClusterChange {
   return {
-    vms: [{ key: v.key, expectRevision: v.revision, next: { ...v.record, reason: KEEP_LOST_REASON, generation: v.record.generation + 1, updatedAt: nowWall } }],
+    vms: [{ key: v.key, expectRevision: v.revision, prevHostId: v.record.hostId ?? null, next: { ...v.record, reason: KEEP_LOST_REASON, generation: v.record.generation + 1, updatedAt: nowWall } }],
     events: [{ kind: 'vm-lost-kept', vm: v.key, hostId: v.record.hostId ?? null, at: nowWall, detail: `VM ${v.key} is lost and has restartPolicy none: left for the operator` }],
   };
 }
@@ -67,7 +67,7 @@ export function placementChange(i: PlacementInput): { readonly next: ClusterVmRe
     next,
     change: {
       guards: [{ hostId: p.hostId, expectRevision: i.targetRevision }],
-      vms: [{ key: v.key, expectRevision: v.revision, next }],
+      vms: [{ key: v.key, expectRevision: v.revision, prevHostId: v.record.hostId ?? null, next }],
       ...(i.event === false
         ? {}
         : { events: [{ kind: 'vm-rescheduled' as const, vm: v.key, fromHost: v.record.hostId ?? null, toHost: p.hostId, uid, at: i.nowWall, detail: `VM ${v.key} placed on ${p.hostId} (epoch ${p.hostEpoch}) as ${uid}` }] }),
@@ -79,7 +79,7 @@ export function placementChange(i: PlacementInput): { readonly next: ClusterVmRe
 export function pendingChange(v: VmEntry, reason: string, nowWall: number): ClusterChange {
   const next: ClusterVmRecord = { ...withoutPlacement(v.record), phase: 'pending', reason, generation: v.record.generation + 1, updatedAt: nowWall };
   return {
-    vms: [{ key: v.key, expectRevision: v.revision, next }],
+    vms: [{ key: v.key, expectRevision: v.revision, prevHostId: v.record.hostId ?? null, next }],
     events: [{ kind: 'vm-pending', vm: v.key, reason, at: nowWall, detail: `VM ${v.key} waits for capacity: ${reason}` }],
   };
 }
@@ -100,8 +100,8 @@ export function createVmChange(i: CreateVmInput): { readonly record: ClusterVmRe
   const p = i.placement;
   if ('hostId' in p) {
     const record: ClusterVmRecord = { ...base, hostId: p.hostId, hostEpoch: p.hostEpoch, phase: 'pending' };
-    return { record, change: { guards: [{ hostId: p.hostId, expectRevision: p.targetRevision }], vms: [{ key: i.key, expectRevision: null, next: record }] } };
+    return { record, change: { guards: [{ hostId: p.hostId, expectRevision: p.targetRevision }], vms: [{ key: i.key, expectRevision: null, prevHostId: null, next: record }] } };
   }
   const record: ClusterVmRecord = { ...base, phase: 'pending', reason: p.reason };
-  return { record, change: { guards: [], vms: [{ key: i.key, expectRevision: null, next: record }] } };
+  return { record, change: { guards: [], vms: [{ key: i.key, expectRevision: null, prevHostId: null, next: record }] } };
 }

@@ -152,7 +152,7 @@ describe('cluster: partition, fence window, reschedule, rejoin (real hosts, cont
     expect(qemusOf(ids.b).has(oldUid)).toBe(false);
     // A write guarded by B's record as it was before the fence (what a zombie B would send) is refused.
     const stale = await store.commit(
-      { guards: [{ hostId: ids.b, expectRevision: bRevisionBefore }], vms: [{ key: 'cl/zombie', expectRevision: null, next: { uid: 'f'.repeat(32), spec: { ...(await vmRecord('cl/web'))!.spec, id: { namespace: 'cl', name: 'zombie' } }, hostId: ids.b, hostEpoch: 1, phase: 'running', generation: 1 } }] },
+      { guards: [{ hostId: ids.b, expectRevision: bRevisionBefore }], vms: [{ key: 'cl/zombie', expectRevision: null, prevHostId: null, next: { uid: 'f'.repeat(32), spec: { ...(await vmRecord('cl/web'))!.spec, id: { namespace: 'cl', name: 'zombie' } }, hostId: ids.b, hostEpoch: 1, phase: 'running', generation: 1 } }] },
       3000,
     );
     expect(stale.ok).toBe(false);

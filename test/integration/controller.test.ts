@@ -238,7 +238,7 @@ describe('controller against real etcd (3 members)', () => {
       phase: 'running',
       generation: 1,
     };
-    expect((await obs.commit({ vms: [{ key: 'ns/v1', expectRevision: null, next: vm }] }, OBS_DL)).ok).toBe(true);
+    expect((await obs.commit({ vms: [{ key: 'ns/v1', expectRevision: null, prevHostId: null, next: vm }] }, OBS_DL)).ok).toBe(true);
     const { c } = controller(prefix, 'c1');
     await waitFor(() => c.isLeader, 5000 + SLACK, 'leadership');
     await sleep(T.ttl + 300); // past one TTL from the controller's first raft-term observation
@@ -438,18 +438,23 @@ describe('controller against real etcd (3 members)', () => {
       generation: 1,
       restartPolicy: 'none', // the test is about the fence: no 500-VM reschedule storm afterwards
     });
-    for (let i = 0; i < N; i += 120) {
-      const res = await obs.commit({ vms: names.slice(i, i + 120).map((n) => ({ key: `big/${n}`, expectRevision: null, next: vm(n) })) }, OBS_DL);
+    for (let i = 0; i < N; i += 60) {
+      const res = await obs.commit({ vms: names.slice(i, i + 60).map((n) => ({ key: `big/${n}`, expectRevision: null, prevHostId: null, next: vm(n) })) }, OBS_DL);
       expect(res.ok).toBe(true);
     }
     // one txn for all of them is refused before it reaches etcd, as non-retryable
-    const tooBig = obs.commit({ vms: names.map((n) => ({ key: `big/${n}`, expectRevision: null, next: vm(n) })) }, OBS_DL);
+    const tooBig = obs.commit({ vms: names.map((n) => ({ key: `big/${n}`, expectRevision: null, prevHostId: null, next: vm(n) })) }, OBS_DL);
     await expect(tooBig).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', retryable: false });
     // and etcd itself counts as we do: with the store's own check lifted, etcd refuses 129 compares
     // (non-retryable) and takes 128 compares with 128 puts (the old compares + writes rule said 256 > 128)
     const lax = new EtcdControllerStore({ endpoints: cluster!.endpoints(), security: cluster!.clientTls(), prefix, txnLimits: { maxOps: 10_000, maxBytes: 8 << 20 } });
     closers.push(() => lax.close());
-    const extra = (n: number, tag: string) => Array.from({ length: n }, (_, i) => ({ key: `spare/${tag}${i}`, expectRevision: null, next: { ...vm(`${tag}${i}`, 'spare'), hostId: 'elsewhere' } }));
+    // unplaced records: one put each (a placed one also puts its per-host index copy)
+    const unplaced = (name: string): ClusterVmRecord => {
+      const { hostId: _h, hostEpoch: _e, ...rest } = vm(name, 'spare');
+      return rest;
+    };
+    const extra = (n: number, tag: string) => Array.from({ length: n }, (_, i) => ({ key: `spare/${tag}${i}`, expectRevision: null, prevHostId: null, next: unplaced(`${tag}${i}`) }));
     await expect(lax.commit({ vms: extra(129, 'x') }, OBS_DL)).rejects.toMatchObject({ code: 'FAILED_PRECONDITION', retryable: false, message: expect.stringMatching(/refused by etcd.*too many operations/) });
     expect((await lax.commit({ vms: extra(128, 'y') }, OBS_DL)).ok).toBe(true);
 

@@ -121,6 +121,47 @@ export class ModelControllerStore extends KvControllerStore {
   allEvents(): ClusterEvent[] {
     return this.model.list(`${this.prefix}events/`).map((e) => JSON.parse(e.value) as ClusterEvent);
   }
+
+  /** Breaches of the per-host index invariant in the model now (see {@link hostIndexProblems}); empty when it holds. */
+  hostIndexProblems(): string[] {
+    return hostIndexProblems(this.model, this.prefix);
+  }
+}
+
+/**
+ * Breaches of the per-host index invariant (Keyspace.hostVm) in `model` under `prefix`: every VM
+ * record `vms/<key>` with `hostId` H has `hostvms/H/<key>` with the same value and `mod_revision`,
+ * and every `hostvms/` entry has such a record. Empty when the invariant holds.
+ */
+export function hostIndexProblems(model: EtcdModel, prefix = '/tether/'): string[] {
+  const problems: string[] = [];
+  const records = new Map(model.list(`${prefix}vms/`).map((e) => [e.key.slice(`${prefix}vms/`.length), e]));
+  const index = new Map(model.list(`${prefix}hostvms/`).map((e) => [e.key.slice(`${prefix}hostvms/`.length), e]));
+  for (const [key, e] of records) {
+    let hostId: string | undefined;
+    try {
+      hostId = (JSON.parse(e.value) as { hostId?: string }).hostId;
+    } catch {
+      continue;
+    }
+    if (hostId === undefined) continue;
+    const copy = index.get(`${hostId}/${key}`);
+    if (!copy) problems.push(`vms/${key} is on ${hostId} but hostvms/${hostId}/${key} is missing`);
+    else if (copy.value !== e.value || String(copy.modRevision) !== String(e.modRevision)) problems.push(`hostvms/${hostId}/${key} differs from vms/${key}`);
+  }
+  for (const ik of index.keys()) {
+    const [hostId, ...rest] = ik.split('/');
+    const key = rest.join('/');
+    const rec = records.get(key);
+    let recHost: string | undefined;
+    try {
+      recHost = rec ? (JSON.parse(rec.value) as { hostId?: string }).hostId : undefined;
+    } catch {
+      recHost = undefined;
+    }
+    if (recHost !== hostId) problems.push(`hostvms/${ik} has no record on ${hostId} (record ${rec ? `on ${recHost ?? 'no host'}` : 'gone'})`);
+  }
+  return problems;
 }
 
 /** Knobs of {@link ModelClusterStore}: what the cluster does to the agent. */

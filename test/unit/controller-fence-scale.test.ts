@@ -45,7 +45,7 @@ class CountingStore extends ModelControllerStore {
 
 describe('txn size as etcd counts it', () => {
   it('compares, success ops and failure ops are each bounded, not their sum', () => {
-    const vms = (n: number) => Array.from({ length: n }, (_, i) => ({ key: `ns/v${i}`, expectRevision: '1', next: null }));
+    const vms = (n: number) => Array.from({ length: n }, (_, i) => ({ key: `ns/v${i}`, expectRevision: '1', prevHostId: null, next: null }));
     // 127 VM writes + leadership compare = 128 compares, 127 deletes: fits (the old sum rule said 255 > 128)
     expect(txnOpCounts({ vms: vms(127) }, true)).toEqual({ compares: 128, success: 127, failure: 0 });
     expect(txnLimitProblem(txnOpCounts({ vms: vms(127) }, true), 0, DEFAULT_TXN_LIMITS)).toBeUndefined();
@@ -56,10 +56,11 @@ describe('txn size as etcd counts it', () => {
 
   it('the store refuses a txn over the limits with a NON-retryable error, like etcd', async () => {
     const store = new ModelControllerStore(new Sim().clock);
-    const change: ClusterChange = { vms: Array.from({ length: 129 }, (_, i) => ({ key: `ns/v${i}`, expectRevision: null, next: vmRec(`v${i}`) })) };
+    // each placed create is 2 success ops (the record and its per-host index copy): 65 -> 130 > 128
+    const change: ClusterChange = { vms: Array.from({ length: 65 }, (_, i) => ({ key: `ns/v${i}`, expectRevision: null, prevHostId: null, next: vmRec(`v${i}`) })) };
     const err = await expectCode(store.commit(change, 1000), 'FAILED_PRECONDITION');
     expect(err.retryable).toBe(false);
-    expect((await store.commit({ vms: change.vms!.slice(0, 128) }, 1000)).ok).toBe(true);
+    expect((await store.commit({ vms: change.vms!.slice(0, 64) }, 1000)).ok).toBe(true);
   });
 });
 
@@ -86,7 +87,8 @@ describe('the fence builders', () => {
     for (const leader of [true, false]) {
       const plan = vmsLostChanges({ hostId: 'a', record: hostRec(), revision: '99', vms, nowWall: 5, by: 'controller', limits: DEFAULT_TXN_LIMITS, leader });
       expect(plan.oversized).toEqual([]);
-      expect(plan.changes.length).toBe(Math.ceil(501 / (leader ? 126 : 127)));
+      // success ops bound it: the event + 2 per VM (the record and its per-host index copy) <= 128
+      expect(plan.changes.length).toBe(Math.ceil(501 / 63));
       const seen: string[] = [];
       for (const c of plan.changes) {
         expect(fits(c, leader)).toBe(true);
@@ -155,7 +157,7 @@ describe('controller: a host with 500 VMs', () => {
     expect(fenced[0]!.lostVms).toHaveLength(LOST_VMS_LISTED);
     const lost = lostOf(sim);
     expect(new Set(lost).size).toBe(500);
-    expect(sim.events('host-vms-lost', 'a')).toHaveLength(4); // ceil(500 / 126)
+    expect(sim.events('host-vms-lost', 'a')).toHaveLength(8); // ceil(500 / 63): each VM is 2 success ops (record + per-host index copy)
     for (const v of await sim.store.listVms(1000)) expect(v.record.phase === 'lost' || v.record.hostId !== 'a').toBe(true);
     expect(sim.events('controller-error')).toEqual([]);
     // never twice: nothing is marked again later

@@ -217,7 +217,7 @@ async function drainStart(w: SimWorld, hostId: string): Promise<void> {
   for (const v of await store.listVms(DEADLINE)) {
     if (v.record.hostId !== hostId || v.record.phase === 'lost' || v.record.phase === 'deleting') continue;
     const next: ClusterVmRecord = { ...v.record, phase: 'deleting', drain: true, generation: v.record.generation + 1, updatedAt: w.opClock.now() };
-    await store.commit({ vms: [{ key: v.key, expectRevision: v.revision, next }] }, DEADLINE);
+    await store.commit({ vms: [{ key: v.key, expectRevision: v.revision, prevHostId: v.record.hostId ?? null, next }] }, DEADLINE);
   }
 }
 
