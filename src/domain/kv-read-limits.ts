@@ -15,6 +15,7 @@
  *  - one record is far below etcd's request limit (1.5 MiB): a txn writing a record and its per-host
  *    index copy still carries 5 of them at the largest size.
  */
+import { utf8Length } from './codec/names.js';
 
 /**
  * The gRPC receive limit Tether sets on its etcd client (`grpc.max_receive_message_length`), in bytes:
@@ -47,21 +48,6 @@ function field(n: number): number {
   return 1 + len + n;
 }
 
-/** UTF-8 length of `s` without Node (the domain imports nothing from Node). */
-function utf8Bytes(s: string): number {
-  let n = 0;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x80) n += 1;
-    else if (c < 0x800) n += 2;
-    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
-      n += 4;
-      i++;
-    } else n += 3;
-  }
-  return n;
-}
-
 /**
  * The size of an etcd RangeResponse carrying `kvs`, as grpc-js would receive it, estimated from
  * above: keys and values exact, each KeyValue's integers (create/mod revision, version, lease) counted
@@ -70,6 +56,6 @@ function utf8Bytes(s: string): number {
  */
 export function estimateRangeReplyBytes(kvs: readonly { readonly key: string; readonly value: string }[]): number {
   let n = 64;
-  for (const kv of kvs) n += field(field(utf8Bytes(kv.key)) + field(utf8Bytes(kv.value)) + 4 * 11);
+  for (const kv of kvs) n += field(field(utf8Length(kv.key)) + field(utf8Length(kv.value)) + 4 * 11);
   return n;
 }

@@ -98,9 +98,13 @@ const BAD: readonly Row[] = [
   { name: 'bridge override', mutate: (s) => (s.interfaces[0].overrides = { bridge_name: 'br0' }), code: 'UNIMPLEMENTED', field: 'microvm.interfaces[0].overrides.bridge_name' },
   { name: 'too many interfaces', mutate: (s) => (s.interfaces = Array.from({ length: 17 }, (_, i) => ({ device_id: `eth${i}`, type: 'TAP' }))), code: 'INVALID_ARGUMENT', field: 'microvm.interfaces' },
   { name: 'empty metadata key', mutate: (s) => (s.metadata = { '': 'x' }), code: 'INVALID_ARGUMENT', field: 'microvm.metadata' },
-  { name: 'metadata value past the record limit', mutate: (s) => (s.metadata = { 'user-data': 'x'.repeat(65537) }), code: 'INVALID_ARGUMENT', field: 'microvm.metadata.user-data' },
-  { name: 'too many labels', mutate: (s) => (s.labels = Object.fromEntries(Array.from({ length: 1025 }, (_, i) => [`l${i}`, 'v']))), code: 'INVALID_ARGUMENT', field: 'microvm.labels' },
-  { name: 'metadata over half a record in total', mutate: (s) => (s.metadata = Object.fromEntries(Array.from({ length: 9 }, (_, i) => [`k${i}`, 'x'.repeat(65536)]))), code: 'INVALID_ARGUMENT', field: 'microvm.metadata' },
+  { name: 'metadata value past its limit', mutate: (s) => (s.metadata = { 'user-data': 'x'.repeat(65537) }), code: 'INVALID_ARGUMENT', field: 'microvm.metadata["user-data"]' },
+  { name: 'too many labels', mutate: (s) => (s.labels = Object.fromEntries(Array.from({ length: 257 }, (_, i) => [`l${i}`, 'v']))), code: 'INVALID_ARGUMENT', field: 'microvm.labels' },
+  { name: 'label value past its limit', mutate: (s) => (s.labels = { app: 'x'.repeat(1025) }), code: 'INVALID_ARGUMENT', field: 'microvm.labels["app"]' },
+  { name: 'label key past its limit', mutate: (s) => (s.labels = { ['k'.repeat(257)]: 'v' }), code: 'INVALID_ARGUMENT', field: `microvm.labels["${'k'.repeat(64)}..."]` },
+  { name: 'labels over their total', mutate: (s) => (s.labels = Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`l${i}`, 'x'.repeat(1000)]))), code: 'INVALID_ARGUMENT', field: 'microvm.labels' },
+  { name: 'metadata over its total', mutate: (s) => (s.metadata = Object.fromEntries(Array.from({ length: 2 }, (_, i) => [`k${i}`, 'x'.repeat(40_000)]))), code: 'INVALID_ARGUMENT', field: 'microvm.metadata' },
+  { name: 'whole record past its limit (JSON escapes)', mutate: (s) => (s.metadata = { blob: '\u0001'.repeat(20_000) }), code: 'INVALID_ARGUMENT', field: 'microvm' },
   { name: 'client-chosen uid', mutate: (s) => (s.uid = '0123456789abcdef0123456789abcdef'), code: 'INVALID_ARGUMENT', field: 'microvm.uid' },
   { name: 'firecracker provider', mutate: (s) => (s.provider = 'firecracker'), code: 'UNIMPLEMENTED', field: 'microvm.provider' },
   { name: 'guest agent', mutate: (s) => (s.allow_guest_agent = true), code: 'UNIMPLEMENTED', field: 'microvm.allow_guest_agent' },
@@ -131,6 +135,23 @@ describe('specFromFlintlock: bad input', () => {
     expect(status.code).toBe(code === 'INVALID_ARGUMENT' ? GrpcStatus.INVALID_ARGUMENT : GrpcStatus.UNIMPLEMENTED);
     expect(status.details).toBe(err.message);
     expect(status.metadata.get('tether-field')).toEqual([field]);
+  });
+
+  it('names the field, its size and the limit, in bytes (UTF-8), for every size limit', () => {
+    const err = (mutate: (s: ReturnType<typeof goodSpec>) => void): string => {
+      const spec = goodSpec();
+      mutate(spec);
+      return errorOf(() => specFromFlintlock(spec)).message;
+    };
+    expect(err((s) => (s.metadata = { x: 'y'.repeat(70_000) }))).toBe('microvm.metadata["x"]: 70000 bytes, limit 65536');
+    expect(err((s) => (s.labels = { app: 'é'.repeat(600) }))).toBe('microvm.labels["app"]: 1200 bytes, limit 1024');
+    expect(err((s) => (s.labels = Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`l${i}`, 'x'.repeat(1000)]))))).toMatch(/^microvm\.labels: 200\d\d bytes in total, limit 16384$/);
+    expect(err((s) => (s.metadata = { a: '\u0001'.repeat(20_000) }))).toMatch(/^microvm: record of \d+ bytes \(spec plus 1024 for its status\), limit 98304$/);
+    // At the limits exactly: accepted.
+    const spec = goodSpec();
+    spec.metadata = { x: 'y'.repeat(65536 - 1) };
+    spec.labels = { a: 'b'.repeat(1024) };
+    expect(specFromFlintlock(spec).metadata['x']).toHaveLength(65535);
   });
 
   it('rejects a request without a spec', () => {

@@ -25,8 +25,8 @@ import type { CreateMicroVmRequestIn, FlintlockMicroVM, ListMicroVmsRequestIn, U
 export const DEFAULT_GRPC_ADDRESS = '127.0.0.1:9090';
 
 /**
- * Largest request message the API reads: 2 MiB. A VM spec's labels and metadata are bounded to
- * 512 KiB each by the record codec, so every valid create fits; a bigger message is refused by
+ * Largest request message the API reads: 2 MiB. A VM record is bounded to 96 KiB at create
+ * (src/domain/codec/vm-limits.ts), so every valid create fits; a bigger message is refused by
  * grpc-js with RESOURCE_EXHAUSTED "Received message larger than max (<size> vs 2097152)" before it
  * is parsed.
  */

@@ -21,7 +21,7 @@
  * - `provider`: empty or `qemu` only.
  */
 import { InvalidArgumentError, TetherError } from '../../domain/errors.js';
-import { RECORD_LIMITS } from '../../domain/codec.js';
+import { mapSizeViolation, recordSizeViolation } from '../../domain/codec/vm-limits.js';
 import type { VmInterface, VmSpec, VmVolume } from '../../domain/vm.js';
 import type { VmFilter } from '../../ports/microvm-service.js';
 import type {
@@ -111,21 +111,25 @@ export function specFromCreateRequest(req: CreateMicroVmRequestIn | null | undef
  *   `address.nameservers`, `overrides.bridge_name` -> UNIMPLEMENTED.
  * - `uid` must be empty (Tether assigns uids); `provider` empty or `qemu`; `allow_guest_agent` and a
  *   non-empty `cpu_config` -> UNIMPLEMENTED.
- * - `labels` and `metadata` keys must be non-empty; both maps are kept verbatim.
+ * - `labels` and `metadata` keys must be non-empty; both maps are kept verbatim within the size
+ *   limits of src/domain/codec/vm-limits.ts (labels: 256 entries, keys 256 B, values 1 KiB, 16 KiB in
+ *   total; metadata: 256 entries, keys 256 B, values and total 64 KiB); the whole record at most
+ *   96 KiB (its JSON plus 1 KiB for status). Errors name the field and the limit:
+ *   `microvm.metadata["x"]: 70000 bytes, limit 65536`.
  */
 export function specFromFlintlock(spec: MicroVmSpecIn, prefix = 'microvm'): VmSpec {
   const f = (name: string): string => `${prefix}.${name}`;
 
   const name = checkName(spec.id, f('id'));
   const namespace = checkName(spec.namespace, f('namespace'));
-  const labels = checkMap(spec.labels, f('labels'));
+  const labels = checkMap(spec.labels, f('labels'), 'labels');
   const vcpu = checkIntRange(spec.vcpu, f('vcpu'), SPEC_LIMITS.minVcpu, SPEC_LIMITS.maxVcpu);
   const memoryMb = checkIntRange(spec.memory_in_mb, f('memory_in_mb'), SPEC_LIMITS.minMemoryMb, SPEC_LIMITS.maxMemoryMb);
   const { kernelImage, kernelCmdline } = mapKernel(spec.kernel, f('kernel'));
   const initrdImage = spec.initrd ? checkImageName(spec.initrd.image, f('initrd.image'), true) : '';
   const volumes = mapVolumes(spec.root_volume, spec.additional_volumes, prefix);
   const interfaces = mapInterfaces(spec.interfaces, f('interfaces'));
-  const metadata = checkMap(spec.metadata, f('metadata'));
+  const metadata = checkMap(spec.metadata, f('metadata'), 'metadata');
 
   if (spec.uid) throw new InvalidArgumentError(f('uid'), 'must be empty: Tether assigns uids');
   const provider = spec.provider ?? '';
@@ -138,7 +142,7 @@ export function specFromFlintlock(spec: MicroVmSpecIn, prefix = 'microvm'): VmSp
     throw unimplementedField(f('cpu_config'), 'CPU feature configuration is not supported');
   }
 
-  return {
+  const out: VmSpec = {
     id: { namespace, name },
     vcpu,
     memoryMb,
@@ -150,6 +154,9 @@ export function specFromFlintlock(spec: MicroVmSpecIn, prefix = 'microvm'): VmSp
     labels,
     metadata,
   };
+  const tooBig = recordSizeViolation(out, prefix);
+  if (tooBig) throw new InvalidArgumentError(tooBig.field, tooBig.message, { details: { limit: 'record' } });
+  return out;
 }
 
 /**
@@ -191,21 +198,19 @@ function checkIntRange(value: number | null | undefined, field: string, min: num
   return v;
 }
 
-/** Labels and metadata within the bounds the record codec reads back (src/domain/codec.ts). */
-function checkMap(map: Readonly<Record<string, string>> | null | undefined, field: string): Record<string, string> {
+/**
+ * Labels and metadata within the API's size limits (`VM_SIZE_LIMITS`, src/domain/codec/vm-limits.ts:
+ * entries, key and value bytes, total bytes), which stay within what the record codec reads back.
+ * The error names the map or the entry (`microvm.metadata["x"]`) and the limit.
+ */
+function checkMap(map: Readonly<Record<string, string>> | null | undefined, field: string, kind: 'labels' | 'metadata'): Record<string, string> {
   const out: Record<string, string> = {};
-  const entries = Object.entries(map ?? {});
-  if (entries.length > RECORD_LIMITS.maxMapEntries) throw new InvalidArgumentError(field, `at most ${RECORD_LIMITS.maxMapEntries} entries (got ${entries.length})`);
-  let bytes = 0;
-  for (const [k, v] of entries) {
+  for (const [k, v] of Object.entries(map ?? {})) {
     if (k === '') throw new InvalidArgumentError(field, 'keys must be non-empty');
-    if (k.length > RECORD_LIMITS.maxMapKeyLength) throw new InvalidArgumentError(`${field}.${k.slice(0, 32)}…`, `key longer than ${RECORD_LIMITS.maxMapKeyLength} characters`);
-    if (v.length > RECORD_LIMITS.maxMapValueLength) throw new InvalidArgumentError(`${field}.${k}`, `value longer than ${RECORD_LIMITS.maxMapValueLength} characters (${v.length})`);
-    bytes += Buffer.byteLength(k) + Buffer.byteLength(v);
     out[k] = v;
   }
-  // Half the record limit per map: labels and metadata together stay readable as one VM record.
-  if (bytes > RECORD_LIMITS.maxRecordBytes / 2) throw new InvalidArgumentError(field, `${bytes} bytes in total: at most ${RECORD_LIMITS.maxRecordBytes / 2}`);
+  const bad = mapSizeViolation(out, kind, field);
+  if (bad) throw new InvalidArgumentError(bad.field, bad.message, { details: { limit: kind } });
   return out;
 }
 
