@@ -2,6 +2,7 @@ import { availableParallelism, homedir, hostname, totalmem } from 'node:os';
 import type { ApiSecuritySettings } from '../api/auth/api-security.js';
 import { DEFAULT_CREATE_LIMITS } from '../api/grpc/create-admission.js';
 import { checkTimings, describeViolations, DEFAULT_TIMINGS, type GcTimings } from '../domain/gc-timing.js';
+import { describeScaledViolations, scaleTimings, type HeartbeatScaling } from '../domain/fleet-timings.js';
 import { TetherError } from '../domain/errors.js';
 import { join } from 'node:path';
 import type { ConfigKey, ConfigValues } from './config-schema.js';
@@ -32,7 +33,12 @@ export interface AgentConfig extends EtcdSecuritySettings, ApiSecuritySettings {
   readonly cacheDir: string;
   readonly imageDir: string;
   readonly accel: 'auto' | 'kvm' | 'tcg';
+  /** The configured timings; with {@link heartbeatScaling} on, the agent scales them at start (src/agent/fleet-timings.ts). */
   readonly timings: GcTimings;
+  /** Heartbeats that scale with the fleet (src/domain/fleet-timings.ts); `fleetHeartbeatRate` 0: off. */
+  readonly heartbeatScaling: HeartbeatScaling;
+  /** Fleet size to scale for; 0: the active controller's count, read at start. */
+  readonly fleetSize: number;
   readonly readyTimeout: number;
   /** Most bytes one VM's console log takes on disk (serial.log + serial.log.1). */
   readonly serialLogMaxBytes: number;
@@ -79,6 +85,15 @@ export const AGENT_SCHEMA: readonly ConfigKey[] = [
   { key: 'fenceWindow', type: 'duration', default: DEFAULT_TIMINGS.fenceWindow, description: 'cluster side: lease expiry to VMs treated as gone (checked here too)' },
   { key: 'clockDriftMargin', type: 'duration', default: DEFAULT_TIMINGS.clockDriftMargin, description: 'allowance for clock-rate differences' },
   { key: 'electionTolerance', type: 'duration', default: DEFAULT_TIMINGS.electionTolerance, description: 'longest etcd leader election to ride out without fencing' },
+  {
+    key: 'fleetHeartbeatRate',
+    type: 'int',
+    default: 0,
+    description:
+      'keepalives per second the whole fleet should send at most (Nomad-style heartbeat target); 0 = off. On: heartbeatInterval grows to fleet size / rate (detachAfter and watchdogTimeout by the same amount, ttl to at least 3 heartbeats), decided at start',
+  },
+  { key: 'maxHeartbeatInterval', type: 'duration', default: 10_000, description: 'longest heartbeat interval fleetHeartbeatRate may choose (bounds detection latency)' },
+  { key: 'fleetSize', type: 'int', default: 0, description: "fleet size to scale heartbeats for; 0 = the active controller's host count, read at start (only with fleetHeartbeatRate)" },
   { key: 'capacityVcpu', type: 'int', default: availableParallelism(), description: 'vCPUs this host offers to VMs' },
   { key: 'capacityMemory', type: 'int', default: Math.floor(totalmem() / 2 ** 20 / 2), description: 'MiB of memory this host offers to VMs' },
   { key: 'readyTimeout', type: 'duration', default: 60_000, description: 'time from VM start to its ready marker' },
@@ -110,5 +125,13 @@ export function toAgentConfig(v: ConfigValues): AgentConfig {
   if (violations.length > 0) {
     throw new TetherError('UNSAFE_CONFIG', `unsafe GC timings: ${describeViolations(violations)}`, { details: { violations } });
   }
-  return { ...(v as unknown as AgentConfig), timings };
+  const heartbeatScaling: HeartbeatScaling = { fleetHeartbeatRate: Number(v.fleetHeartbeatRate ?? 0), maxHeartbeatInterval: Number(v.maxHeartbeatInterval ?? 10_000) };
+  if (heartbeatScaling.fleetHeartbeatRate > 0) {
+    // The longest timings scaling can reach (any fleet size): refused now rather than when the fleet grows.
+    const worst = scaleTimings(timings, Number.MAX_SAFE_INTEGER, heartbeatScaling);
+    if (worst.violations.length > 0) {
+      throw new TetherError('UNSAFE_CONFIG', describeScaledViolations(worst).replace(/a fleet of \d+ hosts/, 'any fleet size (up to maxHeartbeatInterval)'), { details: { violations: worst.violations } });
+    }
+  }
+  return { ...(v as unknown as AgentConfig), timings, heartbeatScaling, fleetSize: Number(v.fleetSize ?? 0) };
 }

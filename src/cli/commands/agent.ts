@@ -18,6 +18,7 @@ import type { ProbeGuest } from '../../adapters/qemu/accel-probe.js';
 import { QemuVmm } from '../../adapters/qemu/qemu-vmm.js';
 import { SqliteInventory } from '../../adapters/sqlite/sqlite-inventory.js';
 import { Agent } from '../../agent/agent.js';
+import { resolveFleetTimings } from '../../agent/fleet-timings.js';
 import { auditHost } from '../../agent/gc/audit.js';
 import { ClusterVmSync } from '../../agent/cluster-sync.js';
 import { ClusterVmService } from '../../agent/cluster-vm-service.js';
@@ -123,6 +124,25 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
   if (cfg.etcdEndpoints.length > 0) reportEtcdSecurityOnce(cfg.etcdEndpoints, etcdSecurity, (level, m) => logger[level]({ etcd: cfg.etcdEndpoints }, m));
   const store = cfg.etcdEndpoints.length > 0 ? new EtcdClusterStore({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix, security: etcdSecurity }) : undefined;
   const boot = bootId();
+  if (store) {
+    // Heartbeats that scale with the fleet: decided once, before the first registration publishes them.
+    const scaled = await resolveFleetTimings(cfg.timings, {
+      scaling: cfg.heartbeatScaling,
+      configuredFleetSize: cfg.fleetSize,
+      inventory,
+      bootId: boot,
+      logger,
+      readFleetSize: async () => {
+        const st = new EtcdControllerStore({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix, security: etcdSecurity });
+        try {
+          return (await st.getStatus(3000))?.freeze.total;
+        } finally {
+          await st.close();
+        }
+      },
+    });
+    cfg = { ...cfg, timings: scaled.timings };
+  }
   // The fence that outlives this process: fed every acknowledged deadline, restarted when gone.
   const guardian = store
     ? new GuardianFeed(stateDir, cfg.hostId, boot, clock, logger, {
