@@ -4,7 +4,9 @@
  * gRPC server metrics `grpc_server_started_total` / `grpc_server_msg_received_total` for
  * `LeaseKeepAlive`, and by the adapter's own counter), answers are matched to their lease, a
  * member restart re-opens the stream on the next call, and a stalled member (SIGSTOP) costs a
- * missed deadline, after which the next call uses a new stream.
+ * missed deadline, after which the next call uses a new stream; a cut cable (fault proxy blackhole:
+ * connections open, bytes gone) costs each keepalive its deadline and no more, and keepalives work
+ * again once it heals.
  *
  * afterAll stops the cluster and checks that no process carries its mark and its data dir is gone.
  */
@@ -13,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EtcdKv } from '../../src/adapters/etcd/etcd-kv.js';
 import { findEtcdBinary, findProcessesByMark, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
 import { httpText } from '../../src/dev/etcd-http.js';
+import { FaultProxyGroup } from '../../src/dev/tcp-proxy.js';
 import { TetherError } from '../../src/domain/errors.js';
 
 let cluster: LocalEtcdCluster | undefined;
@@ -182,6 +185,41 @@ describe('EtcdKv lease keepalives: one long-lived stream per client (real etcd 3
     }
     await kv.leaseRevoke(g.id, 5000);
   }, 120_000);
+
+  it('a cut cable (every member blackholed): each keepalive fails by its deadline (retryable); after heal they succeed and the lease lived', async () => {
+    const group = await FaultProxyGroup.start(cluster!.endpoints());
+    try {
+      const kv = new EtcdKv({ endpoints: group.endpoints(), security: cluster!.clientTls() });
+      kvs.push(kv);
+      const g = await kv.leaseGrant(10_000, 5000);
+      expect((await kv.leaseKeepAlive(g.id, 5000)).ttlMs).toBe(10_000);
+      await group.blackhole();
+      let timeouts = 0;
+      for (let i = 0; i < 5; i++) {
+        const err = await kv.leaseKeepAlive(g.id, 500).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(err).toBeInstanceOf(TetherError);
+        expect((err as TetherError).retryable).toBe(true);
+        if ((err as TetherError).code === 'TIMEOUT') timeouts++;
+      }
+      expect(timeouts).toBeGreaterThan(0);
+      await group.heal();
+      let ok = false;
+      for (let i = 0; i < 20 && !ok; i++) {
+        try {
+          ok = (await kv.leaseKeepAlive(g.id, 1000)).ttlMs === 10_000;
+        } catch {
+          await sleep(100);
+        }
+      }
+      expect(ok).toBe(true);
+      await kv.leaseRevoke(g.id, 5000);
+    } finally {
+      await group.close();
+    }
+  }, 60_000);
 
   it('close() ends the stream: a keepalive after close fails as a retryable UNAVAILABLE', async () => {
     const kv = newKv();
