@@ -138,20 +138,14 @@ describe('specFromFlintlock: bad input', () => {
   });
 
   it('names the field, its size and the limit, in bytes (UTF-8), for every size limit', () => {
-    const err = (mutate: (s: ReturnType<typeof goodSpec>) => void): string => {
-      const spec = goodSpec();
-      mutate(spec);
-      return errorOf(() => specFromFlintlock(spec)).message;
-    };
-    expect(err((s) => (s.metadata = { x: 'y'.repeat(70_000) }))).toBe('microvm.metadata["x"]: 70000 bytes, limit 65536');
-    expect(err((s) => (s.labels = { app: 'é'.repeat(600) }))).toBe('microvm.labels["app"]: 1200 bytes, limit 1024');
-    expect(err((s) => (s.labels = Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`l${i}`, 'x'.repeat(1000)]))))).toMatch(/^microvm\.labels: 200\d\d bytes in total, limit 16384$/);
-    expect(err((s) => (s.metadata = { a: '\u0001'.repeat(20_000) }))).toMatch(/^microvm: record of \d+ bytes \(spec plus 1024 for its status\), limit 98304$/);
+    const err = (extra: object): string => errorOf(() => specFromFlintlock({ ...goodSpec(), ...extra })).message;
+    expect(err({ metadata: { x: 'y'.repeat(70_000) } })).toBe('microvm.metadata["x"]: 70000 bytes, limit 65536');
+    expect(err({ labels: { app: 'é'.repeat(600) } })).toBe('microvm.labels["app"]: 1200 bytes, limit 1024');
+    expect(err({ labels: Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`l${i}`, 'x'.repeat(1000)])) })).toMatch(/^microvm\.labels: 200\d\d bytes in total, limit 16384$/);
+    expect(err({ metadata: { a: '\u0001'.repeat(20_000) } })).toMatch(/^microvm: record of \d+ bytes \(spec plus 1024 for its status\), limit 98304$/);
     // At the limits exactly: accepted.
-    const spec = goodSpec();
-    spec.metadata = { x: 'y'.repeat(65536 - 1) };
-    spec.labels = { a: 'b'.repeat(1024) };
-    expect(specFromFlintlock(spec).metadata['x']).toHaveLength(65535);
+    const ok = specFromFlintlock({ ...goodSpec(), metadata: { x: 'y'.repeat(65536 - 1) }, labels: { a: 'b'.repeat(1024) } });
+    expect(ok.metadata['x']).toHaveLength(65535);
   });
 
   it('rejects a request without a spec', () => {

@@ -9,7 +9,10 @@ import { TetherError, messageOf } from '../../domain/errors.js';
 import { describeFence, timingProblems } from '../../domain/fence-window.js';
 import { describeHold } from '../../domain/hold.js';
 import type { HostRecord, HostRecordState } from '../../domain/host-record.js';
-import type { ControllerStatus, StoredEvent } from '../../ports/controller-store.js';
+import type { ControllerStatus, HostWatchEvent, StoredEvent } from '../../ports/controller-store.js';
+import type { KvControllerStore } from '../../adapters/kv/kv-controller-store.js';
+import { rangePaged } from '../../adapters/kv/range-paged.js';
+import { decodeClusterVm } from '../../domain/codec.js';
 import { resolveConfig, type ConfigKey } from '../config-schema.js';
 import { addEtcdSecurityOptions, reportEtcdSecurityOnce, resolveEtcdSecurity } from '../etcd-options.js';
 import { printJson, printTable } from '../output.js';
@@ -79,13 +82,72 @@ export interface HostListRow {
   readonly unsafeTimings: string | null;
 }
 
-/** Builds the host list from the store: records, leases, VMs and the controller's status. */
-export async function hostList(store: EtcdControllerStore, nowWall: number): Promise<{ controller: ControllerStatus | null; hosts: HostListRow[] }> {
-  const [snap, vms, status] = await Promise.all([store.listHosts(CALL_DEADLINE), store.listVms(CALL_DEADLINE), store.getStatus(CALL_DEADLINE)]);
+/** Filters of `tether host list`: together they AND. */
+export interface HostListFilter {
+  /** Only this host (reads its keys and its VM index only). */
+  readonly host?: string;
+  /** Only hosts in these states. */
+  readonly states?: readonly (HostRecordState | 'unregistered')[];
+}
+
+/** Host states `--state` accepts. */
+export const HOST_STATES: readonly (HostRecordState | 'unregistered')[] = ['attached', 'detached', 'fenced', 'unregistered'];
+
+/** Parses `--state a,b` (repeatable); INVALID_ARGUMENT naming the flag for an unknown state. */
+export function parseHostStates(values: readonly string[] | undefined): (HostRecordState | 'unregistered')[] | undefined {
+  if (!values || values.length === 0) return undefined;
+  return values
+    .flatMap((x) => x.split(','))
+    .map((x) => x.trim())
+    .filter(Boolean)
+    .map((v) => {
+      if (!(HOST_STATES as readonly string[]).includes(v)) throw new TetherError('INVALID_ARGUMENT', `--state ${JSON.stringify(v)}: not a host state (one of ${HOST_STATES.join(', ')})`);
+      return v as HostRecordState | 'unregistered';
+    });
+}
+
+/** Deadline of a whole (paged) list of `host list`. */
+const LIST_DEADLINE = 60_000;
+/** Lease TTL reads of `host list` in flight at once. */
+const TTL_READS = 16;
+
+/**
+ * Builds the host list from the store: records, leases, VMs and the controller's status. Every
+ * prefix is read in pages (hosts, then the VMs: `vms/`, or only `hostvms/<host>/` with a host
+ * filter); lease TTLs are read {@link TTL_READS} at a time.
+ */
+export async function hostList(store: KvControllerStore, nowWall: number, filter: HostListFilter = {}): Promise<{ controller: ControllerStatus | null; hosts: HostListRow[] }> {
+  const vmPrefix = filter.host !== undefined ? store.keys.hostVms(filter.host) : store.keys.vms();
+  const [hosts, vmKvs, status] = await Promise.all([
+    filter.host !== undefined ? store.getHost(filter.host, CALL_DEADLINE).then((h) => (h.record || h.alive ? [h] : [])) : store.listHosts(LIST_DEADLINE).then((s) => s.hosts),
+    rangePaged(store.kv, { key: vmPrefix, prefix: true }, {}, LIST_DEADLINE),
+    store.getStatus(CALL_DEADLINE),
+  ]);
+  const vmCount = new Map<string, number>();
+  for (const kv of vmKvs.kvs) {
+    // An index entry (`hostvms/<host>/<key>`) is a byte-identical copy of `vms/<key>`: decoded under that name.
+    const key = filter.host !== undefined ? store.keys.parseHostVmKey(kv.key)?.key : store.keys.parseVmKey(kv.key);
+    if (key === undefined) continue;
+    const d = decodeClusterVm(store.keys.rel(store.keys.vm(key)), kv.value);
+    if (d.ok && d.value.hostId !== undefined && holdsCapacity(d.value)) vmCount.set(d.value.hostId, (vmCount.get(d.value.hostId) ?? 0) + 1);
+  }
+  const picked = [...hosts]
+    .filter((h) => !filter.states || filter.states.includes(h.record?.state ?? 'unregistered'))
+    .sort((a, b) => (a.hostId < b.hostId ? -1 : 1));
+  const ttls = new Map<string, { remainingMs: number; grantedMs: number }>();
+  let next = 0;
+  const reader = async (): Promise<void> => {
+    while (next < picked.length) {
+      const h = picked[next++]!;
+      if (!h.alive) continue;
+      const ttl = await store.leaseTtl(h.alive.lease, CALL_DEADLINE).catch(() => undefined);
+      if (ttl) ttls.set(h.hostId, ttl);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(TTL_READS, picked.length) }, reader));
   const rows: HostListRow[] = [];
-  for (const h of [...snap.hosts].sort((a, b) => (a.hostId < b.hostId ? -1 : 1))) {
-    let ttl: { remainingMs: number; grantedMs: number } | undefined;
-    if (h.alive) ttl = await store.leaseTtl(h.alive.lease, CALL_DEADLINE).catch(() => undefined);
+  for (const h of picked) {
+    const ttl = ttls.get(h.hostId);
     const r = h.record;
     const cs = status?.hosts.find((x) => x.hostId === h.hostId);
     const fenceAt = cs?.fenceAt ?? (r?.state === 'detached' ? (r.fenceDeadline ?? null) : null);
@@ -104,7 +166,7 @@ export async function hostList(store: EtcdControllerStore, nowWall: number): Pro
       leaseRemainingMs: ttl ? ttl.remainingMs : null,
       fenceAt,
       fence,
-      vmCount: vms.filter((v) => v.record.hostId === h.hostId && holdsCapacity(v.record)).length,
+      vmCount: vmCount.get(h.hostId) ?? 0,
       unsafeTimings: r ? (timingProblems(r) ?? null) : null,
     });
   }
@@ -213,6 +275,65 @@ export async function showEvents(
   }
 }
 
+/** The store's current revision (a linearizable read of one small key): every later read is at or after it. */
+async function revisionNow(store: KvControllerStore): Promise<number> {
+  return (await store.kv.range({ key: store.keys.leader(), keysOnly: true }, CALL_DEADLINE)).header.revision;
+}
+
+/** The line `host list --watch` prints for one host change (text), or undefined when the filter hides it. */
+export function hostChangeLine(e: HostWatchEvent, filter: HostListFilter): string | undefined {
+  if (filter.host !== undefined && e.hostId !== filter.host) return undefined;
+  if (e.kind === 'record' && filter.states && !filter.states.includes(e.record.state)) return undefined;
+  const at = new Date().toISOString();
+  switch (e.kind) {
+    case 'record':
+      return `${at}  ${e.hostId.padEnd(16)} ${e.record.state.padEnd(9)} epoch ${e.record.epoch}  hold ${holdColumn(e.record)}${e.record.draining ? '  draining' : ''}`;
+    case 'record-deleted':
+      return `${at}  ${e.hostId.padEnd(16)} record deleted`;
+    case 'alive':
+      return `${at}  ${e.hostId.padEnd(16)} lease ${e.alive.lease} (agent ${e.alive.agentVersion || '?'}, epoch ${e.alive.epoch})`;
+    case 'alive-deleted':
+      return `${at}  ${e.hostId.padEnd(16)} lease gone (expired or revoked)`;
+  }
+}
+
+/**
+ * `host list --watch`: watches `hosts/` from the list's revision + 1 and prints a line (text) or a
+ * JSON object per change; after a watch error it lists again (paged) and watches from there.
+ */
+async function followHosts(store: KvControllerStore, filter: HostListFilter, json: boolean, fromRevision: number): Promise<void> {
+  let from = String(fromRevision);
+  for (;;) {
+    const failed = await new Promise<Error>((resolve) => {
+      store
+        .watchHosts(
+          String(BigInt(from) + 1n),
+          {
+            onEvent: (e) => {
+              const line = hostChangeLine(e, filter);
+              if (line === undefined) return;
+              console.log(json ? JSON.stringify({ type: e.kind, ...e }) : line);
+            },
+            onError: resolve,
+          },
+          CALL_DEADLINE,
+        )
+        .catch(resolve);
+    });
+    process.stderr.write(`host watch interrupted (${messageOf(failed)}); listing again\n`);
+    await new Promise((r) => setTimeout(r, 1000));
+    try {
+      from = String(await revisionNow(store));
+      const now = Date.now();
+      const l = await hostList(store, now, filter);
+      if (json) for (const h of l.hosts) console.log(JSON.stringify({ type: 'host', ...h }));
+      else printHostList(l, now);
+    } catch (err) {
+      process.stderr.write(`listing hosts failed (${messageOf(err)}); retrying\n`);
+    }
+  }
+}
+
 /**
  * Registers `tether host list|hold|release|fence` and `tether events` (cluster-side, straight to etcd).
  * `fence` is refused without `--confirm`: it tells the cluster the host's VMs are gone.
@@ -220,14 +341,23 @@ export async function showEvents(
 export function registerHostCommands(program: Command): void {
   const host = program.command('host').description('cluster hosts as the controller sees them (via etcd)');
 
-  storeOptions(host.command('list').description('state, epoch, hold, lease age, fence countdown and VM count of every host'))
+  storeOptions(host.command('list').description('state, epoch, hold, lease age, fence countdown and VM count of every host (read in pages)'))
     .option('--json', 'machine-readable output')
-    .action(async (o: StoreFlags) => {
+    .option('--host <id>', 'only this host')
+    .option('--state <state>', `only hosts in these states (${HOST_STATES.join(', ')}; comma-separated or repeated)`, (v: string, prev: string[] = []) => [...prev, v])
+    .option('--watch', 'after the list, print a line per host change (record, lease) until interrupted (JSON: one object per line)')
+    .action(async (o: StoreFlags & { host?: string; state?: string[]; watch?: boolean }) => {
+      const states = parseHostStates(o.state);
+      const filter: HostListFilter = { ...(o.host !== undefined ? { host: o.host } : {}), ...(states ? { states } : {}) };
       await withStore(o, async (store) => {
+        // With --watch: a revision at or before every read of the list, so the watch misses nothing.
+        const from = o.watch ? await revisionNow(store) : 0;
         const now = Date.now();
-        const l = await hostList(store, now);
-        if (o.json) printJson(l);
+        const l = await hostList(store, now, filter);
+        if (o.json && !o.watch) printJson(l);
+        else if (o.json) for (const h of l.hosts) console.log(JSON.stringify({ type: 'host', ...h }));
         else printHostList(l, now);
+        if (o.watch) await followHosts(store, filter, Boolean(o.json), from);
       });
     });
 

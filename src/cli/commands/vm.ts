@@ -1,7 +1,19 @@
 import type { Command } from 'commander';
 import type { FlintlockMicroVM, MicroVmSpecIn, NetworkInterfaceIn, VolumeIn } from '../../api/grpc/wire-types.js';
 import { parseDuration } from '../../domain/duration.js';
-import { TetherError } from '../../domain/errors.js';
+import { TetherError, messageOf } from '../../domain/errors.js';
+import type { KvControllerStore } from '../../adapters/kv/kv-controller-store.js';
+import { DEFAULT_PAGE_SIZE } from '../../domain/kv-read-limits.js';
+import {
+  CLUSTER_VM_PHASES,
+  getClusterVm,
+  listClusterVms,
+  parsePhases,
+  watchClusterVms,
+  type ClusterVmChange,
+  type ClusterVmFilter,
+  type ClusterVmList,
+} from '../cluster-vm-list.js';
 import { specFromFlintlock } from '../../api/grpc/spec-mapping.js';
 import type { ClusterVmRecord } from '../../domain/cluster-vm.js';
 import { clusterCreate, clusterDelete } from '../cluster-vms.js';
@@ -103,7 +115,7 @@ async function waitRecord(o: StoreFlags, key: string, done: (r: ClusterVmRecord 
   let last = '';
   return withStore(o, async (store) => {
     for (;;) {
-      const r = (await store.listVms(5000)).find((v) => v.key === key)?.record;
+      const r = (await getClusterVm(store, key, 5000))?.record;
       const now = r ? `${r.phase}${r.hostId ? ` on ${r.hostId}` : ''}` : 'gone';
       if (now !== last) process.stderr.write(`  ${((Date.now() - t0) / 1000).toFixed(1)}s ${key} ${(last = now)}\n`);
       if (done(r)) return r;
@@ -111,6 +123,51 @@ async function waitRecord(o: StoreFlags, key: string, done: (r: ClusterVmRecord 
       await new Promise((res) => setTimeout(res, 250));
     }
   });
+}
+
+/** Deadline of one whole (paged) list. */
+const LIST_DEADLINE = 60_000;
+
+/**
+ * `vm list --watch` in cluster mode: prints the list (text: the table; JSON: one `{type:'put',…}`
+ * line per VM), then one line per change from the list's revision + 1. After a watch error (etcd
+ * compacted, connection lost) it lists again (paged), prints what changed meanwhile, and watches
+ * from the new revision: nothing is missed, nothing printed twice. Runs until interrupted.
+ */
+async function followClusterVms(store: KvControllerStore, filter: ClusterVmFilter, first: ClusterVmList, pageSize: number, json: boolean): Promise<void> {
+  const shown = new Map<string, string>();
+  const print = (c: ClusterVmChange): void => {
+    if (c.type === 'put') {
+      if (shown.get(c.vm.key) === c.vm.revision) return;
+      shown.set(c.vm.key, c.vm.revision);
+    } else if (!shown.delete(c.key)) return;
+    if (json) console.log(JSON.stringify(c.type === 'put' ? { type: 'put', key: c.vm.key, revision: c.vm.revision, record: c.vm.record } : c));
+    else if (c.type === 'put') console.log([new Date().toISOString(), ...clusterRow(c.vm.key, c.vm.record)].join('  '));
+    else console.log(`${new Date().toISOString()}  gone  ${c.key}`);
+  };
+  let list = first;
+  if (json) for (const v of list.vms) print({ type: 'put', vm: v });
+  else {
+    for (const v of list.vms) shown.set(v.key, v.revision);
+    if (list.vms.length === 0) console.log('no microvms in the cluster (watching)');
+    else printTable(CLUSTER_HEAD, list.vms.map((v) => clusterRow(v.key, v.record)));
+  }
+  for (;;) {
+    const failed = await new Promise<Error>((resolve) => {
+      watchClusterVms(store, filter, list.revision + 1, list.vms, { onChange: print, onError: resolve }, 5000).catch(resolve);
+    });
+    process.stderr.write(`vm watch interrupted (${messageOf(failed)}); listing again\n`);
+    await new Promise((r) => setTimeout(r, 1000));
+    try {
+      list = await listClusterVms(store, filter, { pageSize, deadlineMs: LIST_DEADLINE });
+    } catch (err) {
+      process.stderr.write(`listing failed (${messageOf(err)}); retrying\n`);
+      continue;
+    }
+    const now = new Set(list.vms.map((v) => v.key));
+    for (const key of [...shown.keys()]) if (!now.has(key)) print({ type: 'gone', key, revision: String(list.revision) });
+    for (const v of list.vms) print({ type: 'put', vm: v });
+  }
 }
 
 /** `tether vm create|get|list|delete`. */
@@ -174,7 +231,7 @@ export function registerVmCommands(program: Command): void {
 
   withAgent(vm.command('get <uid>').description('show one microVM (cluster mode: <ns>/<name>)')).action(async (uid: string, o: StoreFlags & { agent: string; json?: boolean }) => {
     if (clustered(o)) {
-      const v = await withStore(o, async (store) => (await store.listVms(5000)).find((x) => x.key === uid));
+      const v = await withStore(o, (store) => getClusterVm(store, uid, 5000));
       if (!v) throw new TetherError('NOT_FOUND', `microvm ${uid} not found in the cluster (use <namespace>/<name>)`);
       if (o.json) printJson(v);
       else printTable(CLUSTER_HEAD, [clusterRow(v.key, v.record)]);
@@ -190,18 +247,34 @@ export function registerVmCommands(program: Command): void {
     }
   });
 
-  withAgent(vm.command('list').description('list microVMs'))
+  withAgent(vm.command('list').description('list microVMs (cluster mode: read in pages at one revision)'))
     .option('-n, --namespace <ns>', 'only this namespace', '')
     .option('--name <name>', 'only this name')
-    .action(async (o: StoreFlags & { agent: string; json?: boolean; namespace: string; name?: string }) => {
+    .option('--host <id>', 'cluster mode: only VMs placed on this host (reads its index only)')
+    .option('--phase <phase>', `cluster mode: only these phases (${CLUSTER_VM_PHASES.join(', ')}; comma-separated or repeated)`, collect)
+    .option('--watch', 'cluster mode: after the list, print every change until interrupted (JSON: one object per line)')
+    .option('--page-size <n>', 'cluster mode: keys per read', String(DEFAULT_PAGE_SIZE))
+    .action(async (o: StoreFlags & { agent: string; json?: boolean; namespace: string; name?: string; host?: string; phase?: string[]; watch?: boolean; pageSize: string }) => {
+      const phases = parsePhases(o.phase);
       if (clustered(o)) {
-        const all = await withStore(o, (store) => store.listVms(5000));
-        const vms = all.filter((v) => (!o.namespace || v.key.startsWith(`${o.namespace}/`)) && (!o.name || v.key.endsWith(`/${o.name}`)));
-        if (o.json) printJson(vms);
-        else if (vms.length === 0) console.log('no microvms in the cluster');
-        else printTable(CLUSTER_HEAD, vms.map((v) => clusterRow(v.key, v.record)));
+        const filter: ClusterVmFilter = {
+          ...(o.host !== undefined ? { host: o.host } : {}),
+          ...(phases ? { phases } : {}),
+          ...(o.namespace ? { namespace: o.namespace } : {}),
+          ...(o.name ? { name: o.name } : {}),
+        };
+        const pageSize = intFlag(o.pageSize, '--page-size');
+        await withStore(o, async (store) => {
+          const l = await listClusterVms(store, filter, { pageSize, deadlineMs: LIST_DEADLINE });
+          for (const u of l.unreadable) process.stderr.write(`warning: vms/${u.key} skipped: ${u.message}\n`);
+          if (o.watch) return followClusterVms(store, filter, l, pageSize, Boolean(o.json));
+          if (o.json) printJson(l.vms);
+          else if (l.vms.length === 0) console.log('no microvms in the cluster');
+          else printTable(CLUSTER_HEAD, l.vms.map((v) => clusterRow(v.key, v.record)));
+        });
         return;
       }
+      if (o.host !== undefined || phases || o.watch) throw new TetherError('INVALID_ARGUMENT', '--host, --phase and --watch list the cluster: give --etcd-endpoints (or TETHER_ETCD_ENDPOINTS)');
       const client = agentClient(o);
       try {
         const vms = await client.list(o.namespace, o.name);
