@@ -4,7 +4,8 @@
  *
  * Protocol (parent → worker, each answered once with the same `seq`):
  *  - `start`: start every host, `startRate` per second (registration is the production registrar);
- *  - `stats`: phase counts, local VMs, oldest acknowledgement, loop delay since the last `stats`;
+ *  - `stats` `{reset}`: phase counts, local VMs, oldest acknowledgement, loop delay since the last
+ *    reset (a new window starts unless `reset` is false);
  *  - `crash` `{ids}`: those hosts die (no more keepalives, nothing revoked); answers each one's
  *    last acknowledged keepalive's send time (wall ms, from the agent's own status);
  *  - `stop`: every host stops, the clients close; the worker then exits.
@@ -15,6 +16,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { SystemClock } from '../../src/adapters/clock/system-clock.js';
 import type { EtcdSecurity } from '../../src/adapters/etcd/etcd-client.js';
 import { EtcdKv } from '../../src/adapters/etcd/etcd-kv.js';
+import { raiseOwnPriority } from '../../src/adapters/process-priority.js';
 import type { GcTimings } from '../../src/domain/gc-timing.js';
 import { FleetHost, LogTally } from './fleet-host.js';
 
@@ -48,11 +50,16 @@ export interface FleetWorkerStats {
   readonly unexpected: readonly string[];
   readonly logs: { readonly warn: number; readonly error: number; readonly samples: readonly string[] };
   readonly rssMiB: number;
+  /** This thread runs at the agent's heartbeat-path priority (nice -10). */
+  readonly raised: boolean;
 }
 
-type Request = { seq: number } & ({ op: 'start' } | { op: 'stats' } | { op: 'crash'; ids: string[] } | { op: 'stop' });
+type Request = { seq: number } & ({ op: 'start' } | { op: 'stats'; reset?: boolean } | { op: 'crash'; ids: string[] } | { op: 'stop' });
 
 const d = workerData as FleetWorkerData;
+// The agent runs its heartbeat path at nice -10 (src/cli/commands/agent.ts); so do the simulated
+// hosts (Linux: per thread). Best effort: not permitted unless root.
+const raised = raiseOwnPriority();
 const port = parentPort!;
 const clock = new SystemClock();
 const logs = new LogTally();
@@ -82,7 +89,7 @@ d.hostIds.forEach((hostId, i) => {
 
 const ms = (ns: number) => Math.round(ns / 1e4) / 100;
 
-function stats(): FleetWorkerStats {
+function stats(reset: boolean): FleetWorkerStats {
   const phases: Record<string, number> = {};
   let localVms = 0;
   let oldestAckMs = 0;
@@ -104,8 +111,9 @@ function stats(): FleetWorkerStats {
     unexpected: [...unexpected],
     logs: { warn: logs.warn, error: logs.error, samples: [...logs.samples] },
     rssMiB: Math.round(process.memoryUsage().rss / 2 ** 20),
+    raised,
   };
-  loop.reset();
+  if (reset) loop.reset();
   return out;
 }
 
@@ -127,7 +135,7 @@ port.on('message', (m: Request) => {
       void start().then(() => reply({ started: hosts.size }));
       return;
     case 'stats':
-      reply(stats());
+      reply(stats(m.reset !== false));
       return;
     case 'crash': {
       const wallNow = Date.now();

@@ -28,18 +28,20 @@ import { etcd3Security } from '../../src/adapters/etcd/etcd-client.js';
 import { EtcdKv } from '../../src/adapters/etcd/etcd-kv.js';
 import { SystemClock } from '../../src/adapters/clock/system-clock.js';
 import { KvControllerStore } from '../../src/adapters/kv/kv-controller-store.js';
+import { raiseOwnPriority } from '../../src/adapters/process-priority.js';
 import { LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
 import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
-import { checkTimings, describeViolations, type GcTimings } from '../../src/domain/gc-timing.js';
+import { scaleTimings } from '../../src/domain/fleet-timings.js';
+import { checkTimings, DEFAULT_TIMINGS, describeViolations, type GcTimings } from '../../src/domain/gc-timing.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
 import type { VmSpec } from '../../src/domain/vm.js';
 import type { BenchContext, ScenarioResult } from '../lib/context.js';
 import { EtcdRequestWindow, fmtRates, type EtcdRequestRates } from '../lib/etcd-requests.js';
 import type { FleetWorkerData, FleetWorkerStats } from '../lib/fleet-worker.js';
-import { pcts, ProcWindow, type ProcUsage } from '../lib/proc.js';
+import { cpuMsOf, pcts, ProcWindow, type ProcUsage } from '../lib/proc.js';
 import { progress, sleep, throttle } from '../lib/progress.js';
 import type { Table } from '../lib/table.js';
-import { ControllerChild, SIM_TIMINGS } from './controller-scale.js';
+import { ControllerChild } from './controller-scale.js';
 
 /** Wall-clock ms with sub-ms resolution, comparable across the threads of this process. */
 const wall = (): number => performance.timeOrigin + performance.now();
@@ -50,11 +52,15 @@ type Usage = { windowMs: number; usage: Record<string, ProcUsage> };
 /** The size and knobs of one run. */
 export interface FleetOptions {
   readonly hosts: number;
+  /** fleetHeartbeatRate the timings were scaled with (unless TETHER_BENCH_FLEET_TIMINGS gave them). */
+  readonly heartbeatRate: number | undefined;
   readonly vmsPerHost: number;
   readonly timings: GcTimings;
   readonly workers: number;
   readonly hostsPerClient: number;
   readonly startRate: number;
+  /** etcd with TLS (client certificates), as deployed; TETHER_BENCH_FLEET_TLS=0: plaintext. */
+  readonly tls: boolean;
   readonly steadyMs: number;
   readonly naturalExpiries: number;
   readonly massExpiry: number;
@@ -64,16 +70,23 @@ export interface FleetOptions {
 export function fleetOptions(ctx: BenchContext): FleetOptions {
   const hosts = ctx.fleet?.hosts ?? (ctx.quick ? 200 : 1000);
   const vmsPerHost = ctx.fleet?.vmsPerHost ?? (ctx.quick ? 20 : 100);
+  // The agent's own rule (src/domain/fleet-timings.ts, agent settings fleetHeartbeatRate and
+  // maxHeartbeatInterval) applied to the default timings for this fleet size; or explicit timings.
   const env = process.env.TETHER_BENCH_FLEET_TIMINGS;
-  const timings: GcTimings = env ? { ...SIM_TIMINGS, ...(JSON.parse(env) as Partial<GcTimings>) } : SIM_TIMINGS;
+  const heartbeatRate = Number(process.env.TETHER_BENCH_FLEET_HEARTBEAT_RATE ?? 100);
+  const timings: GcTimings = env
+    ? { ...DEFAULT_TIMINGS, ...(JSON.parse(env) as Partial<GcTimings>) }
+    : scaleTimings(DEFAULT_TIMINGS, hosts, { fleetHeartbeatRate: heartbeatRate, maxHeartbeatInterval: 10_000 }).timings;
   const workers = Number(process.env.TETHER_BENCH_FLEET_WORKERS ?? Math.min(8, Math.max(1, Math.ceil(hosts / 500))));
   return {
     hosts,
+    heartbeatRate: env ? undefined : heartbeatRate,
     vmsPerHost,
     timings,
     workers,
     hostsPerClient: Number(process.env.TETHER_BENCH_FLEET_HOSTS_PER_CLIENT ?? 50),
-    startRate: Number(process.env.TETHER_BENCH_FLEET_START_RATE ?? 250),
+    startRate: Number(process.env.TETHER_BENCH_FLEET_START_RATE ?? 50),
+    tls: process.env.TETHER_BENCH_FLEET_TLS !== '0',
     steadyMs: ctx.quick ? 10_000 : 30_000,
     naturalExpiries: ctx.quick ? 5 : 20,
     massExpiry: Math.min(300, Math.floor(hosts * 0.3)),
@@ -124,8 +137,9 @@ class WorkerPool {
     return Promise.all(this.workers.map((w) => this.ask<T>(w, msg, timeoutMs)));
   }
 
-  stats(): Promise<FleetWorkerStats[]> {
-    return this.all<FleetWorkerStats>({ op: 'stats' }, 30_000);
+  /** `reset`: start a new loop-delay window in each worker (false for progress lines). */
+  stats(reset = true): Promise<FleetWorkerStats[]> {
+    return this.all<FleetWorkerStats>({ op: 'stats', reset }, 30_000);
   }
 
   /** Crashes hosts (all workers at once); per host its last acknowledged keepalive's send time. */
@@ -348,12 +362,45 @@ export interface FleetRun {
   readonly register: { readonly ms: number; readonly perSecond: number; readonly resources: Usage };
   readonly seed: { readonly ms: number; readonly vms: number; readonly runningAfterMs: number; readonly resources: Usage; readonly etcd: EtcdRequestRates };
   readonly controllerSync: { readonly ms: number; readonly resources: Usage };
-  readonly steady: { readonly resources: Usage; readonly etcd: EtcdRequestRates; readonly workers: WorkerSummary; readonly benchLoopMs: { p50: number; p99: number; max: number }; readonly perHostPerInterval: Record<string, number> };
+  readonly steady: {
+    readonly resources: Usage;
+    readonly etcd: EtcdRequestRates;
+    readonly workers: WorkerSummary;
+    readonly benchLoopMs: { p50: number; p99: number; max: number };
+    readonly perHostPerInterval: Record<string, number>;
+    /** Bench CPU (all simulated hosts) per etcd request, ms: the simulation's cost per request. */
+    readonly benchCpuPerRequestMs?: number;
+  };
   readonly natural?: ExpiryRun;
   readonly mass?: ExpiryRun;
   readonly takeover?: { readonly ms: number; readonly leaderStatusAfterMs?: number; readonly resources: Usage; readonly method: string };
   readonly failures: readonly string[];
   readonly controllerLogs: Record<string, ReturnType<ControllerChild['logSummary']>>;
+}
+
+/** CPU shares since the previous call (for progress lines): `bench 80%, etcd 95%, controller 3%`. */
+function cpuMeter(pids: () => ReadonlyMap<string, number>): () => string {
+  let last = new Map<string, number>();
+  let t = performance.now();
+  return () => {
+    const now = performance.now();
+    const cur = new Map<string, number>();
+    const parts: string[] = [];
+    const groups = new Map<string, number>();
+    for (const [name, pid] of pids()) {
+      const c = cpuMsOf(pid);
+      if (c === undefined) continue;
+      cur.set(name, c);
+      const prev = last.get(name);
+      if (prev === undefined) continue;
+      const g = name.startsWith('etcd') ? 'etcd' : name.split(' ')[0]!;
+      groups.set(g, (groups.get(g) ?? 0) + (c - prev));
+    }
+    for (const [g, ms] of groups) parts.push(`${g} ${Math.round((ms / (now - t)) * 100)}%`);
+    last = cur;
+    t = now;
+    return parts.length ? `CPU ${parts.join(', ')}` : '';
+  };
 }
 
 async function waitFor(what: string, cond: () => boolean, timeoutMs: number, status: () => string, check?: () => void): Promise<boolean> {
@@ -382,7 +429,9 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
   const failures: string[] = [];
   const T = o.timings;
 
-  const cluster = new LocalEtcdCluster({ tag: 'bench', logLevel: 'warn' });
+  // The observer thread at the agents' priority too (nice -10 when root), so its timestamps are prompt.
+  raiseOwnPriority();
+  const cluster = new LocalEtcdCluster({ tag: 'bench', logLevel: 'warn', tls: o.tls });
   res.watchMark(cluster.mark);
   res.onCleanup(`etcd ${cluster.clusterId}`, () => cluster.stop());
   let pool: WorkerPool | undefined;
@@ -392,6 +441,7 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
   const watchers: Watcher[] = [];
   const loop = monitorEventLoopDelay({ resolution: 10 });
   loop.enable();
+  let statsTimerRef: NodeJS.Timeout | undefined;
   try {
     progress(`${label}: starting a 3-member etcd cluster (${cluster.clusterId})`);
     await cluster.start();
@@ -400,6 +450,18 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
     for (let i = 0; i < cluster.size; i++) etcdPids.set(`etcd m${i}`, cluster.pid(i)!);
     const benchPid = new Map([['bench (simulated hosts)', process.pid]]);
     const reqWindow = () => new EtcdRequestWindow(endpoints, cluster.httpTls()).start();
+    const meter = cpuMeter(() => new Map([...etcdPids, ...benchPid, ...controllers.filter((c) => c.exit === undefined).map((c, i) => [`controller${i + 1}`, c.pid] as [string, number])]));
+    let lastStats = '';
+    let lastSamples: string[] = [];
+    const statsTimer = setInterval(() => {
+      void pool?.stats(false).then((st) => {
+        const w = summarizeWorkers(st);
+        lastSamples = w.logs.samples.slice(0, 3);
+        lastStats = `oldest ack ${w.oldestAckMs} ms, worker loop p99 ${w.loopP99Ms} ms, host logs warn ${w.logs.warn} error ${w.logs.error}`;
+      });
+    }, 5000).unref();
+    statsTimerRef = statsTimer;
+    const diag = () => `${meter()}; ${lastStats}`;
 
     client = new Etcd3({ hosts: endpoints, dialTimeout: 2000, ...etcd3Security(endpoints, cluster.clientTls()), faultHandling: { host: () => noop, global: noop } });
     const hostView = await HostView.start(client, prefix);
@@ -436,7 +498,7 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
     const regWin = new ProcWindow(new Map([...etcdPids, ...benchPid])).start();
     const r0 = performance.now();
     void pool.all({ op: 'start' }, 3_600_000).catch(() => undefined);
-    const attached = await waitFor('registering', () => hostView.count('attached') >= o.hosts, Math.max(60_000, (o.hosts / o.startRate) * 1000 * 3), () => `${hostView.count('attached')}/${o.hosts} attached`, poolCheck);
+    const attached = await waitFor('registering', () => hostView.count('attached') >= o.hosts, Math.max(60_000, (o.hosts / o.startRate) * 1000 * 3), () => `${hostView.count('attached')}/${o.hosts} attached; ${diag()}`, poolCheck);
     const regMs = performance.now() - r0;
     const regRes = regWin.stop();
     if (!attached) throw new Error(`${label}: only ${hostView.count('attached')}/${o.hosts} hosts attached`);
@@ -477,7 +539,16 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
     await Promise.all(Array.from({ length: 8 }, seeder));
     const seedMs = performance.now() - s0;
     progress(`${label}: ${total} VM records written in ${(seedMs / 1000).toFixed(1)} s; waiting until every host reported its VMs running`);
-    const allRunning = await waitFor('VMs running', () => vmView.running >= total, Math.max(120_000, total * 5), () => `${vmView.running}/${total} running`, poolCheck);
+    // Gives up when no VM turned running for 60 s (e.g. every host's sync round failing).
+    let lastCount = -1;
+    let lastChange = performance.now();
+    const allRunning = await waitFor('VMs running', () => vmView.running >= total, Math.max(300_000, total * 5), () => `${vmView.running}/${total} running; ${diag()}`, () => {
+      poolCheck();
+      if (vmView.running !== lastCount) {
+        lastCount = vmView.running;
+        lastChange = performance.now();
+      } else if (performance.now() - lastChange > 60_000) throw new Error(`${label}: no VM reported running for 60 s (${vmView.running}/${total}); simulated-host logs: ${lastSamples.join(' | ') || 'none'}`);
+    });
     const runningAfterMs = performance.now() - s0;
     const seedRes = seedWin.stop();
     const seedEtcd = await seedReq.stop();
@@ -519,6 +590,10 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
     const steadyWorkers = summarizeWorkers(await pool.stats());
     const steadyLoop = loopDelay(loop);
     const intervalsPerSec = 1000 / T.heartbeatInterval;
+    // The simulation's own cost: CPU of the bench process (all worker threads) per etcd request the
+    // fleet sends — what bounds the size that fits on this machine (real agents each have their own CPU).
+    const benchCpuPerRequestMs =
+      steadyEtcd.totalPerSecond > 0 ? Math.round(((steadyRes.usage['bench (simulated hosts)']?.cpuMs ?? 0) / ((steadyEtcd.totalPerSecond * steadyEtcd.windowMs) / 1000)) * 1000) / 1000 : undefined;
     const perHostPerInterval: Record<string, number> = {};
     for (const [m, v] of Object.entries(steadyEtcd.perSecond)) perHostPerInterval[m] = Math.round((v / o.hosts / intervalsPerSec) * 100) / 100;
     progress(`${label}: steady: etcd ${fmtRates(steadyEtcd)}; controller ${steadyRes.usage.controller?.cpuPct}% CPU, ${steadyRes.usage.controller?.rssMiB} MiB; oldest ack ${steadyWorkers.oldestAckMs} ms; worker loop p99 ${steadyWorkers.loopP99Ms} ms`);
@@ -546,7 +621,7 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
         T.ttl + T.fenceWindow + 180_000,
         () =>
           `${hosts.filter((h) => hostView.detached.has(h)).length} detached, ${hosts.filter((h) => hostView.fenced.has(h)).length} fenced / ${hosts.length}; ` +
-          `VMs ${keys.filter(([, m]) => m.placedAt !== undefined).length} placed, ${keys.filter(([, m]) => m.runningAt !== undefined).length} running elsewhere / ${keys.length}`,
+          `VMs ${keys.filter(([, m]) => m.placedAt !== undefined).length} placed, ${keys.filter(([, m]) => m.runningAt !== undefined).length} running elsewhere / ${keys.length}; ${diag()}`,
         () => {
           for (const c of [c1]) if (c.exit !== undefined) throw new Error(`${label}: the controller exited (${c.exit})`);
         },
@@ -646,7 +721,7 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
       register: { ms: Math.round(regMs), perSecond: Math.round(o.hosts / (regMs / 1000)), resources: regRes },
       seed: { ms: Math.round(seedMs), vms: total, runningAfterMs: Math.round(runningAfterMs), resources: seedRes, etcd: seedEtcd },
       controllerSync: { ms: Math.round(syncMs), resources: syncRes },
-      steady: { resources: steadyRes, etcd: steadyEtcd, workers: steadyWorkers, benchLoopMs: steadyLoop, perHostPerInterval },
+      steady: { resources: steadyRes, etcd: steadyEtcd, workers: steadyWorkers, benchLoopMs: steadyLoop, perHostPerInterval, ...(benchCpuPerRequestMs !== undefined ? { benchCpuPerRequestMs } : {}) },
       natural,
       ...(mass ? { mass } : {}),
       ...(takeover ? { takeover } : {}),
@@ -657,6 +732,7 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
     for (const c of controllers) res.keepLog(c.log, `${base}-${c.log.split('/').pop()!.replace('.log', '')}`);
     throw err;
   } finally {
+    clearInterval(statsTimerRef);
     loop.disable();
     for (const c of controllers) await c.stop();
     await pool?.close();
@@ -702,7 +778,7 @@ function tables(r: FleetRun, o: FleetOptions): Table[] {
   return [
     {
       title: `fleet ${size}: steady state (${o.steadyMs / 1000} s window; ttl ${o.timings.ttl} ms, heartbeat ${o.timings.heartbeatInterval} ms)`,
-      headers: ['etcd requests/s (all members)', 'per host per heartbeat', 'etcd CPU (3 members)', 'etcd RSS', 'controller CPU / RSS', 'standby CPU', 'bench CPU / RSS', 'oldest ack', 'worker loop p99 / max'],
+      headers: ['etcd requests/s (all members)', 'per host per heartbeat', 'etcd CPU (3 members)', 'etcd RSS', 'controller CPU / RSS', 'standby CPU', 'bench CPU / RSS', 'bench CPU per request', 'oldest ack', 'worker loop p99 / max'],
       rows: [
         [
           `${r.steady.etcd.totalPerSecond}: ${fmtRates(r.steady.etcd)}`,
@@ -712,6 +788,7 @@ function tables(r: FleetRun, o: FleetOptions): Table[] {
           `${cpu(r.steady.resources, 'controller')} / ${r.steady.resources.usage.controller?.rssMiB ?? '—'} MiB`,
           cpu(r.steady.resources, 'standby'),
           `${cpu(r.steady.resources, 'bench (simulated hosts)')} / ${r.steady.resources.usage['bench (simulated hosts)']?.rssMiB ?? '—'} MiB`,
+          r.steady.benchCpuPerRequestMs === undefined ? '—' : `${r.steady.benchCpuPerRequestMs} ms`,
           `${r.steady.workers.oldestAckMs} ms`,
           `${r.steady.workers.loopP99Ms} / ${r.steady.workers.loopMaxMs} ms`,
         ],
@@ -721,6 +798,8 @@ function tables(r: FleetRun, o: FleetOptions): Table[] {
         'Target (issue 9): a steady-state agent costs etcd one keepalive per interval and no reads (per host per heartbeat: LeaseKeepAlive 1, Range 0).',
         'CPU = utime+stime from /proc over the window (100 % = one core; the machine has 2). oldest ack = largest age of a live host\'s last acknowledged',
         `keepalive (ttl ${o.timings.ttl} ms). Hosts: ${r.workers} worker threads, ${r.etcdClients} etcd clients shared by up to ${o.hostsPerClient} hosts each.`,
+        'bench CPU per request = the simulated hosts\' CPU (gRPC client, TLS, codec, agent logic) per etcd request: the bound of the simulation here.',
+        `Timings: ${o.heartbeatRate !== undefined ? `the agent's scaleTimings for ${r.hosts} hosts at fleetHeartbeatRate ${o.heartbeatRate}/s, maxHeartbeatInterval 10 s` : 'TETHER_BENCH_FLEET_TIMINGS'}: ${JSON.stringify(o.timings)}.`,
       ],
     },
     {
