@@ -2,15 +2,16 @@ import { hostRecordKey } from '../domain/codec.js';
 import type { InvalidRecordReport } from '../domain/codec/invalid-record-log.js';
 import { toRecordText } from '../domain/codec/names.js';
 import { isRetryable, messageOf } from '../domain/errors.js';
-import { planSync } from '../domain/cluster-vm-sync.js';
+import { HostVmCache, planIsEmpty, planSync, watchRecovery, type IndexChange, type UnreadableVm } from '../domain/cluster-vm-sync.js';
 import type { ClusterVmRecord } from '../domain/cluster-vm.js';
-import type { ControllerStore, HostEntry } from '../ports/controller-store.js';
+import type { ControllerStore, HostEntry, Subscription, VmEntry } from '../ports/controller-store.js';
 import type { TimerHandle } from '../ports/clock.js';
+import type { HostVmEvent, HostVmIndexStore } from '../ports/host-vm-index.js';
 import type { HostContext } from './host-context.js';
 import type { AgentVmService } from './vm-service.js';
 
-/** What the sync needs of the cluster store. */
-export type AgentClusterStore = Pick<ControllerStore, 'getHost' | 'listVms' | 'scanVms' | 'commit' | 'invalidRecords'>;
+/** What the sync needs of the cluster store: its host record, commits, and its own VM index (never `vms/` whole). */
+export type AgentClusterStore = Pick<ControllerStore, 'getHost' | 'commit' | 'invalidRecords'> & HostVmIndexStore;
 
 /** Inventory event kind of a cluster record that failed the codec (detail: key, field, revision, error). */
 export const EVENT_RECORD_INVALID = 'cluster-record-invalid';
@@ -24,14 +25,35 @@ export interface HostStanding {
   readonly epoch: number;
 }
 
+/** How the sync's view of its index is fed (for tests and metrics). */
+export interface IndexFeedStats {
+  /** Lists of the index (the first, and one after each compaction that outran the watch). */
+  readonly lists: number;
+  /** Watches established (the first after each list, and each resume after an error). */
+  readonly watches: number;
+  /** Watch errors seen. */
+  readonly watchErrors: number;
+  /** Host-record reads made to guard a round's writes (none when a round has nothing to do). */
+  readonly guardReads: number;
+}
+
 /**
  * Keeps this host's VMs in line with the cluster's `vms/` records placed on it at its current
- * epoch (ARCHITECTURE.md section 2), every `intervalMs`:
+ * epoch (ARCHITECTURE.md section 2):
  * - a record placed here and unknown locally is created, with the record's uid;
  * - a local VM whose record is gone, moved, lost or being deleted is deleted;
  * - status (phase) goes back to the record in a txn guarded by this host's record revision read in
  *   the same round — so a host whose record was fenced, or moved to another epoch, writes nothing.
  * Nothing runs while the host is not attached.
+ *
+ * Its view of the records is the host's OWN index (`hostvms/<hostId>/`, a copy of each record placed
+ * here, written in the record's txn): listed once, then watched from the list's revision + 1
+ * ({@link HostVmCache}). A watch error resumes from the last revision seen; only COMPACTED (that
+ * revision is gone) lists again ({@link watchRecovery}). A round runs on each watch batch and every
+ * `intervalMs` (to follow local phase changes); it plans from the cache and the local inventory only,
+ * and touches etcd (one host-record read as the guard, then its writes) only when the plan asks for
+ * something: a steady-state host costs etcd nothing but its watch. A round acts only while its watch
+ * is up (a view known to be current up to the watch).
  *
  * Records read from etcd are trusted for nothing: each passes the codec (domain/codec.ts) in the
  * store. A record that fails it is skipped, and reported ONCE per key and revision as an error log
@@ -45,10 +67,19 @@ export class ClusterVmSync {
   private timer: TimerHandle | undefined;
   private stopped = false;
   private running: Promise<void> | undefined;
+  /** A watch batch or a kick arrived while a round ran: run one more right after. */
+  private again = false;
   private readonly unsubscribe: () => void;
   /** Local uid -> revision of its unreadable record, already reported as kept. */
   private readonly keptReported = new Map<string, string>();
   private lastFailure: string | undefined;
+  private cache: HostVmCache | undefined;
+  /** The feed of the cache: `down` (no watch), `starting` (list and/or watch under way), `up`. */
+  private feed: 'down' | 'starting' | 'up' = 'down';
+  private sub: Subscription | undefined;
+  /** The last watch failure's code: decides resume or re-list ({@link watchRecovery}). */
+  private lastWatchError: string | undefined;
+  private readonly stats = { lists: 0, watches: 0, watchErrors: 0, guardReads: 0 };
 
   constructor(
     private readonly ctx: HostContext,
@@ -68,12 +99,34 @@ export class ClusterVmSync {
     this.stopped = true;
     this.unsubscribe();
     if (this.timer) this.ctx.clock.clearTimer(this.timer);
+    const sub = this.sub;
+    this.sub = undefined;
+    this.feed = 'down';
+    void sub?.close().catch(() => undefined);
+  }
+
+  /** How the index view was fed so far. */
+  feedStats(): IndexFeedStats {
+    return { ...this.stats };
+  }
+
+  /** The cached copy of this host's incarnation `uid` (undefined when not cached or unknown). */
+  cachedByUid(uid: string): VmEntry | undefined {
+    return this.cache?.byUid(uid);
   }
 
   /** One round now (also used by the API right after it wrote a record). */
   async syncOnce(): Promise<void> {
-    if (this.running) return this.running;
-    this.running = this.round().finally(() => {
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      do {
+        this.again = false;
+        await this.round();
+      } while (this.again && !this.stopped);
+    })().finally(() => {
       this.running = undefined;
     });
     return this.running;
@@ -81,6 +134,7 @@ export class ClusterVmSync {
 
   /** The host's own entry, if its record is attached or ready at `epoch` (else undefined: write nothing). */
   async guard(epoch: number): Promise<HostEntry | undefined> {
+    this.stats.guardReads++;
     const host = await this.store.getHost(this.ctx.hostId, this.intervalMs);
     const rec = host.record;
     // An unreadable own record (reported by the store's log) is no guard: write nothing, delete nothing.
@@ -96,18 +150,85 @@ export class ClusterVmSync {
     });
   }
 
+  /**
+   * Brings the index feed up when it is down: lists the index when there is no cache or the last
+   * watch error was COMPACTED, then watches from the cache's revision + 1. Failures leave it down
+   * (the next round tries again: resume, or list after COMPACTED).
+   */
+  private async ensureFeed(): Promise<void> {
+    if (this.feed !== 'down' || this.stopped) return;
+    this.feed = 'starting';
+    const { hostId } = this.ctx;
+    try {
+      if (watchRecovery(this.cache?.revision, this.lastWatchError).kind === 'relist') {
+        this.stats.lists++;
+        const list = await this.store.listHostVms(hostId, this.intervalMs);
+        this.cache = new HostVmCache(
+          Number(list.revision),
+          list.entries.map((e) => ({ key: e.key, record: e.record, revision: e.revision })),
+          list.invalid.map((e) => ({ key: e.key.slice('vms/'.length), revision: e.revision ?? '', field: e.field, message: e.message })),
+        );
+        this.lastWatchError = undefined;
+      }
+      const cache = this.cache!;
+      let failed = false;
+      const ref: { sub?: Subscription } = {};
+      this.stats.watches++;
+      const sub: Subscription = await this.store.watchHostVms(
+        hostId,
+        String(cache.revision + 1),
+        {
+          onEvent: (b) => {
+            if (this.cache !== cache || failed) return;
+            const changed = cache.apply(Number(b.revision), b.events.map(toIndexChange));
+            if (changed) void this.syncOnce();
+          },
+          onError: (err) => {
+            if (failed) return;
+            failed = true;
+            this.stats.watchErrors++;
+            this.lastWatchError = codeOf(err);
+            if (ref.sub !== undefined && this.sub === ref.sub) this.sub = undefined;
+            if (this.feed === 'up') this.feed = 'down';
+            this.ctx.logger.debug({ err: messageOf(err), code: this.lastWatchError, revision: cache.revision }, 'index watch ended; next round resumes it (or lists again after a compaction)');
+          },
+        },
+        this.intervalMs,
+      );
+      if (failed || this.stopped) {
+        void sub.close().catch(() => undefined);
+        this.feed = 'down';
+        return;
+      }
+      ref.sub = sub;
+      this.sub = sub;
+      this.feed = 'up';
+    } catch (err) {
+      this.lastWatchError = codeOf(err);
+      this.feed = 'down';
+      throw err;
+    }
+  }
+
   private async round(): Promise<void> {
     const { attached, epoch } = this.standing();
     if (!attached || epoch === 0) return;
     const { inventory, clock, logger } = this.ctx;
     try {
+      await this.ensureFeed();
+      const cache = this.cache;
+      if (this.feed !== 'up' || !cache) return;
+      const unreadable = cache.unreadable();
+      const records = cache.entries();
+      const local = inventory.listVms().map((vm) => ({ uid: vm.uid, phase: vm.phase, desired: vm.desired, key: `${vm.spec.id.namespace}/${vm.spec.id.name}` }));
+      const plan = planSync(this.ctx.hostId, epoch, records, local, [...unreadable.keys()]);
+      this.reportKept(plan.kept, local, unreadable);
+      if (planIsEmpty(plan)) {
+        this.lastFailure = undefined;
+        return;
+      }
       const host = await this.guard(epoch);
       if (!host) return;
-      const { entries: records, invalid } = await this.store.scanVms(this.intervalMs);
-      const unreadable = new Map(invalid.map((e) => [e.key.slice('vms/'.length), e]));
-      const local = inventory.listVms().map((vm) => ({ uid: vm.uid, phase: vm.phase, desired: vm.desired, key: `${vm.spec.id.namespace}/${vm.spec.id.name}` }));
-      const plan = planSync(this.ctx.hostId, epoch, records.map((r) => ({ key: r.key, record: r.record })), local, [...unreadable.keys()]);
-      this.reportKept(plan.kept, local, unreadable);
       const rev = new Map(records.map((r) => [r.key, r.revision]));
       const guards = [{ hostId: this.ctx.hostId, expectRevision: host.recordRevision! }];
       for (const v of plan.create) {
@@ -155,7 +276,7 @@ export class ClusterVmSync {
   }
 
   /** Local VMs kept because their record is unreadable: said once per record revision. */
-  private reportKept(kept: readonly string[], local: readonly { uid: string; key: string }[], unreadable: ReadonlyMap<string, { message: string; field: string; revision: string | undefined }>): void {
+  private reportKept(kept: readonly string[], local: readonly { uid: string; key: string }[], unreadable: ReadonlyMap<string, UnreadableVm>): void {
     const keys = new Map(local.map((l) => [l.uid, l.key]));
     for (const uid of [...this.keptReported.keys()]) if (!kept.includes(uid)) this.keptReported.delete(uid);
     for (const uid of kept) {
@@ -169,4 +290,17 @@ export class ClusterVmSync {
       this.ctx.inventory.addEvent(EVENT_VM_KEPT_UNREADABLE, this.ctx.clock.now(), detail, uid);
     }
   }
+}
+
+/** A watch event of the index as the pure cache applies it. */
+function toIndexChange(e: HostVmEvent): IndexChange {
+  if (e.kind === 'put') return { kind: 'put', entry: { key: e.entry.key, record: e.entry.record, revision: e.entry.revision } };
+  if (e.kind === 'invalid') return { kind: 'invalid', key: e.key, revision: e.revision, field: e.error.field, message: e.error.message };
+  return e;
+}
+
+/** The stable code of an error, if it has one. */
+function codeOf(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' ? code : undefined;
 }

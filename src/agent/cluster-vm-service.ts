@@ -9,7 +9,8 @@ import { newVmUid, type AgentVmService } from './vm-service.js';
  * The Flintlock-compatible API of a clustered agent: a create becomes a cluster record placed on
  * this host at its current epoch (written in a txn guarded by this host's record, so a fenced or
  * re-epoched host cannot add work), then runs locally; a delete marks the record `deleting`.
- * Reads are served from the local inventory.
+ * Reads are served from the local inventory. The cluster is read by name only (one single-key read
+ * per create that lost its txn, one per delete), never as a whole prefix.
  */
 export class ClusterVmService implements MicroVmService {
   constructor(
@@ -36,8 +37,10 @@ export class ClusterVmService implements MicroVmService {
       this.deadlineMs,
     );
     if (!res.ok) {
-      const exists = (await this.store.listVms(this.deadlineMs)).find((v) => v.key === key);
-      if (exists) throw new TetherError('ALREADY_EXISTS', `microvm ${key} already exists in the cluster (uid ${exists.record.uid}, host ${exists.record.hostId ?? 'none'})`);
+      // One single-key read tells "name taken" from "this host's record moved".
+      const exists = await this.store.getVm(key, this.deadlineMs);
+      if (exists.kind === 'found') throw new TetherError('ALREADY_EXISTS', `microvm ${key} already exists in the cluster (uid ${exists.entry.record.uid}, host ${exists.entry.record.hostId ?? 'none'})`);
+      if (exists.kind === 'invalid') throw new TetherError('ALREADY_EXISTS', `microvm ${key} already exists in the cluster (its record is unreadable: ${exists.error.message})`);
       throw new TetherError('UNAVAILABLE', `this host's cluster record changed while creating ${key}; try again`, { retryable: true });
     }
     return this.local.createWithUid(spec, uid);
@@ -45,8 +48,10 @@ export class ClusterVmService implements MicroVmService {
 
   async delete(uid: string): Promise<void> {
     const vm = await this.local.get(uid).catch(() => undefined);
-    const entries = await this.store.listVms(this.deadlineMs);
-    const entry = entries.find((e) => e.record.uid === uid);
+    // The record's name: the local VM's, else this host's index cache (no read of vms/ as a whole).
+    const key = vm ? `${vm.spec.id.namespace}/${vm.spec.id.name}` : this.sync.cachedByUid(uid)?.key;
+    const read = key !== undefined ? await this.store.getVm(key, this.deadlineMs) : undefined;
+    const entry = read?.kind === 'found' && read.entry.record.uid === uid ? read.entry : undefined;
     if (!vm && !entry) throw new NotFoundError(`microvm ${uid}`);
     const { attached, epoch } = this.standing();
     const host = attached ? await this.sync.guard(epoch) : undefined;

@@ -125,3 +125,114 @@ export function planSync(
     .map((l) => l.uid);
   return { create, deleteLocal, removeRecord, release, status, kept };
 }
+
+/** One copy in the agent's index cache: the record and its `mod_revision` (the record's own, same txn). */
+export interface CachedVm extends ClusterVmView {
+  readonly revision: string;
+}
+
+/** An index copy that exists but failed the codec: "exists, unreadable". */
+export interface UnreadableVm {
+  readonly revision: string;
+  readonly field: string;
+  readonly message: string;
+}
+
+/** One change of the host's index, as the cache applies it (the watch's, in store order). */
+export type IndexChange =
+  | { readonly kind: 'put'; readonly entry: CachedVm }
+  | { readonly kind: 'invalid'; readonly key: string; readonly revision: string; readonly field: string; readonly message: string }
+  | { readonly kind: 'deleted'; readonly key: string; readonly revision: string };
+
+/**
+ * The agent's copy of its own per-host index (`hostvms/<hostId>/`), fed by ONE list at a revision and
+ * then the watch from the revision after it. Pure.
+ *
+ * Invariants: `revision` only grows; after {@link apply} of every batch up to revision R, the cache
+ * equals a list of the index at R (same keys, records and revisions; unreadable copies listed as
+ * such, never as absent); a change at or below `revision` is ignored (a batch delivered again after
+ * a resumed watch changes nothing).
+ */
+export class HostVmCache {
+  private rev: number;
+  private readonly vms = new Map<string, CachedVm>();
+  private readonly bad = new Map<string, UnreadableVm>();
+
+  /** @param revision the list's revision; `entries`/`unreadable` what it returned. */
+  constructor(revision: number, entries: readonly CachedVm[], unreadable: readonly (UnreadableVm & { readonly key: string })[]) {
+    this.rev = revision;
+    for (const e of entries) this.vms.set(e.key, e);
+    for (const u of unreadable) this.bad.set(u.key, { revision: u.revision, field: u.field, message: u.message });
+  }
+
+  /** Every change of the index up to this revision is in the cache. */
+  get revision(): number {
+    return this.rev;
+  }
+
+  /** Applies one watch batch (all changes of revisions up to `revision`). Returns true when something changed. */
+  apply(revision: number, changes: readonly IndexChange[]): boolean {
+    if (revision <= this.rev) return false;
+    let changed = false;
+    for (const c of changes) {
+      if (Number(c.kind === 'put' ? c.entry.revision : c.revision) <= this.rev) continue;
+      changed = true;
+      if (c.kind === 'put') {
+        this.bad.delete(c.entry.key);
+        this.vms.set(c.entry.key, c.entry);
+      } else if (c.kind === 'invalid') {
+        this.vms.delete(c.key);
+        this.bad.set(c.key, { revision: c.revision, field: c.field, message: c.message });
+      } else {
+        this.vms.delete(c.key);
+        this.bad.delete(c.key);
+      }
+    }
+    this.rev = revision;
+    return changed;
+  }
+
+  /** The readable copies, in key order. */
+  entries(): CachedVm[] {
+    return [...this.vms.values()].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  }
+
+  /** The copy under `key`, if readable. */
+  get(key: string): CachedVm | undefined {
+    return this.vms.get(key);
+  }
+
+  /** The copy of incarnation `uid`, if any. */
+  byUid(uid: string): CachedVm | undefined {
+    for (const v of this.vms.values()) if (v.record.uid === uid) return v;
+    return undefined;
+  }
+
+  /** Unreadable copies by key (`<ns>/<name>`). */
+  unreadable(): ReadonlyMap<string, UnreadableVm> {
+    return this.bad;
+  }
+}
+
+/** What the agent does after its index watch failed. */
+export type WatchRecovery =
+  /** Watch again from `fromRevision` (the cache's revision + 1): nothing is missed, nothing listed. */
+  | { readonly kind: 'resume'; readonly fromRevision: number }
+  /** The revision after the cache's is compacted away: list the index again (the only re-list). */
+  | { readonly kind: 'relist' };
+
+/**
+ * After a watch error (or a failed attempt to re-establish it) with error code `code`: resume from
+ * the cache's revision + 1, except after COMPACTED (or with no cache yet), when only a new list can
+ * tell the state. Invariant: a list is never repeated for any other error, so a flapping connection
+ * costs a watch request per attempt, not a read of the index.
+ */
+export function watchRecovery(cacheRevision: number | undefined, code: string | undefined): WatchRecovery {
+  if (cacheRevision === undefined || code === 'COMPACTED') return { kind: 'relist' };
+  return { kind: 'resume', fromRevision: cacheRevision + 1 };
+}
+
+/** True when a plan asks for nothing: the round then touches neither etcd nor the local VMs. */
+export function planIsEmpty(p: SyncPlan): boolean {
+  return p.create.length === 0 && p.deleteLocal.length === 0 && p.removeRecord.length === 0 && p.release.length === 0 && p.status.length === 0;
+}

@@ -38,6 +38,8 @@ import type {
   WatchHandlers,
 } from '../../ports/controller-store.js';
 import type { Kv, KvEntry, KvHeader } from '../../ports/kv.js';
+import type { HostVmBatch, HostVmIndexStore, HostVmList, VmRead } from '../../ports/host-vm-index.js';
+import { getVm, listHostVms, watchHostVms, type HostVmIndexDeps } from './host-vm-index.js';
 import { rangePaged, type PagedResult, type RangePagedOptions } from './range-paged.js';
 
 /** Options of {@link KvControllerStore}. */
@@ -74,7 +76,7 @@ type HostAcc = { hostId: string; record?: HostRecord; recordRevision?: Revision;
  * headers before their changes are delivered). Leader election is a lease + txn campaign driven by
  * the caller's keepalives (not etcd3's `Election`, whose keepalive declares loss only after 2 x TTL).
  */
-export class KvControllerStore implements ControllerStore {
+export class KvControllerStore implements ControllerStore, HostVmIndexStore {
   readonly keys: Keyspace;
   /** Records refused by the codec while reading, once per key and revision (see {@link ControllerStore.invalidRecords}). */
   readonly invalidRecords = new InvalidRecordLog();
@@ -135,6 +137,25 @@ export class KvControllerStore implements ControllerStore {
       }
       return { kind: 'alive', hostId: k.hostId, alive: this.aliveOf(kv), revision };
     });
+  }
+
+  /** One host's VM index, paged at one revision (the agent's list; src/adapters/kv/host-vm-index.ts). */
+  listHostVms(hostId: string, deadlineMs: number): Promise<HostVmList> {
+    return listHostVms(this.indexDeps(), hostId, deadlineMs);
+  }
+
+  /** Watches one host's VM index from `fromRevision` (inclusive), one callback per response. */
+  watchHostVms(hostId: string, fromRevision: Revision, handlers: WatchHandlers<HostVmBatch>, deadlineMs: number): Promise<Subscription> {
+    return watchHostVms(this.indexDeps(), hostId, fromRevision, handlers, deadlineMs);
+  }
+
+  /** `vms/<key>` by name (one single-key read). */
+  getVm(key: string, deadlineMs: number): Promise<VmRead> {
+    return getVm(this.indexDeps(), key, deadlineMs);
+  }
+
+  private indexDeps(): HostVmIndexDeps {
+    return { kv: this.kv, keys: this.keys, invalidRecords: this.invalidRecords, clock: this.clock, onHeader: (h) => this.noteHeader(h) };
   }
 
   async listVms(deadlineMs: number): Promise<VmEntry[]> {

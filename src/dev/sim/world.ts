@@ -23,6 +23,7 @@ import type { VmSpec } from '../../domain/vm.js';
 import type { ClusterStore } from '../../ports/cluster-store.js';
 import type { Clock } from '../../ports/clock.js';
 import type { ControllerStore } from '../../ports/controller-store.js';
+import type { HostVmIndexStore } from '../../ports/host-vm-index.js';
 import type { Kv, KvWatchEvent } from '../../ports/kv.js';
 import type { Logger } from '../../ports/logger.js';
 import { ETCD_34_LIMITS, EtcdModel, immediateTransport } from '../etcd-model/index.js';
@@ -38,7 +39,7 @@ import { SimNetwork } from './transport.js';
 export interface SimStores {
   cluster(kv: Kv, clock: Clock): ClusterStore;
   /** `txnLimits`: the model's txn limit when the run lowers it (`SimConfig.maxTxnOps`); etcd's defaults otherwise. */
-  controller(kv: Kv, clock: Clock, ids: () => string, txnLimits?: TxnLimits): ControllerStore;
+  controller(kv: Kv, clock: Clock, ids: () => string, txnLimits?: TxnLimits): ControllerStore & HostVmIndexStore;
   /** The key prefix the stores use (e.g. `/tether/`). */
   readonly prefix: string;
 }
