@@ -149,6 +149,17 @@ export function describeKvConformance(name: string, makeKv: () => Promise<KvUnde
         expect((await kv.range({ key: `${p}zz` }, DL))).toMatchObject({ kvs: [], count: 0, more: false });
       }));
 
+      it('a prefix range from a start key (`from`, paging) runs to the end of the prefix: count and more cover that part, at a pinned revision too', withKv(async ({ kv, p }) => {
+        const r1 = (await kv.txn({ compare: [], success: [put(`${p}a`, '1'), put(`${p}b`, '2'), put(`${p}b/x`, '3'), put(`${p}c`, '4'), put(`${p.slice(0, -1)}z`, 'outside')] }, DL)).header.revision;
+        await kv.txn({ compare: [], success: [put(`${p}d`, 'later')] }, DL);
+        const rest = await kv.range({ key: p, prefix: true, from: `${p}b\0`, revision: r1 }, DL);
+        expect(rest.kvs.map((e) => e.key)).toEqual([`${p}b/x`, `${p}c`]);
+        expect(rest).toMatchObject({ more: false, count: 2 });
+        const page = await kv.range({ key: p, prefix: true, from: `${p}b`, limit: 1 }, DL);
+        expect(page.kvs.map((e) => e.value)).toEqual(['2']);
+        expect(page).toMatchObject({ more: true, count: 4 });
+      }));
+
       it('a range at an old revision sees the store as it was then', withKv(async ({ kv, p }) => {
         const r1 = (await kv.txn({ compare: [], success: [put(`${p}k`, 'old'), put(`${p}gone`, 'x')] }, DL)).header.revision;
         await kv.txn({ compare: [], success: [put(`${p}k`, 'new'), { op: 'delete', key: `${p}gone` }, put(`${p}born`, 'y')] }, DL);
