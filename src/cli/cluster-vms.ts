@@ -23,14 +23,17 @@ export interface ClusterCreated {
 
 /**
  * Creates `vms/<ns>/<name>` placed by capacity (spread) on a schedulable host, or on `host` when
- * given. The write is one txn: the key must not exist and the target host's record must be
- * unchanged since it was read (so a host fenced or re-epoched meanwhile gets nothing). With no
+ * given. The write is one txn: the key must not exist, the target host's record must be
+ * unchanged since it was read (so a host fenced or re-epoched meanwhile gets nothing), and nothing
+ * may have been placed on the target since the VM listing the capacity check used (its capacity
+ * guard, `ClusterChange.capacityGuards`): two creates that both saw room for one VM cannot both
+ * commit — the second fails with a retryable UNAVAILABLE and, tried again, sees the first. With no
  * capacity the VM is recorded `pending` without a host and with the reason; the controller places
  * it when capacity appears.
  */
 export async function clusterCreate(store: Pick<ControllerStore, 'listHosts' | 'scanVms' | 'commit'>, spec: VmSpec, host?: string): Promise<ClusterCreated> {
   const key = `${spec.id.namespace}/${spec.id.name}`;
-  const [snapshot, { entries: vms, invalid }] = await Promise.all([store.listHosts(DEADLINE), store.scanVms(DEADLINE)]);
+  const [snapshot, { entries: vms, invalid, revision: seen }] = await Promise.all([store.listHosts(DEADLINE), store.scanVms(DEADLINE)]);
   const existing = vms.find((v) => v.key === key);
   if (existing) throw new TetherError('ALREADY_EXISTS', `microvm ${key} already exists (uid ${existing.record.uid}, ${existing.record.phase} on ${existing.record.hostId ?? 'no host'})`);
   const unreadable = invalid.find((e) => e.key === `vms/${key}`);
@@ -51,7 +54,8 @@ export async function clusterCreate(store: Pick<ControllerStore, 'listHosts' | '
     nowWall: Date.now(),
     placement: p && 'hostId' in p ? { hostId: p.hostId, hostEpoch: p.hostEpoch, targetRevision: snapshot.hosts.find((h) => h.hostId === p.hostId)!.recordRevision! } : { reason: p?.reason ?? 'no schedulable host' },
   });
-  const res = await store.commit(change, DEADLINE);
+  const guarded = p && 'hostId' in p ? { ...change, capacityGuards: [{ hostId: p.hostId, seenRevision: seen }] } : change;
+  const res = await store.commit(guarded, DEADLINE);
   if (!res.ok) throw new TetherError('UNAVAILABLE', `microvm ${key}: the cluster changed while placing it (${res.reason}); try again`, { retryable: true });
   return { key, record };
 }

@@ -33,7 +33,7 @@ export interface DrainResult {
  * confirmation. If this command dies midway, the controller places the `lost` VMs itself.
  */
 export async function drainHost(
-  store: Pick<ControllerStore, 'getHost' | 'listHosts' | 'listVms' | 'commit'>,
+  store: Pick<ControllerStore, 'getHost' | 'listHosts' | 'listVms' | 'scanVms' | 'commit'>,
   hostId: string,
   timeoutMs: number,
   progress: (line: string) => void,
@@ -63,7 +63,7 @@ export async function drainHost(
     }
     await new Promise((r) => setTimeout(r, 500));
   }
-  const [snapshot, vms] = await Promise.all([store.listHosts(DEADLINE), store.listVms(DEADLINE)]);
+  const [snapshot, { entries: vms, revision: seen }] = await Promise.all([store.listHosts(DEADLINE), store.scanVms(DEADLINE)]);
   const hosts = schedulableHosts(snapshot.hosts);
   const lost = vms.filter((v) => keys.has(v.key) && v.record.phase === 'lost');
   const placements = placeVms(lost.map((v) => ({ key: v.key, spec: v.record.spec })), hosts, vms.map((v) => v.record));
@@ -80,7 +80,8 @@ export async function drainHost(
     const target = snapshot.hosts.find((x) => x.hostId === p.hostId)!;
     // the controller's placement builder (domain/reschedule-changes.ts), without its event
     const { change } = placementChange({ vm: v, placement: p, targetRevision: target.recordRevision!, uid: randomBytes(16).toString('hex'), nowWall: Date.now(), event: false });
-    const res = await store.commit(change, DEADLINE);
+    // capacity guard: nothing placed on the target since the listing the capacity check used
+    const res = await store.commit({ ...change, capacityGuards: [{ hostId: p.hostId, seenRevision: seen }] }, DEADLINE);
     moved.push(res.ok ? { key: v.key, to: p.hostId } : { key: v.key, reason: 'placed concurrently (by the controller)' });
     if (res.ok) progress(`${v.key}: placed on ${p.hostId}`);
   }

@@ -74,6 +74,9 @@ export class Controller {
   private sub: Subscription | undefined;
   /** Request id of the watch `sub` belongs to (events carry it). */
   private subWatch: number | undefined;
+  /** The VM watch, and its request id. */
+  private vmSub: Subscription | undefined;
+  private vmSubWatch: number | undefined;
   private readonly timers = new Map<string, { readonly id: number; readonly handle: TimerHandle }>();
   private unsubscribeTerm: (() => void) | undefined;
 
@@ -115,7 +118,7 @@ export class Controller {
     this.timers.clear();
     const l = this.leadership;
     this.leadership = undefined;
-    await this.closeWatch();
+    await Promise.all([this.closeWatch(), this.closeVmWatch()]);
     if (l && opts.resign) await this.store.resign(l, this.callDeadline).catch((err) => this.log.warn({ err: messageOf(err) }, 'resign failed; the leader lease will expire'));
   }
 
@@ -191,7 +194,7 @@ export class Controller {
         return;
       }
       case 'close-watch':
-        void this.closeWatch();
+        void (e.which === 'vms' ? this.closeVmWatch() : this.closeWatch());
         return;
       case 'leadership-dropped':
         this.leadership = undefined;
@@ -205,6 +208,13 @@ export class Controller {
     const sub = this.sub;
     this.sub = undefined;
     this.subWatch = undefined;
+    await sub?.close().catch(() => undefined);
+  }
+
+  private async closeVmWatch(): Promise<void> {
+    const sub = this.vmSub;
+    this.vmSub = undefined;
+    this.vmSubWatch = undefined;
     await sub?.close().catch(() => undefined);
   }
 
@@ -252,7 +262,29 @@ export class Controller {
         );
       }
       case 'list-vms':
-        return void run(this.store.listVms(deadline).then((vms): Reply => ({ op: 'list-vms', vms })));
+        return void run(this.store.scanVms(deadline).then((scan): Reply => ({ op: 'list-vms', vms: scan.entries, revision: scan.revision })));
+      case 'watch-vms': {
+        void this.closeVmWatch();
+        this.vmSubWatch = req;
+        return void run(
+          this.store
+            .watchVms(
+              c.fromRevision,
+              {
+                onEvent: (batch) => this.push({ kind: 'vm-batch', watch: req, batch, ...this.term() }),
+                onError: (err) => this.push({ kind: 'watch-error', watch: req, message: messageOf(err) }),
+              },
+              deadline,
+            )
+            .then((sub): Reply => {
+              if (this.vmSubWatch === req && !this.stopped) this.vmSub = sub;
+              else void sub.close().catch(() => undefined);
+              return { op: 'watch-vms' };
+            }),
+        );
+      }
+      case 'get-host':
+        return void run(this.store.getHost(c.hostId, deadline).then((host): Reply => ({ op: 'get-host', host })));
       case 'commit':
         if (!l) return void run(notLeader());
         return void run(this.store.commit({ ...c.change, leader: l }, deadline).then((result): Reply => ({ op: 'commit', result })));

@@ -20,6 +20,27 @@ export interface VmScan {
   readonly entries: VmEntry[];
   /** Records that exist but failed the codec (`error.key`, `error.field`, `error.revision`). */
   readonly invalid: InvalidRecordError[];
+  /** The store revision the scan read at: watch from `revision + 1` to miss nothing after it. */
+  readonly revision: Revision;
+}
+
+/**
+ * One change under `vms/` seen by {@link ControllerStore.watchVms}: a record put (that passes the
+ * codec), or gone — deleted, or put with a value the codec refuses (`invalid`, reported in
+ * `invalidRecords`; a reader that only places and marks VMs treats it as absent, as listings do).
+ */
+export type VmWatchEvent =
+  | { readonly kind: 'put'; readonly entry: VmEntry }
+  | { readonly kind: 'deleted'; readonly key: string; readonly revision: Revision; readonly invalid?: true };
+
+/**
+ * The changes of one watch response, in store order. Invariant: etcd never splits one revision's
+ * changes across responses, so after applying a batch the reader has seen EVERY change under `vms/`
+ * up to `revision` (the highest `mod_revision` in it): what a capacity guard's bound relies on.
+ */
+export interface VmWatchBatch {
+  readonly revision: Revision;
+  readonly events: readonly VmWatchEvent[];
 }
 
 /**
@@ -188,6 +209,12 @@ export interface ControllerStore {
   getHost(hostId: string, deadlineMs: number): Promise<HostEntry>;
   /** Watches `hosts/` from `fromRevision` (inclusive). Resolves once the watch is established. */
   watchHosts(fromRevision: Revision, handlers: WatchHandlers<HostWatchEvent>, deadlineMs: number): Promise<Subscription>;
+  /**
+   * Watches `vms/` from `fromRevision` (inclusive), one callback per watch response (see
+   * {@link VmWatchBatch}). Resolves once the watch is established. After `onError` (compaction,
+   * disconnect) it is over: the caller lists again ({@link scanVms}) and watches from there.
+   */
+  watchVms(fromRevision: Revision, handlers: WatchHandlers<VmWatchBatch>, deadlineMs: number): Promise<Subscription>;
   /** Every cluster VM record that passes the codec (the others are skipped and reported, see {@link scanVms}). */
   listVms(deadlineMs: number): Promise<VmEntry[]>;
   /**

@@ -10,7 +10,7 @@ import type { CallError, ControllerState, Effect, Input, Now, Reply } from '../.
 import { DEFAULT_TIMINGS } from '../../src/domain/gc-timing.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
 import type { VmEntry } from '../../src/domain/cluster-change.js';
-import type { HostEntry, HostWatchEvent } from '../../src/ports/controller-store.js';
+import type { HostEntry, HostWatchEvent, VmWatchBatch } from '../../src/ports/controller-store.js';
 import { bareSpec } from './host-harness.js';
 
 /** The timings every record here publishes (ttl 6 s, fenceWindow 10 s). */
@@ -111,11 +111,20 @@ export class Driver {
     const synced = this.reply(calls(fx, 'list-hosts')[0]!.req, { op: 'list-hosts', snapshot: { revision: '100', hosts } });
     this.watch = calls(synced, 'watch-hosts')[0]!.req;
     this.lastSync = synced;
-    // the sweep that follows the sync finds `vms` (nothing to do by default)
-    const sweep = calls(synced, 'list-vms')[0];
-    if (sweep) this.lastSweep = this.reply(sweep.req, { op: 'list-vms', vms });
+    // the VM cache is listed at the same revision; the sweep that follows its sync finds `vms` (nothing to do by default)
+    const vmsSynced = this.reply(calls(fx, 'list-vms')[0]!.req, { op: 'list-vms', vms, revision: '100' });
+    this.vmWatch = calls(vmsSynced, 'watch-vms')[0]!.req;
+    this.lastSweep = vmsSynced.filter((e) => !(e.kind === 'call' && e.call.op === 'watch-vms'));
     return this;
   }
+
+  /** A batch of changes under `vms/` from the VM watch (the cache then holds everything up to `revision`). */
+  vmBatch(events: VmWatchBatch['events'], revision?: string): Effect[] {
+    const top = revision ?? events.map((e) => (e.kind === 'put' ? e.entry.revision : e.revision)).reduce((a, b) => (BigInt(a) > BigInt(b) ? a : b), '0');
+    return this.input({ kind: 'vm-batch', watch: this.vmWatch, batch: { revision: top, events } });
+  }
+
+  vmWatch = 0;
 
   /** Effects of the sync step of {@link leading}, and of its sweep's listing. */
   lastSync: Effect[] = [];

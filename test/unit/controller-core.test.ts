@@ -146,8 +146,10 @@ describe('controller: fence window on a fake clock', () => {
     expect(sim.vm('v1')!.phase).toBe('running');
 
     const res = await operatorFence(sim.store, sim.clock, 'a', 1000);
-    expect(res).toMatchObject({ alreadyFenced: false, lostVms: ['ns/v1'] });
+    expect(res).toMatchObject({ alreadyFenced: false });
     await sim.run(1000);
+    // marked lost by the operator's command or by the controller (from its VM cache, as soon as it sees the fence): whoever wins the guarded txn
+    expect(sim.events('host-vms-lost', 'a').flatMap((e) => ('vms' in e ? e.vms : []))).toEqual(['ns/v1']);
     expect(sim.record('a')!.state).toBe('fenced');
     expect(sim.events('host-fenced', 'a')).toEqual([expect.objectContaining({ by: 'operator' })]);
     expect(sim.vm('v1')).toMatchObject({ phase: 'pending', hostId: expect.stringMatching(/^[bc]$/) });
@@ -284,13 +286,13 @@ describe('controller: watch errors', () => {
     for (const h of ['a', 'b', 'c']) sim.register(h);
     sim.controller();
     await sim.settleTerm();
-    expect(sim.store.openWatches).toBe(1);
+    expect(sim.store.openWatches).toBe(2); // hosts/ and vms/
     sim.store.failWatches();
     // the lease goes while no watch is open: only the re-list can reveal it
     sim.store.revokeLease(sim.live.get('a')!);
     sim.cut('a');
     await sim.until(() => sim.record('a')?.state === 'detached', 3000);
-    expect(sim.store.openWatches).toBe(1);
+    expect(sim.store.openWatches).toBe(2);
     await sim.until(() => sim.record('a')?.state === 'fenced', T.fenceWindow + 1000);
     expect(sim.events('host-fenced')).toHaveLength(1);
   });

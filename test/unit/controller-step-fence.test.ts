@@ -3,21 +3,22 @@
  * fence txn and its re-checks — as tables of (state, input) -> effects, no store and no clock.
  */
 import { describe, expect, it } from 'vitest';
+import type { VmEntry } from '../../src/domain/cluster-change.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
 import { calls, conflict, Driver, entry, eventKinds, events, ok, ops, T, timersSet, tooLarge, unavailable, vm, WALL0 } from '../support/controller-step.js';
 
 const LOSS = 20_000; // mono of the loss in these tables (the first term was seen at 0: more than a TTL before)
 
 /** Leader with a, b, c attached; `a` (with `over`) loses its lease at `LOSS`. Returns the detach step's effects. */
-function lose(d: Driver, over: Partial<HostRecord> = {}): ReturnType<Driver['input']> {
-  d.leading([entry('a', over), entry('b'), entry('c')]);
+function lose(d: Driver, over: Partial<HostRecord> = {}, vms: VmEntry[] = []): ReturnType<Driver['input']> {
+  d.leading([entry('a', over), entry('b'), entry('c')], undefined, vms);
   d.at(LOSS);
   return d.hostEvent({ kind: 'alive-deleted', hostId: 'a', revision: '101' });
 }
 
 /** {@link lose}, then the detach txn commits at revision 102. */
-function detached(d: Driver, over: Partial<HostRecord> = {}) {
-  const fx = lose(d, over);
+function detached(d: Driver, over: Partial<HostRecord> = {}, vms: VmEntry[] = []) {
+  const fx = lose(d, over, vms);
   const det = calls(fx, 'commit')[0]!;
   const after = d.reply(det.req, ok('102'));
   return { fx, det, after, next: det.call.op === 'commit' ? det.call.change.hosts![0]!.next! : undefined };
@@ -98,8 +99,8 @@ describe('controller core: the fence at the deadline', () => {
   // [what, mono at which the fence timer fires (relative to the deadline), expected ops, expected timers]
   const rows: [string, number, string[], string[]][] = [
     ['1 ms early: re-armed, nothing listed', -1, [], ['fence:a@1']],
-    ['at the deadline: VMs listed first', 0, ['list-vms'], []],
-    ['late: listed at once', 5000, ['list-vms'], []],
+    ['at the deadline: the host read first (constant size, for its raft term)', 0, ['get-host'], []],
+    ['late: read at once', 5000, ['get-host'], []],
   ];
   for (const [what, offset, want, timers] of rows) {
     it(what, () => {
@@ -112,12 +113,12 @@ describe('controller core: the fence at the deadline', () => {
     });
   }
 
-  it('the listing comes back: one constant-size fence txn guarded by the detached revision, then the lost-marking', () => {
+  it('the read comes back: one constant-size fence txn guarded by the detached revision, then the lost-marking from the VM cache', () => {
     const d = new Driver();
-    detached(d);
+    detached(d, {}, [vm('v1'), vm('v2'), vm('other', { hostId: 'b' })]);
     d.at(LOSS + T.fenceWindow);
-    const list = calls(d.fire('fence:a'), 'list-vms')[0]!;
-    const fx = d.reply(list.req, { op: 'list-vms', vms: [vm('v1'), vm('v2'), vm('other', { hostId: 'b' })] });
+    const list = calls(d.fire('fence:a'), 'get-host')[0]!;
+    const fx = d.reply(list.req, { op: 'get-host', host: { hostId: 'a' } });
     expect(ops(fx)).toEqual(['commit:host-fenced']);
     const c = calls(fx, 'commit')[0]!.call;
     if (c.op !== 'commit') throw new Error('not a commit');
@@ -126,7 +127,7 @@ describe('controller core: the fence at the deadline', () => {
     const after = d.reply(calls(fx, 'commit')[0]!.req, ok('103'));
     expect(ops(after)).toEqual(['commit:host-vms-lost']);
     const done = d.reply(calls(after, 'commit')[0]!.req, ok('104'));
-    expect(ops(done)).toEqual(['list-vms']); // the sweep that follows the fence
+    expect(ops(done)).toEqual(['new-uids']); // the sweep that follows the fence places v1 and v2 (no listing)
   });
 
   // Things that happen while the listing is in flight: the fence txn is not sent.
@@ -135,24 +136,24 @@ describe('controller core: the fence at the deadline', () => {
     ['it acknowledged a hold (record changed)', (d) => d.hostEvent({ kind: 'record', hostId: 'a', record: { ...d.s.hosts.get('a')!.record!, holdSeen: true }, revision: '103' }), ['commit:host-fence-blocked']],
   ];
   for (const [what, act, want] of meanwhile) {
-    it(`re-checked when the listing comes back: ${what}`, () => {
+    it(`re-checked when the read comes back: ${what}`, () => {
       const d = new Driver();
-      detached(d);
+      detached(d, {}, [vm('v1')]);
       d.at(LOSS + T.fenceWindow);
-      const list = calls(d.fire('fence:a'), 'list-vms')[0]!;
+      const list = calls(d.fire('fence:a'), 'get-host')[0]!;
       act(d);
-      const fx = d.reply(list.req, { op: 'list-vms', vms: [vm('v1')] });
+      const fx = d.reply(list.req, { op: 'get-host', host: { hostId: 'a' } });
       expect(ops(fx)).toEqual(want);
     });
   }
 
-  it('a raft term first seen in the listing, within one TTL of the loss: the window is lengthened instead of fencing', () => {
+  it('a raft term first seen in the pre-fence read, within one TTL of the loss: the window is lengthened instead of fencing', () => {
     const d = new Driver();
     detached(d);
     d.at(LOSS + T.fenceWindow);
-    const list = calls(d.fire('fence:a'), 'list-vms')[0]!;
+    const list = calls(d.fire('fence:a'), 'get-host')[0]!;
     // the term change is seen now, a full window after the loss: too late to be near it
-    expect(ops(d.reply(list.req, { op: 'list-vms', vms: [] }, 6))).toEqual(['commit:host-fenced']);
+    expect(ops(d.reply(list.req, { op: 'get-host', host: { hostId: 'a' } }, 6))).toEqual(['commit:host-fenced']);
 
     const e = new Driver();
     detached(e);
@@ -205,10 +206,10 @@ describe('controller core: determinism', () => {
   it('the same inputs at the same times give the same effects', () => {
     const run = () => {
       const d = new Driver();
-      detached(d);
+      detached(d, {}, [vm('v1'), vm('v2')]);
       d.at(LOSS + T.fenceWindow);
-      const list = calls(d.fire('fence:a'), 'list-vms')[0]!;
-      const fx = d.reply(list.req, { op: 'list-vms', vms: [vm('v1'), vm('v2')] });
+      const list = calls(d.fire('fence:a'), 'get-host')[0]!;
+      const fx = d.reply(list.req, { op: 'get-host', host: { hostId: 'a' } });
       d.reply(calls(fx, 'commit')[0]!.req, ok('103'));
       return JSON.stringify(d.all, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v));
     };

@@ -18,7 +18,7 @@ describe('controller core: leadership', () => {
     const d = new Driver();
     const fx = d.input({ kind: 'start' });
     const won = d.reply(calls(fx)[0]!.req, { op: 'campaign', won: true, ttlMs: 3000 });
-    expect(ops(won)).toEqual(['commit:controller-elected', 'server-status', 'list-hosts']);
+    expect(ops(won)).toEqual(['commit:controller-elected', 'server-status', 'list-hosts', 'list-vms']);
     expect(timersSet(won)).toEqual(['keepalive@1000', 'leader-expiry@2500', 'gc@60000']);
   });
 
@@ -59,7 +59,7 @@ describe('controller core: leadership', () => {
 
 describe('controller core: reschedule sweep and placement', () => {
   const hosts = () => [entry('a', { state: 'fenced' }, { alive: false }), entry('b', {}, { rev: '11' }), entry('c', {}, { rev: '12' })];
-  // [what, VMs the sweep finds, expected store ops of the sweep's listing step]
+  // [what, VMs in the cache, expected store ops of the sweep that follows the VM cache's sync]
   const rows: [string, ReturnType<typeof vm>[], string[]][] = [
     ['a lost VM (reschedule) asks for one fresh uid', [vm('v1', { phase: 'lost' })], ['new-uids']],
     ['a lost VM with restartPolicy none is noted once', [vm('v1', { phase: 'lost', restartPolicy: 'none' })], ['commit:vm-lost-kept']],
@@ -76,19 +76,40 @@ describe('controller core: reschedule sweep and placement', () => {
     });
   }
 
-  it('placement: the fresh uid, the target host guarded by its current revision, then the next write', () => {
+  it('placement: fresh uids, batched in one txn, each target host guarded by its record revision and its capacity guard', () => {
     const d = new Driver();
     d.leading(hosts(), undefined, [vm('v1', { phase: 'lost' }), vm('v2', { phase: 'lost' })]);
     const uids = calls(d.lastSweep, 'new-uids')[0]!;
     expect(uids.call).toEqual({ op: 'new-uids', count: 2 });
     const fx = d.reply(uids.req, { op: 'new-uids', uids: ['U1', 'U2'] });
-    expect(ops(fx)).toEqual(['commit:vm-rescheduled']); // one after the other
+    expect(ops(fx)).toEqual(['commit:vm-rescheduled']); // both in one txn
     const c = calls(fx, 'commit')[0]!.call;
     if (c.op !== 'commit') throw new Error('not a commit');
-    expect(c.change.vms![0]!.next).toMatchObject({ uid: 'U1', phase: 'pending', hostEpoch: 1 });
-    expect(c.change.guards).toEqual([{ hostId: c.change.vms![0]!.next!.hostId, expectRevision: c.change.vms![0]!.next!.hostId === 'b' ? '11' : '12' }]);
-    const second = d.reply(calls(fx)[0]!.req, conflict); // a lost race is not retried here: the next sweep will
-    expect(events(second)).toEqual([expect.objectContaining({ kind: 'vm-rescheduled', uid: 'U2' })]);
+    expect(c.change.vms!.map((v) => v.next)).toEqual([expect.objectContaining({ uid: 'U1', phase: 'pending', hostEpoch: 1 }), expect.objectContaining({ uid: 'U2', phase: 'pending', hostEpoch: 1 })]);
+    // spread: one on b, one on c (the capacity index counts the first before placing the second)
+    expect(c.change.vms!.map((v) => v.next!.hostId).sort()).toEqual(['b', 'c']);
+    expect(c.change.guards).toEqual(expect.arrayContaining([{ hostId: 'b', expectRevision: '11' }, { hostId: 'c', expectRevision: '12' }]));
+    // the VM cache is complete up to its listing (revision 100): nothing placed on b or c after it
+    expect(c.change.capacityGuards).toEqual(expect.arrayContaining([{ hostId: 'b', seenRevision: '100' }, { hostId: 'c', seenRevision: '100' }]));
+    // a lost race is not retried at once: another sweep after the retry delay
+    const lost = d.reply(calls(fx)[0]!.req, conflict);
+    expect(timersSet(lost)).toContain('sweep-retry@1000');
+    expect(d.s.reserved.size).toBe(0);
+  });
+
+  it('a committed placement is in the cache at once; the next placement onto that host is bounded by its own commit', () => {
+    const d = new Driver();
+    d.leading(hosts(), undefined, [vm('v1', { phase: 'lost' })]);
+    const fx = d.reply(calls(d.lastSweep, 'new-uids')[0]!.req, { op: 'new-uids', uids: ['U1'] });
+    const c = calls(fx, 'commit')[0]!;
+    d.reply(c.req, ok('160'));
+    const placed = d.s.vms.get('ns/v1')!;
+    expect(placed).toMatchObject({ revision: '160', record: { uid: 'U1', phase: 'pending' } });
+    const host = placed.record.hostId!;
+    expect(d.s.capSeen.get(host)).toBe(160n);
+    // the watch's copy of that write changes nothing
+    d.vmBatch([{ kind: 'put', entry: placed }]);
+    expect(d.s.capacity.used(host)).toEqual({ vcpu: 1, memoryMb: 128 });
   });
 
   it('the freeze holds placement (2 of 3 detached)', () => {
@@ -98,12 +119,12 @@ describe('controller core: reschedule sweep and placement', () => {
     expect(ops(d.lastSweep)).toEqual([]);
   });
 
-  it('a VM of an older epoch on a host that rejoined ready is marked lost, then the sweep lists again', () => {
+  it('a VM of an older epoch on a host that rejoined ready is marked lost, then placed from the cache (no listing)', () => {
     const d = new Driver();
     d.leading([entry('a', { state: 'ready', epoch: 2 }), entry('b')], undefined, [vm('v1', { hostEpoch: 1 })]);
     expect(eventKinds(d.lastSweep)).toEqual(['vm-lost']);
     const fx = d.reply(calls(d.lastSweep)[0]!.req, ok('150'));
-    expect(ops(fx)).toEqual(['list-vms']);
+    expect(ops(fx)).toEqual(['new-uids']);
   });
 });
 

@@ -93,10 +93,12 @@ describe('simulator', () => {
   // A copy of the host's state dir booted on another machine (same host id, epoch and agent id): it
   // used to reattach at the same epoch and run host-2's VMs a second time. Registration now names the
   // machine (src/domain/registration.ts, "one machine per epoch"); without machine ids it still fails.
-  it('a cloned state dir on another machine never runs the host VMs a second time (seed 5, cloned-agent)', async () => {
+  // (Seed 1 since issue 9: the controller's VM cache changed the request stream, so seed 5's timings
+  // no longer reach the double run without machine ids; seed 1 with the same schedule does.)
+  it('a cloned state dir on another machine never runs the host VMs a second time (seed 1, cloned-agent)', async () => {
     const schedule: FaultOp[] = [{ at: 10091, kind: 'cloned-agent', target: 'host-2', durationMs: 3280 }];
-    expect((await runSeed({ seed: 5, stores: kvStores, schedule })).violations).toEqual([]);
-    const legacy = await runSeed({ seed: 5, stores: kvStores, schedule, noMachineId: true });
+    expect((await runSeed({ seed: 1, stores: kvStores, schedule })).violations).toEqual([]);
+    const legacy = await runSeed({ seed: 1, stores: kvStores, schedule, noMachineId: true });
     expect(legacy.violations.map((v) => v.invariant)).toContain('double-run');
   }, 60_000);
 

@@ -35,6 +35,8 @@ import type {
   Subscription,
   VmEntry,
   VmScan,
+  VmWatchBatch,
+  VmWatchEvent,
   WatchHandlers,
 } from '../../ports/controller-store.js';
 import type { Kv, KvEntry, KvHeader } from '../../ports/kv.js';
@@ -139,6 +141,34 @@ export class KvControllerStore implements ControllerStore, HostVmIndexStore {
     });
   }
 
+  /** One callback per watch response: etcd never splits a revision across responses (see {@link VmWatchBatch}). */
+  async watchVms(fromRevision: Revision, handlers: WatchHandlers<VmWatchBatch>, deadlineMs: number): Promise<Subscription> {
+    return this.watch(
+      this.keys.vms(),
+      fromRevision,
+      handlers,
+      deadlineMs,
+      () => undefined,
+      (events): VmWatchBatch | undefined => {
+        const out: VmWatchEvent[] = [];
+        let top = 0;
+        for (const { kv, type } of events) {
+          const key = this.keys.parseVmKey(kv.key);
+          if (key === undefined) continue;
+          const revision = String(kv.modRevision);
+          if (kv.modRevision > top) top = kv.modRevision;
+          if (type === 'delete') {
+            out.push({ kind: 'deleted', key, revision });
+            continue;
+          }
+          const record = this.decoded(kv, decodeClusterVm);
+          out.push(record ? { kind: 'put', entry: { key, record, revision } } : { kind: 'deleted', key, revision, invalid: true });
+        }
+        return out.length > 0 ? { revision: String(top), events: out } : undefined;
+      },
+    );
+  }
+
   /** One host's VM index, paged at one revision (the agent's list; src/adapters/kv/host-vm-index.ts). */
   listHostVms(hostId: string, deadlineMs: number): Promise<HostVmList> {
     return listHostVms(this.indexDeps(), hostId, deadlineMs);
@@ -170,7 +200,7 @@ export class KvControllerStore implements ControllerStore, HostVmIndexStore {
       const record = this.decoded(kv, decodeClusterVm, (e) => invalid.push(e));
       if (record) entries.push({ key: this.keys.parseVmKey(kv.key)!, record, revision: String(kv.modRevision) });
     }
-    return { entries, invalid };
+    return { entries, invalid, revision: String(res.revision) };
   }
 
   /**
@@ -385,6 +415,7 @@ export class KvControllerStore implements ControllerStore, HostVmIndexStore {
     handlers: WatchHandlers<E>,
     deadlineMs: number,
     map: (kv: KvEntry, type: 'put' | 'delete') => E | undefined,
+    batch?: (events: readonly { readonly kv: KvEntry; readonly type: 'put' | 'delete' }[]) => E | undefined,
   ): Promise<Subscription> {
     let open = true;
     const ref: { sub?: Subscription } = {};
@@ -402,6 +433,11 @@ export class KvControllerStore implements ControllerStore, HostVmIndexStore {
         onEvents: (events, header) => {
           if (!open) return;
           this.noteHeader(header);
+          if (batch) {
+            const e = batch(events);
+            if (e !== undefined) handlers.onEvent(e);
+            return;
+          }
           for (const ev of events) {
             if (!open) return;
             const e = map(ev.kv, ev.type);

@@ -9,25 +9,29 @@
  *    whichever is later ({@link takeoverFenceDeadline}), and the raft-term rule with the recorded
  *    `detachedAt` as the loss; a later deadline is written back. Never shortened.
  * 3. Fence ({@link fenceDue}): at the deadline — never before, re-checked when the timer fires AND when
- *    the VM listing comes back — unless the mass-disruption freeze holds it or the host is blocked
- *    (acknowledged hold `holdSeen`, held at detach, unsafe timings). The listing's raft term is noted
- *    first: a term change within one TTL of the loss lengthens the window instead. One constant-size
- *    txn (record still `detached` at the same revision, `alive` absent) -> `fenced`.
- * 4. Lost-marking ({@link completeFence}): the host's VMs at (or below) its epoch -> `lost`, in txns
- *    within the store's limits, one after the other, each guarded by the fenced record's revision.
+ *    the pre-fence read (one host's two keys: constant size) comes back — unless the mass-disruption
+ *    freeze holds it, the eviction rate limit has no token left ({@link takeEvictToken}: the host waits
+ *    its turn), or the host is blocked (acknowledged hold `holdSeen`, held at detach, unsafe timings).
+ *    The read's raft term is noted first: a term change within one TTL of the loss lengthens the window
+ *    instead. One constant-size txn (record still `detached` at the same revision, `alive` absent) ->
+ *    `fenced`. At most `maxFencesInFlight` fences run at once; the others queue (`fenceQueue`).
+ * 4. Lost-marking ({@link completeFence}): the host's VMs at (or below) its epoch, from the VM cache
+ *    (vm-view.ts) -> `lost`, in txns within the store's limits, one after the other per host, at most
+ *    `maxMarkingsInFlight` hosts at once, each guarded by the fenced record's revision and each VM's.
  *    Interrupted or conflicting: retried with backoff, and finished by every sweep and by the next leader.
  */
 import { detachChange, fenceChange, vmsLostChanges, vmsToMarkLost } from '../fence-changes.js';
 import { decideHost, earlyRevokeSuspected, effectiveFenceWindow, lossToFenceMs, takeoverFenceDeadline } from '../fence-window.js';
 import { describeFreeze, fencingAllowed } from '../mass-freeze.js';
-import type { VmEntry } from '../cluster-change.js';
 import type { HostRecord } from '../host-record.js';
+import type { HostEntry } from '../../ports/controller-store.js';
 import { call, clearTimer, fenceTimerKey, incarnationOf, iso, log, retryTimerKey, rev, setTimer, timerSet } from './effects.js';
 import { evaluateFreeze, markFreezeDirty } from './freeze.js';
 import { reconcile } from './host-view.js';
 import { stepDown } from './leadership.js';
 import { maybeExtend, noteTerm } from './raft-term.js';
 import { completingDone, requestSweep } from './sweep.js';
+import { indexHost, vmsOnHost } from './vm-view.js';
 import { giveUp, report, retryLater, stuck, write } from './writes.js';
 import type { CallError, Ctx, HostTrack, Reply } from './types.js';
 
@@ -97,6 +101,7 @@ export function detachOutcome(
     t.revision = res.revision;
     t.recordSeen = at;
   }
+  indexHost(c.s, t);
   if (t.revision === res.revision) {
     disarm(c, t);
     const deadline = p.next.fenceDeadline!;
@@ -197,102 +202,185 @@ export function disarm(c: Ctx, t: HostTrack): void {
 export function forget(c: Ctx, t: HostTrack): void {
   disarm(c, t);
   clearTimer(c, retryTimerKey(t.hostId));
+  if (t.marking) endMarking(c, t);
+  c.s.fenceQueue.delete(t.hostId);
+  c.s.capacity.setHost(t.hostId, undefined);
   c.s.hosts.delete(t.hostId);
+}
+
+/**
+ * Takes one token of the eviction rate limit: `evictionRate` hosts per second, or the slower
+ * `slowEvictionRate` while more than `slowEvictionShare` of a pool of at least `slowEvictionMinHosts`
+ * hosts is detached (the Kubernetes node lifecycle controller's secondary rate, under the freeze).
+ * Returns 0 when taken, else how long until a token is there (ms).
+ */
+export function takeEvictToken(c: Ctx): number {
+  const s = c.s;
+  const cfg = s.cfg;
+  const n = s.detachedCount;
+  const slow = n.total >= cfg.slowEvictionMinHosts && n.detached / n.total > cfg.slowEvictionShare;
+  const rate = slow ? Math.min(cfg.slowEvictionRate, cfg.evictionRate) : cfg.evictionRate;
+  if (rate === Infinity) return 0;
+  const nowMono = c.now.mono;
+  s.evictTokens = Math.min(cfg.evictionBurst, s.evictTokens + (Math.max(0, nowMono - s.evictAtMono) * rate) / 1000);
+  s.evictAtMono = nowMono;
+  if (s.evictTokens >= 1) {
+    s.evictTokens -= 1;
+    return 0;
+  }
+  return Math.max(1, Math.ceil(((1 - s.evictTokens) * 1000) / rate));
 }
 
 /** The host's fence timer fired. Never early: the monotonic deadline is checked again. */
 export function fenceDue(c: Ctx, t: HostTrack): void {
+  const s = c.s;
   if (stuck(t) || t.fencing !== undefined || t.incarnation === undefined) return;
   const d = decideHost(t.record, t.alive !== undefined);
   if (d.kind !== 'await-fence') return reconcile(c, t);
   if (c.now.mono < t.fenceAtMono!) return armTimer(c, t); // never early
-  if (c.s.freezeDirty) evaluateFreeze(c); // decide on the current detached share
-  if (!fencingAllowed(c.s.freeze)) {
-    log(c, 'warn', { hostId: t.hostId, freeze: describeFreeze(c.s.freeze, c.s.cfg.freezeShare, c.now.mono) }, 'fence deadline passed but the mass-disruption freeze holds it');
+  if (s.freezeDirty) evaluateFreeze(c); // decide on the current detached share
+  if (!fencingAllowed(s.freeze)) {
+    log(c, 'warn', { hostId: t.hostId, freeze: describeFreeze(s.freeze, s.cfg.freezeShare, c.now.mono) }, 'fence deadline passed but the mass-disruption freeze holds it');
     return;
   }
+  // the VM cache names the fence's VMs and feeds its lost-marking: taken up when it is synced (resumeFences)
+  if (!s.vmsSynced) return;
+  if (s.fencesInFlight >= s.cfg.maxFencesInFlight) {
+    s.fenceQueue.add(t.hostId);
+    return;
+  }
+  const wait = takeEvictToken(c);
+  if (wait > 0) {
+    if (!s.fenceQueue.has(t.hostId)) log(c, 'info', { hostId: t.hostId, waitMs: wait }, 'fence deadline passed: waiting for the eviction rate limit');
+    s.fenceQueue.add(t.hostId);
+    if (!timerSet(c, 'evict')) setTimer(c, 'evict', wait);
+    return;
+  }
+  s.fenceQueue.delete(t.hostId);
   t.fencing = t.incarnation;
-  call(c, { op: 'list-vms' }, { for: 'fence-list', hostId: t.hostId, incarnation: t.incarnation });
+  s.fencesInFlight++;
+  call(c, { op: 'get-host', hostId: t.hostId }, { for: 'fence-read', hostId: t.hostId, incarnation: t.incarnation });
 }
 
-/** The VM listing of a fence came back: re-check everything, then the constant-size fence txn. */
-export function fenceListed(c: Ctx, p: { readonly hostId: string; readonly incarnation: string }, raftTerm: number | undefined, r: { readonly vms: readonly VmEntry[] } | { readonly error: CallError }): void {
+/** A fence slot is free: the queued fences go on, in order, while slots and tokens last. */
+export function drainFenceQueue(c: Ctx): void {
+  const s = c.s;
+  for (const id of [...s.fenceQueue]) {
+    if (s.fencesInFlight >= s.cfg.maxFencesInFlight || timerSet(c, 'evict')) return;
+    s.fenceQueue.delete(id);
+    const t = s.hosts.get(id);
+    if (t) fenceDue(c, t);
+  }
+}
+
+/** The VM cache is synced: every fence whose deadline passed meanwhile is taken up. */
+export function resumeFences(c: Ctx): void {
+  for (const t of [...c.s.hosts.values()]) {
+    if (t.incarnation !== undefined && t.fencing === undefined && t.fenceAtMono !== undefined && t.fenceAtMono <= c.now.mono && !timerSet(c, fenceTimerKey(t.hostId))) fenceDue(c, t);
+  }
+  for (const t of [...c.s.hosts.values()]) if (t.lostPending && t.record?.state === 'fenced' && !t.marking) completeFence(c, t);
+  requestSweep(c);
+}
+
+function fenceSlotFreed(c: Ctx): void {
+  c.s.fencesInFlight = Math.max(0, c.s.fencesInFlight - 1);
+  drainFenceQueue(c);
+}
+
+/** The pre-fence read came back: note its raft term, re-check everything, then the constant-size fence txn. */
+export function fenceRead(c: Ctx, p: { readonly hostId: string; readonly incarnation: string }, raftTerm: number | undefined, r: { readonly host: HostEntry } | { readonly error: CallError }): void {
   const t = c.s.hosts.get(p.hostId);
-  if (!t) return;
+  if (!t) return fenceSlotFreed(c);
   t.fencing = undefined;
+  const go = fenceGo(c, t, p, raftTerm, r);
+  if (!go) fenceSlotFreed(c);
+}
+
+function fenceGo(c: Ctx, t: HostTrack, p: { readonly incarnation: string }, raftTerm: number | undefined, r: { readonly host: HostEntry } | { readonly error: CallError }): boolean {
   if ('error' in r) {
-    if (!r.error.retryable) return giveUp(c, t, 'fence', r.error);
-    log(c, 'warn', { hostId: t.hostId, err: r.error.message }, 'listing VMs for the fence failed; retrying');
+    if (!r.error.retryable) {
+      giveUp(c, t, 'fence', r.error);
+      return false;
+    }
+    log(c, 'warn', { hostId: t.hostId, err: r.error.message }, 'the read before the fence failed; retrying');
     retryLater(c, t);
-    return;
+    return false;
   }
   noteTerm(c, raftTerm, c.now.mono);
-  if (maybeExtend(c, t)) return;
+  if (maybeExtend(c, t)) return false;
   const rec = t.record;
-  if (!rec || rec.state !== 'detached' || t.revision === undefined) return reconcile(c, t);
-  // Other inputs were applied while the listing was in flight: decide again on the current view.
+  if (!rec || rec.state !== 'detached' || t.revision === undefined) {
+    reconcile(c, t);
+    return false;
+  }
+  // Other inputs were applied while the read was in flight: decide again on the current view.
   if (t.incarnation !== p.incarnation || stuck(t) || decideHost(rec, t.alive !== undefined).kind !== 'await-fence' || t.fenceAtMono === undefined || c.now.mono < t.fenceAtMono) {
-    return reconcile(c, t);
+    reconcile(c, t);
+    return false;
   }
   if (c.s.freezeDirty) evaluateFreeze(c);
-  if (!fencingAllowed(c.s.freeze)) return;
-  const pending = vmsToMarkLost(r.vms, t.hostId, rec.epoch).map((v) => v.key);
+  if (!fencingAllowed(c.s.freeze)) return false;
+  const pending = vmsToMarkLost(vmsOnHost(c.s, t.hostId), t.hostId, rec.epoch).map((v) => v.key);
   const { change } = fenceChange({ hostId: t.hostId, record: rec, revision: t.revision, nowWall: c.now.wall, by: 'controller', pendingVms: pending });
   const lateMs = Math.round(c.now.wall - (t.fenceAtWall ?? c.now.wall));
   t.fencing = p.incarnation;
-  write(c, t.hostId, change, { action: 'fence' }, { k: 'fence', hostId: t.hostId, vms: r.vms, pending: pending.length, lateMs, epoch: rec.epoch });
+  if (!write(c, t.hostId, change, { action: 'fence' }, { k: 'fence', hostId: t.hostId, pending: pending.length, lateMs, epoch: rec.epoch })) {
+    t.fencing = undefined;
+    return false;
+  }
+  return true;
 }
 
 /** The fence txn's outcome (after the generic write handling). */
-export function fenceCommitted(c: Ctx, then: { readonly hostId: string; readonly vms: readonly VmEntry[]; readonly pending: number; readonly lateMs: number; readonly epoch: number }, ok: boolean): void {
+export function fenceCommitted(c: Ctx, then: { readonly hostId: string; readonly pending: number; readonly lateMs: number; readonly epoch: number }, ok: boolean): void {
   const t = c.s.hosts.get(then.hostId);
-  if (!t) return;
+  if (t) fenceOutcome(c, t, then, ok);
+  fenceSlotFreed(c);
+}
+
+function fenceOutcome(c: Ctx, t: HostTrack, then: { readonly pending: number; readonly lateMs: number; readonly epoch: number }, ok: boolean): void {
   t.fencing = undefined;
   if (!ok) return; // retried with backoff (or reported) by the write handling
   disarm(c, t);
   log(c, 'warn', { hostId: t.hostId, epoch: then.epoch, lostVms: then.pending, lateMs: then.lateMs }, 'host fenced');
   t.lostPending = then.pending > 0;
-  if (!t.lostPending || !completeFence(c, t, then.vms, true)) requestSweep(c);
+  if (!t.lostPending || !completeFence(c, t, true)) requestSweep(c);
 }
 
 /**
- * Marks lost every VM of a fenced host at (or below) its epoch ({@link vmsLostChanges}), from `known`
- * or a fresh listing. True when a lost-marking run is under way (started now or before).
+ * Marks lost every VM of a fenced host at (or below) its epoch ({@link vmsLostChanges}), from the VM
+ * cache, once a marking slot is free. True when a lost-marking run is under way or queued.
  */
-export function completeFence(c: Ctx, t: HostTrack, known?: readonly VmEntry[], fromFence = false): boolean {
+export function completeFence(c: Ctx, t: HostTrack, fromFence = false): boolean {
+  const s = c.s;
   const rec = t.record;
-  if (!c.s.leader || rec?.state !== 'fenced' || t.revision === undefined) {
+  if (!s.leader || rec?.state !== 'fenced' || t.revision === undefined) {
     t.lostPending = false;
     return false;
   }
   if (stuck(t)) return false;
   if (t.marking) return true;
-  t.marking = { listing: known === undefined, changes: [], next: 0, marked: 0, conflicts: 0, startedMono: c.now.mono, fromFence };
-  if (known === undefined) {
-    call(c, { op: 'list-vms' }, { for: 'mark-lost-list', hostId: t.hostId, fromFence });
+  if (!s.vmsSynced) {
+    t.lostPending = true; // taken up by resumeFences when the cache is synced
+    return false;
+  }
+  t.marking = { queued: true, changes: [], next: 0, marked: 0, conflicts: 0, startedMono: c.now.mono, fromFence };
+  if (s.markingsInFlight >= s.cfg.maxMarkingsInFlight) {
+    s.markQueue.add(t.hostId);
     return true;
   }
-  planMarking(c, t, known);
+  startMarking(c, t);
   return true;
 }
 
-/** The listing of a lost-marking run came back. */
-export function markLostListed(c: Ctx, hostId: string, r: { readonly vms: readonly VmEntry[] } | { readonly error: CallError }): void {
-  const t = c.s.hosts.get(hostId);
-  if (!t?.marking) return;
-  if ('error' in r) {
-    if (!r.error.retryable) giveUp(c, t, 'mark-lost', r.error);
-    else {
-      log(c, 'warn', { hostId: t.hostId, err: r.error.message }, 'listing VMs to mark lost failed; retrying');
-      t.lostPending = true;
-      retryLater(c, t);
-    }
-    return endMarking(c, t);
-  }
-  planMarking(c, t, r.vms);
+function startMarking(c: Ctx, t: HostTrack): void {
+  c.s.markQueue.delete(t.hostId);
+  t.marking!.queued = false;
+  c.s.markingsInFlight++;
+  planMarking(c, t);
 }
 
-function planMarking(c: Ctx, t: HostTrack, vms: readonly VmEntry[]): void {
+function planMarking(c: Ctx, t: HostTrack): void {
   const m = t.marking!;
   const rec = t.record;
   if (!c.s.leader || rec?.state !== 'fenced' || t.revision === undefined) {
@@ -300,7 +388,7 @@ function planMarking(c: Ctx, t: HostTrack, vms: readonly VmEntry[]): void {
     return endMarking(c, t);
   }
   const limits = c.s.cfg.txnLimits;
-  const plan = vmsLostChanges({ hostId: t.hostId, record: rec, revision: t.revision, vms, nowWall: c.now.wall, by: 'controller', limits, leader: true });
+  const plan = vmsLostChanges({ hostId: t.hostId, record: rec, revision: t.revision, vms: vmsOnHost(c.s, t.hostId), nowWall: c.now.wall, by: 'controller', limits, leader: true });
   const reported = (t.oversizedReported ??= new Set());
   for (const key of plan.oversized) {
     if (reported.has(key)) continue;
@@ -311,7 +399,6 @@ function planMarking(c: Ctx, t: HostTrack, vms: readonly VmEntry[]): void {
       retryable: false,
     });
   }
-  m.listing = false;
   m.changes = plan.changes;
   markNext(c, t);
 }
@@ -345,8 +432,18 @@ export function markLostBatchDone(c: Ctx, hostId: string, ok: boolean): void {
 }
 
 function endMarking(c: Ctx, t: HostTrack): void {
-  const fromFence = t.marking?.fromFence === true;
+  const s = c.s;
+  const m = t.marking;
+  const fromFence = m?.fromFence === true;
   t.marking = undefined;
+  s.markQueue.delete(t.hostId);
+  if (m && !m.queued) s.markingsInFlight = Math.max(0, s.markingsInFlight - 1);
   completingDone(c, t.hostId);
   if (fromFence) requestSweep(c);
+  for (const id of [...s.markQueue]) {
+    if (s.markingsInFlight >= s.cfg.maxMarkingsInFlight) break;
+    const q = s.hosts.get(id);
+    if (q?.marking?.queued) startMarking(c, q);
+    else s.markQueue.delete(id);
+  }
 }

@@ -31,6 +31,7 @@ export function evaluateFreeze(c: Ctx): void {
   if (!s.leader || !s.synced) return;
   const records = [...s.hosts.values()].map((t) => t.record).filter((r): r is HostRecord => r !== undefined);
   const count = countDetached(records.map((r) => r.state));
+  s.detachedCount = count;
   const pool = records.filter((r) => r.state === 'attached' || r.state === 'ready' || r.state === 'detached');
   const window = pool.length > 0 ? Math.max(...pool.map((r) => effectiveFenceWindow(r.timings ?? DEFAULT_TIMINGS, s.cfg.fenceWindowOverride))) : DEFAULT_TIMINGS.fenceWindow;
   const nowMono = c.now.mono;

@@ -12,6 +12,7 @@ import { call, clearTimer, emitEvent, incarnationOf, log, rev, setTimer, track }
 import { armFence, completeFence, detach, disarm, forget } from './fence.js';
 import { evaluateFreeze, markFreezeDirty } from './freeze.js';
 import { requestSweep } from './sweep.js';
+import { indexHost } from './vm-view.js';
 import { stuck } from './writes.js';
 import type { CallError, Ctx, HostTrack, Now } from './types.js';
 
@@ -46,12 +47,14 @@ export function hostsListed(c: Ctx, r: { readonly snapshot: HostsSnapshot } | { 
       t.alive = h.alive;
       t.goneWall = t.goneMono = undefined;
     } else t.alive = undefined;
+    indexHost(s, t);
   }
   for (const t of s.hosts.values()) {
     if (present.has(t.hostId)) continue;
     setRecord(t, undefined, undefined);
     t.alive = undefined;
     t.recordSeen = t.aliveSeen = at;
+    indexHost(s, t);
   }
   s.watch = call(c, { op: 'watch-hosts', fromRevision: String(at + 1n) }, { for: 'watch' });
   s.synced = true;
@@ -119,6 +122,7 @@ export function hostEvent(c: Ctx, watch: number, e: HostWatchEvent, at: Now): vo
       log(c, 'info', { hostId: t.hostId }, 'host lease gone (alive key deleted)');
     }
   }
+  indexHost(s, t);
   if (!t.record && !t.alive) forget(c, t);
   else reconcile(c, t);
   if (!wasSchedulable && isSchedulable(t.record, t.alive !== undefined)) requestSweep(c);

@@ -11,6 +11,7 @@ import { NOT_FROZEN } from '../mass-freeze.js';
 import { call, clearTimer, emitEvent, log, setTimer } from './effects.js';
 import { observeTerm } from './raft-term.js';
 import { resync } from './host-view.js';
+import { dropVmCache, resyncVms } from './vm-view.js';
 import type { CallError, Ctx, Reply } from './types.js';
 
 /** Keepalive period of a leader lease of `ttlMs`: a third of it (at least 100 ms). */
@@ -44,6 +45,7 @@ export function campaignOutcome(c: Ctx, startedMono: number, r: Extract<Reply, {
   emitEvent(c, { kind: 'controller-elected', controllerId: s.cfg.controllerId, detail: `${s.cfg.controllerId} is the active controller` });
   call(c, { op: 'server-status' }, { for: 'server-status' });
   resync(c);
+  resyncVms(c);
   setTimer(c, 'gc', s.cfg.gcInterval);
 }
 
@@ -120,9 +122,15 @@ export function stepDown(c: Ctx, why: string): void {
   c.fx.push({ kind: 'leadership-dropped' });
   for (const key of [...s.timers.keys()]) clearTimer(c, key);
   c.fx.push({ kind: 'close-watch' });
+  c.fx.push({ kind: 'close-watch', which: 'vms' });
   s.watch = undefined;
   s.synced = false;
   s.hosts.clear();
+  dropVmCache(s);
+  s.fencesInFlight = 0;
+  s.fenceQueue.clear();
+  s.markingsInFlight = 0;
+  s.markQueue.clear();
   s.pending.clear();
   s.freeze = NOT_FROZEN;
   s.freezeResumeAtWall = undefined;

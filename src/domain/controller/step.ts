@@ -7,8 +7,10 @@
 import { DEFAULT_FREEZE_SHARE, NOT_FROZEN } from '../mass-freeze.js';
 import { DEFAULT_HOST_RECORD_TTL } from '../host-record-gc.js';
 import { DEFAULT_TXN_LIMITS } from '../cluster-change.js';
+import { TetherError } from '../errors.js';
+import { CapacityIndex } from '../placement-index.js';
 import { log } from './effects.js';
-import { detachOutcome, fenceCommitted, fenceDue, fenceListed, markLostBatchDone, markLostListed } from './fence.js';
+import { detachOutcome, drainFenceQueue, fenceCommitted, fenceDue, fenceRead, markLostBatchDone, resumeFences } from './fence.js';
 import { evaluateFreeze } from './freeze.js';
 import { hostEvent, hostsListed, reconcile, resync, watchBroke, watchFailed } from './host-view.js';
 import { campaign, campaignOutcome, keepaliveDue, keepaliveOutcome, leaderExpiryTimer, serverStatusOutcome } from './leadership.js';
@@ -16,7 +18,8 @@ import { stepDown } from './leadership.js';
 import { observeTerm } from './raft-term.js';
 import { gcTick, gcWritten, pruned } from './record-gc.js';
 import { publishStatus, scheduleStatus, statusPublished } from './status.js';
-import { sweepListed, sweepUids, sweepWritten } from './sweep.js';
+import { requestSweep, sweepChunk, sweepUids, sweepWritten } from './sweep.js';
+import { vmBatch, vmsListed, vmWatchBroke, vmWatchFailed, resyncVms } from './vm-view.js';
 import { writeOutcome } from './writes.js';
 import type { CallError, ControllerState, CoreConfig, Ctx, Effect, Input, Now, Pending, Reply } from './types.js';
 
@@ -48,6 +51,33 @@ export interface CoreOptions {
   readonly maxRetryDelay?: number;
   /** The store's txn limits (default etcd 3.4's). */
   readonly txnLimits?: CoreConfig['txnLimits'];
+  /** Fences in flight at once (default 32). */
+  readonly maxFencesInFlight?: number;
+  /** Lost-marking runs in flight at once (default 32). */
+  readonly maxMarkingsInFlight?: number;
+  /** Hosts fenced per second at most (default: no limit). */
+  readonly evictionRate?: number;
+  /** Hosts fenced per second while more than `slowEvictionShare` of at least `slowEvictionMinHosts` hosts are detached (default: no limit). */
+  readonly slowEvictionRate?: number;
+  /** Detached share above which the slower rate applies (default 0.3; the freeze stops everything above `freezeShare`). */
+  readonly slowEvictionShare?: number;
+  /** Smallest pool of hosts the slower rate applies to (default 50: a small cluster is not slowed down). */
+  readonly slowEvictionMinHosts?: number;
+  /** Fences the rate limit lets through at once (default 1). */
+  readonly evictionBurst?: number;
+  /** Items one step handles before yielding (default 2000). */
+  readonly chunkSize?: number;
+}
+
+/** Default of {@link CoreOptions.maxFencesInFlight}. */
+export const DEFAULT_MAX_FENCES_IN_FLIGHT = 32;
+
+function positive(field: string, v: number | undefined, dflt: number, integer = false): number {
+  const x = v ?? dflt;
+  if (!(x > 0) || Number.isNaN(x) || (integer && x !== Infinity && !Number.isInteger(x))) {
+    throw new TetherError('INVALID_ARGUMENT', `invalid controller ${field} ${String(v)}: must be ${integer ? 'a whole number' : 'a number'} > 0`, { details: { field } });
+  }
+  return x;
 }
 
 /** The configuration with its defaults (leader TTL rounded to whole seconds, at least 1 s). */
@@ -67,6 +97,14 @@ export function coreConfig(o: CoreOptions): CoreConfig {
     retryDelay: o.retryDelay ?? 1000,
     maxRetryDelay: o.maxRetryDelay ?? 30_000,
     txnLimits: o.txnLimits ?? DEFAULT_TXN_LIMITS,
+    maxFencesInFlight: positive('maxFencesInFlight', o.maxFencesInFlight, DEFAULT_MAX_FENCES_IN_FLIGHT, true),
+    maxMarkingsInFlight: positive('maxMarkingsInFlight', o.maxMarkingsInFlight, 32, true),
+    evictionRate: positive('evictionRate', o.evictionRate, Infinity),
+    slowEvictionRate: positive('slowEvictionRate', o.slowEvictionRate, Infinity),
+    slowEvictionShare: positive('slowEvictionShare', o.slowEvictionShare, 0.3),
+    slowEvictionMinHosts: positive('slowEvictionMinHosts', o.slowEvictionMinHosts, 50, true),
+    evictionBurst: positive('evictionBurst', o.evictionBurst, 1, true),
+    chunkSize: positive('chunkSize', o.chunkSize, 2000, true),
   };
 }
 
@@ -84,7 +122,23 @@ export function initialState(cfg: CoreConfig): ControllerState {
     lastAckMono: 0,
     synced: false,
     hosts: new Map(),
+    vmsSynced: false,
+    vms: new Map(),
+    vmsByHost: new Map(),
+    unplaced: new Set(),
+    vmTombs: new Map(),
+    vmsRev: 0n,
+    capacity: new CapacityIndex(),
+    capSeen: new Map(),
+    reserved: new Map(),
+    fencesInFlight: 0,
+    fenceQueue: new Set(),
+    markingsInFlight: 0,
+    markQueue: new Set(),
+    evictTokens: cfg.evictionBurst,
+    evictAtMono: 0,
     freeze: NOT_FROZEN,
+    detachedCount: { detached: 0, total: 0 },
     freezeDirty: false,
     sweepQueued: false,
     detachesInFlight: 0,
@@ -119,7 +173,10 @@ function dispatch(c: Ctx, i: Input): void {
       return observeTerm(c, i.term, i.at.mono);
     case 'host-event':
       return hostEvent(c, i.watch, i.event, i.at);
+    case 'vm-batch':
+      return vmBatch(c, i.watch, i.batch);
     case 'watch-error':
+      if (vmWatchBroke(c, i.watch, i.message)) return;
       return watchBroke(c, i.watch, i.message);
     case 'reply':
     case 'failed': {
@@ -143,6 +200,14 @@ function timerFired(c: Ctx, key: string): void {
       return gcTick(c);
     case 'resync':
       return resync(c);
+    case 'vms-resync':
+      return resyncVms(c);
+    case 'evict':
+      return drainFenceQueue(c);
+    case 'sweep-chunk':
+      return sweepChunk(c);
+    case 'sweep-retry':
+      return requestSweep(c);
     case 'status':
       return publishStatus(c);
     case 'freeze-check':
@@ -189,12 +254,15 @@ function outcome(c: Ctx, p: Pending, o: Outcome, raftTerm: number | undefined): 
       return pruned(c, as(o, 'prune-events'));
     case 'detach':
       return detachOutcome(c, p, as(o, 'commit'));
-    case 'fence-list':
-      return fenceListed(c, p, raftTerm, as(o, 'list-vms'));
-    case 'mark-lost-list':
-      return markLostListed(c, p.hostId, as(o, 'list-vms'));
-    case 'sweep-list':
-      return sweepListed(c, as(o, 'list-vms'));
+    case 'fence-read':
+      return fenceRead(c, p, raftTerm, as(o, 'get-host'));
+    case 'list-vms': {
+      const r = as(o, 'list-vms');
+      return vmsListed(c, 'error' in r ? r : { vms: r.vms, revision: r.revision }, resumeFences);
+    }
+    case 'watch-vms':
+      if ('error' in o) return vmWatchFailed(c, o.error);
+      return;
     case 'sweep-uids': {
       const r = as(o, 'new-uids');
       return sweepUids(c, 'error' in r ? [] : r.uids);

@@ -15,8 +15,9 @@ import type { ClusterChange, Revision, TxnLimits, VmEntry } from '../cluster-cha
 import type { ClusterEventBody } from '../cluster-event.js';
 import type { TermChange } from '../fence-window.js';
 import type { HostRecord } from '../host-record.js';
-import type { FreezeState } from '../mass-freeze.js';
-import type { AliveInfo, ControllerFailure, ControllerStatus, HostsSnapshot, HostWatchEvent } from '../../ports/controller-store.js';
+import type { DetachedCount, FreezeState } from '../mass-freeze.js';
+import type { CapacityIndex } from '../placement-index.js';
+import type { AliveInfo, ControllerFailure, ControllerStatus, HostEntry, HostsSnapshot, HostWatchEvent, VmWatchBatch } from '../../ports/controller-store.js';
 
 /** Both time bases at one instant: wall ms (records, display) and monotonic ms (every deadline). */
 export interface Now {
@@ -41,6 +42,20 @@ export interface CoreConfig {
   readonly maxRetryDelay: number;
   /** The store's txn limits (every change the core builds fits them). */
   readonly txnLimits: TxnLimits;
+  /** Fences (pre-fence read + fence txn) in flight at once; the others wait their turn. */
+  readonly maxFencesInFlight: number;
+  /** Lost-marking runs (one txn in flight each) at once; the others wait their turn. */
+  readonly maxMarkingsInFlight: number;
+  /** Hosts fenced per second at most (token bucket of {@link evictionBurst}); `Infinity`: no limit. */
+  readonly evictionRate: number;
+  /** The slower rate while more than {@link slowEvictionShare} of a pool of at least {@link slowEvictionMinHosts} hosts is detached. */
+  readonly slowEvictionRate: number;
+  readonly slowEvictionShare: number;
+  readonly slowEvictionMinHosts: number;
+  /** Fences allowed at once by the rate limit (bucket size). */
+  readonly evictionBurst: number;
+  /** Work items (hosts, VMs) one step handles before yielding to other inputs through a zero-delay timer. */
+  readonly chunkSize: number;
 }
 
 /** A failed store call as the core sees it: the error's stable code, message and whether retrying may help. */
@@ -57,7 +72,9 @@ export type Reply =
   | { readonly op: 'server-status'; readonly version: string; readonly raftTerm: number }
   | { readonly op: 'list-hosts'; readonly snapshot: HostsSnapshot }
   | { readonly op: 'watch-hosts' }
-  | { readonly op: 'list-vms'; readonly vms: readonly VmEntry[] }
+  | { readonly op: 'list-vms'; readonly vms: readonly VmEntry[]; readonly revision: Revision }
+  | { readonly op: 'watch-vms' }
+  | { readonly op: 'get-host'; readonly host: HostEntry }
   | { readonly op: 'commit'; readonly result: { readonly ok: true; readonly revision: Revision } | { readonly ok: false; readonly reason: 'conflict' | 'not-leader' } }
   | { readonly op: 'prune-events'; readonly deleted: number }
   | { readonly op: 'put-status' }
@@ -74,6 +91,8 @@ export type Input = (
   | { readonly kind: 'failed'; readonly req: number; readonly error: CallError }
   /** A change under `hosts/` from watch `watch`, observed at `at`. */
   | { readonly kind: 'host-event'; readonly watch: number; readonly event: HostWatchEvent; readonly at: Now }
+  /** The changes under `vms/` of one watch response of watch `watch` (see {@link VmWatchBatch}). */
+  | { readonly kind: 'vm-batch'; readonly watch: number; readonly batch: VmWatchBatch }
   | { readonly kind: 'watch-error'; readonly watch: number; readonly message: string }
   /** A response header showed a raft term never seen before, at `at`. */
   | { readonly kind: 'raft-term'; readonly term: number; readonly at: Now }
@@ -87,7 +106,12 @@ export type Call =
   | { readonly op: 'list-hosts' }
   /** Closes any previous host watch, then watches from `fromRevision`; its events carry `watch: req`. */
   | { readonly op: 'watch-hosts'; readonly fromRevision: Revision }
+  /** Every VM record at one revision (the VM cache's listing). */
   | { readonly op: 'list-vms' }
+  /** Closes any previous VM watch, then watches `vms/` from `fromRevision`; its batches carry `watch: req`. */
+  | { readonly op: 'watch-vms'; readonly fromRevision: Revision }
+  /** One host's record and `alive` key (constant size: the read before a fence, for its raft term). */
+  | { readonly op: 'get-host'; readonly hostId: string }
   /** One txn, guarded by this replica's leadership (the runner adds it). */
   | { readonly op: 'commit'; readonly change: ClusterChange }
   | { readonly op: 'prune-events'; readonly keep: number }
@@ -103,16 +127,16 @@ export type Effect =
   | ({ readonly kind: 'call'; readonly req: number; readonly deadlineMs: number } & { readonly call: Call })
   | { readonly kind: 'set-timer'; readonly key: string; readonly id: number; readonly delayMs: number }
   | { readonly kind: 'clear-timer'; readonly key: string }
-  /** Stops the host watch (its later events are ignored anyway: they carry an old watch id). */
-  | { readonly kind: 'close-watch' }
+  /** Stops the host watch, or the VM watch (its later events are ignored anyway: they carry an old watch id). */
+  | { readonly kind: 'close-watch'; readonly which?: 'hosts' | 'vms' }
   /** This replica no longer leads: forget the leadership token (never resign with it). */
   | { readonly kind: 'leadership-dropped' }
   | { readonly kind: 'log'; readonly level: LogLevel; readonly fields: Readonly<Record<string, unknown>>; readonly msg: string };
 
 /** The lost-marking of one fenced host's VMs in progress: batches committed one after the other. */
 export interface MarkLostRun {
-  /** The VM listing is in flight (no batch planned yet). */
-  listing: boolean;
+  /** Waiting for a free slot ({@link CoreConfig.maxMarkingsInFlight}); no batch planned yet. */
+  queued: boolean;
   changes: readonly ClusterChange[];
   next: number;
   marked: number;
@@ -157,7 +181,7 @@ export interface HostTrack {
   blockedReported?: string;
   /** A detach txn for this host is in flight. */
   detaching?: boolean;
-  /** A fence (VM listing, then the fence txn) for this incarnation is in flight. */
+  /** A fence (the pre-fence read, then the fence txn) for this incarnation is in flight. */
   fencing?: string;
   /** Lost-marking of its VMs in progress. */
   marking?: MarkLostRun;
@@ -170,14 +194,23 @@ export interface SweepWrite {
   readonly change?: ClusterChange;
   /** Host whose current revision replaces the change's guard when the write is issued. */
   readonly guardHost?: string;
-  /** A placement, built when issued (the target's current revision, the next fresh uid). */
-  readonly place?: { readonly vm: VmEntry; readonly placement: { readonly key: string; readonly hostId: string; readonly hostEpoch: number }; readonly uidIndex: number };
+  /** Placements, batched into one txn when issued (each target's current revision, fresh uids). */
+  readonly place?: readonly { readonly vm: VmEntry; readonly placement: { readonly key: string; readonly hostId: string; readonly hostEpoch: number }; readonly uidIndex: number }[];
 }
 
 /** The reschedule sweep in progress. */
 export interface SweepRun {
-  phase: 'list-fenced' | 'completing' | 'list-stale' | 'stale' | 'list-place' | 'uids' | 'writes';
-  vms: readonly VmEntry[];
+  phase: 'completing' | 'stale' | 'uids' | 'writes' | 'yield';
+  /** Where a yielded sweep goes on (see {@link CoreConfig.chunkSize}). */
+  resume?: 'stale' | 'place';
+  /** Progress of a chunked pass (index into its list). */
+  cursor: number;
+  /** Keys of the VMs to place or note, taken when the placement pass starts. */
+  todo: string[];
+  /** Some write of this sweep lost a race or failed: another sweep follows after `retryDelay`. */
+  failed: boolean;
+  /** What the placement pass decided so far (batched into writes when the pass ends). */
+  acc?: { readonly keep: ClusterChange[]; readonly pending: ClusterChange[]; readonly placed: { readonly item: NonNullable<SweepWrite['place']>[number]; readonly size: ClusterChange }[] };
   /** Hosts whose lost-marking the sweep waits for (phase `completing`). */
   waiting: Set<string>;
   writes: SweepWrite[];
@@ -197,16 +230,16 @@ export type Pending =
   | { readonly for: 'status'; readonly sig: string }
   | { readonly for: 'prune' }
   | { readonly for: 'detach'; readonly hostId: string; readonly next: HostRecord; readonly obsWall: number; readonly obsMono: number; readonly termExtended: boolean }
-  | { readonly for: 'fence-list'; readonly hostId: string; readonly incarnation: string }
-  | { readonly for: 'mark-lost-list'; readonly hostId: string; readonly fromFence: boolean }
-  | { readonly for: 'sweep-list' }
+  | { readonly for: 'fence-read'; readonly hostId: string; readonly incarnation: string }
+  | { readonly for: 'list-vms' }
+  | { readonly for: 'watch-vms' }
   | { readonly for: 'sweep-uids' }
   | { readonly for: 'write'; readonly hostId?: string; readonly action: string; readonly retry: boolean; readonly change: ClusterChange; readonly then: Then };
 
 /** How a write's outcome continues (see `writes.ts`). */
 export type Then =
   | { readonly k: 'none' }
-  | { readonly k: 'fence'; readonly hostId: string; readonly vms: readonly VmEntry[]; readonly pending: number; readonly lateMs: number; readonly epoch: number }
+  | { readonly k: 'fence'; readonly hostId: string; readonly pending: number; readonly lateMs: number; readonly epoch: number }
   | { readonly k: 'mark-lost'; readonly hostId: string }
   | { readonly k: 'sweep' }
   | { readonly k: 'gc'; readonly hostId: string; readonly action: 'retire' | 'remove' };
@@ -238,7 +271,36 @@ export interface ControllerState {
   watch?: number;
   readonly hosts: Map<string, HostTrack>;
 
+  /** The VM cache (listed at one revision, then watched): every VM record that passes the codec, by key. */
+  vmsSynced: boolean;
+  vmWatch?: number;
+  readonly vms: Map<string, VmEntry>;
+  /** Keys of the cached VMs by `hostId`. */
+  readonly vmsByHost: Map<string, Set<string>>;
+  /** Keys of cached VMs the sweep acts on: `lost`, or `pending` without a host. */
+  readonly unplaced: Set<string>;
+  /** VM keys this replica deleted, with the delete's revision (older watch events for them are ignored). */
+  readonly vmTombs: Map<string, bigint>;
+  /** The cache holds every change under `vms/` up to this revision (the listing's, then each watch batch's). */
+  vmsRev: bigint;
+  /** Used capacity per host and the schedulable hosts in placement order (kept with the caches). */
+  capacity: CapacityIndex;
+  /** Per host: this replica's own capacity-guarded placement onto it committed at this revision. */
+  readonly capSeen: Map<string, bigint>;
+  /** Capacity reserved by placements decided but not yet seen committed, by VM key. */
+  readonly reserved: Map<string, { readonly hostId: string; readonly vcpu: number; readonly memoryMb: number }>;
+
+  fencesInFlight: number;
+  readonly fenceQueue: Set<string>;
+  markingsInFlight: number;
+  readonly markQueue: Set<string>;
+  /** Eviction rate limit: tokens in the bucket at `evictAtMono`. */
+  evictTokens: number;
+  evictAtMono: number;
+
   freeze: FreezeState;
+  /** Detached hosts out of the pool at the last freeze evaluation (also what the slower eviction rate looks at). */
+  detachedCount: DetachedCount;
   freezeResumeAtWall?: number;
   /** Host states changed since the freeze was last evaluated. */
   freezeDirty: boolean;

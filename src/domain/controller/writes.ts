@@ -6,6 +6,7 @@
  */
 import type { ClusterChange } from '../cluster-change.js';
 import { call, emitEvent, log, retryTimerKey, rev, setTimer, timerSet } from './effects.js';
+import { applyVm, indexHost } from './vm-view.js';
 import type { CallError, Ctx, HostTrack, Reply, Then } from './types.js';
 
 /** Non-retryable failures kept for the status document. */
@@ -40,13 +41,18 @@ export function writeOutcome(
   }
   const res = outcome.reply.result;
   if (res.ok) {
+    const at = rev(res.revision);
     for (const h of p.change.hosts ?? []) {
       const w = c.s.hosts.get(h.hostId);
       if (!w) continue;
       w.record = h.next ?? undefined;
       w.revision = h.next ? res.revision : undefined;
-      w.recordSeen = rev(res.revision);
+      w.recordSeen = at;
+      indexHost(c.s, w);
     }
+    // the VM cache holds this replica's own writes at once (the watch's copies of them are then ignored)
+    if (c.s.vmsSynced) for (const v of p.change.vms ?? []) applyVm(c.s, v.key, v.next ? { key: v.key, record: v.next, revision: res.revision } : undefined, at);
+    for (const g of p.change.capacityGuards ?? []) if (at > (c.s.capSeen.get(g.hostId) ?? 0n)) c.s.capSeen.set(g.hostId, at);
     if (t) t.attempts = 0;
     return true;
   }
