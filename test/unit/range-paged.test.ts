@@ -181,11 +181,18 @@ describe('KvControllerStore lists past the 4 MiB receive limit (etcd model)', ()
         ops.push({ op: 'put' as const, key: `/tether/vms/ns/vm${j}`, value: JSON.stringify(record) });
       }
       await w.txn({ compare: [], success: ops }, DL);
+      const events = [];
+      for (let j = i; j < i + 50; j++) {
+        const at = 1_700_000_000_000 + j;
+        const key = `/tether/events/${String(at).padStart(15, '0')}-${j.toString(16).padStart(8, '0')}`;
+        events.push({ op: 'put' as const, key, value: JSON.stringify({ kind: 'host-hold-changed', hostId: 'h1', hold: true, at, detail: big(j) }) });
+      }
+      await w.txn({ compare: [], success: events }, DL);
     }
     return { clock, model, store, w };
   }
 
-  it('an unpaged read of vms/ fails as on grpc-js; listHosts, getHost, listVms and scanVms page and return everything', async () => {
+  it('an unpaged read of vms/ or events/ fails as on grpc-js; listHosts, getHost, listVms, scanVms, listEvents and pruneEvents page and return everything', async () => {
     const { model, store } = await bigCluster();
     await expectCode(model.client('raw').range({ key: '/tether/vms/', prefix: true }, DL), 'RESOURCE_EXHAUSTED');
     const hosts = await store.listHosts(DL);
@@ -197,5 +204,9 @@ describe('KvControllerStore lists past the 4 MiB receive limit (etcd model)', ()
     const scan = await store.scanVms(DL);
     expect(scan.entries).toHaveLength(700);
     expect(scan.invalid).toEqual([]);
+    await expectCode(model.client('raw').range({ key: '/tether/events/', prefix: true }, DL), 'RESOURCE_EXHAUSTED');
+    expect((await store.listEvents(700, DL)).events).toHaveLength(700);
+    expect((await store.listEvents(5, DL)).events.map((e) => e.event.at)).toEqual([695, 696, 697, 698, 699].map((j) => 1_700_000_000_000 + j));
+    expect(await store.pruneEvents(10, DL)).toBe(690);
   });
 });
