@@ -35,6 +35,12 @@ export const ETCD_CLIENT_MAX_RECV_BYTES = 32 * 1024 * 1024;
 /** Keys per page of a paged prefix read (see the module doc for why 200). */
 export const DEFAULT_PAGE_SIZE = 200;
 
+/**
+ * Keys per page of a keys-only read: a Tether key is under 300 bytes (ids of at most 63 characters),
+ * so 2000 keys stay under 1 MiB.
+ */
+export const DEFAULT_KEYS_PAGE_SIZE = 2000;
+
 /** Largest VM record (UTF-8 bytes of its stored JSON) that writers may produce; see the module doc. */
 export const VM_RECORD_MAX_BYTES = 128 * 1024;
 

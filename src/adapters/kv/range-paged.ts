@@ -3,7 +3,7 @@
  * through {@link rangePaged}, so no single etcd reply grows with the cluster.
  */
 import { TetherError } from '../../domain/errors.js';
-import { DEFAULT_PAGE_SIZE } from '../../domain/kv-read-limits.js';
+import { DEFAULT_KEYS_PAGE_SIZE, DEFAULT_PAGE_SIZE } from '../../domain/kv-read-limits.js';
 import type { Clock } from '../../ports/clock.js';
 import type { Kv, KvEntry, KvHeader } from '../../ports/kv.js';
 
@@ -15,7 +15,7 @@ export interface PagedRange {
 
 /** Options of {@link rangePaged}. */
 export interface RangePagedOptions {
-  /** Keys per page (default {@link DEFAULT_PAGE_SIZE}, 200); halved while a reply is too large. */
+  /** Keys per page (default {@link DEFAULT_PAGE_SIZE}, 200; keys only: {@link DEFAULT_KEYS_PAGE_SIZE}, 2000); halved while a reply is too large. */
   readonly pageSize?: number;
   /** Keys only (values empty). */
   readonly keysOnly?: boolean;
@@ -93,7 +93,7 @@ export async function rangePaged(kv: Kv, range: PagedRange, opts: RangePagedOpti
     opts.onPage?.(res.header, res.kvs.length);
     return { revision: opts.revision || res.header.revision, header: res.header, kvs: [...res.kvs], pages: 1 };
   }
-  const pageSize = Math.max(1, Math.floor(opts.pageSize ?? DEFAULT_PAGE_SIZE));
+  const pageSize = Math.max(1, Math.floor(opts.pageSize ?? (opts.keysOnly ? DEFAULT_KEYS_PAGE_SIZE : DEFAULT_PAGE_SIZE)));
   let pages = 0;
   for (let restart = 0; ; restart++) {
     let revision = opts.revision && opts.revision > 0 ? opts.revision : 0;
