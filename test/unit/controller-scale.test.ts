@@ -17,7 +17,7 @@ import { placeVms, type SchedulableHost } from '../../src/domain/placement.js';
 import type { Controller } from '../../src/controller/controller.js';
 import type { Change, CommitResult } from '../../src/ports/controller-store.js';
 import { Sim, spec, T } from '../support/controller-sim.js';
-import { calls, Driver, entry, ok, ops, timersSet } from '../support/controller-step.js';
+import { calls, Driver, entry, ok, ops, timersSet, vm } from '../support/controller-step.js';
 import { ModelControllerStore } from '../support/model-cluster.js';
 
 let sim: Sim | undefined;
@@ -286,5 +286,52 @@ describe('capacity index', () => {
       });
       expect(got).toEqual(want);
     }
+  });
+});
+
+describe('long work is chunked (the core yields through zero-delay timers)', () => {
+  const many = (n: number, over: Partial<ClusterVmRecord> = {}) => Array.from({ length: n }, (_, i) => vm(`v${String(i).padStart(3, '0')}`, { hostId: 'b', ...over }));
+
+  it('a VM listing is loaded 10 x chunkSize records per step; the watch starts after the last chunk', () => {
+    const d = new Driver({ chunkSize: 1 });
+    d.input({ kind: 'raft-term', term: 5, at: d.now });
+    const fx = d.reply(calls(d.input({ kind: 'start' }), 'campaign')[0]!.req, { op: 'campaign', won: true, ttlMs: 3000 });
+    d.reply(calls(fx, 'list-hosts')[0]!.req, { op: 'list-hosts', snapshot: { revision: '100', hosts: [entry('b', { capacity: { vcpu: 64, memoryMb: 65536 } }), entry('c')] } });
+    const first = d.reply(calls(fx, 'list-vms')[0]!.req, { op: 'list-vms', vms: many(25), revision: '100' });
+    expect(timersSet(first)).toContain('vms-load@0');
+    expect(calls(first, 'watch-vms')).toEqual([]);
+    expect(d.s.vms.size).toBe(10);
+    expect(calls(d.fire('vms-load'), 'watch-vms')).toEqual([]);
+    const last = d.fire('vms-load');
+    expect(calls(last, 'watch-vms')).toHaveLength(1);
+    expect(d.s.vms.size).toBe(25);
+    expect(d.s.capacity.used('b')).toEqual({ vcpu: 25, memoryMb: 25 * 128 });
+  });
+
+  it('the placement pass considers chunkSize VMs per step, then yields; the placements are batched when it ends', () => {
+    const d = new Driver({ chunkSize: 4 });
+    d.leading([entry('a', { state: 'fenced' }, { alive: false }), entry('b', { capacity: { vcpu: 64, memoryMb: 65536 } }), entry('c', { capacity: { vcpu: 64, memoryMb: 65536 } })], undefined, many(10, { hostId: 'a', phase: 'lost' }));
+    expect(timersSet(d.lastSweep)).toContain('sweep-chunk@0');
+    expect(calls(d.fire('sweep-chunk'), 'new-uids')).toEqual([]);
+    const uids = calls(d.fire('sweep-chunk'), 'new-uids')[0]!;
+    expect(uids.call).toEqual({ op: 'new-uids', count: 10 });
+    const fx = d.reply(uids.req, { op: 'new-uids', uids: Array.from({ length: 10 }, (_, i) => `U${i}`) });
+    const commits = calls(fx, 'commit');
+    expect(commits).toHaveLength(1);
+    expect(commits[0]!.call.op === 'commit' ? commits[0]!.call.change.vms : []).toHaveLength(10);
+  });
+});
+
+describe('tether controller: fleet settings', () => {
+  it('defaults are safe (no rate limit, 32 fences in flight); bad values are refused naming the setting', async () => {
+    const { CONTROLLER_SCHEMA, toControllerConfig } = await import('../../src/cli/commands/controller.js');
+    const { resolveConfig } = await import('../../src/cli/config-schema.js');
+    const cfg = (o: Record<string, string>) => toControllerConfig(resolveConfig(CONTROLLER_SCHEMA, { etcdEndpoints: 'http://127.0.0.1:2379', ...o }, {}));
+    expect(cfg({})).toMatchObject({ maxFencesInFlight: 32, evictionRate: Infinity, slowEvictionRate: Infinity, slowEvictionShare: 0.3, slowEvictionMinHosts: 50 });
+    expect(cfg({ evictionRate: '10', slowEvictionRate: '0.1', slowEvictionShare: '25%' })).toMatchObject({ evictionRate: 10, slowEvictionRate: 0.1, slowEvictionShare: 0.25 });
+    expect(() => cfg({ evictionRate: '0' })).toThrow(/evictionRate/);
+    expect(() => cfg({ slowEvictionRate: 'fast' })).toThrow(/slowEvictionRate/);
+    expect(() => cfg({ slowEvictionShare: '150%' })).toThrow(/slowEvictionShare/);
+    expect(() => cfg({ maxFencesInFlight: '0' })).toThrow(/maxFencesInFlight/);
   });
 });

@@ -25,6 +25,14 @@ export interface ControllerConfig {
   readonly fenceWindowOverride: number;
   readonly leaderTtl: number;
   readonly eventRetention: number;
+  /** Fences in flight at once (issue 9). */
+  readonly maxFencesInFlight: number;
+  /** Hosts fenced per second at most (`Infinity`: no limit, the default). */
+  readonly evictionRate: number;
+  /** The slower rate above `slowEvictionShare` of at least `slowEvictionMinHosts` hosts detached (`Infinity`: off, the default). */
+  readonly slowEvictionRate: number;
+  readonly slowEvictionShare: number;
+  readonly slowEvictionMinHosts: number;
   readonly logLevel: string;
 }
 
@@ -39,19 +47,39 @@ export const CONTROLLER_SCHEMA: readonly ConfigKey[] = [
   { key: 'fenceWindowOverride', type: 'duration', default: 0, description: "lengthen every host's published fence window to this (0: as published; never shortens)" },
   { key: 'leaderTtl', type: 'duration', default: 5000, description: 'leader lease TTL (whole seconds); a crashed leader is replaced after it' },
   { key: 'eventRetention', type: 'int', default: 1000, description: 'events kept in etcd' },
+  { key: 'maxFencesInFlight', type: 'int', default: 32, description: 'fences (a host read + the fence txn) in flight at once; the others wait their turn' },
+  { key: 'evictionRate', type: 'string', default: 'off', description: 'hosts fenced per second at most (e.g. 10 or 0.5), or off' },
+  { key: 'slowEvictionRate', type: 'string', default: 'off', description: 'the slower rate while more than slowEvictionShare of the hosts is detached (e.g. 0.1), or off' },
+  { key: 'slowEvictionShare', type: 'string', default: '30%', description: 'detached share above which slowEvictionRate applies (below freezeShare, where nothing is fenced)' },
+  { key: 'slowEvictionMinHosts', type: 'int', default: 50, description: 'clusters smaller than this never use slowEvictionRate' },
   { key: 'logLevel', type: { oneOf: ['debug', 'info', 'warn', 'error'] }, default: 'info', description: 'log level' },
 ];
 
+/** Parses `off` (no limit: Infinity) or a positive number of hosts per second; refuses anything else, naming `field`. */
+export function parseRate(text: string, field: string): number {
+  const s = text.trim();
+  if (s === 'off') return Infinity;
+  const n = Number(s);
+  if (s === '' || !Number.isFinite(n) || n <= 0) throw new TetherError('INVALID_ARGUMENT', `invalid ${field} "${text}": give hosts per second > 0 (e.g. 10 or 0.5), or off`, { details: { field } });
+  return n;
+}
+
 /** Parses `55%`, `0.55` or `55` into 0.55; refuses values outside (0, 1]. */
-export function parseShare(text: string): number {
+export function parseShare(text: string, field = 'freezeShare'): number {
   const s = text.trim();
   const pct = s.endsWith('%');
   const n = Number(pct ? s.slice(0, -1) : s);
   const share = pct || n > 1 ? n / 100 : n;
   if (!Number.isFinite(share) || share <= 0 || share > 1) {
-    throw new TetherError('INVALID_ARGUMENT', `invalid freezeShare "${text}": give a share of hosts such as 55% or 0.55 (0 < share <= 100%)`, { details: { field: 'freezeShare' } });
+    throw new TetherError('INVALID_ARGUMENT', `invalid ${field} "${text}": give a share of hosts such as 55% or 0.55 (0 < share <= 100%)`, { details: { field } });
   }
   return share;
+}
+
+function positiveInt(v: unknown, field: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new TetherError('INVALID_ARGUMENT', `invalid ${field} ${String(v)}: a whole number >= 1`, { details: { field } });
+  return n;
 }
 
 /** Typed view of resolved values; requires etcd endpoints and a whole-second leader TTL. */
@@ -70,6 +98,11 @@ export function toControllerConfig(v: ConfigValues): ControllerConfig {
     fenceWindowOverride: Number(v.fenceWindowOverride),
     leaderTtl,
     eventRetention: Number(v.eventRetention),
+    maxFencesInFlight: positiveInt(v.maxFencesInFlight, 'maxFencesInFlight'),
+    evictionRate: parseRate(String(v.evictionRate), 'evictionRate'),
+    slowEvictionRate: parseRate(String(v.slowEvictionRate), 'slowEvictionRate'),
+    slowEvictionShare: parseShare(String(v.slowEvictionShare), 'slowEvictionShare'),
+    slowEvictionMinHosts: positiveInt(v.slowEvictionMinHosts, 'slowEvictionMinHosts'),
     logLevel: String(v.logLevel),
   };
 }
@@ -91,6 +124,11 @@ export async function runController(cfg: ControllerConfig): Promise<void> {
     fenceWindowOverride: cfg.fenceWindowOverride > 0 ? cfg.fenceWindowOverride : undefined,
     leaderTtl: cfg.leaderTtl,
     eventRetention: cfg.eventRetention,
+    maxFencesInFlight: cfg.maxFencesInFlight,
+    evictionRate: cfg.evictionRate,
+    slowEvictionRate: cfg.slowEvictionRate,
+    slowEvictionShare: cfg.slowEvictionShare,
+    slowEvictionMinHosts: cfg.slowEvictionMinHosts,
   });
   let stopping = false;
   const shutdown = async (signal: string) => {

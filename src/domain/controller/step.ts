@@ -19,7 +19,7 @@ import { observeTerm } from './raft-term.js';
 import { gcTick, gcWritten, pruned } from './record-gc.js';
 import { publishStatus, scheduleStatus, statusPublished } from './status.js';
 import { requestSweep, sweepChunk, sweepUids, sweepWritten } from './sweep.js';
-import { vmBatch, vmsListed, vmWatchBroke, vmWatchFailed, resyncVms } from './vm-view.js';
+import { vmBatch, vmsListed, vmsLoad, vmWatchBroke, vmWatchFailed, resyncVms } from './vm-view.js';
 import { writeOutcome } from './writes.js';
 import type { CallError, ControllerState, CoreConfig, Ctx, Effect, Input, Now, Pending, Reply } from './types.js';
 
@@ -202,6 +202,8 @@ function timerFired(c: Ctx, key: string): void {
       return resync(c);
     case 'vms-resync':
       return resyncVms(c);
+    case 'vms-load':
+      return vmsLoad(c, resumeFences);
     case 'evict':
       return drainFenceQueue(c);
     case 'sweep-chunk':

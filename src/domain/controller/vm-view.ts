@@ -24,7 +24,9 @@ import type { CallError, ControllerState, Ctx, HostTrack } from './types.js';
 /** Lists every VM, then watches `vms/` from just after the listing (also after a watch error). */
 export function resyncVms(c: Ctx): void {
   clearTimer(c, 'vms-resync');
+  clearTimer(c, 'vms-load');
   const s = c.s;
+  s.vmLoad = undefined;
   if (!s.leader) return;
   c.fx.push({ kind: 'close-watch', which: 'vms' });
   s.vmWatch = undefined;
@@ -86,7 +88,14 @@ export function applyVm(s: ControllerState, key: string, entry: VmEntry | undefi
   return true;
 }
 
-/** Outcome of the listing: the cache replaced, the watch started from just after it. */
+/** Records loaded into the cache per step (10 x `chunkSize`: each is a few map updates). */
+const loadPerStep = (s: ControllerState): number => 10 * s.cfg.chunkSize;
+
+/**
+ * Outcome of the listing: the cache replaced — in steps of {@link loadPerStep} records with a
+ * zero-delay timer between them (`vms-load`), so a listing of 200,000 VMs never holds the leader's
+ * keepalive back — then the watch started from just after it.
+ */
 export function vmsListed(c: Ctx, r: { readonly vms: readonly VmEntry[]; readonly revision: string } | { readonly error: CallError }, resumeFences: (c: Ctx) => void): void {
   const s = c.s;
   if (!s.leader) return;
@@ -102,12 +111,27 @@ export function vmsListed(c: Ctx, r: { readonly vms: readonly VmEntry[]; readonl
   s.reserved.clear();
   // Bulk load: usage first (no tree work), then the schedulable hosts (one insert each).
   s.capacity = new CapacityIndex();
-  for (const v of r.vms) index(s, v);
+  s.vmLoad = { vms: r.vms, revision: r.revision, next: 0 };
+  vmsLoad(c, resumeFences);
+}
+
+/** The next step of a listing's load (see {@link vmsListed}). */
+export function vmsLoad(c: Ctx, resumeFences: (c: Ctx) => void): void {
+  const s = c.s;
+  const l = s.vmLoad;
+  if (!l || !s.leader) return;
+  const end = Math.min(l.vms.length, l.next + loadPerStep(s));
+  for (; l.next < end; l.next++) index(s, l.vms[l.next]!);
+  if (l.next < l.vms.length) {
+    setTimer(c, 'vms-load', 0);
+    return;
+  }
+  s.vmLoad = undefined;
   for (const t of s.hosts.values()) indexHost(s, t);
-  s.vmsRev = rev(r.revision);
+  s.vmsRev = rev(l.revision);
   s.vmsSynced = true;
   s.vmWatch = call(c, { op: 'watch-vms', fromRevision: String(s.vmsRev + 1n) }, { for: 'watch-vms' });
-  log(c, 'info', { vms: s.vms.size, revision: r.revision }, 'VM cache synced');
+  log(c, 'info', { vms: s.vms.size, revision: l.revision }, 'VM cache synced');
   resumeFences(c);
 }
 
@@ -156,6 +180,7 @@ export function vmsOnHost(s: ControllerState, hostId: string): VmEntry[] {
 /** Forgets the cache (step-down). */
 export function dropVmCache(s: ControllerState): void {
   s.vmsSynced = false;
+  s.vmLoad = undefined;
   s.vmWatch = undefined;
   s.vms.clear();
   s.vmsByHost.clear();
