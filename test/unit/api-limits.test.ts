@@ -14,16 +14,19 @@ import type { MicroVmService } from '../../src/ports/microvm-service.js';
 
 class RecordingService implements MicroVmService {
   created: VmSpec[] = [];
+  records: VmRecord[] = [];
   async create(spec: VmSpec): Promise<VmRecord> {
     this.created.push(spec);
-    return { uid: randomBytes(16).toString('hex'), spec, phase: 'pending', createdAt: 1, updatedAt: 1, generation: 1, nics: [] };
+    const r: VmRecord = { uid: randomBytes(16).toString('hex'), spec, phase: 'pending', createdAt: 1, updatedAt: 1, generation: 1, nics: [] };
+    this.records.push(r);
+    return r;
   }
   async delete(): Promise<void> {}
   async get(uid: string): Promise<VmRecord> {
     throw new TetherError('NOT_FOUND', `microvm ${uid} not found`);
   }
   async list(): Promise<VmRecord[]> {
-    return [];
+    return this.records;
   }
 }
 
@@ -62,4 +65,23 @@ describe('CreateMicroVM size limits over gRPC', () => {
       await server.close();
     }
   });
+});
+
+describe('ListMicroVMs of a host full of large VMs', () => {
+  it('an authenticated CLI client reads 70 VMs at the metadata limit (4.6 MB, over grpc-js default 4 MiB) in one list', async () => {
+    const token = 'a-token-of-sufficient-length-012';
+    const service = new RecordingService();
+    const server = createMicroVmGrpcServer(service, { security: { token }, createLimits: { maxConcurrentCreates: 4, createQueueLength: 32, maxStartingVms: 1000 } });
+    const addr = await server.listen('127.0.0.1:0');
+    const client = new MicroVmApiClient(addr, 20_000, { token });
+    try {
+      for (let i = 0; i < 70; i++) await client.create({ id: `vm${i}`, namespace: 'ns', vcpu: 1, memory_in_mb: 96, metadata: { 'user-data': 'u'.repeat(VM_SIZE_LIMITS.maxMetadataValueBytes - 10) } });
+      const vms = await client.list();
+      expect(vms).toHaveLength(70);
+      expect(vms.every((v) => v.spec.metadata?.['user-data']?.length === VM_SIZE_LIMITS.maxMetadataValueBytes - 10)).toBe(true);
+    } finally {
+      client.close();
+      await server.close();
+    }
+  }, 60_000);
 });
