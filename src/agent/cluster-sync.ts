@@ -35,6 +35,8 @@ export interface IndexFeedStats {
   readonly watchErrors: number;
   /** Host-record reads made to guard a round's writes (none when a round has nothing to do). */
   readonly guardReads: number;
+  /** Single-key record reads before deleting a local VM absent from the index (see `missingFromIndex`). */
+  readonly recordReads: number;
 }
 
 /**
@@ -79,7 +81,9 @@ export class ClusterVmSync {
   private sub: Subscription | undefined;
   /** The last watch failure's code: decides resume or re-list ({@link watchRecovery}). */
   private lastWatchError: string | undefined;
-  private readonly stats = { lists: 0, watches: 0, watchErrors: 0, guardReads: 0 };
+  private readonly stats = { lists: 0, watches: 0, watchErrors: 0, guardReads: 0, recordReads: 0 };
+  /** Local uids kept because their record is missing from the index, already reported. */
+  private readonly unindexedReported = new Set<string>();
 
   constructor(
     private readonly ctx: HostContext,
@@ -241,7 +245,9 @@ export class ClusterVmSync {
           await this.store.commit({ guards, vms: [{ key: v.key, expectRevision: rev.get(v.key)!, prevHostId: v.record.hostId ?? null, next }] }, this.intervalMs);
         }
       }
+      const keyOf = new Map(local.map((l) => [l.uid, l.key]));
       for (const uid of plan.deleteLocal) {
+        if (!cache.byUid(uid) && (await this.missingFromIndex(uid, keyOf.get(uid)!, epoch))) continue;
         logger.info({ vmUid: uid }, 'cluster record gone, moved or lost: deleting the local VM');
         await this.service.delete(uid).catch(() => undefined);
       }
@@ -265,6 +271,25 @@ export class ClusterVmSync {
       else logger.error({ err: msg, code: (err as { code?: string }).code }, 'cluster sync round failed and retrying may not help; next round retries');
       this.lastFailure = msg;
     }
+  }
+
+  /**
+   * True when the record of local VM `uid` (not in this host's index) still exists placed on this host
+   * at `epoch`: the index lacks it (a cluster written before the index, not yet reindexed), so the VM
+   * is NOT deleted. One single-key read, only when a local VM is about to be deleted for want of a
+   * record: never in a steady state. Said once per uid at error level.
+   */
+  private async missingFromIndex(uid: string, key: string, epoch: number): Promise<boolean> {
+    this.stats.recordReads++;
+    const read = await this.store.getVm(key, this.intervalMs);
+    if (read.kind === 'invalid') return true; // exists, unreadable: kept, as planSync keeps one it sees (reported by the store's log)
+    const r = read.kind === 'found' ? read.entry.record : undefined;
+    if (!r || r.uid !== uid || r.hostId !== this.ctx.hostId || r.hostEpoch !== epoch || r.phase === 'lost' || r.phase === 'deleting') return false;
+    if (!this.unindexedReported.has(uid)) {
+      this.unindexedReported.add(uid);
+      this.ctx.logger.error({ vm: key, vmUid: uid }, "this VM's record is placed here but missing from this host's index (hostvms/): kept running; run `tether admin reindex`");
+    }
+    return true;
   }
 
   /** One bad record (already deduplicated per key and revision by the store): error log + inventory event. */

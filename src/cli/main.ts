@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { TetherError, messageOf } from '../domain/errors.js';
+import { registerAdminCommands } from './commands/admin.js';
 import { registerAgentCommand, VERSION } from './commands/agent.js';
 import { registerControllerCommand } from './commands/controller.js';
 import { registerDevCommands } from './commands/dev.js';
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   registerHostCommands(program);
   registerGuardianCommand(program);
   registerTimelineCommand(program);
+  registerAdminCommands(program);
   return program;
 }
 

@@ -7,6 +7,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { KvControllerStore } from '../../src/adapters/kv/kv-controller-store.js';
+import { reindexHostVms } from '../../src/adapters/kv/host-vm-index.js';
 import { ClusterVmSync, type HostStanding } from '../../src/agent/cluster-sync.js';
 import type { AgentVmService } from '../../src/agent/vm-service.js';
 import { HostVmCache, watchRecovery } from '../../src/domain/cluster-vm-sync.js';
@@ -14,6 +15,8 @@ import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
 import { NotFoundError } from '../../src/domain/errors.js';
 import { DEFAULT_TIMINGS } from '../../src/domain/gc-timing.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
+import { planReindex } from '../../src/domain/host-vm-reindex.js';
+import { Keyspace } from '../../src/domain/keyspace.js';
 import type { VmRecord, VmSpec } from '../../src/domain/vm.js';
 import { ControlledTransport, EtcdModel } from '../../src/dev/etcd-model/index.js';
 import type { HostContext } from '../../src/agent/host-context.js';
@@ -137,7 +140,8 @@ describe('agent sync over its own index (etcd model)', () => {
     await w.clock.advance(60 * INTERVAL);
     expect(w.counts).toEqual(before);
     expect(w.sync.feedStats()).toMatchObject({ lists: 1, watches: 1, watchErrors: 0 });
-    expect(w.counts.range).toBe(w.sync.feedStats().guardReads + 1); // the list (one page) + one guard read per round that wrote
+    // the list (one page), one guard read per round that acted, one record read per local VM deleted for want of an index entry
+    expect(w.counts.range).toBe(1 + w.sync.feedStats().guardReads + w.sync.feedStats().recordReads);
   });
 
   it('a watch error resumes from the last revision seen, without a new list; changes made meanwhile are seen', async () => {
@@ -205,6 +209,45 @@ describe('agent sync over its own index (etcd model)', () => {
     await w.clock.advance(3 * INTERVAL);
     expect(w.consistent()).toEqual([]);
     expect(w.sync.feedStats().lists).toBe(1);
+  });
+});
+
+describe('backfill of a cluster written before the index', () => {
+  it('the agent keeps VMs whose records lack an index entry; reindex builds it (idempotent), removes orphans; the agent then follows', async () => {
+    const w = world();
+    const old = (name: string, uid: string, hostId?: string): ClusterVmRecord => ({ uid, spec: bareSpec(name), ...(hostId ? { hostId, hostEpoch: 1 } : {}), phase: 'running', generation: 3 });
+    // records as an older Tether wrote them: no hostvms/ at all; the local VM runs already
+    w.ops.putRaw('vms/ns/a', old('a', 'a'.repeat(32), 'host-a'));
+    w.ops.putRaw('vms/ns/b', old('b', 'b'.repeat(32), 'host-b'));
+    w.ops.putRaw('vms/ns/p', old('p', 'c'.repeat(32)));
+    w.ops.putRaw('hostvms/host-z/ns/gone', old('gone', 'd'.repeat(32), 'host-z')); // an orphan
+    await new InstantService(w.h.ctx).createWithUid(bareSpec('a'), 'a'.repeat(32));
+    w.sync.start();
+    await w.clock.advance(3 * INTERVAL);
+    expect(w.h.inventory.listVms().map((v) => v.uid)).toEqual(['a'.repeat(32)]); // kept, not deleted
+    const store = new KvControllerStore(w.model.client('operator'), { clock: w.clock, prefix: '/tether/', idSource: counterIds() });
+    const deps = { kv: store.kv, keys: store.keys, invalidRecords: store.invalidRecords, clock: w.clock };
+    expect(hostIndexProblems(w.model).length).toBe(3);
+    const first = await reindexHostVms(deps, { maxOps: 3, maxBytes: 1 << 20 }, 1000);
+    expect(first).toMatchObject({ complete: true, copies: 2, orphans: 1, conflicts: 0, passes: 2 });
+    expect(hostIndexProblems(w.model)).toEqual([]);
+    expect(await reindexHostVms(deps, { maxOps: 3, maxBytes: 1 << 20 }, 1000)).toMatchObject({ complete: true, copies: 0, orphans: 0, passes: 1 });
+    // the reindex rewrote each record with its own bytes: the agent's watch sees it, the view is right
+    await w.clock.advance(2 * INTERVAL);
+    expect(w.consistent()).toEqual([]);
+    await w.move('a', 'host-b');
+    await w.clock.advance(2 * INTERVAL);
+    expect(w.h.inventory.listVms()).toEqual([]);
+    expect(w.consistent()).toEqual([]);
+  });
+
+  it('planReindex: txns within the op limit; a record that fails the codec is left alone', () => {
+    const keys = new Keyspace('/t/');
+    const recs = Array.from({ length: 10 }, (_, i) => ({ key: `ns/v${i}`, value: `{"x":${i}}`, modRevision: i + 1, hostId: 'h', readable: true }));
+    const plan = planReindex(keys, [...recs, { key: 'ns/bad', value: '{', modRevision: 50, hostId: undefined, readable: false }], [{ hostId: 'h', key: 'ns/bad', value: '{', modRevision: 51 }], { maxOps: 4, maxBytes: 1 << 20 });
+    expect(plan).toMatchObject({ copies: 10, orphans: 0, unreadable: 1 });
+    for (const t of plan.txns) expect(Math.max(t.txn.compare.length, t.txn.success.length)).toBeLessThanOrEqual(4);
+    expect(plan.txns.reduce((n, t) => n + t.copies, 0)).toBe(10);
   });
 });
 

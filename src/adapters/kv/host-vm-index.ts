@@ -10,7 +10,9 @@
  * that bypassed `changeTxn`).
  */
 import { decodeClusterVm, InvalidRecordError, type Decoded } from '../../domain/codec.js';
+import type { TxnLimits } from '../../domain/cluster-change.js';
 import type { ClusterVmRecord } from '../../domain/cluster-vm.js';
+import { planReindex, type ReindexEntry, type ReindexRecord } from '../../domain/host-vm-reindex.js';
 import type { InvalidRecordLog } from '../../domain/codec/invalid-record-log.js';
 import type { Keyspace } from '../../domain/keyspace.js';
 import type { Clock } from '../../ports/clock.js';
@@ -123,4 +125,63 @@ export async function getVm(d: HostVmIndexDeps, key: string, deadlineMs: number)
   const error = decoded.error.at(rev);
   d.invalidRecords.report(error, rev);
   return { kind: 'invalid', error, revision: rev };
+}
+
+/** Outcome of {@link reindexHostVms}. */
+export interface ReindexResult {
+  /** Passes run (each: one consistent read of `vms/` and `hostvms/`, then its txns). */
+  readonly passes: number;
+  /** Records whose index copy was (re)written. */
+  readonly copies: number;
+  /** Index entries deleted because no record is placed on their host. */
+  readonly orphans: number;
+  /** Records left alone because they fail the codec (at the last pass). */
+  readonly unreadable: number;
+  /** Txns that lost a compare (their records changed meanwhile: the next pass sees the new state). */
+  readonly conflicts: number;
+  /** True when the last pass found nothing to do: the index matches the records at its revision. */
+  readonly complete: boolean;
+}
+
+/** Passes of {@link reindexHostVms} before it gives up on a cluster that keeps changing. */
+export const REINDEX_PASSES = 5;
+
+/**
+ * Builds (backfills) the per-host VM index from the records: `tether admin reindex`. Idempotent and
+ * safe beside running agents and controllers: each pass reads `vms/` and `hostvms/` paged at ONE
+ * revision, then sends {@link planReindex}'s txns (each guarded by the `mod_revision`s it read);
+ * passes repeat until one finds nothing to do (at most {@link REINDEX_PASSES}).
+ */
+export async function reindexHostVms(d: HostVmIndexDeps, limits: TxnLimits, deadlineMs: number): Promise<ReindexResult> {
+  let copies = 0;
+  let orphans = 0;
+  let conflicts = 0;
+  let unreadable = 0;
+  for (let pass = 1; pass <= REINDEX_PASSES; pass++) {
+    const vms = await rangePaged(d.kv, { key: d.keys.vms(), prefix: true }, { clock: d.clock }, deadlineMs);
+    const idx = await rangePaged(d.kv, { key: d.keys.hostVmsAll(), prefix: true }, { clock: d.clock, revision: vms.revision }, deadlineMs);
+    const records: ReindexRecord[] = vms.kvs.map((kv) => {
+      const key = d.keys.parseVmKey(kv.key)!;
+      const decoded = decodeClusterVm(d.keys.rel(kv.key), kv.value);
+      return { key, value: kv.value, modRevision: kv.modRevision, hostId: decoded.ok ? decoded.value.hostId : undefined, readable: decoded.ok };
+    });
+    const index: ReindexEntry[] = [];
+    for (const kv of idx.kvs) {
+      const p = d.keys.parseHostVmKey(kv.key);
+      if (p) index.push({ hostId: p.hostId, key: p.key, value: kv.value, modRevision: kv.modRevision });
+    }
+    const plan = planReindex(d.keys, records, index, limits);
+    unreadable = plan.unreadable;
+    if (plan.txns.length === 0) return { passes: pass, copies, orphans, unreadable, conflicts, complete: true };
+    for (const t of plan.txns) {
+      const res = await d.kv.txn(t.txn, deadlineMs);
+      if (!res.succeeded) {
+        conflicts++;
+        continue;
+      }
+      copies += t.copies;
+      orphans += t.orphans;
+    }
+  }
+  return { passes: REINDEX_PASSES, copies, orphans, unreadable, conflicts, complete: false };
 }
