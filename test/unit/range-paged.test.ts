@@ -3,7 +3,7 @@ import { isReplyTooLarge, rangePaged } from '../../src/adapters/kv/range-paged.j
 import { EtcdModel } from '../../src/dev/etcd-model/index.js';
 import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
 import { TetherError } from '../../src/domain/errors.js';
-import { DEFAULT_PAGE_SIZE, ETCD_CLIENT_MAX_RECV_BYTES, estimateRangeReplyBytes } from '../../src/domain/kv-read-limits.js';
+import { DEFAULT_PAGE_SIZE, ETCD_CLIENT_MAX_RECV_BYTES, estimateRangeReplyBytes, VM_CREATE_MAX_BYTES, VM_RECORD_MAX_BYTES } from '../../src/domain/kv-read-limits.js';
 import type { Kv } from '../../src/ports/kv.js';
 import { rec } from '../support/controller-step.js';
 import { expectCode } from '../support/expect-code.js';
@@ -41,6 +41,13 @@ describe('etcd model: the client receive limit', () => {
     expect((err as TetherError).retryable).toBe(false);
     // Under the limit: fine.
     expect((await kv.range({ key: '/p/', prefix: true, limit: 100 }, DL)).kvs).toHaveLength(100);
+  });
+
+  it('a page of the largest records the API lets through fits the receive limit (DEFAULT_PAGE_SIZE x VM_RECORD_MAX_BYTES)', () => {
+    const key = `/tether/hostvms/${'h'.repeat(63)}/${'n'.repeat(63)}/${'v'.repeat(63)}`.padEnd(300, 'k');
+    const page = Array.from({ length: DEFAULT_PAGE_SIZE }, () => ({ key, value: 'x'.repeat(VM_RECORD_MAX_BYTES) }));
+    expect(estimateRangeReplyBytes(page)).toBeLessThanOrEqual(ETCD_CLIENT_MAX_RECV_BYTES);
+    expect(VM_CREATE_MAX_BYTES).toBeLessThan(VM_RECORD_MAX_BYTES);
   });
 
   it('defaults to the limit Tether sets on its etcd client, and estimates never below the payload', () => {

@@ -124,7 +124,7 @@ export function etcd3Security(endpoints: readonly string[], security: EtcdSecuri
  *
  * `security` adds TLS (CA, client certificate) and etcd user/password auth; see {@link etcd3Security}
  * for what is checked at construction. `https://` endpoints without a CA use the system trust store.
- * `maxRecvBytes` is the gRPC receive limit (default {@link ETCD_CLIENT_MAX_RECV_BYTES}, 32 MiB; a
+ * `maxRecvBytes` is the gRPC receive limit (default {@link ETCD_CLIENT_MAX_RECV_BYTES}, 64 MiB; a
  * reply over it fails RESOURCE_EXHAUSTED, which the pager answers with smaller pages).
  */
 const WATCH_BACKOFF = new ExponentialBackoff({ initialDelay: 100, maxDelay: 1000 }).next();

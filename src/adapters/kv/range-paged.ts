@@ -15,7 +15,7 @@ export interface PagedRange {
 
 /** Options of {@link rangePaged}. */
 export interface RangePagedOptions {
-  /** Keys per page (default {@link DEFAULT_PAGE_SIZE}, 200; keys only: {@link DEFAULT_KEYS_PAGE_SIZE}, 2000); halved while a reply is too large. */
+  /** Keys per page (default {@link DEFAULT_PAGE_SIZE}, 500; keys only: {@link DEFAULT_KEYS_PAGE_SIZE}, 2000); halved while a reply is too large. */
   readonly pageSize?: number;
   /** Keys only (values empty). */
   readonly keysOnly?: boolean;

@@ -8,7 +8,7 @@
  *    must stay far below etcd's 1.5 MiB request limit: at {@link VM_CREATE_MAX_BYTES} (96 KiB) at
  *    create plus 32 KiB of later status, the largest record is 128 KiB, so one txn still carries
  *    five records with their copies;
- *  - a page of 200 of the largest records (25.2 MiB) stays under the etcd client's 32 MiB receive
+ *  - a page of 500 of the largest records (62.7 MiB) stays under the etcd client's 64 MiB receive
  *    limit, so listing can never be broken by a few large creates (the issue's "three creates with
  *    large metadata break listing for the whole cluster");
  *  - labels are for selection, metadata for payloads (user-data): labels get 16 KiB in total,
