@@ -10,7 +10,8 @@
  *
  * afterAll stops the cluster and checks that no process carries its mark and its data dir is gone.
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EtcdKv } from '../../src/adapters/etcd/etcd-kv.js';
 import { findEtcdBinary, findProcessesByMark, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
@@ -48,6 +49,31 @@ async function keepaliveMetrics(): Promise<({ started: number; received: number 
     out.push({ started: value('grpc_server_started_total'), received: value('grpc_server_msg_received_total') });
   }
   return out;
+}
+
+/**
+ * SIGSTOPs member `i` and waits until every thread of it is stopped: on this machine (itself a VM,
+ * shared by busy tests) a stop was seen to take effect only after the member answered one more
+ * request, 2.5 ms after the signal.
+ */
+async function freeze(i: number): Promise<void> {
+  cluster!.pause(i);
+  const pid = cluster!.pid(i)!;
+  for (let waited = 0; ; waited += 20) {
+    const states = readdirSync(`/proc/${pid}/task`).map((t) => readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8').split(') ')[1]![0]);
+    if (states.every((x) => x === 'T')) return;
+    if (waited > 5000) throw new Error(`etcd member ${i} (pid ${pid}) not stopped 5 s after SIGSTOP: thread states ${states.join('')}`);
+    await sleep(20);
+  }
+}
+
+/** Index of the member whose id is `memberId` (hex, as the Kv header names it). */
+async function memberIndex(memberId: string | undefined): Promise<number> {
+  for (let i = 0; i < 3; i++) {
+    if (!cluster!.isRunning(i) || cluster!.isPaused(i)) continue;
+    if (BigInt((await cluster!.memberStatus(i)).memberId).toString(16) === memberId) return i;
+  }
+  return -1;
 }
 
 /** Per member: what changed between two scrapes (members not scraped both times count 0). */
@@ -110,9 +136,10 @@ describe('EtcdKv lease keepalives: one long-lived stream per client (real etcd 3
     const kv = newKv();
     const g = await kv.leaseGrant(10_000, 5000);
     const m0 = await keepaliveMetrics();
-    await kv.leaseKeepAlive(g.id, 5000);
-    const serving = delta(m0, await keepaliveMetrics()).findIndex((x) => x.started === 1);
+    const first = await kv.leaseKeepAlive(g.id, 5000);
+    const serving = await memberIndex(first.header.memberId);
     expect(serving).toBeGreaterThanOrEqual(0);
+    expect(delta(m0, await keepaliveMetrics())[serving]).toEqual({ started: 1, received: 1 });
     expect(kv.keepaliveStreamsOpened).toBe(1);
     await c.stopMember(serving);
     let failures = 0;
@@ -155,16 +182,19 @@ describe('EtcdKv lease keepalives: one long-lived stream per client (real etcd 3
     const kv = newKv();
     const g = await kv.leaseGrant(15_000, 5000);
     const m0 = await keepaliveMetrics();
-    await kv.leaseKeepAlive(g.id, 5000);
-    const serving = delta(m0, await keepaliveMetrics()).findIndex((x) => x.started === 1);
+    const first = await kv.leaseKeepAlive(g.id, 5000);
+    const d0 = delta(m0, await keepaliveMetrics());
+    // The member that served it: named by etcd in the answer's header, and where the stream started.
+    const serving = await memberIndex(first.header.memberId);
     expect(serving).toBeGreaterThanOrEqual(0);
-    c.pause(serving);
+    expect(d0[serving]).toEqual({ started: 1, received: 1 });
+    await freeze(serving);
     try {
       const err = await kv.leaseKeepAlive(g.id, 800).then(
-        () => undefined,
+        (r) => ({ answeredBy: r.header.memberId, paused: first.header.memberId, d0 }),
         (e: unknown) => e,
       );
-      expect(err).toBeInstanceOf(TetherError);
+      expect(err, JSON.stringify(err)).toBeInstanceOf(TetherError);
       expect((err as TetherError).code).toBe('TIMEOUT');
       expect((err as TetherError).retryable).toBe(true);
       // The next calls do not queue behind the frozen member: a new stream (to a member picked at
@@ -234,4 +264,30 @@ describe('EtcdKv lease keepalives: one long-lived stream per client (real etcd 3
     expect(err).toBeInstanceOf(TetherError);
     expect((err as TetherError).retryable).toBe(true);
   }, 30_000);
+
+  it('with etcd user/password auth on (the token in the stream metadata): keepalives of an authenticated client share one stream too (runs last: auth stays on)', async () => {
+    const c = cluster!;
+    const certs = c.certs!;
+    let root = false;
+    const etcdctl = (...args: string[]) =>
+      execFileSync('timeout', ['10', 'etcdctl', ...args], {
+        encoding: 'utf8',
+        env: { ...process.env, ETCDCTL_API: '3', ETCDCTL_ENDPOINTS: c.endpoints().join(','), ETCDCTL_CACERT: certs.ca, ETCDCTL_CERT: certs.clientCert, ETCDCTL_KEY: certs.clientKey, ...(root ? { ETCDCTL_USER: 'root:root-pw' } : {}) },
+      });
+    etcdctl('user', 'add', 'root:root-pw');
+    etcdctl('user', 'grant-role', 'root', 'root');
+    etcdctl('role', 'add', 'ka');
+    etcdctl('role', 'grant-permission', '--prefix=true', 'ka', 'readwrite', '/ka/');
+    etcdctl('user', 'add', 'ka-user:ka-pw');
+    etcdctl('user', 'grant-role', 'ka-user', 'ka');
+    etcdctl('auth', 'enable');
+    root = true;
+    const kv = new EtcdKv({ endpoints: c.endpoints(), security: { ...c.clientTls(), username: 'ka-user', password: 'ka-pw' } });
+    kvs.push(kv);
+    const g = await kv.leaseGrant(10_000, 5000);
+    await kv.txn({ compare: [], success: [{ op: 'put', key: '/ka/k', value: 'v', lease: g.id }] }, 5000);
+    for (let i = 0; i < 10; i++) expect((await kv.leaseKeepAlive(g.id, 5000)).ttlMs).toBe(10_000);
+    expect(kv.keepaliveStreamsOpened).toBe(1);
+    await kv.leaseRevoke(g.id, 5000);
+  }, 60_000);
 });
