@@ -267,6 +267,15 @@ export class EtcdKv implements Kv {
         if (err instanceof TetherError && err.code === 'TIMEOUT') {
           slot?.abandon();
           stream?.retire();
+          // Still opening (etcd3 fetches an auth token first, which can hang): the next call starts afresh.
+          if (!stream && this.ka) {
+            const opening = this.ka;
+            this.ka = undefined;
+            opening.then(
+              (s) => s.retire(),
+              () => undefined,
+            );
+          }
         }
         if (attempt < this.attempts && neverSent(err) && end - performance.now() > 50) continue;
         throw asKvError(what, err);
