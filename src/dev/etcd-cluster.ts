@@ -77,6 +77,8 @@ export interface LocalEtcdClusterOptions {
    * plaintext etcd on purpose).
    */
   readonly tls?: boolean;
+  /** More etcd flags for every member (e.g. `--auto-compaction-mode periodic --auto-compaction-retention 1s`). */
+  readonly extraArgs?: readonly string[];
   /**
    * Certificates to use (e.g. a set shared with the agents' own listeners). Default: a set made by
    * `devCerts(<dataDir>/certs)` at start, deleted with the data dir.
@@ -200,6 +202,7 @@ export class LocalEtcdCluster {
   private stopPromise: Promise<void> | undefined;
   private binary: string | undefined;
   private readonly tls: boolean;
+  private readonly extraArgs: readonly string[];
   private tlsCerts: DevCerts | undefined;
 
   constructor(options: LocalEtcdClusterOptions = {}) {
@@ -227,6 +230,7 @@ export class LocalEtcdCluster {
     this.etcdBinaryName = options.etcdBinary ?? 'etcd';
     this.ownProcessGroup = options.ownProcessGroup ?? false;
     this.tls = options.tls ?? true;
+    this.extraArgs = options.extraArgs ?? [];
     this.tlsCerts = this.tls ? options.certs : undefined;
     this.opts = {
       heartbeatMs,
@@ -602,6 +606,7 @@ export class LocalEtcdCluster {
       '--logger', 'zap',
       '--log-outputs', 'stderr',
       '--log-level', this.opts.logLevel,
+      ...this.extraArgs,
     ];
     const c = this.tls ? this.certs : undefined;
     if (c) {
