@@ -200,6 +200,8 @@ export class EtcdKv implements Kv {
   /** The shared keepalive stream (see {@link leaseKeepAlive}); a promise while it opens. */
   private ka: Promise<KeepaliveStream> | undefined;
   private kaOpened = 0;
+  /** {@link ka} while it is still opening. */
+  private kaOpening: Promise<KeepaliveStream> | undefined;
   private closed = false;
 
   /** Attempts per call while members refuse connections (see {@link call}). */
@@ -268,8 +270,8 @@ export class EtcdKv implements Kv {
           slot?.abandon();
           stream?.retire();
           // Still opening (etcd3 fetches an auth token first, which can hang): the next call starts afresh.
-          if (!stream && this.ka) {
-            const opening = this.ka;
+          const opening = this.kaOpening;
+          if (!stream && opening && this.ka === opening) {
             this.ka = undefined;
             opening.then(
               (s) => s.retire(),
@@ -311,10 +313,16 @@ export class EtcdKv implements Kv {
       if (this.closed) s.close();
       return s;
     });
-    p.catch(() => {
-      if (this.ka === p) this.ka = undefined;
+    p.then(
+      () => undefined,
+      () => {
+        if (this.ka === p) this.ka = undefined;
+      },
+    ).finally(() => {
+      if (this.kaOpening === p) this.kaOpening = undefined;
     });
     this.ka = p;
+    this.kaOpening = p;
     return p;
   }
 
