@@ -114,7 +114,8 @@ export class Driver {
     // the VM cache is listed at the same revision; the sweep that follows its sync finds `vms` (nothing to do by default)
     const vmsSynced = this.reply(calls(fx, 'list-vms')[0]!.req, { op: 'list-vms', vms, revision: '100' });
     this.vmWatch = calls(vmsSynced, 'watch-vms')[0]!.req;
-    this.lastSweep = vmsSynced.filter((e) => !(e.kind === 'call' && e.call.op === 'watch-vms'));
+    // the sweep that follows the cache's sync runs in a step of its own (a zero-delay timer)
+    this.lastSweep = this.s.timers.has('sweep-retry') ? this.fire('sweep-retry') : [];
     return this;
   }
 

@@ -13,28 +13,36 @@ import { estimateTxnBytes, txnOpCounts, type ClusterChange, type TxnLimits } fro
 
 /** The changes `parts`, merged greedily in order into changes within `limits` (see the module doc). */
 export function mergeChanges(parts: readonly ClusterChange[], limits: TxnLimits): ClusterChange[] {
-  const out: ClusterChange[] = [];
-  let cur: ClusterChange[] = [];
+  return groupBySize(parts, (p) => p, limits).map(merge);
+}
+
+/**
+ * `items` cut greedily, in order, into groups whose changes (`changeOf`) together fit `limits` by
+ * the sum of their counts (see the module doc); one pass, each change counted once.
+ */
+export function groupBySize<T>(items: readonly T[], changeOf: (item: T) => ClusterChange, limits: TxnLimits): T[][] {
+  const out: T[][] = [];
+  let cur: T[] = [];
   let compares = 1; // the leadership compare
   let success = 0;
   let bytes = 0;
-  const flush = () => {
-    if (cur.length > 0) out.push(merge(cur));
-    cur = [];
-    compares = 1;
-    success = 0;
-    bytes = 0;
-  };
-  for (const p of parts) {
+  for (const item of items) {
+    const p = changeOf(item);
     const n = txnOpCounts(p, false);
     const b = estimateTxnBytes(p, false);
-    if (cur.length > 0 && (compares + n.compares > limits.maxOps || success + n.success > limits.maxOps || bytes + b > limits.maxBytes)) flush();
-    cur.push(p);
+    if (cur.length > 0 && (compares + n.compares > limits.maxOps || success + n.success > limits.maxOps || bytes + b > limits.maxBytes)) {
+      out.push(cur);
+      cur = [];
+      compares = 1;
+      success = 0;
+      bytes = 0;
+    }
+    cur.push(item);
     compares += n.compares;
     success += n.success;
     bytes += b;
   }
-  flush();
+  if (cur.length > 0) out.push(cur);
   return out;
 }
 

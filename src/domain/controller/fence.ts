@@ -279,7 +279,8 @@ export function resumeFences(c: Ctx): void {
     if (t.incarnation !== undefined && t.fencing === undefined && t.fenceAtMono !== undefined && t.fenceAtMono <= c.now.mono && !timerSet(c, fenceTimerKey(t.hostId))) fenceDue(c, t);
   }
   for (const t of [...c.s.hosts.values()]) if (t.lostPending && t.record?.state === 'fenced' && !t.marking) completeFence(c, t);
-  requestSweep(c);
+  // the sweep in a step of its own (the load's last step already indexed every host)
+  if (c.s.leader) setTimer(c, 'sweep-retry', 0);
 }
 
 function fenceSlotFreed(c: Ctx): void {

@@ -65,7 +65,7 @@ export interface CoreOptions {
   readonly slowEvictionMinHosts?: number;
   /** Fences the rate limit lets through at once (default 1). */
   readonly evictionBurst?: number;
-  /** Items one step handles before yielding (default 2000). */
+  /** Items one step handles before yielding (default 500). */
   readonly chunkSize?: number;
 }
 
@@ -104,7 +104,7 @@ export function coreConfig(o: CoreOptions): CoreConfig {
     slowEvictionShare: positive('slowEvictionShare', o.slowEvictionShare, 0.3),
     slowEvictionMinHosts: positive('slowEvictionMinHosts', o.slowEvictionMinHosts, 50, true),
     evictionBurst: positive('evictionBurst', o.evictionBurst, 1, true),
-    chunkSize: positive('chunkSize', o.chunkSize, 2000, true),
+    chunkSize: positive('chunkSize', o.chunkSize, 500, true),
   };
 }
 

@@ -25,7 +25,7 @@ import { restartPolicyOf, staleOnRejoinedHost } from '../cluster-vm.js';
 import { vmsToMarkLost } from '../fence-changes.js';
 import { fencingAllowed } from '../mass-freeze.js';
 import { KEEP_LOST_REASON, keepLostChange, pendingChange, placementChange, vmLostOnRejoinChange } from '../reschedule-changes.js';
-import { merge, mergeChanges } from './batch.js';
+import { groupBySize, merge, mergeChanges } from './batch.js';
 import { call, log, retryTimerKey, setTimer, timerSet } from './effects.js';
 import { completeFence } from './fence.js';
 import { evaluateFreeze } from './freeze.js';
@@ -165,18 +165,7 @@ function place(c: Ctx, w: SweepRun): void {
   for (const change of mergeChanges(acc.keep, limits)) w.writes.push({ action: 'keep-lost', change });
   for (const change of mergeChanges(acc.pending, limits)) w.writes.push({ action: 'pending', change });
   // placements: grouped in order by the size of their changes (built again when issued)
-  let group: NonNullable<SweepWrite['place']>[number][] = [];
-  let sizes: ClusterChange[] = [];
-  for (const { item, size } of acc.placed) {
-    if (group.length > 0 && mergeChanges([...sizes, size], limits).length > 1) {
-      w.writes.push({ action: 'reschedule', place: group });
-      group = [];
-      sizes = [];
-    }
-    group.push(item);
-    sizes.push(size);
-  }
-  if (group.length > 0) w.writes.push({ action: 'reschedule', place: group });
+  for (const group of groupBySize(acc.placed, (p) => p.size, limits)) w.writes.push({ action: 'reschedule', place: group.map((p) => p.item) });
   w.next = 0;
   if (w.writes.length === 0) return finish(c);
   if (acc.placed.length > 0) {
