@@ -33,7 +33,17 @@ let agent: AgentProcess;
 
 const status = () => adminCall<GcStatus>(agent.admin, 'GET', 'gc/status', undefined, 3000);
 const events = () => adminCall<InventoryEvent[]>(agent.admin, 'GET', 'events?limit=1000', undefined, 3000);
-const put = (key: string, value: string) => store.client.put(PREFIX + key).value(value).exec();
+/**
+ * A raw write of `vms/<key>`, with its copy in the agent's index (`hostvms/<hostId>/<key>`) in the same
+ * txn, as a hostile writer with etcd access could do: the agent reads only its index.
+ */
+const put = async (key: string, value: string): Promise<void> => {
+  const copy = key.startsWith('vms/') ? [{ op: 'put' as const, key: `${PREFIX}hostvms/${hostId}/${key.slice('vms/'.length)}`, value }] : [];
+  const ops = [{ op: 'put' as const, key: PREFIX + key, value }, ...copy];
+  // Two copies of a value over 700 kB do not fit one request (etcd's 1.5 MiB): then one txn each.
+  if (value.length > 700_000) for (const op of ops) await store.kv.txn({ compare: [], success: [op] }, 5000);
+  else await store.kv.txn({ compare: [], success: ops }, 5000);
+};
 const logLines = (): { level: number; msg: string; key?: string; field?: string }[] =>
   readFileSync(agent.log, 'utf8')
     .split('\n')

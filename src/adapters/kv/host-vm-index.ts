@@ -31,10 +31,15 @@ export interface HostVmIndexDeps {
   readonly onHeader?: (header: KvHeader) => void;
 }
 
-/** Decodes an index copy under its record's key; undefined `key` when the entry is not a host-index key of `hostId`. */
+/**
+ * Decodes an index copy under its record's key (`vms/` + what follows `hostvms/<hostId>/`, so a
+ * malformed key, e.g. with a third segment, is refused and reported like the record's would be);
+ * undefined when the entry is not under `hostvms/<hostId>/`.
+ */
 function decodeCopy(d: HostVmIndexDeps, hostId: string, kv: KvEntry): { key: string; decoded: Decoded<ClusterVmRecord> } | undefined {
-  const parsed = d.keys.parseHostVmKey(kv.key);
-  if (!parsed || parsed.hostId !== hostId) return undefined;
+  const prefix = d.keys.hostVms(hostId);
+  if (!kv.key.startsWith(prefix)) return undefined;
+  const parsed = { key: kv.key.slice(prefix.length) };
   const recordKey = `vms/${parsed.key}`;
   let decoded = decodeClusterVm(recordKey, kv.value);
   if (decoded.ok && decoded.value.hostId !== hostId) {
@@ -76,8 +81,8 @@ export async function watchHostVms(d: HostVmIndexDeps, hostId: string, fromRevis
           if (kv.modRevision > top) top = kv.modRevision;
           const revision = String(kv.modRevision);
           if (type === 'delete') {
-            const parsed = d.keys.parseHostVmKey(kv.key);
-            if (parsed && parsed.hostId === hostId) out.push({ kind: 'deleted', key: parsed.key, revision });
+            const prefix = d.keys.hostVms(hostId);
+            if (kv.key.startsWith(prefix)) out.push({ kind: 'deleted', key: kv.key.slice(prefix.length), revision });
             continue;
           }
           const c = decodeCopy(d, hostId, kv);
