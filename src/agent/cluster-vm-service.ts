@@ -33,7 +33,9 @@ export class ClusterVmService implements MicroVmService {
     const uid = newVmUid();
     const record: ClusterVmRecord = { uid, spec, hostId: this.hostId, hostEpoch: epoch, phase: 'pending', generation: 1, updatedAt: this.now() };
     const res = await this.store.commit(
-      { guards: [{ hostId: this.hostId, expectRevision: host.recordRevision! }], vms: [{ key, expectRevision: null, prevHostId: null, next: record }], events: [] },
+      // capacityGuards: no capacity check here (the VM goes where it was asked), but the bump of
+      // placements/<host> makes any placement onto this host decided without this VM conflict
+      { guards: [{ hostId: this.hostId, expectRevision: host.recordRevision! }], capacityGuards: [{ hostId: this.hostId, seenRevision: String(Number.MAX_SAFE_INTEGER) }], vms: [{ key, expectRevision: null, prevHostId: null, next: record }], events: [] },
       this.deadlineMs,
     );
     if (!res.ok) {
