@@ -335,3 +335,19 @@ describe('tether controller: fleet settings', () => {
     expect(() => cfg({ maxFencesInFlight: '0' })).toThrow(/maxFencesInFlight/);
   });
 });
+
+describe('a fresh host listing is reconciled in chunks', () => {
+  it('4 x chunkSize hosts per step, then the freeze and the sweep', () => {
+    const d = new Driver({ chunkSize: 1 });
+    // 10 hosts, of which h00..h02 lost their lease while no controller watched: detached in 3 steps
+    const hosts = Array.from({ length: 10 }, (_, i) => entry(`h${String(i).padStart(2, '0')}`, {}, { alive: i >= 3 }));
+    d.leading(hosts);
+    expect(ops(d.lastSync).filter((o) => o.startsWith('commit:host-detached'))).toHaveLength(3);
+    expect(timersSet(d.lastSync)).toContain('hosts-reconcile@0');
+    expect(d.s.reconcileQueue).toHaveLength(6);
+    d.fire('hosts-reconcile');
+    const last = d.fire('hosts-reconcile');
+    expect(timersSet(last)).not.toContain('hosts-reconcile@0');
+    expect(d.s.reconcileQueue).toBeUndefined();
+  });
+});

@@ -19,6 +19,8 @@ import type { CallError, Ctx, HostTrack, Now } from './types.js';
 /** Lists every host, then watches from just after that snapshot (also after a watch error). */
 export function resync(c: Ctx): void {
   clearTimer(c, 'resync');
+  clearTimer(c, 'hosts-reconcile');
+  c.s.reconcileQueue = undefined;
   if (!c.s.leader) return;
   c.fx.push({ kind: 'close-watch' });
   c.s.watch = undefined;
@@ -59,7 +61,29 @@ export function hostsListed(c: Ctx, r: { readonly snapshot: HostsSnapshot } | { 
   s.watch = call(c, { op: 'watch-hosts', fromRevision: String(at + 1n) }, { for: 'watch' });
   s.synced = true;
   log(c, 'info', { hosts: s.hosts.size }, 'host view synced');
-  for (const t of [...s.hosts.values()]) reconcile(c, t);
+  s.reconcileQueue = [...s.hosts.keys()];
+  reconcileChunk(c);
+}
+
+/**
+ * Reconciles the hosts of a fresh listing, 4 x `chunkSize` per step with a zero-delay timer
+ * (`hosts-reconcile`) between steps (10,000 hosts never hold the leader's keepalive back); then the
+ * freeze is evaluated and a sweep requested. Hosts changed meanwhile were reconciled by their events.
+ */
+export function reconcileChunk(c: Ctx): void {
+  const s = c.s;
+  const q = s.reconcileQueue;
+  if (!q || !s.leader || !s.synced) return;
+  const n = Math.min(q.length, 4 * s.cfg.chunkSize);
+  for (const id of q.splice(0, n)) {
+    const t = s.hosts.get(id);
+    if (t) reconcile(c, t);
+  }
+  if (q.length > 0) {
+    setTimer(c, 'hosts-reconcile', 0);
+    return;
+  }
+  s.reconcileQueue = undefined;
   evaluateFreeze(c);
   requestSweep(c);
 }

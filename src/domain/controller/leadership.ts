@@ -126,6 +126,7 @@ export function stepDown(c: Ctx, why: string): void {
   s.watch = undefined;
   s.synced = false;
   s.hosts.clear();
+  s.reconcileQueue = undefined;
   dropVmCache(s);
   s.fencesInFlight = 0;
   s.fenceQueue.clear();

@@ -12,7 +12,7 @@ import { CapacityIndex } from '../placement-index.js';
 import { log } from './effects.js';
 import { detachOutcome, drainFenceQueue, fenceCommitted, fenceDue, fenceRead, markLostBatchDone, resumeFences } from './fence.js';
 import { evaluateFreeze } from './freeze.js';
-import { hostEvent, hostsListed, reconcile, resync, watchBroke, watchFailed } from './host-view.js';
+import { hostEvent, hostsListed, reconcile, reconcileChunk, resync, watchBroke, watchFailed } from './host-view.js';
 import { campaign, campaignOutcome, keepaliveDue, keepaliveOutcome, leaderExpiryTimer, serverStatusOutcome } from './leadership.js';
 import { stepDown } from './leadership.js';
 import { observeTerm } from './raft-term.js';
@@ -200,6 +200,8 @@ function timerFired(c: Ctx, key: string): void {
       return gcTick(c);
     case 'resync':
       return resync(c);
+    case 'hosts-reconcile':
+      return reconcileChunk(c);
     case 'vms-resync':
       return resyncVms(c);
     case 'vms-load':

@@ -271,6 +271,9 @@ export interface ControllerState {
   watch?: number;
   readonly hosts: Map<string, HostTrack>;
 
+  /** Hosts of a fresh listing still to reconcile (chunked, see host-view.ts). */
+  reconcileQueue?: string[];
+
   /** The VM cache (listed at one revision, then watched): every VM record that passes the codec, by key. */
   vmsSynced: boolean;
   vmWatch?: number;
