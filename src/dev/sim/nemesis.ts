@@ -200,8 +200,13 @@ export function applyFault(w: SimWorld, op: FaultOp, index: number): void {
       return;
     case 'malformed':
       start(() => {
-        if (op.target === 'vm-garbage') w.model.put(`${p}vms/sim/bad-${index}`, '{"uid": not json');
-        else if (op.target === 'vm-wrong-types') w.model.put(`${p}vms/sim/bad-${index}`, JSON.stringify({ uid: 7, spec: 'x', phase: 'running', hostId: 'host-1', hostEpoch: 'one', generation: -1 }));
+        // Each also in host-1's index (a hostile writer can put there too): the agent reads only its index.
+        const bad = (value: string): void => {
+          w.model.put(`${p}vms/sim/bad-${index}`, value);
+          w.model.put(`${p}hostvms/host-1/sim/bad-${index}`, value);
+        };
+        if (op.target === 'vm-garbage') bad('{"uid": not json');
+        else if (op.target === 'vm-wrong-types') bad(JSON.stringify({ uid: 7, spec: 'x', phase: 'running', hostId: 'host-1', hostEpoch: 'one', generation: -1 }));
         else w.model.put(`${p}hosts/ghost-${index}/record`, '\u0000garbage');
       });
       return;
