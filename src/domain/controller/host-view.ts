@@ -41,6 +41,7 @@ export function hostsListed(c: Ctx, r: { readonly snapshot: HostsSnapshot } | { 
   const present = new Set<string>();
   for (const h of r.snapshot.hosts) {
     present.add(h.hostId);
+    s.staleDirty.add(h.hostId);
     const t = track(c, h.hostId);
     setRecord(t, h.record, h.recordRevision);
     t.recordSeen = at;
@@ -124,6 +125,7 @@ export function hostEvent(c: Ctx, watch: number, e: HostWatchEvent, at: Now): vo
     t.recordSeen = r;
     const prevState = t.record?.state;
     const prevEpoch = t.record?.epoch;
+    s.staleDirty.add(t.hostId);
     const returned = setRecord(t, e.kind === 'record' ? e.record : undefined, e.kind === 'record' ? e.revision : undefined);
     if (returned && t.record) {
       log(c, 'info', { hostId: t.hostId, epoch: t.record.epoch, state: t.record.state }, 'host came back before the fence: its fence is cancelled');

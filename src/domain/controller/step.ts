@@ -126,6 +126,7 @@ export function initialState(cfg: CoreConfig): ControllerState {
     vms: new Map(),
     vmsByHost: new Map(),
     unplaced: new Set(),
+    staleDirty: new Set(),
     vmTombs: new Map(),
     vmsRev: 0n,
     capacity: new CapacityIndex(),

@@ -97,17 +97,29 @@ function afterCompleting(c: Ctx, w: SweepRun): void {
   markStale(c, w);
 }
 
+/**
+ * VMs of older epochs on hosts that rejoined. Only hosts in `staleDirty` are looked at (their VMs or
+ * record changed since a sweep last found none there): a steady cluster costs nothing per sweep.
+ */
 function markStale(c: Ctx, w: SweepRun): void {
   const s = c.s;
   const parts: { host: string; change: ClusterChange }[] = [];
-  for (const t of s.hosts.values()) {
-    const rec = t.record;
-    if (!rec || t.revision === undefined || (rec.state !== 'ready' && rec.state !== 'attached') || !s.vmsByHost.has(t.hostId)) continue;
-    const host = { hostId: t.hostId, epoch: rec.epoch, state: rec.state };
-    for (const key of s.vmsByHost.get(t.hostId)!) {
-      const v = s.vms.get(key)!;
-      if (staleOnRejoinedHost(v.record, host)) parts.push({ host: t.hostId, change: vmLostOnRejoinChange(v, { hostId: t.hostId, epoch: rec.epoch, revision: t.revision }, c.now.wall) });
+  for (const id of [...s.staleDirty]) {
+    const t = s.hosts.get(id);
+    const rec = t?.record;
+    if (!t || !rec || t.revision === undefined || (rec.state !== 'ready' && rec.state !== 'attached') || !s.vmsByHost.has(id)) {
+      s.staleDirty.delete(id); // a record or VM change puts it back
+      continue;
     }
+    const host = { hostId: id, epoch: rec.epoch, state: rec.state };
+    let found = false;
+    for (const key of s.vmsByHost.get(id)!) {
+      const v = s.vms.get(key)!;
+      if (!staleOnRejoinedHost(v.record, host)) continue;
+      found = true;
+      parts.push({ host: id, change: vmLostOnRejoinChange(v, { hostId: id, epoch: rec.epoch, revision: t.revision }, c.now.wall) });
+    }
+    if (!found) s.staleDirty.delete(id);
   }
   w.writes = [];
   const byHost = new Map<string, ClusterChange[]>();

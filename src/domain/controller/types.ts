@@ -282,6 +282,8 @@ export interface ControllerState {
   readonly vmsByHost: Map<string, Set<string>>;
   /** A listing being loaded into the cache, a chunk per step. */
   vmLoad?: { readonly vms: readonly VmEntry[]; readonly revision: Revision; next: number };
+  /** Hosts whose VMs or record changed since the sweep last found no stale incarnation on them. */
+  readonly staleDirty: Set<string>;
   /** Keys of cached VMs the sweep acts on: `lost`, or `pending` without a host. */
   readonly unplaced: Set<string>;
   /** VM keys this replica deleted, with the delete's revision (older watch events for them are ignored). */

@@ -67,6 +67,7 @@ function index(s: ControllerState, v: VmEntry): void {
     let set = s.vmsByHost.get(h);
     if (!set) s.vmsByHost.set(h, (set = new Set()));
     set.add(v.key);
+    s.staleDirty.add(h);
   }
   if (needsSweep(v)) s.unplaced.add(v.key);
 }
@@ -185,6 +186,7 @@ export function dropVmCache(s: ControllerState): void {
   s.vms.clear();
   s.vmsByHost.clear();
   s.unplaced.clear();
+  s.staleDirty.clear();
   s.vmTombs.clear();
   s.reserved.clear();
   s.capSeen.clear();
