@@ -351,3 +351,28 @@ describe('a fresh host listing is reconciled in chunks', () => {
     expect(d.s.reconcileQueue).toBeUndefined();
   });
 });
+
+describe('lost-marking at fleet size (pure core)', () => {
+  it('at most maxMarkingsInFlight hosts mark their VMs at once; the others wait their turn', () => {
+    const d = new Driver({ maxMarkingsInFlight: 2 });
+    const ids = Array.from({ length: 20 }, (_, i) => `h${String(i).padStart(2, '0')}`);
+    // four fenced hosts whose VMs are not lost yet (an interrupted fence), found by the sweep after the sync
+    const vms = ids.slice(0, 4).flatMap((id) => [vm(`${id}-a`, { hostId: id }), vm(`${id}-b`, { hostId: id })]);
+    d.leading(ids.map((id, i) => entry(id, i < 4 ? { state: 'fenced' } : {}, { alive: i >= 4 })), undefined, vms);
+    let marking = calls(d.lastSweep, 'commit');
+    expect(marking).toHaveLength(2);
+    expect(d.s.markQueue.size).toBe(2);
+    let done = 0;
+    let rev = 300;
+    while (marking.length > 0) {
+      const c = marking.shift()!;
+      const fx = d.reply(c.req, ok(String(rev++)));
+      done++;
+      marking.push(...calls(fx, 'commit').filter((x) => x.call.op === 'commit' && x.call.change.events?.[0]?.kind === 'host-vms-lost'));
+      expect(d.s.markingsInFlight).toBeLessThanOrEqual(2);
+    }
+    expect(done).toBe(4);
+    expect(d.s.markingsInFlight).toBe(0);
+    for (const v of vms) expect(d.s.vms.get(v.key)!.record.phase).toBe('lost');
+  });
+});
