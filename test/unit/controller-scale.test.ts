@@ -359,7 +359,7 @@ describe('lost-marking at fleet size (pure core)', () => {
     // four fenced hosts whose VMs are not lost yet (an interrupted fence), found by the sweep after the sync
     const vms = ids.slice(0, 4).flatMap((id) => [vm(`${id}-a`, { hostId: id }), vm(`${id}-b`, { hostId: id })]);
     d.leading(ids.map((id, i) => entry(id, i < 4 ? { state: 'fenced' } : {}, { alive: i >= 4 })), undefined, vms);
-    let marking = calls(d.lastSweep, 'commit');
+    const marking = calls(d.lastSweep, 'commit');
     expect(marking).toHaveLength(2);
     expect(d.s.markQueue.size).toBe(2);
     let done = 0;
