@@ -94,7 +94,8 @@ function parseArgs(argv: readonly string[]): Args {
       const name = a.replace(/=.*/, '');
       const v = a.includes('=') ? a.slice(a.indexOf('=') + 1) : argv[++i];
       const n = Number(v);
-      if (!Number.isInteger(n) || n < 1 || n > (name === '--hosts' ? 50_000 : 1000)) usage(`${name} wants an integer 1..${name === '--hosts' ? 50_000 : 1000}, got ${v}`);
+      const min = name === '--hosts' ? 10 : 0;
+      if (!Number.isInteger(n) || n < min || n > (name === '--hosts' ? 50_000 : 1000)) usage(`${name} wants an integer ${min}..${name === '--hosts' ? 50_000 : 1000}, got ${v}`);
       if (name === '--hosts') fleet.hosts = n;
       else fleet.vmsPerHost = n;
     } else if (a.startsWith('-')) usage(`unknown option ${a}`);

@@ -45,13 +45,18 @@ export class LogTally {
   warn = 0;
   error = 0;
   readonly samples: string[] = [];
+  /** Distinct debug messages (the agent logs retryable failures at debug) and how often each came. */
+  readonly debug = new Map<string, number>();
   logger(hostId: string): Logger {
     const note = (level: 'warn' | 'error', fields: Record<string, unknown>, msg: string) => {
       this[level]++;
       if (this.samples.length < 8) this.samples.push(`${level} ${hostId}: ${msg} ${JSON.stringify(fields).slice(0, 300)}`);
     };
     const l: Logger = {
-      debug: () => undefined,
+      debug: (f, m) => {
+        const k = `${m}${f.err ? `: ${String(f.err).slice(0, 160)}` : ''}`;
+        if (this.debug.has(k) || this.debug.size < 20) this.debug.set(k, (this.debug.get(k) ?? 0) + 1);
+      },
       info: () => undefined,
       warn: (f, m) => note('warn', f, m),
       error: (f, m) => note('error', f, m),

@@ -48,7 +48,9 @@ export interface FleetWorkerStats {
   readonly loop: { readonly p50: number; readonly p99: number; readonly max: number };
   /** Transitions of hosts the bench did not crash, out of `attached` (the simulation could not keep up, or a bug). */
   readonly unexpected: readonly string[];
-  readonly logs: { readonly warn: number; readonly error: number; readonly samples: readonly string[] };
+  readonly logs: { readonly warn: number; readonly error: number; readonly samples: readonly string[]; readonly debug: Record<string, number> };
+  /** Sums of the hosts' VM sync feed counters (lists, watches, watch errors, guard reads), and hosts with no local VM. */
+  readonly feed: Record<string, number>;
   readonly rssMiB: number;
   /** This thread runs at the agent's heartbeat-path priority (nice -10). */
   readonly raised: boolean;
@@ -93,8 +95,13 @@ function stats(reset: boolean): FleetWorkerStats {
   const phases: Record<string, number> = {};
   let localVms = 0;
   let oldestAckMs = 0;
+  const feed: Record<string, number> = { hostsWithoutVms: 0 };
   for (const [id, h] of hosts) {
-    localVms += h.inventory.listVms().length;
+    const n = h.inventory.listVms().length;
+    localVms += n;
+    if (n === 0 && !crashed.has(id)) feed.hostsWithoutVms!++;
+    const fs = (h.sync as unknown as { feedStats?: () => Record<string, number> }).feedStats?.() ?? {};
+    for (const [k, v] of Object.entries(fs)) feed[k] = (feed[k] ?? 0) + v;
     if (crashed.has(id)) continue;
     const s = h.gc.status();
     phases[s.phase] = (phases[s.phase] ?? 0) + 1;
@@ -109,7 +116,8 @@ function stats(reset: boolean): FleetWorkerStats {
     oldestAckMs: Math.round(oldestAckMs),
     loop: { p50: ms(loop.percentile(50)), p99: ms(loop.percentile(99)), max: ms(loop.max) },
     unexpected: [...unexpected],
-    logs: { warn: logs.warn, error: logs.error, samples: [...logs.samples] },
+    logs: { warn: logs.warn, error: logs.error, samples: [...logs.samples], debug: Object.fromEntries(logs.debug) },
+    feed,
     rssMiB: Math.round(process.memoryUsage().rss / 2 ** 20),
     raised,
   };

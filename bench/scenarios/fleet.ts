@@ -59,6 +59,8 @@ export interface FleetOptions {
   readonly workers: number;
   readonly hostsPerClient: number;
   readonly startRate: number;
+  /** VM records written per second (TETHER_BENCH_FLEET_SEED_RATE, default 400). */
+  readonly seedRate: number;
   /** etcd with TLS (client certificates), as deployed; TETHER_BENCH_FLEET_TLS=0: plaintext. */
   readonly tls: boolean;
   readonly steadyMs: number;
@@ -73,7 +75,7 @@ export function fleetOptions(ctx: BenchContext): FleetOptions {
   // The agent's own rule (src/domain/fleet-timings.ts, agent settings fleetHeartbeatRate and
   // maxHeartbeatInterval) applied to the default timings for this fleet size; or explicit timings.
   const env = process.env.TETHER_BENCH_FLEET_TIMINGS;
-  const heartbeatRate = Number(process.env.TETHER_BENCH_FLEET_HEARTBEAT_RATE ?? 100);
+  const heartbeatRate = Number(process.env.TETHER_BENCH_FLEET_HEARTBEAT_RATE ?? 20);
   const timings: GcTimings = env
     ? { ...DEFAULT_TIMINGS, ...(JSON.parse(env) as Partial<GcTimings>) }
     : scaleTimings(DEFAULT_TIMINGS, hosts, { fleetHeartbeatRate: heartbeatRate, maxHeartbeatInterval: 10_000 }).timings;
@@ -84,8 +86,12 @@ export function fleetOptions(ctx: BenchContext): FleetOptions {
     vmsPerHost,
     timings,
     workers,
-    hostsPerClient: Number(process.env.TETHER_BENCH_FLEET_HOSTS_PER_CLIENT ?? 50),
+    // etcd serves the keepalives of one LeaseKeepAlive stream one after the other (a follower forwards
+    // each to the leader before reading the next), so many hosts on one stream would queue behind each
+    // other as no real agent does: a few hosts per client (each agent has its own) keeps that honest.
+    hostsPerClient: Number(process.env.TETHER_BENCH_FLEET_HOSTS_PER_CLIENT ?? 4),
     startRate: Number(process.env.TETHER_BENCH_FLEET_START_RATE ?? 50),
+    seedRate: Number(process.env.TETHER_BENCH_FLEET_SEED_RATE ?? 400),
     tls: process.env.TETHER_BENCH_FLEET_TLS !== '0',
     steadyMs: ctx.quick ? 10_000 : 30_000,
     naturalExpiries: ctx.quick ? 5 : 20,
@@ -319,7 +325,19 @@ function summarizeWorkers(stats: readonly FleetWorkerStats[]) {
     loopP99Ms: Math.max(0, ...stats.map((s) => s.loop.p99)),
     loopMaxMs: Math.max(0, ...stats.map((s) => s.loop.max)),
     unexpected: stats.flatMap((s) => s.unexpected),
-    logs: { warn: stats.reduce((a, s) => a + s.logs.warn, 0), error: stats.reduce((a, s) => a + s.logs.error, 0), samples: stats.flatMap((s) => s.logs.samples).slice(0, 8) },
+    logs: {
+      warn: stats.reduce((a, s) => a + s.logs.warn, 0),
+      error: stats.reduce((a, s) => a + s.logs.error, 0),
+      samples: stats.flatMap((s) => s.logs.samples).slice(0, 8),
+      debug: stats.reduce<Record<string, number>>((a, s) => {
+        for (const [k, v] of Object.entries(s.logs.debug)) a[k] = (a[k] ?? 0) + v;
+        return a;
+      }, {}),
+    },
+    feed: stats.reduce<Record<string, number>>((a, s) => {
+      for (const [k, v] of Object.entries(s.feed)) a[k] = (a[k] ?? 0) + v;
+      return a;
+    }, {}),
     workerRssMiB: stats.map((s) => s.rssMiB),
   };
 }
@@ -425,7 +443,6 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
   const dir = res.tempDir('fleet');
   const prefix = `/${base}/`;
   const ids = Array.from({ length: o.hosts }, (_, i) => `${base}-h${String(i).padStart(5, '0')}`);
-  const idxOf = new Map(ids.map((id, i) => [id, i]));
   const failures: string[] = [];
   const T = o.timings;
 
@@ -453,11 +470,13 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
     const meter = cpuMeter(() => new Map([...etcdPids, ...benchPid, ...controllers.filter((c) => c.exit === undefined).map((c, i) => [`controller${i + 1}`, c.pid] as [string, number])]));
     let lastStats = '';
     let lastSamples: string[] = [];
+    let lastDebug: string[] = [];
     const statsTimer = setInterval(() => {
       void pool?.stats(false).then((st) => {
         const w = summarizeWorkers(st);
         lastSamples = w.logs.samples.slice(0, 3);
-        lastStats = `oldest ack ${w.oldestAckMs} ms, worker loop p99 ${w.loopP99Ms} ms, host logs warn ${w.logs.warn} error ${w.logs.error}`;
+        lastStats = `oldest ack ${w.oldestAckMs} ms, worker loop p99 ${w.loopP99Ms} ms, host logs warn ${w.logs.warn} error ${w.logs.error}, sync feed ${JSON.stringify(w.feed)}, phases ${JSON.stringify(w.phases)}`;
+        lastDebug = Object.entries(w.logs.debug).sort((a, b) => b[1] - a[1]).slice(0, 4).map(([k, v]) => `${v}x ${k}`);
       });
     }, 5000).unref();
     statsTimerRef = statsTimer;
@@ -482,7 +501,7 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
         prefix,
         hostIds: slice,
         timings: T,
-        capacity: { vcpu: o.vmsPerHost * 3, memoryMb: o.vmsPerHost * 3 * 128 },
+        capacity: { vcpu: Math.max(1, o.vmsPerHost) * 3, memoryMb: Math.max(1, o.vmsPerHost) * 3 * 128 },
         hostsPerClient: o.hostsPerClient,
         startRate: o.startRate / o.workers,
       });
@@ -504,58 +523,8 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
     if (!attached) throw new Error(`${label}: only ${hostView.count('attached')}/${o.hosts} hosts attached`);
     progress(`${label}: ${o.hosts} hosts attached in ${(regMs / 1000).toFixed(1)} s`);
 
-    // 2. the VMs: records placed on each host at its epoch, as the agent's API create writes them
-    seedKv = new EtcdKv({ endpoints, security: cluster.clientTls() });
-    const seedStore = new KvControllerStore(seedKv, { prefix, clock: new SystemClock(), idSource: () => '00000000' });
-    const total = o.hosts * o.vmsPerHost;
-    const writes: { key: string; hostId: string; epoch: number }[] = [];
-    for (let i = 0; i < o.hosts; i++) {
-      const hostId = ids[i]!;
-      const epoch = hostView.state.get(hostId)!.epoch;
-      for (let j = 0; j < o.vmsPerHost; j++) writes.push({ key: vmKey(i, j), hostId, epoch });
-    }
-    const CHUNK = 50;
-    const seedWin = new ProcWindow(new Map([...etcdPids, ...benchPid])).start();
-    const seedReq = await reqWindow();
-    const s0 = performance.now();
-    let next = 0;
-    let written = 0;
-    const tick = throttle(5000, () => progress(`${label}: ${written}/${total} VM records written, ${vmView.running} running`));
-    const seeder = async () => {
-      while (next < writes.length) {
-        const chunk = writes.slice(next, next + CHUNK);
-        next += CHUNK;
-        const now = Date.now();
-        const vms = chunk.map((w) => {
-          const record: ClusterVmRecord = { uid: `${w.key.replace('/', '-')}-0`.padEnd(32, '0').slice(0, 32), spec: spec(w.key), hostId: w.hostId, hostEpoch: w.epoch, phase: 'pending', generation: 1, updatedAt: now };
-          return { key: w.key, expectRevision: null, prevHostId: null, next: record };
-        });
-        const r = await seedStore.commit({ vms }, 30_000);
-        if (!r.ok) throw new Error(`${label}: seeding VM records: ${r.reason}`);
-        written += chunk.length;
-        tick();
-      }
-    };
-    await Promise.all(Array.from({ length: 8 }, seeder));
-    const seedMs = performance.now() - s0;
-    progress(`${label}: ${total} VM records written in ${(seedMs / 1000).toFixed(1)} s; waiting until every host reported its VMs running`);
-    // Gives up when no VM turned running for 60 s (e.g. every host's sync round failing).
-    let lastCount = -1;
-    let lastChange = performance.now();
-    const allRunning = await waitFor('VMs running', () => vmView.running >= total, Math.max(300_000, total * 5), () => `${vmView.running}/${total} running; ${diag()}`, () => {
-      poolCheck();
-      if (vmView.running !== lastCount) {
-        lastCount = vmView.running;
-        lastChange = performance.now();
-      } else if (performance.now() - lastChange > 60_000) throw new Error(`${label}: no VM reported running for 60 s (${vmView.running}/${total}); simulated-host logs: ${lastSamples.join(' | ') || 'none'}`);
-    });
-    const runningAfterMs = performance.now() - s0;
-    const seedRes = seedWin.stop();
-    const seedEtcd = await seedReq.stop();
-    if (!allRunning) failures.push(`${label}: only ${vmView.running}/${total} VMs reported running by their hosts`);
-    progress(`${label}: ${vmView.running}/${total} VMs running after ${(runningAfterMs / 1000).toFixed(1)} s`);
-
-    // 3. the controller, then its standby
+    // 2. the controller (it runs while the VMs are written, as in production: a host that rejoins at a
+    //    new epoch meanwhile gets its older-epoch VMs placed again by the controller's sweep), then its standby
     const startController = (id: string) => {
       const c = ControllerChild.start(cluster.agentArgs(), prefix, id, join(dir, `${id.slice(base.length + 1)}.log`));
       controllers.push(c);
@@ -576,9 +545,64 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
     const c2Id = `${base}-controller-2`;
     const c2 = startController(c2Id);
     const all = new Map([['controller', c1.pid], ['standby', c2.pid], ...etcdPids, ...benchPid]);
-    await sleep(5000);
+
+    // 3. the VMs: records placed on each host at its epoch, as the agent's API create writes them
+    seedKv = new EtcdKv({ endpoints, security: cluster.clientTls() });
+    const seedStore = new KvControllerStore(seedKv, { prefix, clock: new SystemClock(), idSource: () => '00000000' });
+    const total = o.hosts * o.vmsPerHost;
+    const writes: { key: string; hostId: string; epoch: number }[] = [];
+    for (let i = 0; i < o.hosts; i++) {
+      const hostId = ids[i]!;
+      const epoch = hostView.state.get(hostId)!.epoch;
+      for (let j = 0; j < o.vmsPerHost; j++) writes.push({ key: vmKey(i, j), hostId, epoch });
+    }
+    const CHUNK = 50;
+    const seedWin = new ProcWindow(new Map([...etcdPids, ...benchPid])).start();
+    const seedReq = await reqWindow();
+    const s0 = performance.now();
+    let next = 0;
+    let written = 0;
+    const tick = throttle(5000, () => progress(`${label}: ${written}/${total} VM records written, ${vmView.running} running`));
+    const seeder = async () => {
+      while (next < writes.length) {
+        const chunk = writes.slice(next, next + CHUNK);
+        next += CHUNK;
+        // At most o.seedRate VM records per second: each becomes a watch event on its host and a
+        // status txn from it, on top of the fleet's heartbeats.
+        const due = s0 + ((next - CHUNK) / o.seedRate) * 1000;
+        if (due > performance.now()) await sleep(due - performance.now());
+        const now = Date.now();
+        const vms = chunk.map((w) => {
+          const record: ClusterVmRecord = { uid: `${w.key.replace('/', '-')}-0`.padEnd(32, '0').slice(0, 32), spec: spec(w.key), hostId: w.hostId, hostEpoch: w.epoch, phase: 'pending', generation: 1, updatedAt: now };
+          return { key: w.key, expectRevision: null, prevHostId: null, next: record };
+        });
+        const r = await seedStore.commit({ vms }, 30_000);
+        if (!r.ok) throw new Error(`${label}: seeding VM records: ${r.reason}`);
+        written += chunk.length;
+        tick();
+      }
+    };
+    await Promise.all(Array.from({ length: 8 }, seeder));
+    const seedMs = performance.now() - s0;
+    progress(`${label}: ${total} VM records written in ${(seedMs / 1000).toFixed(1)} s; waiting until every host reported its VMs running`);
+    // Gives up when no VM turned running for 90 s (e.g. every host's sync round failing).
+    let lastCount = -1;
+    let lastChange = performance.now();
+    const allRunning = await waitFor('VMs running', () => vmView.running >= total, Math.max(300_000, total * 5), () => `${vmView.running}/${total} running; ${diag()}`, () => {
+      poolCheck();
+      if (vmView.running !== lastCount) {
+        lastCount = vmView.running;
+        lastChange = performance.now();
+      } else if (performance.now() - lastChange > 90_000) throw new Error(`${label}: no VM reported running for 90 s (${vmView.running}/${total}); simulated-host logs: ${lastSamples.join(' | ') || 'none'}; debug: ${lastDebug.join(' | ') || 'none'}`);
+    });
+    const runningAfterMs = performance.now() - s0;
+    const seedRes = seedWin.stop();
+    const seedEtcd = await seedReq.stop();
+    if (!allRunning) failures.push(`${label}: only ${vmView.running}/${total} VMs reported running by their hosts`);
+    progress(`${label}: ${vmView.running}/${total} VMs running after ${(runningAfterMs / 1000).toFixed(1)} s`);
 
     // 4. steady state
+    await sleep(5000);
     await pool.stats();
     loop.reset();
     progress(`${label}: steady state for ${o.steadyMs / 1000} s`);
@@ -605,14 +629,21 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
       loop.reset();
       const win = new ProcWindow(all, 100).start();
       const req = await reqWindow();
+      // The VMs on these hosts now (some may have moved since they were written: hosts that rejoined).
+      const on = new Set(hosts);
+      const byHost = new Map<string, string[]>();
+      for (const [key, v] of vmView.vms) if (v.hostId !== undefined && on.has(v.hostId) && v.phase !== 'lost') byHost.set(v.hostId, [...(byHost.get(v.hostId) ?? []), key]);
       for (const h of hosts) {
         alive.delete(h);
-        const i = idxOf.get(h)!;
-        vmView.track(Array.from({ length: o.vmsPerHost }, (_, j) => vmKey(i, j)), h);
+        vmView.track(byHost.get(h) ?? [], h);
+        // Only what happens from now on counts (a host that flapped earlier was detached before).
+        hostView.detached.delete(h);
+        hostView.fenced.delete(h);
+        hostView.aliveGone.delete(h);
       }
       progress(`${label}: ${what}: ${hosts.length} hosts die (no more keepalives; their leases expire after ttl ${T.ttl} ms)`);
       const acks = await pool!.crash(hosts);
-      const keys = [...vmView.moved.entries()].filter(([, m]) => hosts.includes(m.from));
+      const keys = [...vmView.moved.entries()].filter(([, m]) => on.has(m.from));
       const done = () => hosts.every((h) => hostView.fenced.has(h)) && keys.every(([, m]) => m.runningAt !== undefined);
       const lastDeadline = () => Math.max(0, ...hosts.map((h) => hostView.detached.get(h)?.record?.fenceDeadline ?? 0));
       await waitFor(
@@ -654,8 +685,8 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
         if (m.runningAt !== undefined) running.push(m.runningAt - dl);
       }
       const last = lastDeadline();
-      const lastPlaced = Math.max(...keys.map(([, m]) => m.placedAt ?? Infinity));
-      const lastRunning = Math.max(...keys.map(([, m]) => m.runningAt ?? Infinity));
+      const lastPlaced = keys.length ? keys.reduce((a, [, m]) => Math.max(a, m.placedAt ?? Infinity), -Infinity) : NaN;
+      const lastRunning = keys.length ? keys.reduce((a, [, m]) => Math.max(a, m.runningAt ?? Infinity), -Infinity) : NaN;
       const r: ExpiryRun = {
         hosts: hosts.length,
         vms: keys.length,
@@ -820,7 +851,7 @@ function tables(r: FleetRun, o: FleetOptions): Table[] {
         [
           `${(r.register.ms / 1000).toFixed(1)} s (${r.register.perSecond}/s)`,
           `${(r.seed.ms / 1000).toFixed(1)} s / ${(r.seed.runningAfterMs / 1000).toFixed(1)} s`,
-          `${r.controllerSync.ms} ms`,
+          `${r.controllerSync.ms} ms (before the VMs)`,
           `${r.controllerSync.resources.usage.controller?.cpuMs ?? '—'} ms`,
           `${Math.max(r.steady.resources.usage.controller?.hwmMiB ?? 0, r.mass?.resources.usage.controller?.hwmMiB ?? 0)} MiB`,
           r.takeover ? `${r.takeover.ms} ms` : '—',
@@ -829,7 +860,7 @@ function tables(r: FleetRun, o: FleetOptions): Table[] {
         ],
       ],
       notes: [
-        'synced = spawn → the controller published controller/status (Node start, election, list-watch of hosts and VMs at full size).',
+        'synced = spawn → the controller published controller/status (Node start, election, list-watch of the hosts; it starts before the VMs are written).',
         'takeover = SIGTERM to the leader (it resigns) → the standby published controller/status. Target: <= 10 s at 10,000 × 20.',
         'VM records: placed on their host at its epoch, `pending` (as the agent API writes them); all running = every host\'s sync reported them.',
       ],
