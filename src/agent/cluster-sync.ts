@@ -82,6 +82,8 @@ export class ClusterVmSync {
   /** The last watch failure's code: decides resume or re-list ({@link watchRecovery}). */
   private lastWatchError: string | undefined;
   private readonly stats = { lists: 0, watches: 0, watchErrors: 0, guardReads: 0, recordReads: 0 };
+  /** Whether the previous round found the host attached (a new attachment re-establishes the watch). */
+  private wasAttached = false;
   /** Local uids kept because their record is missing from the index, already reported. */
   private readonly unindexedReported = new Set<string>();
 
@@ -216,9 +218,22 @@ export class ClusterVmSync {
 
   private async round(): Promise<void> {
     const { attached, epoch } = this.standing();
-    if (!attached || epoch === 0) return;
+    if (!attached || epoch === 0) {
+      this.wasAttached = false;
+      return;
+    }
     const { inventory, clock, logger } = this.ctx;
     try {
+      if (!this.wasAttached && this.feed === 'up') {
+        // Attached again (after a detach, a fence or a rejoin): the watch may have outlived a partition
+        // without an error on its stream; resume it from the cache's revision (a watch, not a list).
+        const sub = this.sub;
+        this.sub = undefined;
+        this.feed = 'down';
+        this.lastWatchError = undefined;
+        await sub?.close().catch(() => undefined);
+      }
+      this.wasAttached = true;
       await this.ensureFeed();
       const cache = this.cache;
       if (this.feed !== 'up' || !cache) return;

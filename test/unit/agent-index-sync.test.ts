@@ -212,6 +212,23 @@ describe('agent sync over its own index (etcd model)', () => {
   });
 });
 
+describe('re-attachment', () => {
+  it('attached again after a detach: the watch is re-established from the last revision (no list), changes made meanwhile are seen', async () => {
+    const w = world();
+    await w.place('a');
+    w.sync.start();
+    await w.clock.advance(2 * INTERVAL);
+    const before = w.sync.feedStats();
+    w.standing = { attached: false, epoch: 1 };
+    await w.clock.advance(2 * INTERVAL);
+    await w.place('b');
+    w.standing = { attached: true, epoch: 1 };
+    await w.clock.advance(2 * INTERVAL);
+    expect(w.consistent()).toEqual([]);
+    expect(w.sync.feedStats()).toMatchObject({ lists: before.lists, watches: before.watches + 1 });
+  });
+});
+
 describe('backfill of a cluster written before the index', () => {
   it('the agent keeps VMs whose records lack an index entry; reindex builds it (idempotent), removes orphans; the agent then follows', async () => {
     const w = world();
