@@ -19,6 +19,8 @@
  * the threads of this process); the simulated hosts live in worker threads, whose event-loop delay
  * is the error of everything they report (a host's lastAck) and is reported with the numbers.
  */
+import { readdirSync } from 'node:fs';
+import { setPriority } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
@@ -28,7 +30,7 @@ import { etcd3Security } from '../../src/adapters/etcd/etcd-client.js';
 import { EtcdKv } from '../../src/adapters/etcd/etcd-kv.js';
 import { SystemClock } from '../../src/adapters/clock/system-clock.js';
 import { KvControllerStore } from '../../src/adapters/kv/kv-controller-store.js';
-import { raiseOwnPriority } from '../../src/adapters/process-priority.js';
+import { HEARTBEAT_PATH_PRIORITY, raiseOwnPriority } from '../../src/adapters/process-priority.js';
 import { LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
 import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
 import { scaleTimings } from '../../src/domain/fleet-timings.js';
@@ -59,7 +61,7 @@ export interface FleetOptions {
   readonly workers: number;
   readonly hostsPerClient: number;
   readonly startRate: number;
-  /** VM records written per second (TETHER_BENCH_FLEET_SEED_RATE, default 400). */
+  /** VM records written per second (TETHER_BENCH_FLEET_SEED_RATE, default 200). */
   readonly seedRate: number;
   /** etcd with TLS (client certificates), as deployed; TETHER_BENCH_FLEET_TLS=0: plaintext. */
   readonly tls: boolean;
@@ -91,7 +93,7 @@ export function fleetOptions(ctx: BenchContext): FleetOptions {
     // other as no real agent does: a few hosts per client (each agent has its own) keeps that honest.
     hostsPerClient: Number(process.env.TETHER_BENCH_FLEET_HOSTS_PER_CLIENT ?? 4),
     startRate: Number(process.env.TETHER_BENCH_FLEET_START_RATE ?? 50),
-    seedRate: Number(process.env.TETHER_BENCH_FLEET_SEED_RATE ?? 400),
+    seedRate: Number(process.env.TETHER_BENCH_FLEET_SEED_RATE ?? 200),
     tls: process.env.TETHER_BENCH_FLEET_TLS !== '0',
     steadyMs: ctx.quick ? 10_000 : 30_000,
     naturalExpiries: ctx.quick ? 5 : 20,
@@ -421,6 +423,25 @@ function cpuMeter(pids: () => ReadonlyMap<string, number>): () => string {
   };
 }
 
+/**
+ * Every thread of this process at the agents' priority: V8's GC helper threads start at nice 0
+ * before anything can raise them, and a JS thread waiting for its concurrent marking under the
+ * machine's other load paused for seconds. (A real agent's heap is small; 500 hosts' is not.)
+ */
+function raiseAllThreads(): void {
+  try {
+    for (const tid of readdirSync('/proc/self/task')) {
+      try {
+        setPriority(Number(tid), HEARTBEAT_PATH_PRIORITY);
+      } catch {
+        /* not permitted or gone */
+      }
+    }
+  } catch {
+    /* no /proc */
+  }
+}
+
 async function waitFor(what: string, cond: () => boolean, timeoutMs: number, status: () => string, check?: () => void): Promise<boolean> {
   const t0 = performance.now();
   const tick = throttle(5000, () => progress(`fleet: ${what}: ${status()} (${((performance.now() - t0) / 1000).toFixed(0)} s)`));
@@ -459,6 +480,7 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
   const loop = monitorEventLoopDelay({ resolution: 10 });
   loop.enable();
   let statsTimerRef: NodeJS.Timeout | undefined;
+  let raiseTimerRef: NodeJS.Timeout | undefined;
   try {
     progress(`${label}: starting a 3-member etcd cluster (${cluster.clusterId})`);
     await cluster.start();
@@ -509,6 +531,9 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
     const etcdClients = datas.reduce((a, d) => a + Math.ceil(d.hostIds.length / d.hostsPerClient), 0);
     pool = new WorkerPool(datas);
     const p = pool;
+    raiseAllThreads();
+    const raiseTimer = setInterval(raiseAllThreads, 5000).unref();
+    raiseTimerRef = raiseTimer;
     res.onCleanup(`simulated hosts ${base}-h*`, () => p.close());
     const poolCheck = () => {
       if (p.errors.length) throw new Error(`${label}: ${p.errors.join('; ')}`);
@@ -764,6 +789,7 @@ async function runFleet(ctx: BenchContext, o: FleetOptions): Promise<FleetRun> {
     throw err;
   } finally {
     clearInterval(statsTimerRef);
+    clearInterval(raiseTimerRef);
     loop.disable();
     for (const c of controllers) await c.stop();
     await pool?.close();
