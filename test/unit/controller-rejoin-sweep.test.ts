@@ -6,7 +6,7 @@
  * the guardian killed its VMs, it rejoined at epoch 2 while the sweeps had run before the bump).
  */
 import { describe, expect, it } from 'vitest';
-import { calls, Driver, entry, eventKinds, ops, rec, vm } from '../support/controller-step.js';
+import { calls, Driver, entry, eventKinds, rec, vm } from '../support/controller-step.js';
 
 describe('controller core: a host registered at a newer epoch', () => {
   // [what, record before (state, epoch), record after, expect a sweep]

@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { statusOf } from '../../src/domain/controller/status.js';
-import { calls, conflict, Driver, entry, eventKinds, events, ok, ops, timersSet, vm, WALL0 } from '../support/controller-step.js';
+import { calls, conflict, Driver, entry, eventKinds, ok, ops, timersSet, vm, WALL0 } from '../support/controller-step.js';
 
 describe('controller core: leadership', () => {
   it('campaigns at start; lost campaign -> again after the campaign interval', () => {
