@@ -13,9 +13,28 @@
  *   `taken-over`: another agent holds this host id, and this host's own watchdog decides;
  * - a keepalive without an answer by its deadline (`no-answer`) is a miss, whatever the lease.
  */
+import type { GcTimings } from './gc-timing.js';
 import type { HostEvent, HostPhase } from './host-lifecycle.js';
 
 /** Phases in which the agent sends keepalives (it has, or may regain, a lease to renew). */
+/** The default (unscaled) heartbeat interval: the cadence of keepalive retries after a miss. */
+export const KEEPALIVE_RETRY_MS = 1000;
+
+/**
+ * Each keepalive's deadline, and the delay before the next attempt after one went unanswered:
+ * `min(heartbeatInterval, 1 s)`. With the default timings (1 s) nothing changes; with a long
+ * interval (heartbeats scaled to the fleet, src/domain/fleet-timings.ts) a missed keepalive is
+ * retried every second instead of one long interval later, so a blip or an etcd election costs
+ * at most `electionTolerance + 1 s` after the keepalive due at `lastAck + heartbeatInterval`, which
+ * `watchdogTimeout >= electionTolerance + heartbeatInterval` (checkTimings) leaves room for.
+ *
+ * Safety is untouched: more keepalives only renew the lease; every deadline is still measured from
+ * the send time of the last acknowledged one.
+ */
+export function keepaliveRetryMs(t: Pick<GcTimings, 'heartbeatInterval'>): number {
+  return Math.min(t.heartbeatInterval, KEEPALIVE_RETRY_MS);
+}
+
 export function heartbeatPhase(phase: HostPhase): boolean {
   return phase === 'attached' || phase === 'suspect' || phase === 'detached';
 }

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { HostGc } from '../../src/agent/gc/host-gc.js';
 import { TetherError } from '../../src/domain/errors.js';
-import { DEFAULT_TIMINGS as T } from '../../src/domain/gc-timing.js';
+import { checkTimings, DEFAULT_TIMINGS as T, type GcTimings } from '../../src/domain/gc-timing.js';
+import { scaleTimings } from '../../src/domain/fleet-timings.js';
 import type { HostPhase } from '../../src/domain/host-lifecycle.js';
 import type { Guardian } from '../../src/ports/guardian.js';
 import type { GuardianFiredRecord } from '../../src/domain/guardian.js';
@@ -41,7 +42,7 @@ class FakeGuardian implements Guardian {
   }
 }
 
-async function setup(vms = 1) {
+async function setup(vms = 1, timings: GcTimings = T) {
   const h = fakeHost();
   const cluster = new ModelClusterStore(h.clock);
   for (let i = 0; i < vms; i++) {
@@ -51,7 +52,7 @@ async function setup(vms = 1) {
   const transitions: string[] = [];
   const guardian = new FakeGuardian();
   const gc = new HostGc(h.ctx, cluster, {
-    timings: T,
+    timings,
     bootId: 'boot-1',
     capacity: { vcpu: 2, memoryMb: 1024 },
     agentVersion: 'test',
@@ -87,6 +88,23 @@ describe('HostGc loop on a fake clock', () => {
       expect(s.gc.phase).toBe('attached');
     }
     expect(s.transitions).toContain('suspect->detached');
+    expect(s.calls.filter((c) => c.startsWith('vmm.stop:'))).toEqual([]);
+    expect(s.gc.lastReport()).toBeUndefined();
+  });
+
+  it('with heartbeats scaled to the fleet (10 s apart), an etcd election at any point of the interval never stops a VM: a missed keepalive is retried every second', async () => {
+    const S = scaleTimings(T, 1000, { fleetHeartbeatRate: 100, maxHeartbeatInterval: 10_000 }).timings;
+    expect(S.heartbeatInterval).toBe(10_000);
+    expect(checkTimings(S)).toEqual([]);
+    const s = await setup(1, S);
+    for (let round = 0; round < 20; round++) {
+      await s.clock.advance((round * 700) % S.heartbeatInterval);
+      s.cluster.mode = 'hang';
+      await s.clock.advance(S.electionTolerance);
+      s.cluster.mode = 'ok';
+      await s.clock.advance(2 * S.heartbeatInterval);
+      expect(s.gc.phase).toBe('attached');
+    }
     expect(s.calls.filter((c) => c.startsWith('vmm.stop:'))).toEqual([]);
     expect(s.gc.lastReport()).toBeUndefined();
   });
