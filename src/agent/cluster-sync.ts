@@ -3,7 +3,9 @@ import type { InvalidRecordReport } from '../domain/codec/invalid-record-log.js'
 import { toRecordText } from '../domain/codec/names.js';
 import { isRetryable, messageOf } from '../domain/errors.js';
 import { HostVmCache, planIsEmpty, planSync, watchRecovery, type IndexChange, type UnreadableVm } from '../domain/cluster-vm-sync.js';
+import { DEFAULT_TXN_LIMITS, type ClusterChange } from '../domain/cluster-change.js';
 import type { ClusterVmRecord } from '../domain/cluster-vm.js';
+import { groupBySize, merge } from '../domain/controller/batch.js';
 import type { ControllerStore, HostEntry, Subscription, VmEntry } from '../ports/controller-store.js';
 import type { TimerHandle } from '../ports/clock.js';
 import type { HostVmEvent, HostVmIndexStore } from '../ports/host-vm-index.js';
@@ -11,7 +13,7 @@ import type { HostContext } from './host-context.js';
 import type { AgentVmService } from './vm-service.js';
 
 /** What the sync needs of the cluster store: its host record, commits, and its own VM index (never `vms/` whole). */
-export type AgentClusterStore = Pick<ControllerStore, 'getHost' | 'commit' | 'invalidRecords'> & HostVmIndexStore;
+export type AgentClusterStore = Pick<ControllerStore, 'getHost' | 'commit' | 'invalidRecords'> & Partial<Pick<ControllerStore, 'txnLimits'>> & HostVmIndexStore;
 
 /** Inventory event kind of a cluster record that failed the codec (detail: key, field, revision, error). */
 export const EVENT_RECORD_INVALID = 'cluster-record-invalid';
@@ -44,8 +46,9 @@ export interface IndexFeedStats {
  * epoch (ARCHITECTURE.md section 2):
  * - a record placed here and unknown locally is created, with the record's uid;
  * - a local VM whose record is gone, moved, lost or being deleted is deleted;
- * - status (phase) goes back to the record in a txn guarded by this host's record revision read in
- *   the same round — so a host whose record was fenced, or moved to another epoch, writes nothing.
+ * - status (phase) goes back to the records in txns guarded by this host's record revision read in
+ *   the same round — so a host whose record was fenced, or moved to another epoch, writes nothing;
+ *   many statuses share a txn, within etcd's limits (a batch that lost a race is retried VM by VM).
  * Nothing runs while the host is not attached.
  *
  * Its view of the records is the host's OWN index (`hostvms/<hostId>/`, a copy of each record placed
@@ -274,10 +277,23 @@ export class ClusterVmSync {
         const next: ClusterVmRecord = { ...rest, phase: 'lost', reason: `drained from ${this.ctx.hostId}: stopped and cleaned there`, generation: v.record.generation + 1, updatedAt: clock.now() };
         await this.store.commit({ guards, vms: [{ key: v.key, expectRevision: rev.get(v.key)!, prevHostId: v.record.hostId ?? null, next }] }, this.intervalMs);
       }
-      for (const s of plan.status) {
-        const next: ClusterVmRecord = { ...s.view.record, phase: s.phase, generation: s.view.record.generation + 1, updatedAt: clock.now() };
-        const res = await this.store.commit({ guards, vms: [{ key: s.view.key, expectRevision: rev.get(s.view.key)!, prevHostId: s.view.record.hostId ?? null, next }] }, this.intervalMs);
-        if (!res.ok) logger.debug({ vm: s.view.key, reason: res.reason }, 'status write lost a race; next round retries');
+      // Status writes batched within etcd's txn limits (after a mass reschedule a host reports tens of
+      // VMs at once: one txn each was most of etcd's load); a batch that lost a race is written VM by
+      // VM, so one changed record delays only itself (to the next round).
+      const statusWrites: ClusterChange[] = plan.status.map((s) => ({
+        guards,
+        vms: [{ key: s.view.key, expectRevision: rev.get(s.view.key)!, prevHostId: s.view.record.hostId ?? null, next: { ...s.view.record, phase: s.phase, generation: s.view.record.generation + 1, updatedAt: clock.now() } }],
+      }));
+      for (const group of groupBySize(statusWrites, (c) => c, this.store.txnLimits ?? DEFAULT_TXN_LIMITS)) {
+        const res = await this.store.commit(merge(group), this.intervalMs);
+        if (res.ok || group.length === 1) {
+          if (!res.ok) logger.debug({ vm: group[0]!.vms![0]!.key, reason: res.reason }, 'status write lost a race; next round retries');
+          continue;
+        }
+        for (const one of group) {
+          const r = await this.store.commit(one, this.intervalMs);
+          if (!r.ok) logger.debug({ vm: one.vms![0]!.key, reason: r.reason }, 'status write lost a race; next round retries');
+        }
       }
       this.lastFailure = undefined;
     } catch (err) {

@@ -144,6 +144,16 @@ describe('agent sync over its own index (etcd model)', () => {
     expect(w.counts.range).toBe(1 + w.sync.feedStats().guardReads + w.sync.feedStats().recordReads);
   });
 
+  it('the status of many new VMs goes back in a few batched txns within the txn limit, not one txn per VM', async () => {
+    const w = world();
+    for (let i = 0; i < 100; i++) await w.place(`v${i}`);
+    w.sync.start();
+    await w.clock.advance(3 * INTERVAL);
+    expect(w.consistent()).toEqual([]);
+    // 100 VMs x (1 compare + record + index copy) + the host guard: 2 txns at --max-txn-ops 128, not 100
+    expect(w.counts.txn).toBeLessThanOrEqual(4);
+  });
+
   it('a watch error resumes from the last revision seen, without a new list; changes made meanwhile are seen', async () => {
     const w = world();
     await w.place('a');
