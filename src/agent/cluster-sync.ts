@@ -254,9 +254,12 @@ export class ClusterVmSync {
       const rev = new Map(records.map((r) => [r.key, r.revision]));
       const guards = [{ hostId: this.ctx.hostId, expectRevision: host.recordRevision! }];
       for (const v of plan.create) {
+        // Started meanwhile by the API's create of this very record (it runs it right after its txn).
+        if (inventory.getVm(v.record.uid)) continue;
         try {
           await this.service.createWithUid(v.record.spec, v.record.uid);
         } catch (err) {
+          if (inventory.getVm(v.record.uid)) continue; // the same race, lost inside createWithUid: ours, not a failure
           // Refused here (unknown image, name taken): the record says why instead of waiting forever.
           logger.warn({ vm: v.key, err: messageOf(err) }, 'cluster VM could not be accepted');
           const next: ClusterVmRecord = { ...v.record, phase: 'failed', reason: toRecordText(messageOf(err)), generation: v.record.generation + 1, updatedAt: clock.now() };

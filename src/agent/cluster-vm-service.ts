@@ -45,7 +45,14 @@ export class ClusterVmService implements MicroVmService {
       if (exists.kind === 'invalid') throw new TetherError('ALREADY_EXISTS', `microvm ${key} already exists in the cluster (its record is unreadable: ${exists.error.message})`);
       throw new TetherError('UNAVAILABLE', `this host's cluster record changed while creating ${key}; try again`, { retryable: true });
     }
-    return this.local.createWithUid(spec, uid);
+    try {
+      return await this.local.createWithUid(spec, uid);
+    } catch (err) {
+      // The sync, woken by this very record's watch event, may have started it first: same uid, ours.
+      const mine = await this.local.get(uid).catch(() => undefined);
+      if (mine) return mine;
+      throw err;
+    }
   }
 
   async delete(uid: string): Promise<void> {
