@@ -17,22 +17,25 @@ import type { GcTimings } from './gc-timing.js';
 import type { HostEvent, HostPhase } from './host-lifecycle.js';
 
 /** Phases in which the agent sends keepalives (it has, or may regain, a lease to renew). */
-/** The default (unscaled) heartbeat interval: the cadence of keepalive retries after a miss. */
+/** The default (unscaled) heartbeat interval: how soon a keepalive that failed early is retried. */
 export const KEEPALIVE_RETRY_MS = 1000;
 
 /**
- * Each keepalive's deadline, and the delay before the next attempt after one went unanswered:
- * `min(heartbeatInterval, 1 s)`. With the default timings (1 s) nothing changes; with a long
- * interval (heartbeats scaled to the fleet, src/domain/fleet-timings.ts) a missed keepalive is
- * retried every second instead of one long interval later, so a blip or an etcd election costs
- * at most `electionTolerance + 1 s` after the keepalive due at `lastAck + heartbeatInterval`, which
- * `watchdogTimeout >= electionTolerance + heartbeatInterval` (checkTimings) leaves room for.
+ * When the keepalive after one that got no answer is sent (monotonic ms): normally one interval
+ * after the failed one was sent, but when it failed early (an error before its deadline: a leader
+ * change, a refused connection) {@link KEEPALIVE_RETRY_MS} after it was sent, or at once if that
+ * has passed. With the default timings (1 s) nothing changes; with a long interval (heartbeats
+ * scaled to the fleet, src/domain/fleet-timings.ts) a keepalive that fails fast during an etcd
+ * election is no longer the last one before the watchdog: at 10 s heartbeats and a 17 s watchdog,
+ * one fast failure at `lastAck + 10 s` used to stop every VM. Each keepalive keeps a deadline of one
+ * interval, so a loaded etcd that answers slowly is not met with more requests (a 1 s deadline made
+ * the fleet bench's registration collapse into a retry storm at 1,000 hosts).
  *
  * Safety is untouched: more keepalives only renew the lease; every deadline is still measured from
  * the send time of the last acknowledged one.
  */
-export function keepaliveRetryMs(t: Pick<GcTimings, 'heartbeatInterval'>): number {
-  return Math.min(t.heartbeatInterval, KEEPALIVE_RETRY_MS);
+export function nextBeatAfterMiss(t: Pick<GcTimings, 'heartbeatInterval'>, sentAt: number, now: number): number {
+  return Math.min(sentAt + t.heartbeatInterval, Math.max(sentAt + KEEPALIVE_RETRY_MS, now));
 }
 
 export function heartbeatPhase(phase: HostPhase): boolean {

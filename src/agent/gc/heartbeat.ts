@@ -1,5 +1,5 @@
 import { messageOf } from '../../domain/errors.js';
-import { heartbeatPhase, judgeKeepalive, keepaliveRetryMs, type KeepaliveOutcome } from '../../domain/heartbeat.js';
+import { heartbeatPhase, judgeKeepalive, nextBeatAfterMiss, type KeepaliveOutcome } from '../../domain/heartbeat.js';
 import type { TimerHandle } from '../../ports/clock.js';
 import type { GcSession } from './gc-session.js';
 import type { GuardianSupervisor } from './guardian-supervisor.js';
@@ -7,8 +7,8 @@ import type { HoldSync } from './hold-sync.js';
 
 /**
  * The heartbeat loop: one keepalive every `heartbeatInterval` (measured from one send to the next),
- * each with a deadline of {@link keepaliveRetryMs} (one interval, at most 1 s); an unanswered one is
- * retried that long after it was sent, not a whole interval later; what an answer means is decided by
+ * each with a deadline of one interval; one that failed early is retried sooner ({@link nextBeatAfterMiss});
+ * what an answer means is decided by
  * src/domain/heartbeat.ts. Each beat also checks on the guardian (restart when gone, fire → fence).
  *
  * Invariants: one timer, on the injected Clock; acknowledgements carry the SEND time, from which
@@ -39,7 +39,7 @@ export class Heartbeat {
     this.timer = undefined;
   }
 
-  /** One keepalive with a deadline of keepaliveRetryMs; the next is sent one interval after this one was (one retry delay after, if unanswered). */
+  /** One keepalive with a deadline of one interval; the next is sent one interval after this one was (sooner after an early failure). */
   private async beat(): Promise<void> {
     const s = this.s;
     const { clock, logger, inventory } = s.ctx;
@@ -53,7 +53,7 @@ export class Heartbeat {
     if (this.guardian.checkFired()) return;
     let outcome: KeepaliveOutcome;
     try {
-      outcome = await s.store.keepalive(s.ctx.hostId, lease, keepaliveRetryMs(s.t));
+      outcome = await s.store.keepalive(s.ctx.hostId, lease, s.t.heartbeatInterval);
     } catch (err) {
       logger.debug({ err: messageOf(err) }, 'keepalive missed');
       outcome = { kind: 'no-answer' };
@@ -75,9 +75,10 @@ export class Heartbeat {
     }
     if (v.event) s.dispatch(v.event);
     if (v.pollHold) void this.holds.sync();
-    const retry = keepaliveRetryMs(s.t);
-    if (outcome.kind === 'no-answer' && !stale && retry < s.t.heartbeatInterval && this.timer) {
-      this.schedule(Math.max(0, sentAt + retry - clock.nowMono()));
+    if (outcome.kind === 'no-answer' && !stale && this.timer) {
+      const now = clock.nowMono();
+      const at = nextBeatAfterMiss(s.t, sentAt, now);
+      if (at < sentAt + s.t.heartbeatInterval) this.schedule(Math.max(0, at - now));
     }
   }
 }
