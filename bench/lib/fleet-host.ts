@@ -22,10 +22,9 @@ import { KvClusterStore } from '../../src/adapters/kv/kv-cluster-store.js';
 import { KvControllerStore } from '../../src/adapters/kv/kv-controller-store.js';
 import { SimFiles, SimImages, SimTaps, SimVolumes } from '../../src/dev/sim/substrate.js';
 import { MemoryInventory } from '../../src/dev/sim/inventory.js';
-import { NotFoundError } from '../../src/domain/errors.js';
+import { InstantVmService } from '../../src/dev/instant-vm-service.js';
 import type { GcTimings } from '../../src/domain/gc-timing.js';
 import type { HostPhase } from '../../src/domain/host-lifecycle.js';
-import type { VmRecord, VmSpec } from '../../src/domain/vm.js';
 import type { Clock } from '../../src/ports/clock.js';
 import type { Kv } from '../../src/ports/kv.js';
 import type { Logger } from '../../src/ports/logger.js';
@@ -66,27 +65,6 @@ export class LogTally {
   }
 }
 
-/**
- * The agent's VM service as `ClusterVmSync` uses it (createWithUid, delete), on the fake substrate:
- * an accepted VM is `running` at once, a deleted one is gone at once.
- */
-export class InstantVmService {
-  constructor(private readonly ctx: HostContext) {}
-
-  async createWithUid(spec: VmSpec, uid: string): Promise<VmRecord> {
-    const now = this.ctx.clock.now();
-    const row = this.ctx.inventory.addVm(uid, spec, now);
-    this.ctx.inventory.setPhase(uid, 'running', now);
-    return { ...row, phase: 'running' };
-  }
-
-  async delete(uid: string): Promise<void> {
-    if (!this.ctx.inventory.getVm(uid)) throw new NotFoundError(`microvm ${uid}`);
-    this.ctx.inventory.removeVm(uid);
-  }
-
-  async checkImages(): Promise<void> {}
-}
 
 /** Options of one {@link FleetHost}. */
 export interface FleetHostOptions {

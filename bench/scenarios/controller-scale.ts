@@ -565,7 +565,7 @@ function kaStats(w: KaWindow) {
 }
 
 /** Random distinct picks of `k` elements. */
-function pick<T>(xs: readonly T[], k: number): T[] {
+export function pick<T>(xs: readonly T[], k: number): T[] {
   const a = [...xs];
   for (let i = 0; i < Math.min(k, a.length); i++) {
     const j = i + Math.floor(Math.random() * (a.length - i));

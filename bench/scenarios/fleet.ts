@@ -43,7 +43,7 @@ import type { FleetWorkerData, FleetWorkerStats } from '../lib/fleet-worker.js';
 import { cpuMsOf, pcts, ProcWindow, type ProcUsage } from '../lib/proc.js';
 import { progress, sleep, throttle } from '../lib/progress.js';
 import type { Table } from '../lib/table.js';
-import { ControllerChild } from './controller-scale.js';
+import { ControllerChild, pick } from './controller-scale.js';
 
 /** Wall-clock ms with sub-ms resolution, comparable across the threads of this process. */
 const wall = (): number => performance.timeOrigin + performance.now();
@@ -301,15 +301,6 @@ function spec(key: string): VmSpec {
   return { id: { namespace, name }, vcpu: 1, memoryMb: 128, kernelImage: '', kernelCmdline: {}, initrdImage: '', volumes: [], interfaces: [], labels: {}, metadata: {} };
 }
 
-/** Random distinct picks of `k` elements. */
-function pick<T>(xs: readonly T[], k: number): T[] {
-  const a = [...xs];
-  for (let i = 0; i < Math.min(k, a.length); i++) {
-    const j = i + Math.floor(Math.random() * (a.length - i));
-    [a[i], a[j]] = [a[j]!, a[i]!];
-  }
-  return a.slice(0, k);
-}
 
 function loopDelay(h: ReturnType<typeof monitorEventLoopDelay>): { p50: number; p99: number; max: number } {
   const ms = (ns: number) => Math.round(ns / 1e4) / 100;

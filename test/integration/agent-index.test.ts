@@ -22,11 +22,11 @@ import { ClusterVmSync } from '../../src/agent/cluster-sync.js';
 import type { HostContext } from '../../src/agent/host-context.js';
 import type { AgentVmService } from '../../src/agent/vm-service.js';
 import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
-import { NotFoundError, TetherError } from '../../src/domain/errors.js';
+import { TetherError } from '../../src/domain/errors.js';
 import { DEFAULT_TIMINGS } from '../../src/domain/gc-timing.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
-import type { VmRecord, VmSpec } from '../../src/domain/vm.js';
 import { findEtcdBinary, findProcessesByMark, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
+import { InstantVmService } from '../../src/dev/instant-vm-service.js';
 import { FaultProxyGroup } from '../../src/dev/tcp-proxy.js';
 import { bareSpec, fakeHost } from '../support/host-harness.js';
 
@@ -50,20 +50,6 @@ async function until(what: string, fn: () => Promise<boolean> | boolean, timeout
     }
     if (performance.now() > end) throw new Error(`${what}: not within ${timeoutMs}ms${last ? ` (last error: ${String(last)})` : ''}`);
     await sleep(100);
-  }
-}
-
-class InstantService {
-  constructor(private readonly ctx: HostContext) {}
-  async createWithUid(spec: VmSpec, uid: string): Promise<VmRecord> {
-    const now = this.ctx.clock.now();
-    const row = this.ctx.inventory.addVm(uid, spec, now);
-    this.ctx.inventory.setPhase(uid, 'running', now);
-    return { ...row, phase: 'running' };
-  }
-  async delete(uid: string): Promise<void> {
-    if (!this.ctx.inventory.getVm(uid)) throw new NotFoundError(`microvm ${uid}`);
-    this.ctx.inventory.removeVm(uid);
   }
 }
 
@@ -99,7 +85,7 @@ describe('agent index sync on real etcd 3.4 with auto-compaction every second', 
     await ops.client.put(`${PREFIX}hosts/host-a/record`).value(JSON.stringify(host));
     const h = fakeHost('host-a');
     const ctx: HostContext = { ...h.ctx, clock: new SystemClock() };
-    const sync = new ClusterVmSync(ctx, agentStore, new InstantService(ctx) as unknown as AgentVmService, () => ({ attached: true, epoch: 1 }), INTERVAL);
+    const sync = new ClusterVmSync(ctx, agentStore, new InstantVmService(ctx) as unknown as AgentVmService, () => ({ attached: true, epoch: 1 }), INTERVAL);
     closers.push(() => sync.stop());
 
     let n = 0;

@@ -13,43 +13,17 @@ import { ClusterVmService } from '../../src/agent/cluster-vm-service.js';
 import type { AgentVmService } from '../../src/agent/vm-service.js';
 import { HostVmCache, watchRecovery } from '../../src/domain/cluster-vm-sync.js';
 import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
-import { NotFoundError } from '../../src/domain/errors.js';
 import { DEFAULT_TIMINGS } from '../../src/domain/gc-timing.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
 import { planReindex } from '../../src/domain/host-vm-reindex.js';
 import { Keyspace } from '../../src/domain/keyspace.js';
-import type { VmRecord, VmSpec } from '../../src/domain/vm.js';
 import { ControlledTransport, EtcdModel } from '../../src/dev/etcd-model/index.js';
-import type { HostContext } from '../../src/agent/host-context.js';
 import type { Kv } from '../../src/ports/kv.js';
 import { bareSpec, fakeHost } from '../support/host-harness.js';
 import { counterIds, hostIndexProblems, ModelControllerStore } from '../support/model-cluster.js';
+import { InstantVmService } from '../../src/dev/instant-vm-service.js';
 
 const INTERVAL = 1000;
-
-/** Instant local VMs: created running, deleted at once (the sync's decisions are under test, not QEMU). */
-class InstantService {
-  constructor(private readonly ctx: HostContext) {}
-  /** Time a local create takes (0: instant); the race test makes it take some. */
-  createMs = 0;
-  async createWithUid(spec: VmSpec, uid: string): Promise<VmRecord> {
-    if (this.createMs > 0) await this.ctx.clock.sleep(this.createMs);
-    const now = this.ctx.clock.now();
-    const row = this.ctx.inventory.addVm(uid, spec, now);
-    this.ctx.inventory.setPhase(uid, 'running', now);
-    return { ...row, phase: 'running' };
-  }
-  async delete(uid: string): Promise<void> {
-    if (!this.ctx.inventory.getVm(uid)) throw new NotFoundError(`microvm ${uid}`);
-    this.ctx.inventory.removeVm(uid);
-  }
-  async get(uid: string): Promise<VmRecord> {
-    const row = this.ctx.inventory.getVm(uid);
-    if (!row) throw new NotFoundError(`microvm ${uid}`);
-    return row as unknown as VmRecord;
-  }
-  async checkImages(): Promise<void> {}
-}
 
 /** A Kv that counts the agent's requests by kind. */
 function counting(kv: Kv): { kv: Kv; counts: Record<string, number> } {
@@ -84,7 +58,7 @@ function world(opts: { hostId?: string } = {}) {
   const host: HostRecord = { hostId, state: 'attached', epoch: 1, hold: false, updatedAt: 1, agentVersion: 't', capacity: { vcpu: 64, memoryMb: 65536 }, labels: {}, timings: DEFAULT_TIMINGS };
   ops.putRaw(`hosts/${hostId}/record`, host);
   let standing: HostStanding = { attached: true, epoch: 1 };
-  const service = new InstantService(h.ctx);
+  const service = new InstantVmService(h.ctx);
   const sync = new ClusterVmSync(h.ctx, store, service as unknown as AgentVmService, () => standing, INTERVAL);
   stops.push(() => sync.stop());
   let uidN = 0;
@@ -278,7 +252,7 @@ describe('backfill of a cluster written before the index', () => {
     w.ops.putRaw('vms/ns/b', old('b', 'b'.repeat(32), 'host-b'));
     w.ops.putRaw('vms/ns/p', old('p', 'c'.repeat(32)));
     w.ops.putRaw('hostvms/host-z/ns/gone', old('gone', 'd'.repeat(32), 'host-z')); // an orphan
-    await new InstantService(w.h.ctx).createWithUid(bareSpec('a'), 'a'.repeat(32));
+    await new InstantVmService(w.h.ctx).createWithUid(bareSpec('a'), 'a'.repeat(32));
     w.sync.start();
     await w.clock.advance(3 * INTERVAL);
     expect(w.h.inventory.listVms().map((v) => v.uid)).toEqual(['a'.repeat(32)]); // kept, not deleted
