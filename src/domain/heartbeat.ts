@@ -16,7 +16,6 @@
 import type { GcTimings } from './gc-timing.js';
 import type { HostEvent, HostPhase } from './host-lifecycle.js';
 
-/** Phases in which the agent sends keepalives (it has, or may regain, a lease to renew). */
 /** The default (unscaled) heartbeat interval: how soon a keepalive that failed early is retried. */
 export const KEEPALIVE_RETRY_MS = 1000;
 
@@ -38,6 +37,7 @@ export function nextBeatAfterMiss(t: Pick<GcTimings, 'heartbeatInterval'>, sentA
   return Math.min(sentAt + t.heartbeatInterval, Math.max(sentAt + KEEPALIVE_RETRY_MS, now));
 }
 
+/** Phases in which the agent sends keepalives (it has, or may regain, a lease to renew). */
 export function heartbeatPhase(phase: HostPhase): boolean {
   return phase === 'attached' || phase === 'suspect' || phase === 'detached';
 }
