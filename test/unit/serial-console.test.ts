@@ -150,7 +150,13 @@ describe('ConsolePump', () => {
       con.write(Buffer.alloc(CONSOLE_RING_BYTES, 0x41 + (i % 26)));
       await clock.sleep(5);
     }
-    await until('ring drained', () => pump.drained >= 16_384);
+    // Drained and quiet (no read for 100 ms): a rotation in flight renames the log before reopening it.
+    let seen = -1;
+    let quietSince = clock.nowMono();
+    await until('ring drained and quiet', () => {
+      if (pump.drained !== seen) [seen, quietSince] = [pump.drained, clock.nowMono()];
+      return seen >= 16_384 && clock.nowMono() - quietSince >= 100;
+    });
     const total = statSync(log.path).size + (existsSync(log.oldPath) ? statSync(log.oldPath).size : 0);
     expect(total).toBeLessThanOrEqual(16_384);
     // The ready marker was rotated out of both files: the ready file still says it passed.
