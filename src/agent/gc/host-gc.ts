@@ -1,3 +1,4 @@
+import type { PeerAnswer } from '../../domain/peer-check.js';
 import { afterTransition } from '../../domain/agent-transition.js';
 import { admissionRefusal, gcStatus, type GcStatus } from '../../domain/agent-status.js';
 import type { GcTimings } from '../../domain/gc-timing.js';
@@ -152,6 +153,25 @@ export class HostGc {
       guardian: this.guardian.view(),
       duplicateOf: this.session.duplicateOf,
     });
+  }
+
+  /**
+   * This host's answer to a peer's question (issue 11, docs/peer-check.md). Until the witness
+   * commitment is built (the heartbeat's probe policy), it is never `silent`: never a witness, so no
+   * peer can hold its fence back on it.
+   */
+  peerAnswer(nonce: string): PeerAnswer {
+    const s = this.state;
+    return {
+      hostId: this.ctx.hostId,
+      nonce,
+      epoch: s.epoch,
+      phase: s.phase,
+      reachesEtcd: s.phase === 'attached',
+      silent: false,
+      unanswered: 0,
+      ttl: this.t.ttl,
+    };
   }
 
   /** The last GC run, if any. */

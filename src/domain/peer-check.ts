@@ -1,0 +1,186 @@
+/**
+ * The peer check, pure (issue 11; the argument is docs/peer-check.md): may a detached host hold its
+ * fence back, from its peers' answers? Only when the answers prove the controller is frozen when it
+ * could first fence this host, and stays frozen or resuming until this host notices otherwise.
+ *
+ * Times are the asking host's MONOTONIC ms, except the answerer's own ages (its monotonic clock),
+ * which are placed on ours pessimistically (as late as they can be).
+ */
+import type { FreezeContract } from './freeze-contract.js';
+import type { GcTimings } from './gc-timing.js';
+import type { HostPhase } from './host-lifecycle.js';
+
+/** One peer's answer to `POST /v1/peer/status` (wire JSON; parsed by the peer channel). */
+export interface PeerAnswer {
+  readonly hostId: string;
+  /** The nonce of the question it answers. */
+  readonly nonce: string;
+  readonly epoch: number;
+  readonly phase: HostPhase;
+  /** True when it reaches etcd now (attached: its last keepalive was acknowledged in time). */
+  readonly reachesEtcd: boolean;
+  /**
+   * True when, since it last RECEIVED an acknowledgement, it sent nothing that can renew its lease
+   * or register it again beyond `unanswered` keepalives, and it commits to send nothing on that lease
+   * again (a witness; docs/peer-check.md "The witness").
+   */
+  readonly silent: boolean;
+  /** ms since it received its last acknowledgement (its clock); absent: never acknowledged. */
+  readonly ackAgeMs?: number;
+  /** Keepalives or registrations it sent since that acknowledgement and never got an answer to. */
+  readonly unanswered: number;
+  /** Its lease TTL (ms). */
+  readonly ttl: number;
+}
+
+/** An answer as received: when (our clock). */
+export interface ReceivedAnswer {
+  readonly answer: PeerAnswer;
+  readonly receivedAt: number;
+}
+
+/** One round of questions: its nonce, when it was sent, what came back. */
+export interface PeerRound {
+  readonly nonce: string;
+  readonly sentAt: number;
+  readonly answers: ReadonlyMap<string, ReceivedAnswer>;
+}
+
+/** Settings of the peer check. */
+export interface PeerCheckSettings {
+  /** Time between rounds while detached (ms). */
+  readonly interval: number;
+  /** An answer later than this after its question does not count (ms). */
+  readonly timeout: number;
+}
+
+/** Everything {@link checkPeers} decides from. */
+export interface PeerCheckInput {
+  readonly now: number;
+  readonly hostId: string;
+  /** Send time of this host's last acknowledged keepalive (its deadlines' origin). */
+  readonly lastAck: number;
+  readonly timings: GcTimings;
+  /** The freeze contract this host acknowledged; none: never hold back. */
+  readonly contract: FreezeContract | undefined;
+  /** Pool hosts this host knows, itself excluded. */
+  readonly peers: readonly string[];
+  readonly settings: PeerCheckSettings;
+  /** The latest completed round, if any. */
+  readonly round: PeerRound | undefined;
+}
+
+/** Why one answer did not count as a witness. */
+export interface Rejection {
+  readonly hostId: string;
+  readonly why: string;
+}
+
+/** The verdict. */
+export interface PeerCheckVerdict {
+  readonly holdBack: boolean;
+  /** Peers whose answers count (this host excluded). */
+  readonly witnesses: readonly string[];
+  /** Detached hosts needed, this host included: the smallest count above share × pool. */
+  readonly needed: number;
+  /** Pool size used: the larger of the known pool and the contract's. */
+  readonly pool: number;
+  readonly rejected: readonly Rejection[];
+  /** One line for status: "fence held back: 7 of 10 hosts ..." or why not. */
+  readonly detail: string;
+  /** While holding back: the guardian's deadline (see {@link heldBackGuardianDeadline}). */
+  readonly guardianDeadline?: number;
+}
+
+/** etcd's lessor revokes expired leases on 500 ms ticks, at most 1,000 per second: 1 s + pool / 1000 s. */
+export function revokeSlack(pool: number): number {
+  return 1000 + Math.max(0, pool);
+}
+
+/** The earliest time (our clock) the controller may fence this host: lastAck + ttl + fenceWindow. */
+export function earliestClusterFence(t: Pick<GcTimings, 'ttl' | 'fenceWindow'>, lastAck: number): number {
+  return lastAck + t.ttl + t.fenceWindow;
+}
+
+/**
+ * Latest time (our clock) by which the answerer's lease is revoked: its last acknowledgement as late
+ * as it can be on our clock (`receivedAt − ackAgeMs`), plus one TTL per unanswered request and one for
+ * the acknowledged renewal, plus the revoke slack. Undefined when it never got an acknowledgement.
+ */
+export function witnessLeaseGoneBy(a: ReceivedAnswer, pool: number): number | undefined {
+  if (a.answer.ackAgeMs === undefined) return undefined;
+  return a.receivedAt - a.answer.ackAgeMs + (a.answer.unanswered + 1) * a.answer.ttl + revokeSlack(pool);
+}
+
+/**
+ * The guardian's deadline while holding back on a round sent at `roundSentAt`: the count of detached
+ * hosts can only fall after that (a witness's registration, sent after its answer), and the
+ * controller resumes fencing `resumeDelay` after it fell; the guardian fires half a `killTimeout`
+ * before that minus the drift margin, so its SIGKILL lands in time even when the agent is dead.
+ */
+export function heldBackGuardianDeadline(t: Pick<GcTimings, 'killTimeout' | 'clockDriftMargin'>, contract: Pick<FreezeContract, 'resumeDelay'>, roundSentAt: number): number {
+  return roundSentAt + contract.resumeDelay - t.clockDriftMargin - t.killTimeout / 2;
+}
+
+/**
+ * The start-time rule of the peer check, violated (a message with the inequality and the numbers)
+ * or undefined: a lapse must be noticed and every VM stopped within the resume delay:
+ * `interval + timeout + stopGrace + killTimeout + clockDriftMargin <= resumeDelay`.
+ */
+export function peerCheckBudgetProblem(t: GcTimings, s: PeerCheckSettings, resumeDelay: number): string | undefined {
+  const lhs = s.interval + s.timeout + t.stopGrace + t.killTimeout + t.clockDriftMargin;
+  if (lhs <= resumeDelay) return undefined;
+  return `peerCheckInterval + peerTimeout + stopGrace + killTimeout + clockDriftMargin <= resumeDelay is violated (${s.interval} + ${s.timeout} + ${t.stopGrace} + ${t.killTimeout} + ${t.clockDriftMargin} = ${lhs} > ${resumeDelay})`;
+}
+
+/**
+ * Decides. Holds back only when: a contract is held and the budget rule holds; the round is fresh
+ * (sent within `interval + timeout` of now); and this host plus its witnesses are strictly more than
+ * `share × pool`. A witness: a known peer whose answer echoes the nonce, came within `timeout`, says
+ * it does not reach etcd and is silent, and whose lease is revoked by
+ * `earliestClusterFence − clockDriftMargin`.
+ *
+ * Invariants: no contract, no round, a stale round or a budget violation ⇒ `holdBack: false`; an
+ * answer from a host not in `peers`, with another nonce, or late ⇒ never a witness; more answers can
+ * only turn `false` into `true` through witnesses (monotone in valid evidence).
+ */
+export function checkPeers(i: PeerCheckInput): PeerCheckVerdict {
+  const c = i.contract;
+  const pool = Math.max(i.peers.length + 1, c?.poolSize ?? 0);
+  const needed = c === undefined ? Infinity : Math.floor(c.share * pool) + 1;
+  const no = (detail: string, witnesses: string[] = [], rejected: Rejection[] = []): PeerCheckVerdict => ({ holdBack: false, witnesses, needed, pool, rejected, detail });
+  if (c === undefined) return no('no freeze contract acknowledged: the fence is never held back');
+  const budget = peerCheckBudgetProblem(i.timings, i.settings, c.resumeDelay);
+  if (budget !== undefined) return no(`peer check impossible: ${budget}`);
+  const r = i.round;
+  if (r === undefined) return no('no peer answers yet');
+  if (r.sentAt + i.settings.interval + i.settings.timeout < i.now) return no(`peer answers are stale (asked ${Math.round(i.now - r.sentAt)} ms ago)`);
+  const known = new Set(i.peers);
+  const limit = earliestClusterFence(i.timings, i.lastAck) - i.timings.clockDriftMargin;
+  const witnesses: string[] = [];
+  const rejected: Rejection[] = [];
+  for (const [id, a] of r.answers) {
+    const why = rejectWhy(id, a, r, known, i, limit, pool);
+    if (why === undefined) witnesses.push(id);
+    else rejected.push({ hostId: id, why });
+  }
+  witnesses.sort();
+  const detached = witnesses.length + 1;
+  const pct = `${Math.round(c.share * 100)} %`;
+  const summary = `${detached} of ${pool} hosts report etcd unreachable (freeze share ${pct}, ${needed} needed)`;
+  if (detached < needed) return no(`fence not held back: only ${summary}`, witnesses, rejected);
+  return { holdBack: true, witnesses, needed, pool, rejected, detail: `fence held back: ${summary}`, guardianDeadline: heldBackGuardianDeadline(i.timings, c, r.sentAt) };
+}
+
+function rejectWhy(id: string, a: ReceivedAnswer, r: PeerRound, known: ReadonlySet<string>, i: PeerCheckInput, limit: number, pool: number): string | undefined {
+  if (id === i.hostId || a.answer.hostId !== id) return 'answer names another host';
+  if (!known.has(id)) return 'not a known pool host';
+  if (a.answer.nonce !== r.nonce) return 'answers another question (stale)';
+  if (a.receivedAt - r.sentAt > i.settings.timeout || a.receivedAt < r.sentAt) return 'answered too late';
+  if (a.answer.reachesEtcd) return 'reaches etcd';
+  if (!a.answer.silent) return 'not silent (it sent a keepalive or registration since)';
+  const goneBy = witnessLeaseGoneBy(a, pool);
+  if (goneBy === undefined) return 'never acknowledged';
+  if (!Number.isFinite(goneBy) || goneBy > limit) return `its lease may outlive this host's fence deadline by ${Math.ceil(goneBy - limit)} ms`;
+  return undefined;
+}
