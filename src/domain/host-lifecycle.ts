@@ -15,7 +15,11 @@
  *   agent finish the GC from there (it never treats VMs the guardian killed as still running);
  * - a registration refused as `duplicate`, or a `taken-over` alive key, never makes this host fence
  *   VMs for the other agent's sake and never makes it register again in a loop: it just stops
- *   renewing, and its own watchdog (measured from its own last acknowledged heartbeat) decides.
+ *   renewing, and its own watchdog (measured from its own last acknowledged heartbeat) decides;
+ * - the peer check (docs/peer-check.md) only ever postpones the watchdog's fence while a verdict
+ *   from {@link ../domain/peer-check.ts} holds (`heldBack.until` not passed); a negative verdict, or no
+ *   new verdict by `until`, fences at once, and the guardian is fed the held-back deadline that the
+ *   verdict proved safe.
  */
 import type { GcTimings } from './gc-timing.js';
 
@@ -39,6 +43,20 @@ export interface HostState {
   readonly fenceStartedAt?: number;
   /** Why the host fenced, once it did. */
   readonly fenceReason?: FenceReason;
+  /** While detached: the peer check holds the watchdog's fence back (see {@link HeldBack}). */
+  readonly heldBack?: HeldBack;
+}
+
+/** A positive peer-check verdict in force (docs/peer-check.md "The host's rule"). */
+export interface HeldBack {
+  /** Monotonic ms of the first positive verdict of this detachment. */
+  readonly since: number;
+  /** Without a newer positive verdict by then, the host fences. */
+  readonly until: number;
+  /** The guardian's deadline this verdict proved safe (`heldBackGuardianDeadline`). */
+  readonly guardianDeadline: number;
+  /** One line for status: who vouched, out of how many. */
+  readonly detail: string;
 }
 
 /** Why a host fences: its own watchdog, the cluster said so, or the guardian already killed the VMs. */
@@ -75,7 +93,12 @@ export type HostEvent =
   /** Cleanup ran; `clean` is the audit's verdict. */
   | { readonly kind: 'cleanup-finished'; readonly clean: boolean }
   /** A clean host reached the cluster again and starts registering as ready. */
-  | { readonly kind: 'cluster-reachable' };
+  | { readonly kind: 'cluster-reachable' }
+  /**
+   * The peer check's verdict on a round (src/domain/peer-check.ts `checkPeers`): hold the fence back
+   * until `until` with the guardian at `guardianDeadline`, or not (`holdBack: false`).
+   */
+  | { readonly kind: 'peer-verdict'; readonly holdBack: boolean; readonly until: number; readonly guardianDeadline: number; readonly detail: string };
 
 /** What the agent must do. */
 export type HostEffect =
@@ -130,7 +153,7 @@ export function resumeEffects(state: HostState): HostEffect[] {
 export function nextDeadline(t: GcTimings, s: HostState): number | undefined {
   if (s.lastAck === undefined) return undefined;
   if (s.phase === 'attached' || s.phase === 'suspect') return s.lastAck + t.detachAfter;
-  if (s.phase === 'detached' && !s.heldAtDetach) return s.lastAck + t.watchdogTimeout;
+  if (s.phase === 'detached' && !s.heldAtDetach) return Math.max(s.lastAck + t.watchdogTimeout, s.heldBack?.until ?? -Infinity);
   return undefined;
 }
 
@@ -149,7 +172,7 @@ export function guardianDeadline(t: GcTimings, s: HostState): number | null | un
   if (s.lastAck === undefined) return undefined;
   const deadline = s.lastAck + t.watchdogTimeout + t.stopGrace + t.killTimeout / 2;
   if (s.phase === 'attached' || s.phase === 'suspect') return s.held ? null : deadline;
-  if (s.phase === 'detached') return s.heldAtDetach ? null : deadline;
+  if (s.phase === 'detached') return s.heldAtDetach ? null : Math.max(deadline, s.heldBack?.guardianDeadline ?? -Infinity);
   return undefined;
 }
 
@@ -170,8 +193,9 @@ const FENCE_REASON_TEXT: Record<FenceReason, string> = {
   guardian: 'the guardian killed the VMs (the agent could not act in time)',
 };
 
-function startFence(s: HostState, now: number, reason: FenceReason): Evaluation {
-  return to(s, 'fencing', FENCE_REASON_TEXT[reason], { fenceStartedAt: now, fenceReason: reason }, [
+function startFence(s: HostState, now: number, reason: FenceReason, why = FENCE_REASON_TEXT[reason]): Evaluation {
+  const { heldBack: _h, ...rest } = s;
+  return to(rest, 'fencing', why, { fenceStartedAt: now, fenceReason: reason }, [
     { kind: 'stop-vms', reason },
   ]);
 }
@@ -183,7 +207,7 @@ export function evaluate(t: GcTimings, s: HostState, e: HostEvent, now: number):
     case 'registered': {
       if (s.phase === 'fencing' || s.phase === 'cleaning') return { state: s, effects: [] };
       const lastAck = Math.max(s.lastAck ?? -Infinity, e.sentAt);
-      const { detachedAt: _d, fenceStartedAt: _f, fenceReason: _r, ...rest } = s;
+      const { detachedAt: _d, fenceStartedAt: _f, fenceReason: _r, heldBack: _h, ...rest } = s;
       return to({ ...rest, phase: s.phase }, 'attached', s.phase === 'rejoining' || s.phase === 'clean' ? 'rejoined ready for reprovisioning' : 'registered', {
         epoch: e.epoch,
         lastAck,
@@ -210,7 +234,7 @@ export function evaluate(t: GcTimings, s: HostState, e: HostEvent, now: number):
       const pending = evaluate(t, s, { kind: 'tick' }, now);
       if (pending.state.phase === 'fencing') return pending;
       const base = pending.state;
-      const { detachedAt: _d, ...rest } = base;
+      const { detachedAt: _d, heldBack: _h, ...rest } = base;
       return to({ ...rest }, 'attached', s.phase === 'attached' ? 'heartbeat' : 'heartbeat acknowledged again', { lastAck, heldAtDetach: false }, [
         ...pending.effects.filter((x) => x.kind !== 'transition'),
       ]);
@@ -230,8 +254,25 @@ export function evaluate(t: GcTimings, s: HostState, e: HostEvent, now: number):
         const more = evaluate(t, detached.state, e, now);
         return { state: more.state, effects: [...detached.effects, ...more.effects] };
       }
-      if (s.phase === 'detached' && !s.heldAtDetach && now >= s.lastAck + t.watchdogTimeout) return startFence(s, now, 'watchdog');
+      if (s.phase === 'detached' && !s.heldAtDetach && now >= s.lastAck + t.watchdogTimeout) {
+        if (s.heldBack !== undefined && now < s.heldBack.until) return { state: s, effects: [] };
+        return startFence(s, now, 'watchdog', s.heldBack === undefined ? FENCE_REASON_TEXT.watchdog : 'watchdog expired and the peer check no longer holds the fence back (no new evidence in time)');
+      }
       return { state: s, effects: [] };
+    }
+    case 'peer-verdict': {
+      if (s.phase !== 'detached' || s.heldAtDetach) return { state: s, effects: [] };
+      if (!e.holdBack) {
+        const { heldBack, ...rest } = s;
+        if (heldBack !== undefined && s.lastAck !== undefined && now >= s.lastAck + t.watchdogTimeout) {
+          return startFence(rest, now, 'watchdog', `watchdog expired and the peer check no longer holds the fence back: ${e.detail}`);
+        }
+        return evaluate(t, rest, { kind: 'tick' }, now);
+      }
+      const heldBack: HeldBack = { since: s.heldBack?.since ?? now, until: e.until, guardianDeadline: e.guardianDeadline, detail: e.detail };
+      // A verdict that came too late (its `until` passed) holds nothing: the tick decides.
+      if (e.until <= now) return evaluate(t, s, { kind: 'tick' }, now);
+      return { state: { ...s, heldBack }, effects: [] };
     }
     case 'hold-changed':
       // A release never reaches back into the current detachment (heldAtDetach stays); only an
