@@ -1,0 +1,258 @@
+/**
+ * The peer channel's transport with real TLS (issue 11, item 4): real HTTPS servers and clients on
+ * loopback, the dev certificates of scripts/gen-certs.sh. Answers flow with mutual TLS; a client
+ * without a certificate or with one of another CA is refused at the TLS layer; a server with a
+ * certificate of another CA, or one that does not name the address it is reached at, is not
+ * believed; stale and malformed answers are dropped; a peer that never answers costs the timeout
+ * (on the injected clock) and no more; oversized and slow requests are cut off; everything started
+ * is closed at the end (checked). No etcd needed.
+ */
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createServer as createHttpsServer, request, type Server as HttpsServer } from 'node:https';
+import { connect, createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SystemClock } from '../../src/adapters/clock/system-clock.js';
+import { PeerClient, type PeerDropReason } from '../../src/agent/peer/peer-client.js';
+import { PEER_STATUS_PATH, PeerServer } from '../../src/agent/peer/peer-server.js';
+import type { PeerTls } from '../../src/agent/peer/peer-tls.js';
+import { devCerts, type DevCerts } from '../../src/dev/certs.js';
+import type { PeerAnswer } from '../../src/domain/peer-check.js';
+import { FakeClock } from '../support/fake-clock.js';
+import { silentLogger } from '../support/fake-ports.js';
+import { removeDir, requireRealParts, testDir, until } from '../support/real-host.js';
+
+let dir = '';
+let certs: DevCerts;
+let tls: PeerTls;
+/** A server certificate signed by the OTHER CA (made here with openssl from gen-certs' other-ca). */
+let foreignServer: { cert: Buffer; key: Buffer };
+const servers: PeerServer[] = [];
+const rawServers: (HttpsServer | NetServer)[] = [];
+const rawSockets = new Set<Socket>();
+
+const nonce = (): string => randomBytes(16).toString('hex');
+const answerOf = (hostId: string) => (n: string): PeerAnswer => ({ hostId, nonce: n, epoch: 2, phase: 'detached', reachesEtcd: false, silent: true, ackAgeMs: 1500, unanswered: 1, ttl: 6000 });
+
+async function peerServer(hostId: string, opts: { host?: string; serverTls?: PeerTls; requestTimeoutMs?: number } = {}): Promise<{ server: PeerServer; address: string }> {
+  const server = new PeerServer({ tls: opts.serverTls ?? tls, source: answerOf(hostId), logger: silentLogger(), ...(opts.requestTimeoutMs ? { requestTimeoutMs: opts.requestTimeoutMs } : {}) });
+  servers.push(server);
+  return { server, address: await server.listen(opts.host ?? '127.0.0.1', 0) };
+}
+
+function client(clock = new SystemClock(), clientTls: PeerTls = tls, drops?: [string, PeerDropReason, string][]): PeerClient {
+  return new PeerClient({ hostId: 'asker', tls: clientTls, clock, logger: silentLogger(), ...(drops ? { onDropped: (h, r, d) => drops.push([h, r, d]) } : {}) });
+}
+
+/** An HTTPS server with the cluster's server certificate that replies `body` to anything (a lying or broken peer). */
+async function rawPeer(body: string): Promise<string> {
+  const s = createHttpsServer({ ca: tls.ca, cert: tls.server.cert, key: tls.server.key, requestCert: true, rejectUnauthorized: true }, (req, res) => {
+    req.resume();
+    req.on('end', () => {
+      res.writeHead(200, { 'content-type': 'application/json', connection: 'close' });
+      res.end(body);
+    });
+  });
+  return listenRaw(s);
+}
+
+async function listenRaw(s: HttpsServer | NetServer): Promise<string> {
+  rawServers.push(s);
+  s.on('connection', (c: Socket) => {
+    rawSockets.add(c);
+    c.on('close', () => rawSockets.delete(c));
+  });
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const a = s.address();
+  if (a === null || typeof a === 'string') throw new Error('no address');
+  return `127.0.0.1:${a.port}`;
+}
+
+/** A raw HTTPS POST with the given client material (or none): status, or the error. */
+function post(address: string, body: string, creds: { cert?: Buffer; key?: Buffer }): Promise<number | string> {
+  const [host, port] = address.split(':');
+  return new Promise((resolve) => {
+    const req = request({ host, port: Number(port), method: 'POST', path: PEER_STATUS_PATH, ca: tls.ca, ...creds, agent: false, headers: { 'content-type': 'application/json' } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', (err: NodeJS.ErrnoException) => resolve(`${err.code ?? ''} ${err.message}`));
+    req.setTimeout(5000, () => req.destroy(new Error('test timeout')));
+    req.end(body);
+  });
+}
+
+beforeAll(() => {
+  requireRealParts(['build']);
+  dir = testDir('peer');
+  certs = devCerts(join(dir, 'certs'));
+  const r = (p: string) => readFileSync(p);
+  tls = { ca: r(certs.ca), server: { cert: r(certs.serverCert), key: r(certs.serverKey) }, client: { cert: r(certs.clientCert), key: r(certs.clientKey) } };
+  // A server certificate from the other CA, for the same names: only the CA differs.
+  const ext = join(certs.dir, 'foreign-ext.cnf');
+  execFileSync('bash', ['-c', `set -e; cd "${certs.dir}"; umask 077
+    openssl ecparam -name prime256v1 -genkey -noout -out foreign-server-key.pem
+    openssl req -new -key foreign-server-key.pem -subj "/CN=tether server" -out foreign.csr
+    printf 'basicConstraints=CA:FALSE\\nkeyUsage=critical,digitalSignature,keyEncipherment\\nextendedKeyUsage=serverAuth\\nsubjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost\\n' > "${ext}"
+    openssl x509 -req -in foreign.csr -CA other-ca.pem -CAkey other-ca-key.pem -CAcreateserial -sha256 -days 30 -extfile "${ext}" -out foreign-server.pem 2>/dev/null
+    rm -f foreign.csr other-ca.srl`]);
+  foreignServer = { cert: r(join(certs.dir, 'foreign-server.pem')), key: r(join(certs.dir, 'foreign-server-key.pem')) };
+});
+
+afterAll(async () => {
+  await Promise.all(servers.map((s) => s.close()));
+  for (const s of rawSockets) s.destroy();
+  await Promise.all(rawServers.map((s) => new Promise<void>((r) => (s.listening ? s.close(() => r()) : r()))));
+  // Everything this file started is closed: no listener, no connection.
+  for (const s of servers) expect(s.connections()).toBe(0);
+  for (const s of rawServers) expect(s.listening).toBe(false);
+  expect(rawSockets.size).toBe(0);
+  if (dir) removeDir(dir);
+});
+
+describe('peer channel (real TLS)', () => {
+  it('answers flow both ways with mutual TLS; receivedAt is the injected clock; the nonce is echoed', async () => {
+    const a = await peerServer('h2');
+    const b = await peerServer('h3');
+    const clock = new FakeClock();
+    await clock.advance(12_345);
+    const n = nonce();
+    const got = await client(clock).queryPeers([{ hostId: 'h2', address: a.address }, { hostId: 'h3', address: b.address }], n, 5000);
+    expect([...got.keys()].sort()).toEqual(['h2', 'h3']);
+    expect(got.get('h2')).toEqual({ answer: answerOf('h2')(n), receivedAt: 12_345 });
+    expect(a.server.stats.answered).toBe(1);
+    expect(b.server.stats.answered).toBe(1);
+  });
+
+  it('a client without a certificate, or with one of another CA, is refused at the TLS layer', async () => {
+    const { server, address } = await peerServer('h2');
+    const body = JSON.stringify({ from: 'h9', nonce: nonce() });
+    expect(await post(address, body, { cert: tls.client.cert, key: tls.client.key })).toBe(200); // the path works
+    const none = await post(address, body, {});
+    const foreign = await post(address, body, { cert: readFileSync(certs.otherClientCert), key: readFileSync(certs.otherClientKey) });
+    for (const r of [none, foreign]) expect(typeof r).toBe('string'); // no HTTP status at all: the handshake failed
+    await until('both handshakes counted', () => server.stats.tlsErrors >= 2, 5000, 20);
+    expect(server.stats.answered).toBe(1);
+    // The same through PeerClient with the other CA's client certificate: no answer counted.
+    const drops: [string, PeerDropReason, string][] = [];
+    const other: PeerTls = { ...tls, client: { cert: readFileSync(certs.otherClientCert), key: readFileSync(certs.otherClientKey) } };
+    expect((await client(new SystemClock(), other, drops).queryPeers([{ hostId: 'h2', address }], nonce(), 5000)).size).toBe(0);
+    expect(drops.map((d) => d[0])).toEqual(['h2']);
+    expect(server.stats.answered).toBe(1);
+  });
+
+  it('a server with a certificate of another CA is not believed, nor one that does not name the address', async () => {
+    const foreign = await peerServer('h2', { serverTls: { ...tls, server: foreignServer } });
+    // Same CA, but reached at 127.0.0.2: the certificate names 127.0.0.1, ::1 and localhost only.
+    const misnamed = await peerServer('h3', { host: '127.0.0.2' });
+    const good = await peerServer('h4');
+    const drops: [string, PeerDropReason, string][] = [];
+    const got = await client(new SystemClock(), tls, drops).queryPeers(
+      [{ hostId: 'h2', address: foreign.address }, { hostId: 'h3', address: misnamed.address }, { hostId: 'h4', address: good.address }],
+      nonce(),
+      5000,
+    );
+    expect([...got.keys()]).toEqual(['h4']);
+    const why = new Map(drops.map(([h, r, d]) => [h, `${r} ${d}`]));
+    expect(why.get('h2')).toMatch(/^tls .*(certificate|issuer)/i);
+    expect(why.get('h3')).toMatch(/^tls .*(altname|IP: 127\.0\.0\.2)/i);
+    expect(foreign.server.stats.answered + misnamed.server.stats.answered).toBeLessThanOrEqual(2); // they may answer; nobody believes them
+  });
+
+  it('a stale nonce, a malformed answer and an HTTP error are dropped; the good answer is kept', async () => {
+    const n = nonce();
+    const stale = await rawPeer(JSON.stringify(answerOf('h2')(nonce())));
+    const malformed = await rawPeer(JSON.stringify({ ...answerOf('h3')(n), ttl: -1 }));
+    const notJson = await rawPeer('<html>');
+    const good = await peerServer('h5');
+    const drops: [string, PeerDropReason, string][] = [];
+    const got = await client(new SystemClock(), tls, drops).queryPeers(
+      [
+        { hostId: 'h2', address: stale },
+        { hostId: 'h3', address: malformed },
+        { hostId: 'h4', address: notJson },
+        { hostId: 'h5', address: good.address },
+        { hostId: 'h6', address: 'not an address' },
+      ],
+      n,
+      5000,
+    );
+    expect([...got.keys()]).toEqual(['h5']);
+    expect(Object.fromEntries(drops.map(([h, r]) => [h, r]))).toEqual({ h2: 'stale-nonce', h3: 'invalid', h4: 'invalid', h6: 'bad-address' });
+    expect(drops.find((d) => d[0] === 'h3')![2]).toContain('ttl');
+  });
+
+  it('a peer that never answers costs the timeout on the injected clock, no more; its connection is closed', async () => {
+    // Accepts TCP and never speaks TLS (a hung agent, a cut cable behind a live socket).
+    const hole = createNetServer((c) => c.resume()); // reads (and so sees the client's FIN), never writes
+    const holeAddr = await listenRaw(hole);
+    const good = await peerServer('h2');
+    const clock = new FakeClock();
+    let result: Map<string, unknown> | undefined;
+    const drops: [string, PeerDropReason, string][] = [];
+    const q = client(clock, tls, drops)
+      .queryPeers([{ hostId: 'h2', address: good.address }, { hostId: 'hole', address: holeAddr }], nonce(), 1000)
+      .then((m) => (result = m));
+    await until('good peer answered', () => good.server.stats.answered === 1, 10_000, 20);
+    await until('hole connected', () => rawSockets.size > 0, 10_000, 20);
+    await new Promise((r) => setTimeout(r, 500)); // real time passes; the fake clock does not
+    expect(result).toBeUndefined(); // still waiting for the hole: nothing but the clock ends the call
+    await clock.advance(999);
+    expect(result).toBeUndefined();
+    await clock.advance(1);
+    await q;
+    expect([...result!.keys()]).toEqual(['h2']);
+    expect(drops).toEqual([['hole', 'timeout', 'no answer within 1000 ms']]);
+    await until('the hole connection is closed by the client', () => rawSockets.size === 0, 5000, 20);
+    expect(clock.pending()).toBe(0); // no timer left behind
+  });
+
+  it('the server cuts off oversized bodies, bad questions and slow clients', async () => {
+    const { server, address } = await peerServer('h2', { requestTimeoutMs: 500 });
+    const creds = { cert: tls.client.cert, key: tls.client.key };
+    expect(await post(address, JSON.stringify({ from: 'h1', nonce: nonce(), pad: 'x'.repeat(2048) }), creds)).toBe(413);
+    expect(await post(address, JSON.stringify({ from: 'h1', nonce: 'ABC' }), creds)).toBe(400);
+    expect(await post(address, JSON.stringify({ from: '../x', nonce: nonce() }), creds)).toBe(400);
+    expect(server.stats.answered).toBe(0);
+    // A client that completes TLS and then sends half a request: disconnected by the server.
+    const [host, port] = address.split(':');
+    const s = tlsConnect({ host, port: Number(port), ca: tls.ca, ...creds });
+    s.on('error', () => undefined);
+    await new Promise<void>((r) => s.once('secureConnect', () => r()));
+    s.write(`POST ${PEER_STATUS_PATH} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"from":`);
+    await until('slow client disconnected', () => s.destroyed || s.readableEnded, 10_000, 20);
+    // A raw TCP client that never starts TLS: disconnected too.
+    const raw = connect(Number(port), host);
+    raw.on('error', () => undefined);
+    let rawClosed = false;
+    raw.on('close', () => (rawClosed = true));
+    await until('silent TCP client disconnected', () => rawClosed, 10_000, 20);
+    s.destroy();
+    await until('no connection left', () => server.connections() === 0, 5000, 20);
+  });
+
+  it('close() really closes: the port refuses connections and no socket stays open', async () => {
+    const { server, address } = await peerServer('h2');
+    const [host, port] = address.split(':');
+    const s = tlsConnect({ host, port: Number(port), ca: tls.ca, cert: tls.client.cert, key: tls.client.key });
+    s.on('error', () => undefined);
+    await new Promise<void>((r) => s.once('secureConnect', () => r()));
+    expect(server.connections()).toBe(1);
+    await server.close();
+    expect(server.connections()).toBe(0);
+    await until('client saw the close', () => s.destroyed || s.readableEnded, 5000, 20);
+    const refused = await new Promise<string>((resolve) => {
+      const c = connect(Number(port), host);
+      c.on('connect', () => {
+        c.destroy();
+        resolve('connected');
+      });
+      c.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+    });
+    expect(refused).toBe('ECONNREFUSED');
+    s.destroy();
+  });
+});
