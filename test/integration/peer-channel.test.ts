@@ -38,7 +38,7 @@ const nonce = (): string => randomBytes(16).toString('hex');
 const answerOf = (hostId: string) => (n: string): PeerAnswer => ({ hostId, nonce: n, epoch: 2, phase: 'detached', reachesEtcd: false, silent: true, ackAgeMs: 1500, unanswered: 1, ttl: 6000 });
 
 async function peerServer(hostId: string, opts: { host?: string; serverTls?: PeerTls; requestTimeoutMs?: number } = {}): Promise<{ server: PeerServer; address: string }> {
-  const server = new PeerServer({ tls: opts.serverTls ?? tls, source: answerOf(hostId), logger: silentLogger(), ...(opts.requestTimeoutMs ? { requestTimeoutMs: opts.requestTimeoutMs } : {}) });
+  const server = new PeerServer({ tls: opts.serverTls ?? tls, source: answerOf(hostId), logger: silentLogger(), clock: new SystemClock(), ...(opts.requestTimeoutMs ? { requestTimeoutMs: opts.requestTimeoutMs } : {}) });
   servers.push(server);
   return { server, address: await server.listen(opts.host ?? '127.0.0.1', 0) };
 }

@@ -5,6 +5,7 @@ import type { TLSSocket } from 'node:tls';
 import { PEER_WIRE_LIMITS, decodePeerQuestion, encodePeerAnswer } from '../../domain/codec/peer-answer.js';
 import { InvalidArgumentError, TetherError, messageOf } from '../../domain/errors.js';
 import type { PeerAnswer } from '../../domain/peer-check.js';
+import type { Clock } from '../../ports/clock.js';
 import type { Logger } from '../../ports/logger.js';
 import type { PeerTls } from './peer-tls.js';
 
@@ -27,6 +28,8 @@ export interface PeerServerOptions {
   /** What this agent answers to a question with `nonce` (the agent: `(n) => hostGc.peerAnswer(n)`). */
   readonly source: (nonce: string) => PeerAnswer;
   readonly logger: Logger;
+  /** Times the per-connection deadline. */
+  readonly clock: Clock;
   /**
    * Longest time a client may take from its TCP connection to a complete request, TLS handshake
    * included (ms; default 2,000). A slower client is disconnected.
@@ -85,10 +88,9 @@ export class PeerServer {
       }
       this.sockets.add(s);
       // The whole exchange, handshake included, within the timeout (a client that trickles bytes too).
-      const timer = setTimeout(() => s.destroy(), this.timeoutMs);
-      timer.unref();
+      const timer = o.clock.setTimer(this.timeoutMs, () => s.destroy());
       s.once('close', () => {
-        clearTimeout(timer);
+        o.clock.clearTimer(timer);
         this.sockets.delete(s);
       });
     });
