@@ -28,7 +28,22 @@ export interface GcStatus {
   readonly lastAckAgeMs?: number;
   /** ms until the watchdog fires, while detached and not held. */
   readonly watchdogRemainingMs?: number;
+  /** The peer check's last verdict while detached (docs/peer-check.md): held back or why not. */
+  readonly peerCheck?: PeerCheckStatus;
   readonly timings: GcTimings;
+}
+
+/** The peer check as `tether gc status` shows it. */
+export interface PeerCheckStatus {
+  /** The fence is held back now (a positive verdict in force). */
+  readonly holdingBack: boolean;
+  /** "fence held back: 7 of 10 hosts report etcd unreachable (freeze share 55 %, 6 needed)", or why not. */
+  readonly detail: string;
+  readonly witnesses: readonly string[];
+  readonly needed: number;
+  readonly pool: number;
+  /** Peers whose answers did not count, and why. */
+  readonly rejected: readonly { readonly hostId: string; readonly why: string }[];
 }
 
 /** The guardian as status and admission see it: none configured, or whether it is known to run. */
@@ -44,6 +59,8 @@ export interface GcStatusInput {
   readonly localHold: boolean;
   readonly guardian: GuardianView;
   readonly duplicateOf: string | undefined;
+  /** The peer check's last verdict, while detached. */
+  readonly peerCheck?: Omit<PeerCheckStatus, 'holdingBack'>;
 }
 
 /** The status snapshot. */
@@ -61,6 +78,7 @@ export function gcStatus(i: GcStatusInput): GcStatus {
     ...(remaining === undefined ? {} : { watchdogRemainingMs: Math.round(remaining) }),
     ...(i.guardian.configured ? { guardianRunning: i.guardian.running } : {}),
     ...(i.duplicateOf === undefined ? {} : { duplicateOf: i.duplicateOf }),
+    ...(s.phase === 'detached' && i.peerCheck !== undefined ? { peerCheck: { ...i.peerCheck, holdingBack: s.heldBack !== undefined && s.heldBack.until > i.now } } : {}),
     timings: i.timings,
   };
 }

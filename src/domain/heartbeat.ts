@@ -83,3 +83,16 @@ export function judgeKeepalive(outcome: KeepaliveOutcome, sentAt: number, stale:
       return { ...same, event: { kind: 'taken-over' }, dropLease: true, duplicateOf: outcome.detail };
   }
 }
+
+/**
+ * What a beat sends first (docs/peer-check.md "The witness"): `silenced` — only a read of whether
+ * etcd still knows the lease, never a keepalive on it (this host promised its peers); `probe` — after
+ * a keepalive that got no answer, a read first, and a keepalive only once etcd answered it; `none` —
+ * the keepalive. Bounds the keepalives sent since the last acknowledgement received (each may renew
+ * the lease once more if delivered late) to about one per outage, which is what lets this host vouch
+ * for its lease's end.
+ */
+export function probeFirst(silenced: boolean, unanswered: number): 'none' | 'probe' | 'silenced' {
+  if (silenced) return 'silenced';
+  return unanswered > 0 ? 'probe' : 'none';
+}

@@ -44,6 +44,11 @@ export interface ClusterStore {
   keepalive(hostId: string, lease: LeaseId, deadlineMs: number): Promise<KeepaliveAnswer>;
   /** Revokes a lease (best effort). */
   revokeLease(lease: LeaseId, deadlineMs: number): Promise<void>;
+  /**
+   * Whether etcd still knows the lease (a read that renews nothing: the probe of a host that does not
+   * send keepalives, docs/peer-check.md). An expired lease not yet revoked still exists.
+   */
+  leaseExists(lease: LeaseId, deadlineMs: number): Promise<boolean>;
   /** Registration txn: record + `alive` key on the lease. */
   register(reg: Registration, deadlineMs: number): Promise<RegistrationResult>;
   /** The host record, or undefined. */

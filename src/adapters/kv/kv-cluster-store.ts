@@ -70,6 +70,10 @@ export class KvClusterStore implements ClusterStore {
     return { kind: 'taken-over', detail: `hosts/${hostId}/alive is now on lease ${alive.lease}, held by ${alive.holder ?? alive.agentId ?? 'another agent'}` };
   }
 
+  async leaseExists(id: LeaseId, deadlineMs: number): Promise<boolean> {
+    return (await this.kv.leaseTimeToLive(id, deadlineMs)) !== undefined;
+  }
+
   async revokeLease(id: LeaseId, deadlineMs: number): Promise<void> {
     const known = this.leases.delete(id);
     if (known) await this.kv.leaseRevoke(id, deadlineMs);

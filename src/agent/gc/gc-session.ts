@@ -17,6 +17,20 @@ export class GcSession {
   lease: LeaseId | undefined;
   /** The other agent that holds this host id, while one does. */
   duplicateOf: string | undefined;
+  /**
+   * Witness bookkeeping (docs/peer-check.md "The witness"): when this agent last RECEIVED an
+   * acknowledgement that renewed or granted its lease (monotonic ms), and how many keepalives it sent
+   * since without an answer (each may still renew the lease once).
+   */
+  lastAckReceivedAt: number | undefined;
+  unanswered = 0;
+  /** A registration txn was sent and its outcome is unknown: it may have put this host back. */
+  membershipUnresolved = false;
+  /**
+   * The lease this agent answered `silent` about: it never sends a keepalive on it again, and it
+   * registers again only once etcd no longer knows it (persisted: ./persisted-state.ts).
+   */
+  silencedLease: LeaseId | undefined;
   stopped = false;
 
   constructor(

@@ -1,5 +1,5 @@
 import { messageOf } from '../../domain/errors.js';
-import { heartbeatPhase, judgeKeepalive, nextBeatAfterMiss, type KeepaliveOutcome } from '../../domain/heartbeat.js';
+import { heartbeatPhase, judgeKeepalive, nextBeatAfterMiss, probeFirst, type KeepaliveOutcome } from '../../domain/heartbeat.js';
 import type { TimerHandle } from '../../ports/clock.js';
 import type { GcSession } from './gc-session.js';
 import type { GuardianSupervisor } from './guardian-supervisor.js';
@@ -39,6 +39,25 @@ export class Heartbeat {
     this.timer = undefined;
   }
 
+  /**
+   * A read that renews nothing (docs/peer-check.md "The witness"): does etcd still know `lease`?
+   * Gone: `lease-lost` (re-register). Unreachable, or known but `silenced` (never renewed again):
+   * undefined and nothing else this beat. Known and not silenced: undefined, and the beat sends its
+   * keepalive (etcd answered, so it is likely to be acknowledged).
+   */
+  private async probe(lease: string, kind: 'probe' | 'silenced'): Promise<KeepaliveOutcome | undefined> {
+    const s = this.s;
+    let exists: boolean;
+    try {
+      exists = await s.store.leaseExists(lease, s.t.heartbeatInterval);
+    } catch (err) {
+      s.ctx.logger.debug({ err: messageOf(err), kind }, 'lease probe failed');
+      return kind === 'silenced' ? undefined : { kind: 'no-answer' };
+    }
+    if (!exists) return { kind: 'lease-lost', detail: `etcd no longer knows lease ${lease}${kind === 'silenced' ? ' (not renewed since this host answered its peers as a witness)' : ''}` };
+    return undefined;
+  }
+
   /** One keepalive with a deadline of one interval; the next is sent one interval after this one was (sooner after an early failure). */
   private async beat(): Promise<void> {
     const s = this.s;
@@ -51,12 +70,22 @@ export class Heartbeat {
     if (!lease) return;
     void this.guardian.supervise();
     if (this.guardian.checkFired()) return;
-    let outcome: KeepaliveOutcome;
-    try {
-      outcome = await s.store.keepalive(s.ctx.hostId, lease, s.t.heartbeatInterval);
-    } catch (err) {
-      logger.debug({ err: messageOf(err) }, 'keepalive missed');
-      outcome = { kind: 'no-answer' };
+    let outcome: KeepaliveOutcome | undefined;
+    const probe = probeFirst(s.silencedLease === lease, s.unanswered);
+    if (probe !== 'none') outcome = await this.probe(lease, probe);
+    if (outcome === undefined && (probe === 'silenced' || (probe === 'probe' && lease !== s.lease))) return;
+    if (outcome === undefined) {
+      s.unanswered++;
+      try {
+        outcome = await s.store.keepalive(s.ctx.hostId, lease, s.t.heartbeatInterval);
+      } catch (err) {
+        logger.debug({ err: messageOf(err) }, 'keepalive missed');
+        outcome = { kind: 'no-answer' };
+      }
+      if (outcome.kind === 'alive' && lease === s.lease) {
+        s.unanswered = 0;
+        s.lastAckReceivedAt = clock.nowMono();
+      }
     }
     const stale = lease !== s.lease;
     // The guardian may have fired while the keepalive was out: its kill is the fence, not the ack.

@@ -1,4 +1,5 @@
 import type { PeerAnswer } from '../../domain/peer-check.js';
+import { PeerRounds, type PeerCheckDeps } from './peer-rounds.js';
 import { afterTransition } from '../../domain/agent-transition.js';
 import { admissionRefusal, gcStatus, type GcStatus } from '../../domain/agent-status.js';
 import type { GcTimings } from '../../domain/gc-timing.js';
@@ -24,7 +25,7 @@ import { GcRun, type GcMetrics } from './gc-run.js';
 import { GuardianSupervisor } from './guardian-supervisor.js';
 import { Heartbeat } from './heartbeat.js';
 import { HoldSync } from './hold-sync.js';
-import { loadHostState, localHoldSet, saveHostState } from './persisted-state.js';
+import { loadHostState, localHoldSet, saveHostState, setSilencedLease, silencedLease } from './persisted-state.js';
 import { Registrar } from './registration.js';
 
 export type { GcMetrics } from './gc-run.js';
@@ -60,6 +61,8 @@ export interface HostGcOptions {
   readonly onTransition?: (from: HostPhase, to: HostPhase, reason: string) => void;
   /** Counters for the metrics endpoint. */
   readonly metrics?: GcMetrics;
+  /** The peer check (issue 11, docs/peer-check.md); absent: a detached host fences on time, whatever its peers say. */
+  readonly peerCheck?: PeerCheckDeps;
 }
 
 /**
@@ -87,6 +90,7 @@ export class HostGc {
   private readonly holds: HoldSync;
   private readonly heartbeat: Heartbeat;
   private readonly registrar: Registrar;
+  private readonly peers: PeerRounds | undefined;
   private readonly t: GcTimings;
   /** Monotonic fence start of the current GC run, kept past the rejoin that clears it from the state. */
   private fenceStartMono: number | undefined;
@@ -106,6 +110,8 @@ export class HostGc {
     this.holds = new HoldSync(this.session, pollEvery);
     this.heartbeat = new Heartbeat(this.session, this.guardian, this.holds, pollEvery);
     this.registrar = new Registrar(this.session, opts, this.holds);
+    this.session.silencedLease = silencedLease(ctx.inventory);
+    if (opts.peerCheck) this.peers = new PeerRounds(this.session, opts.peerCheck);
   }
 
   /** Current phase. */
@@ -126,6 +132,7 @@ export class HostGc {
     }
     this.guardian.feed();
     void this.guardian.supervise();
+    if (this.state.phase === 'detached') this.peers?.start();
     // A guardian that fired while no agent ran already fenced this host: finish the GC from there.
     if (!this.guardian.checkFired()) for (const e of resumeEffects(this.state)) void this.execute(e);
     this.armDeadline();
@@ -139,6 +146,7 @@ export class HostGc {
     this.session.stopped = true;
     if (this.deadlineTimer) this.ctx.clock.clearTimer(this.deadlineTimer);
     this.heartbeat.cancel();
+    this.peers?.stop();
     if (noVmsLeft) this.guardian.shutdown();
   }
 
@@ -152,24 +160,37 @@ export class HostGc {
       localHold: localHoldSet(this.ctx.inventory),
       guardian: this.guardian.view(),
       duplicateOf: this.session.duplicateOf,
+      ...(this.peers?.verdict() === undefined ? {} : { peerCheck: this.peers.verdict()! }),
     });
   }
 
   /**
-   * This host's answer to a peer's question (issue 11, docs/peer-check.md). Until the witness
-   * commitment is built (the heartbeat's probe policy), it is never `silent`: never a witness, so no
-   * peer can hold its fence back on it.
+   * This host's answer to a peer's question (issue 11, docs/peer-check.md "The witness"). It is
+   * `silent` — a witness — only when it is detached or later, has no registration in flight or
+   * unresolved, no other agent holds its host id, and it has received an acknowledgement; answering
+   * `silent` is a promise, recorded (persisted) BEFORE the answer leaves: no keepalive on the current
+   * lease ever again, and no registration until etcd no longer knows that lease.
    */
   peerAnswer(nonce: string): PeerAnswer {
-    const s = this.state;
+    const st = this.state;
+    const ss = this.session;
+    const now = this.ctx.clock.nowMono();
+    const witnessPhase = st.phase === 'detached' || st.phase === 'fencing' || st.phase === 'cleaning' || st.phase === 'clean';
+    const silent = witnessPhase && ss.lastAckReceivedAt !== undefined && !ss.membershipUnresolved && ss.duplicateOf === undefined;
+    if (silent && ss.lease !== undefined && ss.silencedLease !== ss.lease) {
+      setSilencedLease(this.ctx.inventory, ss.lease);
+      ss.silencedLease = ss.lease;
+      this.ctx.logger.info({ lease: ss.lease }, 'answered a peer as a witness: this lease is never renewed again; the host registers anew once etcd no longer knows it');
+    }
     return {
       hostId: this.ctx.hostId,
       nonce,
-      epoch: s.epoch,
-      phase: s.phase,
-      reachesEtcd: s.phase === 'attached',
-      silent: false,
-      unanswered: 0,
+      epoch: st.epoch,
+      phase: st.phase,
+      reachesEtcd: st.phase === 'attached',
+      silent,
+      ...(silent ? { ackAgeMs: Math.max(0, Math.round(now - ss.lastAckReceivedAt!)) } : {}),
+      unanswered: ss.unanswered,
       ttl: this.t.ttl,
     };
   }
@@ -231,6 +252,8 @@ export class HostGc {
     inventory.addEvent('host-transition', clock.now(), { from, to, reason, epoch: this.state.epoch });
     this.opts.onTransition?.(from, to, reason);
     const next = afterTransition(from, to);
+    if (to === 'detached') this.peers?.start();
+    else this.peers?.stop();
     if (next.heartbeat === 'start') this.heartbeat.schedule(0);
     if (next.rejoined) {
       this.guardian.acknowledgeFired();

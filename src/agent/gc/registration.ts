@@ -9,7 +9,7 @@ import {
 } from '../../domain/registration-loop.js';
 import type { GcSession } from './gc-session.js';
 import type { HoldSync } from './hold-sync.js';
-import { localHoldSet, setLocalHold } from './persisted-state.js';
+import { localHoldSet, setLocalHold, setSilencedLease } from './persisted-state.js';
 
 /** What this agent registers as (HostGcOptions). */
 export interface RegistrantInfo {
@@ -20,6 +20,8 @@ export interface RegistrantInfo {
   readonly capacity: { vcpu: number; memoryMb: number };
   readonly labels?: Record<string, string>;
   readonly agentVersion: string;
+  /** Where this host's peer channel listens (`HostRecord.peerAddress`); absent: no peer channel. */
+  readonly peerAddress?: string;
 }
 
 /**
@@ -62,9 +64,21 @@ export class Registrar {
         if (!registrationWanted(mode, s.state.phase, s.lease !== undefined)) return;
         const sentAt = clock.nowMono();
         try {
+          // A lease this host vouched for to its peers must be gone before the host is put back
+          // (docs/peer-check.md "The witness"): else the controller might never count it detached.
+          if (s.silencedLease !== undefined) {
+            if (await s.store.leaseExists(s.silencedLease, t.heartbeatInterval)) {
+              await clock.sleep(t.heartbeatInterval);
+              continue;
+            }
+            logger.info({ lease: s.silencedLease }, 'the lease this host vouched for is gone: registering again');
+            s.silencedLease = undefined;
+            setSilencedLease(inventory, undefined);
+          }
           const lease = await s.store.grantLease(t.ttl, t.heartbeatInterval * 2);
           const reachable = leaseGrantedEvent(mode);
           if (reachable) s.dispatch(reachable);
+          s.membershipUnresolved = true;
           const res = await s.store.register(
             {
               hostId,
@@ -75,13 +89,16 @@ export class Registrar {
               ...(this.me.machineId !== undefined ? { machineId: this.me.machineId } : {}),
               holder: this.me.holder,
               holdApplied: s.state.held,
-              record: { hostId, timings: t, capacity: this.me.capacity, labels: this.me.labels ?? {}, agentVersion: this.me.agentVersion },
+              record: { hostId, timings: t, capacity: this.me.capacity, labels: this.me.labels ?? {}, agentVersion: this.me.agentVersion, ...(this.me.peerAddress !== undefined ? { peerAddress: this.me.peerAddress } : {}) },
             },
             t.heartbeatInterval * 2,
           );
+          s.membershipUnresolved = false;
           const v = judgeRegistration(t, res, sentAt, s.duplicateOf, mode, waitingOn);
           if (v.kind === 'registered') {
             s.lease = lease;
+            s.lastAckReceivedAt = clock.nowMono();
+            s.unanswered = 0;
             s.duplicateOf = undefined;
             if (localHoldSet(inventory)) setLocalHold(inventory, false);
             s.dispatch(v.event);

@@ -15,6 +15,7 @@ function printStatus(s: GcStatus): void {
     ['epoch', String(s.epoch)],
     ['last ack', s.lastAckAgeMs === undefined ? 'never' : `${formatDuration(s.lastAckAgeMs)} ago`],
     ['watchdog', s.watchdogRemainingMs !== undefined ? `fires in ${formatDuration(s.watchdogRemainingMs)}` : s.heldAtDetach ? 'suspended (held when detached)' : 'not armed'],
+    ...(s.peerCheck === undefined ? [] : [['peers', `${s.phase}, ${s.peerCheck.detail}`] as [string, string]]),
     ['hold', s.held ? `yes${s.localHold ? ' (local, split-brain risk accepted)' : ' (acknowledged in the cluster)'}` : 'no'],
     ...(s.guardianRunning === undefined ? [] : [['guardian', s.guardianRunning ? 'running' : 'NOT RUNNING: no new VMs until it runs'] as [string, string]]),
     ...(s.duplicateOf === undefined ? [] : [['cluster', `not acting: ${s.duplicateOf}`] as [string, string]]),
