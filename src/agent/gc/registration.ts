@@ -59,6 +59,7 @@ export class Registrar {
     let backoff = FIRST_REGISTRATION_BACKOFF_MS;
     let lastError: string | undefined;
     let waitingOn: string | undefined;
+    let txnSent = false;
     try {
       while (!s.stopped) {
         if (!registrationWanted(mode, s.state.phase, s.lease !== undefined)) return;
@@ -75,10 +76,13 @@ export class Registrar {
             s.silencedLease = undefined;
             setSilencedLease(inventory, undefined);
           }
+          // From here until a definite answer this host may be put back: it vouches for nothing.
+          s.membershipUnresolved = true;
+          txnSent = false;
           const lease = await s.store.grantLease(t.ttl, t.heartbeatInterval * 2);
           const reachable = leaseGrantedEvent(mode);
           if (reachable) s.dispatch(reachable);
-          s.membershipUnresolved = true;
+          txnSent = true;
           const res = await s.store.register(
             {
               hostId,
@@ -131,6 +135,8 @@ export class Registrar {
           s.dispatch(v.event);
           return;
         } catch (err) {
+          // No txn sent (the grant failed): nothing can have put this host back.
+          if (!txnSent) s.membershipUnresolved = false;
           const r = registrationRetry(t, backoff, err, lastError);
           if (r.retryable) logger.debug({ mode, err: r.message }, 'registration attempt failed');
           else {
