@@ -240,7 +240,14 @@ export class Controller {
       case 'server-status':
         return void run(this.store.serverStatus(deadline).then((st): Reply => ({ op: 'server-status', version: st.version, raftTerm: st.raftTerm })));
       case 'list-hosts':
-        return void run(this.store.listHosts(deadline).then((snapshot): Reply => ({ op: 'list-hosts', snapshot })));
+        // the published freeze contract is read with the listing (the core needs both once synced)
+        return void run(
+          Promise.all([this.store.listHosts(deadline), this.store.getFreezeContract(deadline)]).then(([snapshot, contract]): Reply => ({
+            op: 'list-hosts',
+            snapshot,
+            ...(contract !== undefined ? { contract } : {}),
+          })),
+        );
       case 'watch-hosts': {
         void this.closeWatch();
         this.subWatch = req;
@@ -250,6 +257,7 @@ export class Controller {
               c.fromRevision,
               {
                 onEvent: (event) => this.push({ kind: 'host-event', watch: req, event, at: this.now(), ...this.term() }),
+                onProgress: (revision) => this.push({ kind: 'hosts-progress', watch: req, revision }),
                 onError: (err) => this.push({ kind: 'watch-error', watch: req, message: messageOf(err) }),
               },
               deadline,
@@ -284,7 +292,15 @@ export class Controller {
         );
       }
       case 'get-host':
-        return void run(this.store.getHost(c.hostId, deadline).then((host): Reply => ({ op: 'get-host', host })));
+        return void run(
+          this.store.getHost(c.hostId, deadline).then(({ readRevision, ...host }): Reply => ({ op: 'get-host', host, revision: readRevision })),
+        );
+      case 'sync-hosts':
+        if (!l) return void run(Promise.reject(new TetherError('FAILED_PRECONDITION', 'not the leader')));
+        return void run(this.store.syncHosts(l, deadline).then((revision): Reply => ({ op: 'sync-hosts', revision })));
+      case 'put-contract':
+        if (!l) return void run(Promise.reject(new TetherError('FAILED_PRECONDITION', 'not the leader')));
+        return void run(this.store.putFreezeContract(l, c.contract, deadline).then((): Reply => ({ op: 'put-contract' })));
       case 'commit':
         if (!l) return void run(notLeader());
         return void run(this.store.commit({ ...c.change, leader: l }, deadline).then((result): Reply => ({ op: 'commit', result })));

@@ -46,6 +46,13 @@ export interface HostRecord {
    * ids (legacy: any machine may, as before).
    */
   readonly machineId?: string;
+  /**
+   * The version of the freeze contract (`controller/freeze-contract`, issue 11) this host holds,
+   * written by the host itself (guarded by its epoch and lease) BEFORE it relies on that version. The
+   * controller applies no looser contract than one a pool host acknowledged; absent: none (the
+   * controller then assumes the tightest version it ever published).
+   */
+  readonly freezeContractSeen?: number;
   /** Wall-clock ms of the last write (display only). */
   readonly updatedAt: number;
 }

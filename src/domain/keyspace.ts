@@ -97,6 +97,18 @@ export class Keyspace {
   status(): string {
     return `${this.prefix}controller/status`;
   }
+  /** The freeze contract (issue 11, `domain/freeze-contract.ts`): written by the leader, on no lease (it outlives any controller). */
+  freezeContract(): string {
+    return `${this.prefix}controller/freeze-contract`;
+  }
+  /**
+   * The controller's host-view barrier, under `hosts/` but never a host key ({@link parseHostKey}
+   * refuses it): seeing its write on the host watch proves every earlier change under `hosts/` was
+   * delivered (C2 of docs/peer-check.md).
+   */
+  hostsBarrier(): string {
+    return `${this.prefix}hosts/.controller-sync`;
+  }
   /** `key` relative to the prefix, as the codec names it. */
   rel(key: string): string {
     return key.startsWith(this.prefix) ? key.slice(this.prefix.length) : key;

@@ -47,6 +47,49 @@ export function countDetached(states: Iterable<HostRecordState>): DetachedCount 
   return { detached, total };
 }
 
+/** One host as the freeze counts it: its record's state (undefined: no record any more) and whether its `alive` key exists. */
+export interface PoolMember {
+  readonly state: HostRecordState | undefined;
+  readonly alive: boolean;
+}
+
+/** True for the states of the pool (`attached`, `ready`, `detached`). */
+export function inPool(state: HostRecordState | undefined): boolean {
+  return state === 'attached' || state === 'ready' || state === 'detached';
+}
+
+/**
+ * Counts the pool with the controller's commitments of docs/peer-check.md (issue 11):
+ * - C1: a pool host whose `alive` key is gone counts as detached, whatever its record says;
+ * - C3: while a freeze holds (`atFreeze`: the pool when the freeze began), only those hosts count:
+ *   a host first registered since counts in neither number, and one of them now fenced, retired or
+ *   without a record (an operator's doing: the controller fences nothing while frozen) counts as
+ *   detached.
+ *
+ * `member(id)` looks a host up; `ids` are every host the controller knows (used without `atFreeze`).
+ * Invariants: `detached <= total`; with `atFreeze`, `total = atFreeze.size`; a host counts as attached
+ * only when its record is in the pool, not `detached`, and its `alive` key exists.
+ */
+export function countPool(member: (id: string) => PoolMember | undefined, ids: Iterable<string>, atFreeze?: ReadonlySet<string>): DetachedCount {
+  let detached = 0;
+  let total = 0;
+  if (atFreeze !== undefined) {
+    for (const id of atFreeze) {
+      total++;
+      const m = member(id);
+      if (m === undefined || !inPool(m.state) || m.state === 'detached' || !m.alive) detached++;
+    }
+    return { detached, total };
+  }
+  for (const id of ids) {
+    const m = member(id);
+    if (m === undefined || !inPool(m.state)) continue;
+    total++;
+    if (m.state === 'detached' || !m.alive) detached++;
+  }
+  return { detached, total };
+}
+
 /** True when the share of detached hosts is above `limit` (strictly). An empty pool never is. */
 export function aboveLimit(c: DetachedCount, limit: number): boolean {
   return c.total > 0 && c.detached / c.total > limit;

@@ -62,6 +62,12 @@ export interface HostsSnapshot {
   readonly hosts: readonly HostEntry[];
 }
 
+/** One host as read by {@link ControllerStore.getHost}, with the read's header revision. */
+export interface HostRead extends HostEntry {
+  /** The store's revision when the read was served: every change up to it is in what it read. */
+  readonly readRevision: Revision;
+}
+
 /** A change under `hosts/`, in store order. `revision` is the change's `mod_revision`. */
 export type HostWatchEvent =
   | { readonly kind: 'record'; readonly hostId: string; readonly record: HostRecord; readonly revision: Revision }
@@ -76,6 +82,11 @@ export type HostWatchEvent =
 export interface WatchHandlers<E> {
   onEvent(e: E): void;
   onError(err: Error): void;
+}
+
+/** Callbacks of the host watch: `onProgress(revision)` when the controller's barrier written at `revision` is delivered (every change before it was). */
+export interface HostWatchHandlers extends WatchHandlers<HostWatchEvent> {
+  onProgress?(revision: Revision): void;
 }
 
 /** A running watch. */
@@ -205,10 +216,19 @@ export interface ControllerStore {
   serverStatus(deadlineMs: number): Promise<StoreServerStatus>;
   /** Every host record and `alive` key, at one revision. */
   listHosts(deadlineMs: number): Promise<HostsSnapshot>;
-  /** One host's record and `alive` key. */
-  getHost(hostId: string, deadlineMs: number): Promise<HostEntry>;
+  /** One host's record and `alive` key (linearizable), with the read's revision. */
+  getHost(hostId: string, deadlineMs: number): Promise<HostRead>;
   /** Watches `hosts/` from `fromRevision` (inclusive). Resolves once the watch is established. */
-  watchHosts(fromRevision: Revision, handlers: WatchHandlers<HostWatchEvent>, deadlineMs: number): Promise<Subscription>;
+  watchHosts(fromRevision: Revision, handlers: HostWatchHandlers, deadlineMs: number): Promise<Subscription>;
+  /**
+   * Writes the host-view barrier (`Keyspace.hostsBarrier`) in a txn guarded by the leadership;
+   * resolves to its revision. Its put comes back through {@link HostWatchHandlers.onProgress}.
+   */
+  syncHosts(leadership: Leadership, deadlineMs: number): Promise<Revision>;
+  /** The raw value of `controller/freeze-contract` (JSON), or undefined when none is published. */
+  getFreezeContract(deadlineMs: number): Promise<unknown>;
+  /** Writes `controller/freeze-contract` (no lease) in a txn guarded by the leadership; FAILED_PRECONDITION when it is gone. */
+  putFreezeContract(leadership: Leadership, contract: unknown, deadlineMs: number): Promise<void>;
   /**
    * Watches `vms/` from `fromRevision` (inclusive), one callback per watch response (see
    * {@link VmWatchBatch}). Resolves once the watch is established. After `onError` (compaction,

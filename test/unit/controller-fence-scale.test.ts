@@ -326,7 +326,8 @@ describe('controller: etcd 3.4 early revoke after a leader change (#15247)', () 
     expect(r.fenceDeadline! - r.detachedAt!).toBe(T.fenceWindow);
     await sim.run(T.ttl + 1000); // a later term change, more than one TTL after the loss
     sim.store.changeRaftTerm();
-    await sim.until(() => sim!.record('a')?.state === 'fenced', T.fenceWindow);
+    // no extension, but C4 (issue 11): no fence until ttl + electionTolerance + revokeSlack after that term change
+    await sim.until(() => sim!.record('a')?.state === 'fenced', T.ttl + T.electionTolerance + 2000);
     expect(sim.events('fence-deadline-extended')).toEqual([]);
     expect((sim.events('host-detached', 'a')[0] as Extract<ClusterEvent, { kind: 'host-detached' }>).termChange).toBeUndefined();
   });

@@ -215,7 +215,7 @@ describe('fences at fleet size (pure core)', () => {
     while (queue.length > 0) {
       const r = queue.shift()!;
       const hostId = r.call.op === 'get-host' ? r.call.hostId : '';
-      const fx = d.reply(r.req, { op: 'get-host', host: { hostId } });
+      const fx = d.reply(r.req, { op: 'get-host', host: { hostId }, revision: '100' });
       const fence = calls(fx, 'commit')[0]!;
       expect(ops(fx)).toEqual(['commit:host-fenced']);
       const after = d.reply(fence.req, ok(String(500 + fenced)));

@@ -118,7 +118,7 @@ describe('controller core: the fence at the deadline', () => {
     detached(d, {}, [vm('v1'), vm('v2'), vm('other', { hostId: 'b' })]);
     d.at(LOSS + T.fenceWindow);
     const list = calls(d.fire('fence:a'), 'get-host')[0]!;
-    const fx = d.reply(list.req, { op: 'get-host', host: { hostId: 'a' } });
+    const fx = d.reply(list.req, { op: 'get-host', host: { hostId: 'a' }, revision: '100' });
     expect(ops(fx)).toEqual(['commit:host-fenced']);
     const c = calls(fx, 'commit')[0]!.call;
     if (c.op !== 'commit') throw new Error('not a commit');
@@ -142,7 +142,7 @@ describe('controller core: the fence at the deadline', () => {
       d.at(LOSS + T.fenceWindow);
       const list = calls(d.fire('fence:a'), 'get-host')[0]!;
       act(d);
-      const fx = d.reply(list.req, { op: 'get-host', host: { hostId: 'a' } });
+      const fx = d.reply(list.req, { op: 'get-host', host: { hostId: 'a' }, revision: '100' });
       expect(ops(fx)).toEqual(want);
     });
   }
@@ -152,8 +152,16 @@ describe('controller core: the fence at the deadline', () => {
     detached(d);
     d.at(LOSS + T.fenceWindow);
     const list = calls(d.fire('fence:a'), 'get-host')[0]!;
-    // the term change is seen now, a full window after the loss: too late to be near it
-    expect(ops(d.reply(list.req, { op: 'get-host', host: { hostId: 'a' } }, 6))).toEqual(['commit:host-fenced']);
+    // the term change is seen now, a full window after the loss: too late to be near it, so no
+    // extension; but C4 (issue 11): no fence until ttl + electionTolerance + revokeSlack after it
+    const wait = T.ttl + T.electionTolerance + 1000 + 3;
+    const fx = d.reply(list.req, { op: 'get-host', host: { hostId: 'a' }, revision: '100' }, 6);
+    expect(ops(fx)).toEqual([]);
+    expect(timersSet(fx)).toContain(`fence:a@${wait}`);
+    expect(eventKinds(d.all)).not.toContain('fence-deadline-extended');
+    d.at(LOSS + T.fenceWindow + wait);
+    const again = calls(d.fire('fence:a'), 'get-host')[0]!;
+    expect(ops(d.reply(again.req, { op: 'get-host', host: { hostId: 'a' }, revision: '100' }, 6))).toEqual(['commit:host-fenced']);
 
     const e = new Driver();
     detached(e);
@@ -209,7 +217,7 @@ describe('controller core: determinism', () => {
       detached(d, {}, [vm('v1'), vm('v2')]);
       d.at(LOSS + T.fenceWindow);
       const list = calls(d.fire('fence:a'), 'get-host')[0]!;
-      const fx = d.reply(list.req, { op: 'get-host', host: { hostId: 'a' } });
+      const fx = d.reply(list.req, { op: 'get-host', host: { hostId: 'a' }, revision: '100' });
       d.reply(calls(fx, 'commit')[0]!.req, ok('103'));
       return JSON.stringify(d.all, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v));
     };

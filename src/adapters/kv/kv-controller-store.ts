@@ -25,7 +25,9 @@ import type {
   ControllerStatus,
   ControllerStore,
   HostEntry,
+  HostRead,
   HostsSnapshot,
+  HostWatchHandlers,
   HostWatchEvent,
   LeaderInfo,
   Leadership,
@@ -120,15 +122,20 @@ export class KvControllerStore implements ControllerStore, HostVmIndexStore {
     return { revision: String(res.revision), hosts: [...byId.values()] };
   }
 
-  async getHost(hostId: string, deadlineMs: number): Promise<HostEntry> {
+  async getHost(hostId: string, deadlineMs: number): Promise<HostRead> {
     const res = await this.paged(this.keys.host(hostId), {}, deadlineMs);
     const byId = new Map<string, HostAcc>();
     for (const kv of res.kvs) this.addHostKv(byId, kv);
-    return byId.get(hostId) ?? { hostId };
+    return { ...(byId.get(hostId) ?? { hostId }), readRevision: String(res.revision) };
   }
 
-  async watchHosts(fromRevision: Revision, handlers: WatchHandlers<HostWatchEvent>, deadlineMs: number): Promise<Subscription> {
+  async watchHosts(fromRevision: Revision, handlers: HostWatchHandlers, deadlineMs: number): Promise<Subscription> {
+    const barrier = this.keys.hostsBarrier();
     return this.watch(this.keys.hosts(), fromRevision, handlers, deadlineMs, (kv, type): HostWatchEvent | undefined => {
+      if (kv.key === barrier) {
+        if (type === 'put') handlers.onProgress?.(String(kv.modRevision));
+        return undefined;
+      }
       const k = this.keys.parseHostKey(kv.key);
       if (!k) return undefined;
       const revision = String(kv.modRevision);
@@ -271,6 +278,31 @@ export class KvControllerStore implements ControllerStore, HostVmIndexStore {
     this.noted(
       await this.kv.txn({ compare: [createIs(this.keys.leader(), leadership.createRevision)], success: [put(key, JSON.stringify(status), leadership.lease)] }, deadlineMs),
     );
+  }
+
+  async syncHosts(leadership: Leadership, deadlineMs: number): Promise<Revision> {
+    const res = this.noted(
+      await this.kv.txn({ compare: [createIs(this.keys.leader(), leadership.createRevision)], success: [put(this.keys.hostsBarrier(), JSON.stringify({ by: leadership.candidateId }))] }, deadlineMs),
+    );
+    if (!res.succeeded) throw new TetherError('FAILED_PRECONDITION', 'host-view barrier: this controller no longer holds controller/leader');
+    return String(res.header.revision);
+  }
+
+  async getFreezeContract(deadlineMs: number): Promise<unknown> {
+    const kv = this.noted(await this.kv.range({ key: this.keys.freezeContract() }, deadlineMs)).kvs[0];
+    if (!kv) return undefined;
+    try {
+      return JSON.parse(kv.value) as unknown;
+    } catch {
+      return null; // unreadable: the core reports it and writes a new one
+    }
+  }
+
+  async putFreezeContract(leadership: Leadership, contract: unknown, deadlineMs: number): Promise<void> {
+    const res = this.noted(
+      await this.kv.txn({ compare: [createIs(this.keys.leader(), leadership.createRevision)], success: [put(this.keys.freezeContract(), JSON.stringify(contract))] }, deadlineMs),
+    );
+    if (!res.succeeded) throw new TetherError('FAILED_PRECONDITION', 'freeze contract: this controller no longer holds controller/leader');
   }
 
   async getStatus(deadlineMs: number): Promise<ControllerStatus | undefined> {

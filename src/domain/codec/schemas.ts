@@ -189,6 +189,7 @@ export const hostRecordSchema = z.strictObject({
   labels: stringMap,
   agentVersion: text(128),
   machineId: machineIdSchema.optional(),
+  freezeContractSeen: counter.optional(),
   updatedAt: wallMs,
 });
 

@@ -23,6 +23,7 @@
 import { detachChange, fenceChange, vmsLostChanges, vmsToMarkLost } from '../fence-changes.js';
 import { decideHost, earlyRevokeSuspected, effectiveFenceWindow, lossToFenceMs, takeoverFenceDeadline } from '../fence-window.js';
 import { describeFreeze, fencingAllowed } from '../mass-freeze.js';
+import { revokeSlack } from '../peer-check.js';
 import type { HostRecord } from '../host-record.js';
 import type { HostEntry } from '../../ports/controller-store.js';
 import { call, clearTimer, fenceTimerKey, incarnationOf, iso, log, retryTimerKey, rev, setTimer, timerSet } from './effects.js';
@@ -240,9 +241,10 @@ export function fenceDue(c: Ctx, t: HostTrack): void {
   if (c.now.mono < t.fenceAtMono!) return armTimer(c, t); // never early
   if (s.freezeDirty) evaluateFreeze(c); // decide on the current detached share
   if (!fencingAllowed(s.freeze)) {
-    log(c, 'warn', { hostId: t.hostId, freeze: describeFreeze(s.freeze, s.cfg.freezeShare, c.now.mono) }, 'fence deadline passed but the mass-disruption freeze holds it');
+    log(c, 'warn', { hostId: t.hostId, freeze: describeFreeze(s.freeze, s.freezeRule?.share ?? s.cfg.freezeShare, c.now.mono) }, 'fence deadline passed but the mass-disruption freeze holds it');
     return;
   }
+  if (leaderChangeWait(c, t) > 0) return;
   // the VM cache names the fence's VMs and feeds its lost-marking: taken up when it is synced (resumeFences)
   if (!s.vmsSynced) return;
   if (s.fencesInFlight >= s.cfg.maxFencesInFlight) {
@@ -289,7 +291,7 @@ function fenceSlotFreed(c: Ctx): void {
 }
 
 /** The pre-fence read came back: note its raft term, re-check everything, then the constant-size fence txn. */
-export function fenceRead(c: Ctx, p: { readonly hostId: string; readonly incarnation: string }, raftTerm: number | undefined, r: { readonly host: HostEntry } | { readonly error: CallError }): void {
+export function fenceRead(c: Ctx, p: { readonly hostId: string; readonly incarnation: string }, raftTerm: number | undefined, r: { readonly host: HostEntry; readonly revision: string } | { readonly error: CallError }): void {
   const t = c.s.hosts.get(p.hostId);
   if (!t) return fenceSlotFreed(c);
   t.fencing = undefined;
@@ -297,7 +299,7 @@ export function fenceRead(c: Ctx, p: { readonly hostId: string; readonly incarna
   if (!go) fenceSlotFreed(c);
 }
 
-function fenceGo(c: Ctx, t: HostTrack, p: { readonly incarnation: string }, raftTerm: number | undefined, r: { readonly host: HostEntry } | { readonly error: CallError }): boolean {
+function fenceGo(c: Ctx, t: HostTrack, p: { readonly incarnation: string }, raftTerm: number | undefined, r: { readonly host: HostEntry; readonly revision: string } | { readonly error: CallError }): boolean {
   if ('error' in r) {
     if (!r.error.retryable) {
       giveUp(c, t, 'fence', r.error);
@@ -309,6 +311,16 @@ function fenceGo(c: Ctx, t: HostTrack, p: { readonly incarnation: string }, raft
   }
   noteTerm(c, raftTerm, c.now.mono);
   if (maybeExtend(c, t)) return false;
+  return fenceDecide(c, t, p, rev(r.revision));
+}
+
+/**
+ * The pre-fence read's checks on the current view, then the fence txn. C2: the host view must hold
+ * every change under `hosts/` up to the read's revision `readRev`, and the freeze must have been
+ * evaluated on it; until then the fence waits (parked, its slot kept) for a barrier through the host
+ * watch ({@link hostsProgress}). True when the slot stays taken (txn in flight or parked).
+ */
+function fenceDecide(c: Ctx, t: HostTrack, p: { readonly incarnation: string }, readRev: bigint): boolean {
   const rec = t.record;
   if (!rec || rec.state !== 'detached' || t.revision === undefined) {
     reconcile(c, t);
@@ -319,8 +331,16 @@ function fenceGo(c: Ctx, t: HostTrack, p: { readonly incarnation: string }, raft
     reconcile(c, t);
     return false;
   }
-  if (c.s.freezeDirty) evaluateFreeze(c);
+  if (readRev > c.s.hostsRev) {
+    t.fencing = p.incarnation;
+    c.s.fenceParked.set(t.hostId, { incarnation: p.incarnation, readRev });
+    log(c, 'debug', { hostId: t.hostId, readRev: String(readRev), viewRev: String(c.s.hostsRev) }, 'fence waits for the host view to catch up with its pre-fence read (C2)');
+    requestBarrier(c);
+    return true;
+  }
+  if (c.s.freezeDirty || c.s.freezeRev < readRev) evaluateFreeze(c);
   if (!fencingAllowed(c.s.freeze)) return false;
+  if (leaderChangeWait(c, t) > 0) return false;
   const pending = vmsToMarkLost(vmsOnHost(c.s, t.hostId), t.hostId, rec.epoch).map((v) => v.key);
   const { change } = fenceChange({ hostId: t.hostId, record: rec, revision: t.revision, nowWall: c.now.wall, by: 'controller', pendingVms: pending });
   const lateMs = Math.round(c.now.wall - (t.fenceAtWall ?? c.now.wall));
@@ -330,6 +350,86 @@ function fenceGo(c: Ctx, t: HostTrack, p: { readonly incarnation: string }, raft
     return false;
   }
   return true;
+}
+
+/**
+ * C4 (docs/peer-check.md): no fence until `ttl + electionTolerance + revokeSlack(pool)` after the last
+ * raft term change this replica saw (largest ttl and electionTolerance of the pool's published
+ * timings and this host's; the pre-fence read's header term counts, noted before this is asked):
+ * every lease a leader change extended is gone by then, or still live and counted. Returns the wait
+ * left (ms); when > 0 the host's fence timer is set to it.
+ */
+export function leaderChangeWait(c: Ctx, t: HostTrack): number {
+  const s = c.s;
+  const tc = s.termChange;
+  if (tc === undefined) return 0;
+  const own = t.record?.timings;
+  const pt = s.poolTimings;
+  const ttl = Math.max(pt?.ttl ?? 0, pos(own?.ttl));
+  const tolerance = Math.max(pt?.electionTolerance ?? 0, pos(own?.electionTolerance));
+  const until = tc.seenMono + ttl + tolerance + revokeSlack(pt?.pool ?? s.hosts.size);
+  const wait = until - c.now.mono;
+  if (wait <= 0) return 0;
+  const key = fenceTimerKey(t.hostId);
+  if (!timerSet(c, key)) {
+    log(c, 'info', { hostId: t.hostId, raftTerm: tc.term, waitMs: Math.ceil(wait) }, 'fence deadline passed: waiting ttl + electionTolerance + revoke slack after the last raft term change (C4)');
+    setTimer(c, key, Math.ceil(wait));
+  }
+  return wait;
+}
+
+function pos(x: number | undefined): number {
+  return x !== undefined && Number.isFinite(x) && x > 0 ? x : 0;
+}
+
+/** C2: asks for a barrier through the host watch, unless one is in flight. */
+function requestBarrier(c: Ctx): void {
+  const s = c.s;
+  if (!s.leader || s.barrierInFlight || timerSet(c, 'hosts-barrier')) return;
+  s.barrierInFlight = true;
+  call(c, { op: 'sync-hosts' }, { for: 'sync-hosts' });
+}
+
+/** The barrier's write came back: its event follows on the host watch; a failure is retried shortly. */
+export function barrierWritten(c: Ctx, r: { readonly revision: string } | { readonly error: CallError }): void {
+  const s = c.s;
+  s.barrierInFlight = false;
+  if (!s.leader) return;
+  if ('error' in r) log(c, 'warn', { err: r.error.message }, 'the host-view barrier write failed; retrying');
+  // check again shortly whatever happened: a watch that never delivers it is re-listed by then, or another barrier goes
+  if (s.fenceParked.size > 0 && !timerSet(c, 'hosts-barrier')) setTimer(c, 'hosts-barrier', s.cfg.retryDelay);
+}
+
+/** The barrier retry timer: parked fences the view caught up with go on; the others ask again. */
+export function barrierDue(c: Ctx): void {
+  resumeParked(c);
+  if (c.s.fenceParked.size > 0) requestBarrier(c);
+}
+
+/** The host watch delivered the barrier at `revision`: the view holds every change under `hosts/` up to it. */
+export function hostsProgress(c: Ctx, watch: number, revision: string): void {
+  const s = c.s;
+  if (!s.synced || watch !== s.watch) return;
+  const r = rev(revision);
+  if (r > s.hostsRev) s.hostsRev = r;
+  resumeParked(c);
+  if (s.fenceParked.size > 0) requestBarrier(c);
+}
+
+/** Parked fences whose read the host view caught up with: decided again on the view (C2). */
+function resumeParked(c: Ctx): void {
+  const s = c.s;
+  for (const [id, p] of [...s.fenceParked]) {
+    if (p.readRev > s.hostsRev) continue;
+    s.fenceParked.delete(id);
+    const t = s.hosts.get(id);
+    if (!t || t.fencing !== p.incarnation) {
+      fenceSlotFreed(c);
+      continue;
+    }
+    t.fencing = undefined;
+    if (!fenceDecide(c, t, p, p.readRev)) fenceSlotFreed(c);
+  }
 }
 
 /** The fence txn's outcome (after the generic write handling). */

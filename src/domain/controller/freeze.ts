@@ -7,12 +7,12 @@
  */
 import { DEFAULT_TIMINGS } from '../gc-timing.js';
 import { effectiveFenceWindow } from '../fence-window.js';
-import type { HostRecord } from '../host-record.js';
-import { countDetached, describeFreeze, evaluateFreeze as evaluate } from '../mass-freeze.js';
+import { countPool, describeFreeze, evaluateFreeze as evaluate, inPool, type PoolMember } from '../mass-freeze.js';
+import { freezeRule, maybePublishContract, wantedContract } from './contract.js';
 import { clearTimer, emitEvent, fenceTimerKey, iso, log, setTimer, timerSet } from './effects.js';
 import { fenceDue } from './fence.js';
 import { requestSweep } from './sweep.js';
-import type { Ctx } from './types.js';
+import type { ControllerState, Ctx } from './types.js';
 
 /** A burst of host changes is folded into one freeze evaluation this long after its first change. */
 export const FREEZE_DEBOUNCE_MS = 100;
@@ -24,36 +24,84 @@ export function markFreezeDirty(c: Ctx): void {
   setTimer(c, 'freeze-check', FREEZE_DEBOUNCE_MS);
 }
 
-/** Evaluates the freeze now on the current view; announces transitions (log and event). */
+/** Forgets the freeze's and the contract's per-leadership state (at step-down). */
+export function resetFreezeExtras(s: ControllerState): void {
+  s.freezePool = undefined;
+  s.freezeRule = undefined;
+  s.poolTimings = undefined;
+  s.freezeRev = 0n;
+  s.contract = undefined;
+  s.contractKnown = false;
+  s.contractWriting = false;
+  s.contractWanted = undefined;
+  s.contractWrittenMono = undefined;
+  s.hostsRev = 0n;
+  s.fenceParked.clear();
+  s.barrierInFlight = false;
+}
+
+/**
+ * Evaluates the freeze now on the current view; announces transitions (log and event). The count
+ * follows C1 and C3 ({@link countPool}); the share and resume delay are the contract rule
+ * ({@link freezeRule}: never looser than what a pool host acknowledged); the pool's timings for C4
+ * are noted; the contract is published when it changed.
+ */
 export function evaluateFreeze(c: Ctx): void {
   const s = c.s;
   s.freezeDirty = false;
   if (!s.leader || !s.synced) return;
-  const records = [...s.hosts.values()].map((t) => t.record).filter((r): r is HostRecord => r !== undefined);
-  const count = countDetached(records.map((r) => r.state));
+  let window = 0;
+  let ttl = 0;
+  let electionTolerance = 0;
+  let poolSize = 0;
+  const acks = new Set<number | undefined>();
+  for (const t of s.hosts.values()) {
+    const r = t.record;
+    if (r === undefined || !inPool(r.state)) continue;
+    poolSize++;
+    const tm = r.timings ?? DEFAULT_TIMINGS;
+    window = Math.max(window, effectiveFenceWindow(tm, s.cfg.fenceWindowOverride));
+    ttl = Math.max(ttl, finite(tm.ttl));
+    electionTolerance = Math.max(electionTolerance, finite(tm.electionTolerance));
+    acks.add(r.freezeContractSeen);
+  }
+  if (poolSize === 0) window = DEFAULT_TIMINGS.fenceWindow;
+  s.poolTimings = { ttl, electionTolerance, pool: Math.max(poolSize, s.freezePool?.size ?? 0) };
+  const wanted = wantedContract(c, window);
+  const rule = freezeRule(c, wanted, acks);
+  s.freezeRule = rule;
+  const member = (id: string): PoolMember | undefined => {
+    const t = s.hosts.get(id);
+    return t === undefined ? undefined : { state: t.record?.state, alive: t.alive !== undefined };
+  };
+  const count = countPool(member, s.hosts.keys(), s.freezePool);
   s.detachedCount = count;
-  const pool = records.filter((r) => r.state === 'attached' || r.state === 'ready' || r.state === 'detached');
-  const window = pool.length > 0 ? Math.max(...pool.map((r) => effectiveFenceWindow(r.timings ?? DEFAULT_TIMINGS, s.cfg.fenceWindowOverride))) : DEFAULT_TIMINGS.fenceWindow;
+  s.freezeRev = s.hostsRev;
   const nowMono = c.now.mono;
-  const { state, transition } = evaluate(s.freeze, count, nowMono, { limit: s.cfg.freezeShare, window });
+  const prevMode = s.freeze.mode;
+  const { state, transition } = evaluate(s.freeze, count, nowMono, { limit: rule.share, window: rule.resumeDelay });
   s.freeze = state;
+  // C3: the pool when the freeze began counts until it is over
+  if (transition === 'entered' && prevMode === 'normal') s.freezePool = new Set([...s.hosts.values()].filter((t) => inPool(t.record?.state)).map((t) => t.hostId));
+  if (state.mode === 'normal') s.freezePool = undefined;
+  maybePublishContract(c, wanted, poolSize);
   if (transition === 'entered') {
     clearTimer(c, 'freeze-resume');
     s.freezeResumeAtWall = undefined;
-    const why = describeFreeze(state, s.cfg.freezeShare, nowMono)!;
+    const why = describeFreeze(state, rule.share, nowMono)!;
     log(c, 'warn', { detached: count.detached, total: count.total }, why);
-    emitEvent(c, { kind: 'freeze-entered', detached: count.detached, total: count.total, limit: s.cfg.freezeShare, detail: why });
+    emitEvent(c, { kind: 'freeze-entered', detached: count.detached, total: count.total, limit: rule.share, detail: why });
   } else if (transition === 'fell-back' && state.mode === 'resuming') {
     const resumeAt = c.now.wall + (state.resumeAt - nowMono);
     s.freezeResumeAtWall = resumeAt;
     setTimer(c, 'freeze-resume', state.resumeAt - nowMono);
-    log(c, 'warn', { detached: count.detached, total: count.total, resumeInMs: state.resumeAt - nowMono }, 'detached share fell back: fencing resumes after a full fence window');
+    log(c, 'warn', { detached: count.detached, total: count.total, resumeInMs: state.resumeAt - nowMono }, 'detached share fell back: fencing resumes after the contract\'s resume delay');
     emitEvent(c, {
       kind: 'freeze-lifted',
       detached: count.detached,
       total: count.total,
       resumeAt,
-      detail: `${count.detached} of ${count.total} hosts detached: fencing resumes at ${iso(resumeAt)} (a full fence window)`,
+      detail: `${count.detached} of ${count.total} hosts detached: fencing resumes at ${iso(resumeAt)} (the freeze contract's resume delay, ${Math.round(rule.resumeDelay)} ms)`,
     });
   } else if (state.mode === 'resuming' && !timerSet(c, 'freeze-resume')) {
     // the resume timer fired a hair before resumeAt (timers may fire early against the monotonic
@@ -68,4 +116,8 @@ export function evaluateFreeze(c: Ctx): void {
     }
     requestSweep(c);
   }
+}
+
+function finite(x: number | undefined): number {
+  return x !== undefined && Number.isFinite(x) && x > 0 ? x : 0;
 }

@@ -61,6 +61,7 @@ export function hostsListed(c: Ctx, r: { readonly snapshot: HostsSnapshot } | { 
   }
   s.watch = call(c, { op: 'watch-hosts', fromRevision: String(at + 1n) }, { for: 'watch' });
   s.synced = true;
+  s.hostsRev = at; // C2: the view holds every change under hosts/ up to the listing
   log(c, 'info', { hosts: s.hosts.size }, 'host view synced');
   s.reconcileQueue = [...s.hosts.keys()];
   reconcileChunk(c);
@@ -119,6 +120,7 @@ export function hostEvent(c: Ctx, watch: number, e: HostWatchEvent, at: Now): vo
   if (!s.synced || watch !== s.watch) return;
   const t = track(c, e.hostId);
   const r = rev(e.revision);
+  if (r - 1n > s.hostsRev) s.hostsRev = r - 1n; // C2: every change before this one was delivered (one txn's changes may span events)
   const wasSchedulable = isSchedulable(t.record, t.alive !== undefined);
   if (e.kind === 'record' || e.kind === 'record-deleted') {
     if (r <= t.recordSeen) return;

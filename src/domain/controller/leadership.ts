@@ -9,6 +9,7 @@
 import { describeEtcdAssumptions } from '../etcd-assumptions.js';
 import { NOT_FROZEN } from '../mass-freeze.js';
 import { call, clearTimer, emitEvent, log, setTimer } from './effects.js';
+import { resetFreezeExtras } from './freeze.js';
 import { observeTerm } from './raft-term.js';
 import { resync } from './host-view.js';
 import { dropVmCache, resyncVms } from './vm-view.js';
@@ -136,6 +137,7 @@ export function stepDown(c: Ctx, why: string): void {
   s.freeze = NOT_FROZEN;
   s.freezeResumeAtWall = undefined;
   s.freezeDirty = false;
+  resetFreezeExtras(s);
   s.sweep = undefined;
   s.sweepQueued = false;
   s.detachesInFlight = 0;

@@ -10,7 +10,8 @@ import { DEFAULT_TXN_LIMITS } from '../cluster-change.js';
 import { TetherError } from '../errors.js';
 import { CapacityIndex } from '../placement-index.js';
 import { log } from './effects.js';
-import { detachOutcome, drainFenceQueue, fenceCommitted, fenceDue, fenceRead, markLostBatchDone, resumeFences } from './fence.js';
+import { contractListed, contractWritten, publishContract } from './contract.js';
+import { barrierDue, barrierWritten, detachOutcome, drainFenceQueue, fenceCommitted, fenceDue, fenceRead, hostsProgress, markLostBatchDone, resumeFences } from './fence.js';
 import { evaluateFreeze } from './freeze.js';
 import { hostEvent, hostsListed, reconcile, reconcileChunk, resync, watchBroke, watchFailed } from './host-view.js';
 import { campaign, campaignOutcome, keepaliveDue, keepaliveOutcome, leaderExpiryTimer, serverStatusOutcome } from './leadership.js';
@@ -67,6 +68,10 @@ export interface CoreOptions {
   readonly evictionBurst?: number;
   /** Items one step handles before yielding (default 500). */
   readonly chunkSize?: number;
+  /** The freeze's resume delay, when longer than the pool's longest fence window (default: that window). */
+  readonly resumeDelay?: number;
+  /** A change of the published contract's pool size alone is written at most this often (default 5 s). */
+  readonly contractPoolInterval?: number;
 }
 
 /** Default of {@link CoreOptions.maxFencesInFlight}. */
@@ -105,6 +110,8 @@ export function coreConfig(o: CoreOptions): CoreConfig {
     slowEvictionMinHosts: positive('slowEvictionMinHosts', o.slowEvictionMinHosts, 50, true),
     evictionBurst: positive('evictionBurst', o.evictionBurst, 1, true),
     chunkSize: positive('chunkSize', o.chunkSize, 500, true),
+    ...(o.resumeDelay !== undefined ? { resumeDelay: positive('resumeDelay', o.resumeDelay, 0) } : {}),
+    contractPoolInterval: positive('contractPoolInterval', o.contractPoolInterval, 5000),
   };
 }
 
@@ -141,6 +148,12 @@ export function initialState(cfg: CoreConfig): ControllerState {
     freeze: NOT_FROZEN,
     detachedCount: { detached: 0, total: 0 },
     freezeDirty: false,
+    freezeRev: 0n,
+    contractKnown: false,
+    contractWriting: false,
+    hostsRev: 0n,
+    fenceParked: new Map(),
+    barrierInFlight: false,
     sweepQueued: false,
     detachesInFlight: 0,
     detachQueue: new Set(),
@@ -176,6 +189,8 @@ function dispatch(c: Ctx, i: Input): void {
       return hostEvent(c, i.watch, i.event, i.at);
     case 'vm-batch':
       return vmBatch(c, i.watch, i.batch);
+    case 'hosts-progress':
+      return hostsProgress(c, i.watch, i.revision);
     case 'watch-error':
       if (vmWatchBroke(c, i.watch, i.message)) return;
       return watchBroke(c, i.watch, i.message);
@@ -218,6 +233,10 @@ function timerFired(c: Ctx, key: string): void {
     case 'freeze-check':
     case 'freeze-resume':
       return evaluateFreeze(c);
+    case 'contract':
+      return publishContract(c);
+    case 'hosts-barrier':
+      return barrierDue(c);
   }
   const sep = key.indexOf(':');
   const t = sep > 0 ? c.s.hosts.get(key.slice(sep + 1)) : undefined;
@@ -245,8 +264,13 @@ function outcome(c: Ctx, p: Pending, o: Outcome, raftTerm: number | undefined): 
       return serverStatusOutcome(c, as(o, 'server-status'));
     case 'list-hosts': {
       const r = as(o, 'list-hosts');
+      if (!('error' in r)) contractListed(c, r.contract);
       return hostsListed(c, 'error' in r ? r : { snapshot: r.snapshot });
     }
+    case 'put-contract':
+      return contractWritten(c, p.contract, 'error' in o ? o.error : undefined);
+    case 'sync-hosts':
+      return barrierWritten(c, as(o, 'sync-hosts'));
     case 'watch':
       if ('error' in o) return watchFailed(c, o.error);
       return;

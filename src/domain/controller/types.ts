@@ -15,6 +15,7 @@ import type { ClusterChange, Revision, TxnLimits, VmEntry } from '../cluster-cha
 import type { ClusterEventBody } from '../cluster-event.js';
 import type { TermChange } from '../fence-window.js';
 import type { HostRecord } from '../host-record.js';
+import type { FreezeContract } from '../freeze-contract.js';
 import type { DetachedCount, FreezeState } from '../mass-freeze.js';
 import type { CapacityIndex } from '../placement-index.js';
 import type { AliveInfo, ControllerFailure, ControllerStatus, HostEntry, HostsSnapshot, HostWatchEvent, VmWatchBatch } from '../../ports/controller-store.js';
@@ -56,6 +57,19 @@ export interface CoreConfig {
   readonly evictionBurst: number;
   /** Work items (hosts, VMs) one step handles before yielding to other inputs through a zero-delay timer. */
   readonly chunkSize: number;
+  /** The freeze's resume delay when longer than the pool's longest fence window (issue 11; ms). */
+  readonly resumeDelay?: number;
+  /** A change of the published contract's `poolSize` alone is written at most this often (ms). */
+  readonly contractPoolInterval: number;
+}
+
+/**
+ * `controller/freeze-contract` as the controller writes it: the contract hosts read
+ * ({@link FreezeContract}) and `floor`, the tightest share and resume delay of every version ever
+ * published (what the controller applies for a host whose acknowledged version it cannot map).
+ */
+export interface StoredContract extends FreezeContract {
+  readonly floor: { readonly share: number; readonly resumeDelay: number };
 }
 
 /** A failed store call as the core sees it: the error's stable code, message and whether retrying may help. */
@@ -70,15 +84,20 @@ export type Reply =
   | { readonly op: 'campaign'; readonly won: boolean; readonly ttlMs?: number }
   | { readonly op: 'keep-leadership'; readonly answer: 'alive' | 'lost' }
   | { readonly op: 'server-status'; readonly version: string; readonly raftTerm: number }
-  | { readonly op: 'list-hosts'; readonly snapshot: HostsSnapshot }
+  /** `contract`: the raw value of `controller/freeze-contract` read with the listing (absent: none published). */
+  | { readonly op: 'list-hosts'; readonly snapshot: HostsSnapshot; readonly contract?: unknown }
   | { readonly op: 'watch-hosts' }
   | { readonly op: 'list-vms'; readonly vms: readonly VmEntry[]; readonly revision: Revision }
   | { readonly op: 'watch-vms' }
-  | { readonly op: 'get-host'; readonly host: HostEntry }
+  /** `revision`: the read's header revision (the store's revision when it was served). */
+  | { readonly op: 'get-host'; readonly host: HostEntry; readonly revision: Revision }
   | { readonly op: 'commit'; readonly result: { readonly ok: true; readonly revision: Revision } | { readonly ok: false; readonly reason: 'conflict' | 'not-leader' } }
   | { readonly op: 'prune-events'; readonly deleted: number }
   | { readonly op: 'put-status' }
-  | { readonly op: 'new-uids'; readonly uids: readonly string[] };
+  | { readonly op: 'new-uids'; readonly uids: readonly string[] }
+  | { readonly op: 'put-contract' }
+  /** The barrier's commit revision (its watch event follows on the host watch). */
+  | { readonly op: 'sync-hosts'; readonly revision: Revision };
 
 /**
  * What the core reacts to. `raftTerm` on any input is the highest raft term the store had seen when
@@ -94,6 +113,8 @@ export type Input = (
   /** The changes under `vms/` of one watch response of watch `watch` (see {@link VmWatchBatch}). */
   | { readonly kind: 'vm-batch'; readonly watch: number; readonly batch: VmWatchBatch }
   | { readonly kind: 'watch-error'; readonly watch: number; readonly message: string }
+  /** The host watch `watch` delivered the controller's barrier written at `revision`: every change under `hosts/` up to it was delivered before. */
+  | { readonly kind: 'hosts-progress'; readonly watch: number; readonly revision: Revision }
   /** A response header showed a raft term never seen before, at `at`. */
   | { readonly kind: 'raft-term'; readonly term: number; readonly at: Now }
 ) & { readonly raftTerm?: number };
@@ -117,7 +138,11 @@ export type Call =
   | { readonly op: 'prune-events'; readonly keep: number }
   | { readonly op: 'put-status'; readonly status: ControllerStatus }
   /** `count` fresh VM uids from the runner's injected source. */
-  | { readonly op: 'new-uids'; readonly count: number };
+  | { readonly op: 'new-uids'; readonly count: number }
+  /** Writes `controller/freeze-contract` (no lease: it outlives this replica), guarded by the leadership. */
+  | { readonly op: 'put-contract'; readonly contract: StoredContract }
+  /** Writes the host-view barrier (a key under `hosts/` no host owns), guarded by the leadership; see {@link Input} `hosts-progress`. */
+  | { readonly op: 'sync-hosts' };
 
 /** Log levels of {@link Effect} `log`. */
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -234,6 +259,8 @@ export type Pending =
   | { readonly for: 'list-vms' }
   | { readonly for: 'watch-vms' }
   | { readonly for: 'sweep-uids' }
+  | { readonly for: 'put-contract'; readonly contract: StoredContract }
+  | { readonly for: 'sync-hosts' }
   | { readonly for: 'write'; readonly hostId?: string; readonly action: string; readonly retry: boolean; readonly change: ClusterChange; readonly then: Then };
 
 /** How a write's outcome continues (see `writes.ts`). */
@@ -311,6 +338,32 @@ export interface ControllerState {
   freezeResumeAtWall?: number;
   /** Host states changed since the freeze was last evaluated. */
   freezeDirty: boolean;
+  /** C3: the pool when the freeze began (while frozen or resuming): only these hosts count. */
+  freezePool?: Set<string>;
+  /** The rule applied at the last evaluation: tightest(published, acknowledged by pool hosts, configured). */
+  freezeRule?: { readonly share: number; readonly resumeDelay: number };
+  /** C4: the pool's largest published ttl and electionTolerance, and its size, at the last evaluation. */
+  poolTimings?: { readonly ttl: number; readonly electionTolerance: number; readonly pool: number };
+  /** `hostsRev` at the last freeze evaluation. */
+  freezeRev: bigint;
+
+  /** The contract as published (read with the host listing, then as written by this replica). */
+  contract?: StoredContract;
+  /** The listing said what is published (possibly nothing): a contract may be written. */
+  contractKnown: boolean;
+  /** What this replica wants published (from the last freeze evaluation). */
+  contractWanted?: { readonly share: number; readonly resumeDelay: number; readonly poolSize: number };
+  /** A contract write is in flight. */
+  contractWriting: boolean;
+  /** When this replica last wrote the contract (monotonic). */
+  contractWrittenMono?: number;
+
+  /** C2: the host view holds every change under `hosts/` up to this revision (listing, watch, barrier). */
+  hostsRev: bigint;
+  /** C2: fences whose pre-fence read is newer than the host view, waiting for it (slot kept). */
+  readonly fenceParked: Map<string, { readonly incarnation: string; readonly readRev: bigint }>;
+  /** A barrier write is in flight. */
+  barrierInFlight: boolean;
 
   sweep?: SweepRun;
   sweepQueued: boolean;
