@@ -47,6 +47,12 @@ export interface HostRecord {
    */
   readonly machineId?: string;
   /**
+   * Where this host's peer channel listens (`host:port`, issue 11; see docs/peer-check.md "Peer
+   * channel"), written by the host at each registration. Absent: the host runs no peer channel (it
+   * still counts in its peers' pool, but cannot be asked).
+   */
+  readonly peerAddress?: string;
+  /**
    * The version of the freeze contract (`controller/freeze-contract`, issue 11) this host holds,
    * written by the host itself (guarded by its epoch and lease) BEFORE it relies on that version. The
    * controller applies no looser contract than one a pool host acknowledged; absent: none (the

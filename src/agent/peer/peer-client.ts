@@ -1,18 +1,17 @@
 import { request } from 'node:https';
 import { isIP } from 'node:net';
+import { isPeerAddress } from '../../domain/codec/peer-address.js';
 import { PEER_WIRE_LIMITS, decodePeerAnswer, encodePeerQuestion } from '../../domain/codec/peer-answer.js';
 import { messageOf } from '../../domain/errors.js';
 import type { ReceivedAnswer } from '../../domain/peer-check.js';
+import type { PeerEndpoint } from '../../domain/peer-pool.js';
+import type { PeerTransport } from '../../ports/peers.js';
 import type { Clock } from '../../ports/clock.js';
 import type { Logger } from '../../ports/logger.js';
 import { PEER_STATUS_PATH } from './peer-server.js';
 import type { PeerTls } from './peer-tls.js';
 
-/** A pool peer and where its peer channel listens (`host:port`, `[v6]:port`). */
-export interface PeerEndpoint {
-  readonly hostId: string;
-  readonly address: string;
-}
+export type { PeerEndpoint } from '../../domain/peer-pool.js';
 
 /** Why one peer gave no usable answer (metrics, status, tests). */
 export type PeerDropReason = 'unreachable' | 'tls' | 'timeout' | 'http-status' | 'too-large' | 'invalid' | 'stale-nonce' | 'bad-address';
@@ -30,6 +29,7 @@ export interface PeerClientOptions {
 
 /** `host:port` / `[v6]:port` split; undefined when malformed. */
 export function splitPeerAddress(address: string): { host: string; port: number } | undefined {
+  if (!isPeerAddress(address)) return undefined;
   const m = /^\[([0-9A-Fa-f:.]+)\]:(\d{1,5})$/.exec(address) ?? /^([A-Za-z0-9.-]{1,253}):(\d{1,5})$/.exec(address);
   if (!m) return undefined;
   const port = Number(m[2]);
@@ -55,7 +55,7 @@ export function splitPeerAddress(address: string): { host: string; port: number 
  * - it never throws because of one peer: a failure is a missing entry in the result;
  * - no connection outlives its call (no keep-alive agent).
  */
-export class PeerClient {
+export class PeerClient implements PeerTransport {
   constructor(private readonly o: PeerClientOptions) {}
 
   /**
@@ -94,6 +94,11 @@ export class PeerClient {
       }),
     );
     return out;
+  }
+
+  /** {@link PeerTransport.query}: the same as {@link queryPeers}. */
+  query(peers: readonly PeerEndpoint[], nonce: string, timeoutMs: number): Promise<Map<string, ReceivedAnswer>> {
+    return this.queryPeers(peers, nonce, timeoutMs);
   }
 
   private ask(p: PeerEndpoint, body: string, timeoutMs: number): Promise<{ body: Buffer; receivedAt: number } | { drop: PeerDropReason; detail: string }> {

@@ -36,6 +36,7 @@ import {
   utf8Length,
   type NameKind,
 } from './names.js';
+import { isPeerAddress, PEER_ADDRESS_RULE } from './peer-address.js';
 
 // ---- building blocks --------------------------------------------------------------------------
 
@@ -189,6 +190,7 @@ export const hostRecordSchema = z.strictObject({
   labels: stringMap,
   agentVersion: text(128),
   machineId: machineIdSchema.optional(),
+  peerAddress: z.string().max(300).refine(isPeerAddress, { message: PEER_ADDRESS_RULE }).optional(),
   freezeContractSeen: counter.optional(),
   updatedAt: wallMs,
 });
