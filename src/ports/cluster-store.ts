@@ -1,3 +1,4 @@
+import type { FreezeContract } from '../domain/freeze-contract.js';
 import type { RegistrationInput } from '../domain/registration-txn.js';
 import type { HostRecord } from '../domain/host-record.js';
 import type { RegistrationRefusal } from '../domain/registration.js';
@@ -62,6 +63,16 @@ export interface ClusterStore {
    * as if it may or may not have been applied.
    */
   ackHold(hostId: string, epoch: number, lease: LeaseId, holdSeen: boolean, deadlineMs: number): Promise<HoldAckResult>;
+  /**
+   * The published freeze contract (`controller/freeze-contract`, issue 11), or undefined when none
+   * is; one single-key linearizable read. A value that does not parse rejects with INVALID_RECORD.
+   */
+  getFreezeContract(deadlineMs: number): Promise<FreezeContract | undefined>;
+  /**
+   * Writes `freezeContractSeen` = `version` with the same guards as {@link ackHold} (epoch, state,
+   * `alive` on `lease`). An ambiguous outcome rejects with a retryable error.
+   */
+  ackFreezeContract(hostId: string, epoch: number, lease: LeaseId, version: number, deadlineMs: number): Promise<HoldAckResult>;
   /** Closes connections. */
   close(): Promise<void>;
 }

@@ -1,5 +1,7 @@
 import { decodeAliveValue, decodeHostRecord } from '../../domain/codec.js';
 import { TetherError } from '../../domain/errors.js';
+import { contractAckTxn } from '../../domain/freeze-contract-ack.js';
+import { parseFreezeContract, type FreezeContract } from '../../domain/freeze-contract.js';
 import type { HostRecord } from '../../domain/host-record.js';
 import { Keyspace } from '../../domain/keyspace.js';
 import { holdAckTxn, registrationTxn, setHoldTxn, type ReadAlive, type ReadRecord } from '../../domain/registration-txn.js';
@@ -99,6 +101,29 @@ export class KvClusterStore implements ClusterStore {
       if (res.succeeded) return { ok: true };
     }
     throw new TetherError('UNAVAILABLE', `hold acknowledgement of ${hostId}: record kept changing`, { retryable: true });
+  }
+
+  async getFreezeContract(deadlineMs: number): Promise<FreezeContract | undefined> {
+    const key = this.keys.freezeContract();
+    const kv = (await this.kv.range({ key }, deadlineMs)).kvs[0];
+    if (!kv) return undefined;
+    try {
+      return parseFreezeContract(JSON.parse(kv.value));
+    } catch (err) {
+      if (err instanceof TetherError) throw err;
+      throw new TetherError('INVALID_RECORD', `${this.keys.rel(key)}: not JSON`, { cause: err });
+    }
+  }
+
+  async ackFreezeContract(hostId: string, epoch: number, lease: LeaseId, version: number, deadlineMs: number): Promise<HoldAckResult> {
+    for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
+      const [cur, alive] = await Promise.all([this.readRecord(hostId, deadlineMs), this.readAlive(hostId, deadlineMs)]);
+      const plan = contractAckTxn(this.keys, { hostId, epoch, lease, version }, cur, alive, this.clock.now());
+      if ('done' in plan) return plan.done;
+      const res = await this.kv.txn(plan.txn, deadlineMs);
+      if (res.succeeded) return { ok: true };
+    }
+    throw new TetherError('UNAVAILABLE', `freeze contract acknowledgement of ${hostId}: record kept changing`, { retryable: true });
   }
 
   async getHost(hostId: string, deadlineMs: number): Promise<HostRecord | undefined> {

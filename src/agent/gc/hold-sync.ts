@@ -1,26 +1,59 @@
 import { TetherError, messageOf } from '../../domain/errors.js';
+import { parseFreezeContract, type FreezeContract } from '../../domain/freeze-contract.js';
+import { nextContractStep } from '../../domain/freeze-contract-ack.js';
 import { nextHoldStep } from '../../domain/hold.js';
 import { holdActions, holdReadCounts, holdSyncApplies, routeHoldRequest } from '../../domain/hold-sync.js';
 import { admitsWork } from '../../domain/host-lifecycle.js';
 import type { LeaseId } from '../../ports/cluster-store.js';
+import type { HostRecord } from '../../domain/host-record.js';
+import type { Inventory } from '../../ports/inventory.js';
 import type { GcSession } from './gc-session.js';
 import { localHoldSet, setLocalHold } from './persisted-state.js';
 
+/** Inventory meta key of the freeze contract this host relies on (JSON; '' or absent: none). */
+const META_FREEZE_CONTRACT = 'gc.freezeContract';
+
+/** The freeze contract persisted in the inventory, or undefined (none, or unreadable: then none is relied on). */
+export function loadFreezeContract(inventory: Inventory): FreezeContract | undefined {
+  const raw = inventory.getMeta(META_FREEZE_CONTRACT);
+  if (raw === undefined || raw === '') return undefined;
+  try {
+    return parseFreezeContract(JSON.parse(raw));
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * The hold protocol on this host (src/domain/hold.ts: applied ⇒ seen, always; when and in which
- * order: src/domain/hold-sync.ts), and the operator's `tether gc hold` / `release`.
+ * order: src/domain/hold-sync.ts), and the operator's `tether gc hold` / `release`; and, in the same
+ * poll, the freeze contract (issue 11, src/domain/freeze-contract-ack.ts): one more single-key read
+ * of `controller/freeze-contract`, the acknowledgement written before a new version is relied on.
  *
  * Invariant: one step at a time, in order (a caller waits for its own step); the applied hold
- * changes only through the lifecycle's `hold-changed` event.
+ * changes only through the lifecycle's `hold-changed` event; {@link contract} is never tighter than
+ * what the controller applies for this host (persisted before it is returned, so a restarted agent
+ * relies on the same one).
  */
 export class HoldSync {
   private chain: Promise<void> = Promise.resolve();
+  private held: FreezeContract | undefined;
 
   constructor(
     private readonly s: GcSession,
     /** Read the hold every this many acknowledged heartbeats (for the operator's message). */
     private readonly pollEvery: number,
-  ) {}
+  ) {
+    this.held = loadFreezeContract(s.ctx.inventory);
+  }
+
+  /**
+   * The freeze contract this host may rely on (its record acknowledged it, or the safe blend while a
+   * change is acknowledged); undefined: none, the fence is never held back.
+   */
+  contract(): FreezeContract | undefined {
+    return this.held;
+  }
 
   /** Reads the record and takes the next step of the hold protocol, after any step in progress. Never throws. */
   sync(): Promise<void> {
@@ -36,6 +69,7 @@ export class HoldSync {
       const rec = await s.store.getHost(s.ctx.hostId, s.t.heartbeatInterval);
       if (!rec || !holdReadCounts(rec.epoch, s.state.epoch, lease === s.lease)) return;
       await this.step(nextHoldStep(rec.hold, s.state.held, rec.holdSeen ?? false), lease);
+      await this.contractStep(rec, lease);
     } catch (err) {
       s.ctx.logger.debug({ err: messageOf(err) }, 'hold sync failed; the next poll retries');
     }
@@ -51,6 +85,32 @@ export class HoldSync {
       const r = await s.store.ackHold(s.ctx.hostId, s.state.epoch, lease, a.seen, s.t.heartbeatInterval);
       if (!r.ok) s.ctx.logger.warn({ held: a.seen, detail: r.detail }, 'hold acknowledgement refused');
       if (a.gate && (!r.ok || lease !== s.lease || !admitsWork(s.state.phase))) return;
+    }
+  }
+
+  /** Reads the published contract; relies on it once the record shows its version (writing the acknowledgement first). */
+  private async contractStep(rec: HostRecord, lease: LeaseId): Promise<void> {
+    const s = this.s;
+    if (lease !== s.lease) return;
+    const published = await s.store.getFreezeContract(s.t.heartbeatInterval);
+    const st = nextContractStep(this.held, rec.freezeContractSeen, published);
+    if (st.kind === 'none') return;
+    if (st.kind === 'adopt') return this.rely(st.contract);
+    this.rely(st.interim);
+    const r = await s.store.ackFreezeContract(s.ctx.hostId, s.state.epoch, lease, st.next.version, s.t.heartbeatInterval);
+    if (!r.ok) {
+      s.ctx.logger.warn({ version: st.next.version, detail: r.detail }, 'freeze contract acknowledgement refused');
+      return;
+    }
+    if (lease === s.lease) this.rely(st.next);
+  }
+
+  private rely(c: FreezeContract | undefined): void {
+    const prev = this.held;
+    this.held = c;
+    this.s.ctx.inventory.setMeta(META_FREEZE_CONTRACT, c === undefined ? '' : JSON.stringify(c));
+    if (c !== undefined && (prev === undefined || prev.version !== c.version || prev.share !== c.share || prev.resumeDelay !== c.resumeDelay)) {
+      this.s.ctx.logger.info({ version: c.version, share: c.share, resumeDelay: c.resumeDelay, poolSize: c.poolSize }, 'freeze contract acknowledged: the peer check relies on it');
     }
   }
 
