@@ -7,9 +7,12 @@ import { TetherError } from '../domain/errors.js';
 import { join } from 'node:path';
 import type { ConfigKey, ConfigValues } from './config-schema.js';
 import { ETCD_SECURITY_SCHEMA, type EtcdSecuritySettings } from './etcd-options.js';
+import { PEER_CHANNEL_SCHEMA, resolvePeerChannel, type PeerChannelConfig, type PeerChannelSettings } from './peer-options.js';
 
 /** The agent's settings, after parsing. Durations in ms. API security: Flintlock's flags (api/auth/api-security.ts). */
-export interface AgentConfig extends EtcdSecuritySettings, ApiSecuritySettings {
+export interface AgentConfig extends EtcdSecuritySettings, ApiSecuritySettings, PeerChannelConfig {
+  /** The peer channel (issue 11), resolved from the peer* settings and their defaults; undefined: off. */
+  readonly peerChannel: PeerChannelSettings | undefined;
   readonly hostId: string;
   readonly stateDir: string;
   /** Folder of the per-host-id locks (one agent per host id on a machine, whatever its state dir). */
@@ -76,6 +79,7 @@ export const AGENT_SCHEMA: readonly ConfigKey[] = [
   { key: 'etcdEndpoints', type: 'list', default: [], description: 'etcd client URLs, comma-separated; empty = standalone (no cluster, no GC)' },
   { key: 'etcdPrefix', type: 'string', default: '/tether/', description: 'key prefix in etcd' },
   ...ETCD_SECURITY_SCHEMA,
+  ...PEER_CHANNEL_SCHEMA,
   { key: 'ttl', type: 'duration', default: DEFAULT_TIMINGS.ttl, description: 'lease TTL (whole seconds)' },
   { key: 'heartbeatInterval', type: 'duration', default: DEFAULT_TIMINGS.heartbeatInterval, description: 'keepalive period and per-keepalive deadline' },
   { key: 'detachAfter', type: 'duration', default: DEFAULT_TIMINGS.detachAfter, description: 'no acknowledged heartbeat for this long: detached' },
@@ -133,5 +137,6 @@ export function toAgentConfig(v: ConfigValues): AgentConfig {
       throw new TetherError('UNSAFE_CONFIG', describeScaledViolations(worst).replace(/a fleet of \d+ hosts/, 'any fleet size (up to maxHeartbeatInterval)'), { details: { violations: worst.violations } });
     }
   }
-  return { ...(v as unknown as AgentConfig), timings, heartbeatScaling, fleetSize: Number(v.fleetSize ?? 0) };
+  const peerChannel = resolvePeerChannel(v as Parameters<typeof resolvePeerChannel>[0]);
+  return { ...(v as unknown as AgentConfig), timings, heartbeatScaling, fleetSize: Number(v.fleetSize ?? 0), peerChannel };
 }

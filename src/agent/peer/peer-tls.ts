@@ -1,4 +1,6 @@
+import { X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { InvalidArgumentError, messageOf } from '../../domain/errors.js';
 
 /** A certificate and its private key (PEM). */
@@ -44,4 +46,36 @@ export function loadPeerTls(f: PeerTlsFiles): PeerTls {
     }
   };
   return { ca: read(f.ca), server: { cert: read(f.serverCert), key: read(f.serverKey) }, client: { cert: read(f.clientCert), key: read(f.clientKey) } };
+}
+
+function parseCerts(pem: Buffer, field: string): X509Certificate[] {
+  const blocks = pem.toString('utf8').match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  try {
+    const certs = blocks.map((b) => new X509Certificate(b));
+    if (certs.length === 0) throw new Error('no PEM certificate in it');
+    return certs;
+  } catch (err) {
+    throw new InvalidArgumentError(field, `not a PEM certificate: ${messageOf(err)}`, { cause: err });
+  }
+}
+
+/**
+ * Start-time check of the material against what the peers will verify, so a mistake is refused
+ * at start (naming the setting) instead of silently making every peer refuse this host: each
+ * certificate must be issued by a certificate of the CA bundle, and the server certificate must name
+ * the advertised host (an IP SAN for an IP address, a DNS SAN for a name). Throws INVALID_ARGUMENT.
+ */
+export function checkPeerTls(tls: PeerTls, files: PeerTlsFiles, advertise: string): void {
+  const cas = parseCerts(tls.ca, files.ca.field);
+  const issued = (cert: X509Certificate): boolean => cas.some((ca) => cert.checkIssued(ca) && cert.verify(ca.publicKey));
+  const server = parseCerts(tls.server.cert, files.serverCert.field)[0]!;
+  const client = parseCerts(tls.client.cert, files.clientCert.field)[0]!;
+  if (!issued(server)) throw new InvalidArgumentError(files.serverCert.field, `${files.serverCert.path} is not signed by the peer CA ${files.ca.path} (${files.ca.field}): peers would refuse it`);
+  if (!issued(client)) throw new InvalidArgumentError(files.clientCert.field, `${files.clientCert.path} is not signed by the peer CA ${files.ca.path} (${files.ca.field}): peers would refuse it`);
+  const colon = advertise.lastIndexOf(':');
+  const host = advertise.slice(0, colon).replace(/^\[(.*)\]$/, '$1');
+  const named = isIP(host) !== 0 ? server.checkIP(host) : server.checkHost(host);
+  if (named === undefined) {
+    throw new InvalidArgumentError(files.serverCert.field, `${files.serverCert.path} does not name ${host}, the address advertised to peers (${advertise}): peers would refuse it. Add it as a subjectAltName, or advertise a name it carries (peerAdvertise)`);
+  }
 }

@@ -24,6 +24,7 @@ import { ClusterVmSync } from '../../agent/cluster-sync.js';
 import { ClusterVmService } from '../../agent/cluster-vm-service.js';
 import { GuardianFeed } from '../../agent/gc/guardian-feed.js';
 import { HostGc } from '../../agent/gc/host-gc.js';
+import { startPeerChannel, type PeerChannel } from '../../agent/peer/peer-channel.js';
 import { SdNotifier, watchdogIntervalMs } from '../../adapters/systemd/sd-notify.js';
 import type { HostContext } from '../../agent/host-context.js';
 import { createMicroVmGrpcServer } from '../../api/grpc/index.js';
@@ -150,8 +151,27 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
         ...(cfg.watchdogDevice ? { watchdogDevice: cfg.watchdogDevice } : {}),
       })
     : undefined;
+  // The VM index sync's store (also followed by the peer list for the pool's host records).
+  const vmStore = store ? new EtcdControllerStore({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix, security: etcdSecurity }) : undefined;
+  // The peer channel (issue 11): listening before the first registration, which advertises it.
+  const peer: PeerChannel | undefined =
+    cfg.peerChannel && vmStore
+      ? await startPeerChannel({
+          hostId: cfg.hostId,
+          stateDir,
+          ...cfg.peerChannel,
+          clock,
+          logger,
+          answer: () => (gc ? (n) => gc!.peerAnswer(n) : undefined),
+          store: vmStore,
+          attached: () => gc?.phase === 'attached' || gc?.phase === 'suspect',
+          intervalMs: cfg.timings.heartbeatInterval * 2,
+        })
+      : undefined;
   if (store) {
     gc = new HostGc(ctx, store, {
+      // Read by the registration (RegistrantInfo.peerAddress), which HostGc hands these options to.
+      ...(peer ? { peerAddress: peer.advertise } : {}),
       timings: cfg.timings,
       bootId: boot,
       ...(guardian ? { guardian } : {}),
@@ -171,7 +191,6 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
   const agent = new Agent(ctx, hostGc ? () => hostGc.admission() : undefined);
   let service: MicroVmService = agent.service;
   let sync: ClusterVmSync | undefined;
-  const vmStore = hostGc ? new EtcdControllerStore({ endpoints: cfg.etcdEndpoints, prefix: cfg.etcdPrefix, security: etcdSecurity }) : undefined;
   if (hostGc && vmStore) {
     // Clustered: VMs come from (and go back to) the cluster's vms/ records placed on this host.
     // Attached = the host's phase takes cluster work. Not `admission()`, which also refuses new VMs
@@ -222,6 +241,7 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
     hostGc?.stop(noVmsLeft);
     sync?.stop();
     agent.stop();
+    await peer?.close().catch(() => undefined);
     await Promise.allSettled([api.close(), admin.close(), metricsOnly?.close(), store?.close(), vmStore?.close()]);
     inventory.close();
     lock.release();
@@ -237,8 +257,9 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
   const metricsAddr = metricsOnly ? await metricsOnly.listen(cfg.metricsListen) : undefined;
   await agent.start();
   hostGc?.start();
+  peer?.start();
   sync?.start();
-  logger.info({ grpc: grpcAddr, http: httpAddr, ...(metricsAddr ? { metrics: metricsAddr } : {}), stateDir, cluster: cfg.etcdEndpoints, timings: cfg.timings }, 'agent ready');
+  logger.info({ grpc: grpcAddr, http: httpAddr, ...(metricsAddr ? { metrics: metricsAddr } : {}), stateDir, cluster: cfg.etcdEndpoints, ...(peer ? { peer: peer.advertise } : {}), timings: cfg.timings }, 'agent ready');
   notifier?.ready(`serving ${grpcAddr}`);
   if (store) {
     store.serverVersion(cfg.timings.heartbeatInterval * 5).then(
