@@ -100,15 +100,16 @@ export class Driver {
 
   /**
    * Elected at mono 0 (first raft term seen then), synced with `hosts` at revision 100, then moved to
-   * `mono` (default: two TTLs later, so the first term observation is far from any loss).
+   * `mono` (default: two TTLs later, so the first term observation is far from any loss). `contract`:
+   * the raw `controller/freeze-contract` the listing reads (default: none published).
    */
-  leading(hosts: HostEntry[], mono = 2 * T.ttl + 1000, vms: readonly VmEntry[] = []): this {
+  leading(hosts: HostEntry[], mono = 2 * T.ttl + 1000, vms: readonly VmEntry[] = [], contract?: unknown): this {
     this.input({ kind: 'raft-term', term: 5, at: this.now });
     const [camp] = calls(this.input({ kind: 'start' }), 'campaign');
     const fx = this.reply(camp!.req, { op: 'campaign', won: true, ttlMs: 3000 });
     this.reply(calls(fx, 'server-status')[0]!.req, { op: 'server-status', version: '3.4.23', raftTerm: 5 });
     this.mono = mono;
-    const synced = this.reply(calls(fx, 'list-hosts')[0]!.req, { op: 'list-hosts', snapshot: { revision: '100', hosts } });
+    const synced = this.reply(calls(fx, 'list-hosts')[0]!.req, { op: 'list-hosts', snapshot: { revision: '100', hosts }, ...(contract !== undefined ? { contract } : {}) });
     this.watch = calls(synced, 'watch-hosts')[0]!.req;
     this.lastSync = synced;
     // the VM cache is listed at the same revision; the sweep that follows its sync finds `vms` (nothing to do by default)

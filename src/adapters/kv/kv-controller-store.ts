@@ -24,7 +24,6 @@ import type {
   CommitResult,
   ControllerStatus,
   ControllerStore,
-  HostEntry,
   HostRead,
   HostsSnapshot,
   HostWatchHandlers,
