@@ -18,7 +18,7 @@ export function statusOf(s: ControllerState, now: Now): ControllerStatus {
   const records = [...s.hosts.values()].map((t) => t.record).filter((r): r is HostRecord => r !== undefined);
   const count = countDetached(records.map((r) => r.state));
   const frozen = !fencingAllowed(s.freeze);
-  const freezeReason = describeFreeze(s.freeze, s.cfg.freezeShare, now.mono);
+  const freezeReason = describeFreeze(s.freeze, s.freezeRule?.share ?? s.cfg.freezeShare, now.mono);
   const hosts: ControllerHostStatus[] = [];
   for (const t of [...s.hosts.values()].sort((a, b) => (a.hostId < b.hostId ? -1 : 1))) {
     if (!t.record) continue;
@@ -41,7 +41,7 @@ export function statusOf(s: ControllerState, now: Now): ControllerStatus {
       mode: s.freeze.mode,
       detached: count.detached,
       total: count.total,
-      limit: s.cfg.freezeShare,
+      limit: s.freezeRule?.share ?? s.cfg.freezeShare, // the share applied (issue 11: never looser than an acknowledged contract)
       ...(s.freezeResumeAtWall !== undefined ? { resumeAt: s.freezeResumeAtWall } : {}),
       ...(freezeReason !== undefined ? { reason: freezeReason } : {}),
     },
