@@ -254,3 +254,12 @@ describe('C2: a fence only on a host view caught up with the pre-fence read', ()
     expect(ops(d.fire('hosts-barrier'))).toEqual(['sync-hosts']);
   });
 });
+
+describe('tether controller --resume-delay', () => {
+  it('0 by default (the pool\'s longest fence window); a duration otherwise', async () => {
+    const { CONTROLLER_SCHEMA, toControllerConfig } = await import('../../src/cli/commands/controller.js');
+    const { resolveConfig } = await import('../../src/cli/config-schema.js');
+    expect(toControllerConfig(resolveConfig(CONTROLLER_SCHEMA, { etcdEndpoints: 'http://e:1' }, {})).resumeDelay).toBe(0);
+    expect(toControllerConfig(resolveConfig(CONTROLLER_SCHEMA, { etcdEndpoints: 'http://e:1' }, { TETHER_RESUME_DELAY: '60s' })).resumeDelay).toBe(60_000);
+  });
+});

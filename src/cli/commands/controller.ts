@@ -23,6 +23,8 @@ export interface ControllerConfig {
   readonly hostRecordTtl: number;
   /** 0: each host's published window; more: lengthens every window (never shortens one). */
   readonly fenceWindowOverride: number;
+  /** 0: the freeze resumes after the pool's longest fence window; more: after this, when longer (the freeze contract's resume delay, issue 11). */
+  readonly resumeDelay: number;
   readonly leaderTtl: number;
   readonly eventRetention: number;
   /** Fences in flight at once (issue 9). */
@@ -45,6 +47,7 @@ export const CONTROLLER_SCHEMA: readonly ConfigKey[] = [
   { key: 'freezeShare', type: 'string', default: `${Math.round(DEFAULT_FREEZE_SHARE * 100)}%`, description: 'share of detached hosts above which nothing is fenced (e.g. 55% or 0.55)' },
   { key: 'hostRecordTtl', type: 'duration', default: DEFAULT_HOST_RECORD_TTL, description: 'fenced and absent this long: the host record is retired, then removed' },
   { key: 'fenceWindowOverride', type: 'duration', default: 0, description: "lengthen every host's published fence window to this (0: as published; never shortens)" },
+  { key: 'resumeDelay', type: 'duration', default: 0, description: "after a freeze, fencing resumes this long after the share fell back, when longer than the pool's longest fence window (0: that window); published in the freeze contract" },
   { key: 'leaderTtl', type: 'duration', default: 5000, description: 'leader lease TTL (whole seconds); a crashed leader is replaced after it' },
   { key: 'eventRetention', type: 'int', default: 1000, description: 'events kept in etcd' },
   { key: 'maxFencesInFlight', type: 'int', default: 32, description: 'fences (a host read + the fence txn) in flight at once; the others wait their turn' },
@@ -96,6 +99,7 @@ export function toControllerConfig(v: ConfigValues): ControllerConfig {
     freezeShare: parseShare(String(v.freezeShare)),
     hostRecordTtl: Number(v.hostRecordTtl),
     fenceWindowOverride: Number(v.fenceWindowOverride),
+    resumeDelay: Number(v.resumeDelay),
     leaderTtl,
     eventRetention: Number(v.eventRetention),
     maxFencesInFlight: positiveInt(v.maxFencesInFlight, 'maxFencesInFlight'),
@@ -122,6 +126,7 @@ export async function runController(cfg: ControllerConfig): Promise<void> {
     freezeShare: cfg.freezeShare,
     hostRecordTtl: cfg.hostRecordTtl,
     fenceWindowOverride: cfg.fenceWindowOverride > 0 ? cfg.fenceWindowOverride : undefined,
+    ...(cfg.resumeDelay > 0 ? { resumeDelay: cfg.resumeDelay } : {}),
     leaderTtl: cfg.leaderTtl,
     eventRetention: cfg.eventRetention,
     maxFencesInFlight: cfg.maxFencesInFlight,
