@@ -9,7 +9,11 @@
  * renew after revoke), quorum loss, operator hold/release, drain, power-off plus the operator's
  * confirmed fence, a duplicate agent with the same host id (from another state dir, or a clone of
  * the host's state dir booted on another machine), malformed records written raw, every
- * watch stream broken at once (an etcd member restart).
+ * watch stream broken at once (an etcd member restart). The peer channel (issue 11): a full etcd
+ * outage (no member reachable by anyone, longer than the watchdog), more than the freeze share of
+ * the hosts cut from etcd while they still reach each other (or any group of 2 to n-1 of them), hosts cut from each other on the peer
+ * channel (either way), a host's peer answers delayed past their round (delivered to a later round:
+ * stale), a host's answers to some peers lost (partial).
  *
  * To add a fault kind: add it to {@link FAULT_KINDS} with a weight, draw its target and duration in
  * {@link drawFault}, and implement its start (and end, at `at + durationMs`) in {@link applyFault};
@@ -18,6 +22,7 @@
 import { setDraining } from '../../cli/host-drain.js';
 import { operatorFence, setHostHold } from '../../controller/operator.js';
 import type { ClusterVmRecord } from '../../domain/cluster-vm.js';
+import { DEFAULT_FREEZE_SHARE } from '../../domain/mass-freeze.js';
 import type { Prng } from './prng.js';
 import type { SimWorld } from './world.js';
 
@@ -42,6 +47,12 @@ export const FAULT_KINDS = {
   'cloned-agent': 2,
   malformed: 2,
   'watch-break': 2,
+  'etcd-outage': 2,
+  'majority-cut': 3,
+  'group-cut': 2,
+  'peer-partition': 3,
+  'stale-answers': 2,
+  'partial-answers': 2,
 } as const;
 
 /** A kind of fault. */
@@ -91,9 +102,41 @@ function drawFault(rng: Prng, hosts: number, faultMs: number, kinds: readonly Fa
       return { at, kind, target: host, durationMs: 0 };
     case 'malformed':
       return { at, kind, target: rng.pick(['vm-garbage', 'vm-wrong-types', 'host-garbage']), durationMs: 0 };
+    case 'etcd-outage':
+      // Every member down (or no quorum) for longer than the watchdog (8 s): 10 to 20 s.
+      return { at, kind, target: 'etcd', durationMs: rng.range(10_000, 20_000) };
+    case 'majority-cut': {
+      // More than the freeze share (55 %) of the hosts cut from etcd both ways; the peer links stay.
+      const k = rng.range(Math.min(hosts, Math.floor(FREEZE_SHARE * hosts) + 1), hosts);
+      return { at, kind, target: someHosts(rng, hosts, k).join('+'), durationMs: dur() };
+    }
+    case 'group-cut':
+      // A group of 2 to n-1 hosts (a rack) cut from etcd at once, both ways; they still reach every peer.
+      return { at, kind, target: someHosts(rng, hosts, rng.range(Math.min(2, hosts), Math.max(2, hosts - 1))).join('+'), durationMs: dur() };
+    case 'peer-partition':
+    case 'partial-answers': {
+      // `host-2:host-1+host-3[:both|out|in]`: host-2's peer links (or its answers) to those hosts.
+      const others = someHosts(rng, hosts, hosts).filter((h) => h !== host);
+      const to = others.slice(0, rng.range(1, Math.max(1, others.length)));
+      const dir = kind === 'peer-partition' ? `:${rng.pick(['both', 'out', 'in'])}` : '';
+      return { at, kind, target: `${host}:${to.join('+')}${dir}`, durationMs: dur() };
+    }
     default:
       return { at, kind, target: host, durationMs: dur() };
   }
+}
+
+/** The freeze share the controllers apply (the `majority-cut` fault cuts more than this). */
+const FREEZE_SHARE = DEFAULT_FREEZE_SHARE;
+
+/** `k` distinct hosts of `host-1..host-n` in a seeded order, sorted by name. */
+function someHosts(rng: Prng, n: number, k: number): string[] {
+  const all = Array.from({ length: n }, (_, i) => `host-${i + 1}`);
+  for (let i = all.length - 1; i > 0; i--) {
+    const j = rng.int(i + 1);
+    [all[i], all[j]] = [all[j]!, all[i]!];
+  }
+  return all.slice(0, Math.max(0, Math.min(n, k))).sort();
 }
 
 /** One line per fault: `12.345s partition host-2 for 4.200s`. */
@@ -118,7 +161,9 @@ export function applyFault(w: SimWorld, op: FaultOp, index: number): void {
     case 'controller-partition': {
       const dir = op.kind === 'partition-to-etcd' ? 'to-etcd' : op.kind === 'partition-from-etcd' ? 'from-etcd' : 'both';
       start(() => {
-        w.net.cut(op.target, dir);
+        // Half of the cuts that stop the way to etcd keep the keepalives sent meanwhile in TCP's
+        // buffer: etcd applies them when the way heals (docs/peer-check.md, trap 1).
+        w.net.cut(op.target, dir, dir !== 'from-etcd' && w.rng.chance(0.5));
         // A cut cable sometimes also breaks the watch streams (the client re-lists).
         if (w.rng.chance(0.5)) for (const c of w.net.clientsOn(op.target)) w.model.endWatches(c);
       });
@@ -198,6 +243,60 @@ export function applyFault(w: SimWorld, op: FaultOp, index: number): void {
       start(() => w.startDuplicate(op.target, op.durationMs % 2 === 0 ? 'clone' : 'clone-new-id'));
       end(() => w.stopDuplicate(op.target));
       return;
+    case 'etcd-outage':
+      // Every member stopped (connection refused) or no quorum (requests hang): nothing is written,
+      // no lease expires; back, a new leader extends every live lease (etcd's Promote). Member
+      // restarts end the watch streams, half of the time.
+      start(() => {
+        if (w.model.isUnavailable) return;
+        w.model.unavailable(true, w.rng.chance(0.5) ? 'refuse' : 'hang');
+        if (w.rng.chance(0.5)) for (const c of w.net.clientsOn()) w.model.endWatches(c);
+      });
+      end(() => w.model.unavailable(false));
+      return;
+    case 'majority-cut':
+    case 'group-cut': {
+      const targets = op.target.split('+');
+      start(() => {
+        const buffer = w.rng.chance(0.5);
+        for (const h of targets) w.net.cut(h, 'both', buffer);
+        if (w.rng.chance(0.5)) for (const h of targets) for (const c of w.net.clientsOn(h)) w.model.endWatches(c);
+      });
+      end(() => {
+        for (const h of targets) w.net.heal(h);
+      });
+      return;
+    }
+    case 'peer-partition': {
+      const [host, list, dir] = op.target.split(':') as [string, string, string];
+      const others = list.split('+');
+      start(() => {
+        for (const o of others) {
+          if (dir === 'in') w.peers.cut(o, host, false);
+          else w.peers.cut(host, o, dir === 'both');
+        }
+      });
+      end(() => {
+        for (const o of others) w.peers.heal(host, o);
+      });
+      return;
+    }
+    case 'stale-answers':
+      // The host's answers arrive after the round that asked (a timeout plus up to 3 s late).
+      start(() => w.peers.delayAnswers(op.target, w.peerSettings.timeout + w.rng.range(0, 3000)));
+      end(() => w.peers.delayAnswers(op.target, 0));
+      return;
+    case 'partial-answers': {
+      // The host is asked and answers (a witness's promise is made), but the answers never arrive.
+      const [host, list] = op.target.split(':') as [string, string];
+      start(() => {
+        for (const o of list.split('+')) w.peers.dropAnswers(host, o, true);
+      });
+      end(() => {
+        for (const o of list.split('+')) w.peers.dropAnswers(host, o, false);
+      });
+      return;
+    }
     case 'malformed':
       start(() => {
         // Each also in host-1's index (a hostile writer can put there too): the agent reads only its index.
@@ -230,6 +329,7 @@ async function drainStart(w: SimWorld, hostId: string): Promise<void> {
 export function healEverything(w: SimWorld): void {
   w.sched.at(w.sched.now, 'nemesis heal everything', () => {
     w.net.healAll();
+    w.peers.healAll();
     if (w.model.isUnavailable) w.model.unavailable(false);
     for (const id of [...w.duplicates.keys()]) w.stopDuplicate(id);
     for (const s of w.hosts.values()) {

@@ -35,6 +35,14 @@ export interface RunOptions {
   readonly noMachineId?: boolean;
   /** See `SimConfig.maxTxnOps` in world.ts. */
   readonly maxTxnOps?: number;
+  /** See `SimConfig.noPeerCheck` in world.ts (agents without the peer check of issue 11). */
+  readonly noPeerCheck?: boolean;
+  /**
+   * Called once with the world before anything runs (tests): it may queue its own entries on
+   * `w.sched` to sample the world (e.g. which VM processes run before and after a fault). What it
+   * queues must only read the world, or the run is no longer the seed's.
+   */
+  readonly onWorld?: (w: SimWorld) => void;
 }
 
 /** What one seed did. */
@@ -53,7 +61,7 @@ export interface SeedResult {
 }
 
 /** Faults that disturb the controllers (the fence-progress check does not count their time). */
-const CONTROL_FAULTS: ReadonlySet<FaultKind> = new Set(['controller-partition', 'controller-crash', 'quorum-loss', 'leader-change', 'watch-break']);
+const CONTROL_FAULTS: ReadonlySet<FaultKind> = new Set(['controller-partition', 'controller-crash', 'quorum-loss', 'leader-change', 'watch-break', 'etcd-outage']);
 
 /** Runs one seed. */
 export async function runSeed(o: RunOptions): Promise<SeedResult> {
@@ -61,9 +69,10 @@ export async function runSeed(o: RunOptions): Promise<SeedResult> {
   const vms = o.vms ?? 6;
   const faultMs = o.faultMs ?? 45_000;
   const healMs = o.healMs ?? 60_000;
-  const w = new SimWorld({ seed: o.seed, hosts, vms, keepTrace: o.keepTrace ?? false, ...(o.noGuardian ? { noGuardian: true } : {}), ...(o.noMachineId ? { noMachineId: true } : {}), ...(o.maxTxnOps !== undefined ? { maxTxnOps: o.maxTxnOps } : {}) }, o.stores);
+  const w = new SimWorld({ seed: o.seed, hosts, vms, keepTrace: o.keepTrace ?? false, ...(o.noGuardian ? { noGuardian: true } : {}), ...(o.noMachineId ? { noMachineId: true } : {}), ...(o.maxTxnOps !== undefined ? { maxTxnOps: o.maxTxnOps } : {}), ...(o.noPeerCheck ? { noPeerCheck: true } : {}) }, o.stores);
   const schedule = o.schedule ?? drawSchedule(w.rng.fork('nemesis'), hosts, faultMs, o.kinds);
   try {
+    o.onWorld?.(w);
     w.createVms(vms);
     for (const h of w.hosts.keys()) w.startAgent(h);
     w.startController(0);

@@ -7,7 +7,10 @@
  *
  * Invariants:
  * - a request whose way to etcd is cut is never applied: it fails with TIMEOUT at its deadline
- *   (a cut cable) or, sometimes, UNAVAILABLE at once (a refused connection);
+ *   (a cut cable) or, sometimes, UNAVAILABLE at once (a refused connection) — except a lease
+ *   keepalive on a cut that buffers (`cut(node, dir, true)`: TCP keeps the stream's bytes and
+ *   retransmits them): it is applied when the way heals, however late (docs/peer-check.md, trap 1),
+ *   its caller long since failed with TIMEOUT;
  * - a request applied while the way back is cut (or whose answer arrives after its deadline) fails
  *   with TIMEOUT although it was applied: an ambiguous commit, as with a real etcd;
  * - a caller's promise settles exactly once, in an entry owned by the calling process (a dead
@@ -59,6 +62,10 @@ export class SimNetwork implements SimModelTransport {
   private readonly baseLatency = new Map<string, number>();
   private readonly lastWatchDelivery = new Map<string, number>();
   private readonly held = new Map<string, { to: string; watchId: number; deliver: () => void }[]>();
+  /** Nodes whose cut way to etcd buffers keepalives (delivered at the heal). */
+  private readonly buffering = new Set<string>();
+  /** Keepalives held in a buffering cut, per node, in send order. */
+  private readonly heldRequests = new Map<string, (() => void)[]>();
   /** Requests sent / applied / never applied / applied but unanswered in time / refused. */
   readonly counts = { sent: 0, applied: 0, lost: 0, ambiguous: 0, refused: 0 };
 
@@ -72,11 +79,15 @@ export class SimNetwork implements SimModelTransport {
     this.clients.set(client, { proc, node });
   }
 
-  /** Cuts the link between `node` and etcd. */
-  cut(node: string, dir: CutDirection): void {
+  /**
+   * Cuts the link between `node` and etcd. `bufferKeepalives`: lease keepalives sent while the way to
+   * etcd is cut are held and applied when it heals (a TCP stream's bytes retransmitted after the cut).
+   */
+  cut(node: string, dir: CutDirection, bufferKeepalives = false): void {
     if (dir !== 'from-etcd') this.cuts.add(`${node}>${ETCD}`);
     if (dir !== 'to-etcd') this.cuts.add(`${ETCD}>${node}`);
-    this.sched.trace.add(this.sched.now, `net cut ${node} ${dir}`);
+    if (bufferKeepalives && dir !== 'from-etcd') this.buffering.add(node);
+    this.sched.trace.add(this.sched.now, `net cut ${node} ${dir}${bufferKeepalives ? ' (keepalives buffered)' : ''}`);
   }
 
   /** Heals every cut way of `node`; held watch notifications flow again, in order. */
@@ -84,6 +95,10 @@ export class SimNetwork implements SimModelTransport {
     this.cuts.delete(`${node}>${ETCD}`);
     this.cuts.delete(`${ETCD}>${node}`);
     this.sched.trace.add(this.sched.now, `net heal ${node}`);
+    this.buffering.delete(node);
+    const requests = this.heldRequests.get(node) ?? [];
+    this.heldRequests.delete(node);
+    for (const r of requests) r();
     const held = this.held.get(node) ?? [];
     this.held.delete(node);
     for (const h of held) this.schedule(h.to, h.watchId, h.deliver);
@@ -132,7 +147,51 @@ export class SimNetwork implements SimModelTransport {
         },
         c.proc,
       );
+      const deliver = (): void => {
+        this.sched.after(this.latency(node), `apply ${from} ${what}`, () => {
+          this.counts.applied++;
+          let ok = true;
+          let value: T | undefined;
+          let error: unknown;
+          const beforeCtx = this.hooks.before?.(from, what);
+          try {
+            value = apply();
+          } catch (err) {
+            ok = false;
+            error = err;
+          }
+          this.hooks.applied?.(from, what, sentCtx, beforeCtx);
+          if (this.isCut(ETCD, node)) {
+            this.counts.ambiguous++;
+            return;
+          }
+          this.sched.after(
+            this.latency(node),
+            `answer ${from} ${what}`,
+            () => {
+              if (settled) {
+                this.counts.ambiguous++;
+                return;
+              }
+              settled = true;
+              this.sched.cancel(deadline);
+              if (ok) {
+                this.hooks.answered?.(from, what, value);
+                resolve(value as T);
+              } else reject(error);
+            },
+            c.proc,
+          );
+        });
+      };
       if (this.isCut(node, ETCD)) {
+        if (what === 'leaseKeepAlive' && this.buffering.has(node)) {
+          // Held in the stream's TCP buffer: applied when the way heals (the caller times out meanwhile).
+          const list = this.heldRequests.get(node) ?? [];
+          list.push(deliver);
+          this.heldRequests.set(node, list);
+          return;
+        }
         this.counts.lost++;
         if (this.rng.chance(0.2)) {
           this.counts.refused++;
@@ -150,41 +209,7 @@ export class SimNetwork implements SimModelTransport {
         }
         return;
       }
-      this.sched.after(this.latency(node), `apply ${from} ${what}`, () => {
-        this.counts.applied++;
-        let ok = true;
-        let value: T | undefined;
-        let error: unknown;
-        const beforeCtx = this.hooks.before?.(from, what);
-        try {
-          value = apply();
-        } catch (err) {
-          ok = false;
-          error = err;
-        }
-        this.hooks.applied?.(from, what, sentCtx, beforeCtx);
-        if (this.isCut(ETCD, node)) {
-          this.counts.ambiguous++;
-          return;
-        }
-        this.sched.after(
-          this.latency(node),
-          `answer ${from} ${what}`,
-          () => {
-            if (settled) {
-              this.counts.ambiguous++;
-              return;
-            }
-            settled = true;
-            this.sched.cancel(deadline);
-            if (ok) {
-              this.hooks.answered?.(from, what, value);
-              resolve(value as T);
-            } else reject(error);
-          },
-          c.proc,
-        );
-      });
+      deliver();
     });
   }
 

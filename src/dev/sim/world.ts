@@ -35,6 +35,10 @@ import { Scheduler, SimProcess, Trace } from './scheduler.js';
 import { Incarnations, SimMachine, seededGuests } from './substrate.js';
 import { MemoryInventory } from './inventory.js';
 import { SimNetwork } from './transport.js';
+import { SimPeerNet, simDirectory } from './peers.js';
+import { DEFAULT_FREEZE_SHARE } from '../../domain/mass-freeze.js';
+import type { FreezeContract } from '../../domain/freeze-contract.js';
+import type { PeerCheckSettings } from '../../domain/peer-check.js';
 
 /** How the simulator builds the real stores over a `Kv` (src/adapters/kv). */
 export interface SimStores {
@@ -71,6 +75,11 @@ export interface SimConfig {
    * split work across txns (a fenced host with more VMs than one txn holds).
    */
   readonly maxTxnOps?: number;
+  /**
+   * Run the agents WITHOUT the peer check (issue 11): a detached host fences on time whatever its
+   * peers say, as before. For comparisons (e.g. what a full etcd outage costs without it).
+   */
+  readonly noPeerCheck?: boolean;
 }
 
 /** An invariant found broken. */
@@ -136,6 +145,11 @@ export class SimWorld {
   readonly sched: Scheduler;
   readonly rng: Prng;
   readonly net: SimNetwork;
+  /** The peer channel between hosts (agent-to-agent questions) and its faults. */
+  readonly peers: SimPeerNet;
+  /** The peer check's settings every agent runs with (interval and timeout: one heartbeat interval). */
+  readonly peerSettings: PeerCheckSettings;
+  private readonly nonces: Prng;
   readonly model: EtcdModel;
   readonly ledger: Incarnations;
   readonly t: GcTimings;
@@ -174,6 +188,14 @@ export class SimWorld {
     this.sched = new Scheduler(this.trace);
     this.rng = new Prng(cfg.seed);
     this.net = new SimNetwork(this.sched, this.rng.fork('net'));
+    this.peers = new SimPeerNet(this.sched, this.rng.fork('peers'), (hostId) => {
+      const slot = this.hosts.get(hostId);
+      const a = slot?.agent;
+      if (!slot || !a || !slot.poweredOn) return undefined;
+      return { proc: a.proc, node: slot.node, answer: (nonce) => a.gc.peerAnswer(nonce) };
+    });
+    this.nonces = this.rng.fork('nonces');
+    this.peerSettings = { interval: this.t.heartbeatInterval, timeout: this.t.heartbeatInterval };
     this.guests = this.rng.fork('guests');
     this.uids = this.rng.fork('uids');
     this.ledger = new Incarnations(this.sched);
@@ -279,6 +301,17 @@ export class SimWorld {
       holder: name,
       ...(this.cfg.noGuardian ? {} : { guardian: feed }),
       holdPollEvery: 3,
+      ...(this.cfg.noPeerCheck
+        ? {}
+        : {
+            peerCheck: {
+              transport: this.peers.transport(proc, node, clock),
+              directory: simDirectory(hostId, [...this.hosts.keys()]),
+              contract: () => this.freezeContract(),
+              settings: this.peerSettings,
+              nonce: () => this.nonce(),
+            },
+          }),
       onTransition: (from, to, reason) => {
         this.trace.add(this.sched.now, `${name} ${from}->${to} ${reason}`);
         if (!lane) return;
@@ -402,6 +435,24 @@ export class SimWorld {
   crashController(i: number): void {
     const s = this.controllers[i]!;
     s.proc?.kill();
+  }
+
+  /**
+   * The freeze contract every host holds: what the simulated controllers apply (their default share,
+   * a resume delay of the pool's fence window, every host of the world in the pool).
+   * TODO(issue 11, helper C): use the contract the host acknowledged (the accessor under
+   * src/agent/gc/ that reads `controller/freeze-contract` while attached) once it exists; until then a
+   * host holds this one from its start, even before it ever attached.
+   */
+  freezeContract(): FreezeContract {
+    return { version: 1, share: DEFAULT_FREEZE_SHARE, resumeDelay: this.t.fenceWindow, poolSize: this.hosts.size };
+  }
+
+  /** 32 hex digits for a peer round's nonce (its own stream: rounds do not shift event ids or uids). */
+  private nonce(): string {
+    let s = '';
+    for (let i = 0; i < 4; i++) s += this.nonces.u32().toString(16).padStart(8, '0');
+    return s;
   }
 
   /** 8 hex digits from the run's PRNG (event keys). */
