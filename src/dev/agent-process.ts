@@ -35,6 +35,13 @@ export interface AgentProcessOptions {
    * `<parent of stateDir>/api-certs` by `devApiSecurity`), or 'insecure' (plaintext on loopback).
    */
   readonly security?: AgentApiSecurity | 'insecure';
+  /**
+   * Run the agent's peer channel (issue 11) on a free loopback port, with the dev certificates of
+   * {@link AgentProcess.security} (or, for an insecure agent, the set it would use): the server
+   * certificate serves, the client certificate asks, their CA is the peer CA. Default: on when the
+   * agent is clustered (`--etcd-endpoints` among its flags) and its flags do not set `--peer-listen`.
+   */
+  readonly peerChannel?: boolean;
 }
 
 /** A `tether agent` child process on its own state dir and ports. */
@@ -59,6 +66,23 @@ export class AgentProcess {
   /** gRPC address (valid after start). */
   get grpc(): string {
     return `127.0.0.1:${this.ports?.[0]}`;
+  }
+
+  private peerPort: number | undefined;
+
+  /** Peer channel address (valid after start; undefined when the agent runs none). */
+  get peer(): string | undefined {
+    return this.peerPort === undefined ? undefined : `127.0.0.1:${this.peerPort}`;
+  }
+
+  /** `tether agent` flags of the peer channel (a port picked on first use, kept across restarts). */
+  private async peerArgs(): Promise<string[]> {
+    const clustered = this.extraArgs.includes('--etcd-endpoints') && !this.extraArgs.includes('--peer-listen');
+    if (!(this.options.peerChannel ?? clustered)) return [];
+    this.peerPort ??= (await findFreePorts(1))[0]!;
+    const sec = this.security;
+    const c = sec === 'insecure' ? devApiSecurity(join(dirname(this.stateDir), 'api-certs')).certs : sec.certs;
+    return ['--peer-listen', `127.0.0.1:${this.peerPort}`, '--peer-tls-cert', c.serverCert, '--peer-tls-key', c.serverKey, '--peer-client-cert', c.clientCert, '--peer-client-key', c.clientKey, '--peer-tls-ca', c.ca];
   }
 
   /** Admin HTTP address (valid after start). */
@@ -98,7 +122,7 @@ export class AgentProcess {
   /** Launches the agent process (ports picked first when not given); {@link proc} is set on return. */
   async spawn(): Promise<void> {
     this.ports ??= (await findFreePorts(2)) as [number, number];
-    const args = [join(repoRoot(), 'bin/tether.js'), 'agent', '--host-id', this.hostId, '--state-dir', this.stateDir, '--listen', this.grpc, '--http-listen', this.http, '--log-level', 'debug', ...(this.security === 'insecure' ? ['--insecure'] : agentSecurityArgs(this.security)), ...this.extraArgs];
+    const args = [join(repoRoot(), 'bin/tether.js'), 'agent', '--host-id', this.hostId, '--state-dir', this.stateDir, '--listen', this.grpc, '--http-listen', this.http, '--log-level', 'debug', ...(this.security === 'insecure' ? ['--insecure'] : agentSecurityArgs(this.security)), ...(await this.peerArgs()), ...this.extraArgs];
     mkdirSync(this.stateDir, { recursive: true });
     const out = openSync(this.log, 'a');
     try {

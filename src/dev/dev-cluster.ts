@@ -170,7 +170,7 @@ export class DevCluster {
         this.checkAborted();
       }
       this.saveState();
-      this.log(`[dev] starting agent ${id} (gRPC ${agent.grpc}, HTTP ${agent.http}), etcd via fault proxy ${proxies.endpoints().join(',')}`);
+      this.log(`[dev] starting agent ${id} (gRPC ${agent.grpc}, HTTP ${agent.http}${agent.peer ? `, peer channel ${agent.peer}` : ''}), etcd via fault proxy ${proxies.endpoints().join(',')}`);
       await agent.waitReady();
       this.checkAborted();
     }

@@ -5,25 +5,32 @@
  * certificate of another CA, or one that does not name the address it is reached at, is not
  * believed; stale and malformed answers are dropped; a peer that never answers costs the timeout
  * (on the injected clock) and no more; oversized and slow requests are cut off; everything started
- * is closed at the end (checked). No etcd needed.
+ * is closed at the end (checked). No etcd needed for that part. Then two real agents on a real etcd
+ * (the dev tooling turns their peer channel on): each advertises its peer address in its host record,
+ * learns the other's into its saved pool (peers.json, 0600), and answers a question over mutual TLS.
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { createServer as createHttpsServer, request, type Server as HttpsServer } from 'node:https';
 import { connect, createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SystemClock } from '../../src/adapters/clock/system-clock.js';
+import type { GcStatus } from '../../src/agent/gc/host-gc.js';
 import { PeerClient, type PeerDropReason } from '../../src/agent/peer/peer-client.js';
+import { PEER_LIST_FILE } from '../../src/agent/peer/peer-list.js';
+import { adminCall } from '../../src/api/http/admin-server.js';
+import { LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
+import { decodePersistedPool } from '../../src/domain/peer-pool.js';
 import { PEER_STATUS_PATH, PeerServer } from '../../src/agent/peer/peer-server.js';
 import type { PeerTls } from '../../src/agent/peer/peer-tls.js';
 import { devCerts, type DevCerts } from '../../src/dev/certs.js';
 import type { PeerAnswer } from '../../src/domain/peer-check.js';
 import { FakeClock } from '../support/fake-clock.js';
 import { silentLogger } from '../support/fake-ports.js';
-import { removeDir, requireRealParts, testDir, until } from '../support/real-host.js';
+import { AgentProcess, killHostLeftovers, removeDir, requireRealParts, testDir, testHostId, until } from '../support/real-host.js';
 
 let dir = '';
 let certs: DevCerts;
@@ -88,7 +95,7 @@ function post(address: string, body: string, creds: { cert?: Buffer; key?: Buffe
 beforeAll(() => {
   requireRealParts(['build']);
   dir = testDir('peer');
-  certs = devCerts(join(dir, 'certs'));
+  certs = devCerts(join(dir, 'api-certs')); // the set AgentProcess gives agents whose state dirs are in `dir`
   const r = (p: string) => readFileSync(p);
   tls = { ca: r(certs.ca), server: { cert: r(certs.serverCert), key: r(certs.serverKey) }, client: { cert: r(certs.clientCert), key: r(certs.clientKey) } };
   // A server certificate from the other CA, for the same names: only the CA differs.
@@ -255,4 +262,62 @@ describe('peer channel (real TLS)', () => {
     expect(refused).toBe('ECONNREFUSED');
     s.destroy();
   });
+});
+
+describe('peer channel between real agents on real etcd', () => {
+  let etcd: LocalEtcdCluster | undefined;
+  const agents: AgentProcess[] = [];
+  const TIMINGS = ['--ttl', '3s', '--heartbeat-interval', '1s', '--detach-after', '2s', '--watchdog-timeout', '6s', '--stop-grace', '2s', '--kill-timeout', '2s', '--fence-window', '8s', '--accel', 'tcg'];
+
+  afterAll(async () => {
+    for (const a of agents) await a.kill();
+    for (const a of agents) killHostLeftovers(a.hostId);
+    await etcd?.stop();
+    // The agents' peer ports are closed with them.
+    for (const a of agents) {
+      const [host, port] = a.peer!.split(':');
+      const r = await new Promise<string>((resolve) => {
+        const c = connect(Number(port), host);
+        c.on('connect', () => (c.destroy(), resolve('connected')));
+        c.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+      });
+      expect(r).toBe('ECONNREFUSED');
+    }
+  });
+
+  it('each agent advertises its address, learns the other, and answers over mutual TLS', async () => {
+    requireRealParts(['root', 'etcd', 'build']);
+    etcd = new LocalEtcdCluster({ dataDir: join(dir, 'etcd'), tag: 'test' });
+    await etcd.start();
+    for (const tag of ['pa', 'pb']) {
+      const id = testHostId(tag);
+      agents.push(new AgentProcess(id, join(dir, id), [...etcd.agentArgs(), ...TIMINGS]));
+    }
+    await Promise.all(agents.map((a) => a.start()));
+    for (const a of agents) expect(a.peer).toMatch(/^127\.0\.0\.1:\d+$/);
+    await until('both attached', async () => {
+      const st = await Promise.all(agents.map((a) => adminCall<GcStatus>(a.admin, 'GET', 'gc/status', undefined, 3000).catch(() => undefined)));
+      return st.every((s) => s?.phase === 'attached');
+    }, 60_000, 200);
+    // Each one's saved pool names the other with the address the other advertised in its record.
+    for (const [me, other] of [[agents[0]!, agents[1]!], [agents[1]!, agents[0]!]] as const) {
+      const file = join(me.stateDir, PEER_LIST_FILE);
+      await until(`${me.hostId} knows ${other.hostId}`, () => {
+        try {
+          const d = decodePersistedPool(readFileSync(file, 'utf8'), me.hostId);
+          return d.ok && d.members.some((m) => m.hostId === other.hostId && m.peerAddress === other.peer);
+        } catch {
+          return false;
+        }
+      }, 30_000, 200);
+      expect(statSync(file).mode & 0o777).toBe(0o600);
+    }
+    // Asked with the cluster's client certificate, both answer for themselves, echoing the nonce.
+    const n = nonce();
+    const got = await client().queryPeers(agents.map((a) => ({ hostId: a.hostId, address: a.peer! })), n, 5000);
+    for (const a of agents) expect(got.get(a.hostId)?.answer).toMatchObject({ hostId: a.hostId, nonce: n, phase: 'attached', reachesEtcd: true });
+    // A client of another CA gets nothing from a real agent either.
+    const other: PeerTls = { ...tls, client: { cert: readFileSync(certs.otherClientCert), key: readFileSync(certs.otherClientKey) } };
+    expect((await client(new SystemClock(), other).queryPeers(agents.map((a) => ({ hostId: a.hostId, address: a.peer! })), nonce(), 5000)).size).toBe(0);
+  }, 180_000);
 });
