@@ -110,14 +110,17 @@ beforeAll(() => {
 });
 
 afterAll(async () => {
-  await Promise.all(servers.map((s) => s.close()));
-  for (const s of rawSockets) s.destroy();
-  await Promise.all(rawServers.map((s) => new Promise<void>((r) => (s.listening ? s.close(() => r()) : r()))));
-  // Everything this file started is closed: no listener, no connection.
-  for (const s of servers) expect(s.connections()).toBe(0);
-  for (const s of rawServers) expect(s.listening).toBe(false);
-  expect(rawSockets.size).toBe(0);
-  if (dir) removeDir(dir);
+  try {
+    await Promise.all(servers.map((s) => s.close()));
+    for (const s of rawSockets) s.destroy();
+    await Promise.all(rawServers.map((s) => new Promise<void>((r) => (s.listening ? s.close(() => r()) : r()))));
+    // Everything this file started is closed: no listener, no connection.
+    for (const s of servers) expect(s.connections()).toBe(0);
+    for (const s of rawServers) expect(s.listening).toBe(false);
+    expect(rawSockets.size).toBe(0);
+  } finally {
+    if (dir) removeDir(dir);
+  }
 });
 
 describe('peer channel (real TLS)', () => {
@@ -273,6 +276,7 @@ describe('peer channel between real agents on real etcd', () => {
     for (const a of agents) await a.kill();
     for (const a of agents) killHostLeftovers(a.hostId);
     await etcd?.stop();
+    expect(agents.every((a) => !a.running)).toBe(true);
     // The agents' peer ports are closed with them.
     for (const a of agents) {
       const [host, port] = a.peer!.split(':');
