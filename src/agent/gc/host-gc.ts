@@ -111,7 +111,7 @@ export class HostGc {
     this.heartbeat = new Heartbeat(this.session, this.guardian, this.holds, pollEvery);
     this.registrar = new Registrar(this.session, opts, this.holds);
     this.session.silencedLease = silencedLease(ctx.inventory);
-    if (opts.peerCheck) this.peers = new PeerRounds(this.session, opts.peerCheck);
+    if (opts.peerCheck) this.peers = new PeerRounds(this.session, opts.peerCheck, () => this.holds.contract());
   }
 
   /** Current phase. */

@@ -9,8 +9,11 @@ import type { GcSession } from './gc-session.js';
 export interface PeerCheckDeps {
   readonly transport: PeerTransport;
   readonly directory: PeerDirectory;
-  /** The freeze contract this host acknowledged (undefined: none, never hold back). */
-  readonly contract: () => FreezeContract | undefined;
+  /**
+   * The freeze contract this host acknowledged (undefined: none, never hold back). Default: the one
+   * the hold sync learned and acknowledged (`HoldSync.contract()`).
+   */
+  readonly contract?: () => FreezeContract | undefined;
   readonly settings: PeerCheckSettings;
   /** A fresh nonce per round: 32 lowercase hex digits. */
   readonly nonce: () => string;
@@ -30,10 +33,15 @@ export class PeerRounds {
   private running = false;
   private last: PeerCheckVerdict | undefined;
 
+  private readonly contract: () => FreezeContract | undefined;
+
   constructor(
     private readonly s: GcSession,
     private readonly deps: PeerCheckDeps,
-  ) {}
+    acknowledged: () => FreezeContract | undefined,
+  ) {
+    this.contract = deps.contract ?? acknowledged;
+  }
 
   /** The last verdict of this detachment (status). */
   verdict(): PeerCheckVerdict | undefined {
@@ -88,7 +96,7 @@ export class PeerRounds {
         hostId,
         lastAck: st.lastAck!,
         timings: this.s.t,
-        contract: this.deps.contract(),
+        contract: this.contract(),
         peers: peers.map((p) => p.hostId),
         settings,
         round: { nonce, sentAt, answers },
