@@ -220,6 +220,27 @@ describe('peer channel (real TLS)', () => {
     expect(clock.pending()).toBe(0); // no timer left behind
   });
 
+  it('at most maxConcurrent calls are in flight; queued calls get only what is left of the round', async () => {
+    const peers = await Promise.all(['h2', 'h3', 'h4'].map((h) => peerServer(h)));
+    const one = (clock: FakeClock | SystemClock, drops?: [string, PeerDropReason, string][]) =>
+      new PeerClient({ hostId: 'asker', tls, clock, logger: silentLogger(), maxConcurrent: 1, ...(drops ? { onDropped: (h, r, d) => drops.push([h, r, d]) } : {}) });
+    const got = await one(new SystemClock()).queryPeers(peers.map((p, i) => ({ hostId: `h${i + 2}`, address: p.address })), nonce(), 5000);
+    expect([...got.keys()].sort()).toEqual(['h2', 'h3', 'h4']);
+    // One slot, taken by a peer that never answers: the round still ends at its deadline.
+    const holeAddr = await listenRaw(createNetServer((c) => c.resume()));
+    const clock = new FakeClock();
+    const drops: [string, PeerDropReason, string][] = [];
+    let done = false;
+    const q = one(clock, drops).queryPeers([{ hostId: 'hole', address: holeAddr }, { hostId: 'h2', address: peers[0]!.address }], nonce(), 1000).then((m) => ((done = true), m));
+    await until('hole connected', () => rawSockets.size > 0, 10_000, 20);
+    await clock.advance(1000);
+    const m = await q;
+    expect(done).toBe(true);
+    expect(m.size).toBe(0);
+    expect(drops.map(([h, r]) => `${h} ${r}`)).toEqual(['hole timeout', 'h2 timeout']);
+    await until('the hole connection is closed by the client', () => rawSockets.size === 0, 5000, 20);
+  });
+
   it('the server cuts off oversized bodies, bad questions and slow clients', async () => {
     const { server, address } = await peerServer('h2', { requestTimeoutMs: 500 });
     const creds = { cert: tls.client.cert, key: tls.client.key };

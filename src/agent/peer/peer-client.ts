@@ -3,6 +3,7 @@ import { isIP } from 'node:net';
 import { isPeerAddress } from '../../domain/codec/peer-address.js';
 import { PEER_WIRE_LIMITS, decodePeerAnswer, encodePeerQuestion } from '../../domain/codec/peer-answer.js';
 import { messageOf } from '../../domain/errors.js';
+import { forEachLimited } from '../../domain/for-each-limited.js';
 import type { ReceivedAnswer } from '../../domain/peer-check.js';
 import type { PeerEndpoint } from '../../domain/peer-pool.js';
 import type { PeerTransport } from '../../ports/peers.js';
@@ -23,9 +24,18 @@ export interface PeerClientOptions {
   readonly tls: PeerTls;
   readonly clock: Clock;
   readonly logger: Logger;
+  /**
+   * Most calls in flight at once (default {@link DEFAULT_MAX_CONCURRENT_PEER_CALLS}): a large pool
+   * must not exhaust file descriptors or the CPU with handshakes. Calls that wait for a slot get what
+   * is left of the round's `timeoutMs`.
+   */
+  readonly maxConcurrent?: number;
   /** Called once per peer that gave no usable answer in a round. */
   readonly onDropped?: (hostId: string, reason: PeerDropReason, detail: string) => void;
 }
+
+/** Default of {@link PeerClientOptions.maxConcurrent}. */
+export const DEFAULT_MAX_CONCURRENT_PEER_CALLS = 128;
 
 /** `host:port` / `[v6]:port` split; undefined when malformed. */
 export function splitPeerAddress(address: string): { host: string; port: number } | undefined {
@@ -49,9 +59,10 @@ export function splitPeerAddress(address: string): { host: string; port: number 
  *   SAN for an IP address, a DNS SAN for a name): verification is never disabled;
  * - an answer counts only when it passes the codec and echoes `nonce`; anything else is dropped
  *   (debug log, {@link PeerClientOptions.onDropped});
- * - each call has its own deadline of `timeoutMs` on the injected Clock: a peer that never answers
- *   (SYN lost, TLS stalled, body trickled) costs at most that, and {@link queryPeers} resolves by
- *   then; `receivedAt` is `clock.nowMono()` when the whole body has arrived;
+ * - each call has its own deadline on the injected Clock, the round's end (`timeoutMs` after
+ *   {@link queryPeers} was called): a peer that never answers (SYN lost, TLS stalled, body trickled)
+ *   costs at most that, and {@link queryPeers} resolves by then; at most `maxConcurrent` calls are in
+ *   flight; `receivedAt` is `clock.nowMono()` when the whole body has arrived;
  * - it never throws because of one peer: a failure is a missing entry in the result;
  * - no connection outlives its call (no keep-alive agent).
  */
@@ -59,7 +70,7 @@ export class PeerClient implements PeerTransport {
   constructor(private readonly o: PeerClientOptions) {}
 
   /**
-   * Asks every peer `POST /v1/peer/status {from, nonce}` at once; resolves within `timeoutMs` (on
+   * Asks every peer `POST /v1/peer/status {from, nonce}` (at most `maxConcurrent` at a time); resolves within `timeoutMs` (on
    * the Clock) with the answers that count, keyed by the peer's host id.
    */
   async queryPeers(peers: readonly PeerEndpoint[], nonce: string, timeoutMs: number): Promise<Map<string, ReceivedAnswer>> {
@@ -71,28 +82,28 @@ export class PeerClient implements PeerTransport {
       this.o.logger.error({ err: messageOf(err) }, 'peer channel: cannot ask with this nonce or host id');
       return out;
     }
-    await Promise.all(
-      peers.map(async (p) => {
-        const r = await this.ask(p, body, timeoutMs);
-        if ('drop' in r) {
-          this.o.logger.debug({ peer: p.hostId, address: p.address, reason: r.drop, detail: r.detail }, 'peer channel: no usable answer');
-          this.o.onDropped?.(p.hostId, r.drop, r.detail);
-          return;
-        }
-        const d = decodePeerAnswer(r.body);
-        if (!d.ok) {
-          this.o.logger.debug({ peer: p.hostId, field: d.error.field, err: d.error.message }, 'peer channel: answer refused by the codec');
-          this.o.onDropped?.(p.hostId, 'invalid', d.error.message);
-          return;
-        }
-        if (d.value.nonce !== nonce) {
-          this.o.logger.debug({ peer: p.hostId, nonce: d.value.nonce, asked: nonce }, 'peer channel: answer to another question (stale nonce) dropped');
-          this.o.onDropped?.(p.hostId, 'stale-nonce', `answered nonce ${d.value.nonce}`);
-          return;
-        }
-        out.set(p.hostId, { answer: d.value, receivedAt: r.receivedAt });
-      }),
-    );
+    const deadline = this.o.clock.nowMono() + timeoutMs;
+    await forEachLimited(peers, this.o.maxConcurrent ?? DEFAULT_MAX_CONCURRENT_PEER_CALLS, async (p) => {
+      const left = deadline - this.o.clock.nowMono();
+      const r = left > 0 ? await this.ask(p, body, left, timeoutMs) : { drop: 'timeout' as const, detail: `no time left in the round of ${timeoutMs} ms` };
+      if ('drop' in r) {
+        this.o.logger.debug({ peer: p.hostId, address: p.address, reason: r.drop, detail: r.detail }, 'peer channel: no usable answer');
+        this.o.onDropped?.(p.hostId, r.drop, r.detail);
+        return;
+      }
+      const d = decodePeerAnswer(r.body);
+      if (!d.ok) {
+        this.o.logger.debug({ peer: p.hostId, field: d.error.field, err: d.error.message }, 'peer channel: answer refused by the codec');
+        this.o.onDropped?.(p.hostId, 'invalid', d.error.message);
+        return;
+      }
+      if (d.value.nonce !== nonce) {
+        this.o.logger.debug({ peer: p.hostId, nonce: d.value.nonce, asked: nonce }, 'peer channel: answer to another question (stale nonce) dropped');
+        this.o.onDropped?.(p.hostId, 'stale-nonce', `answered nonce ${d.value.nonce}`);
+        return;
+      }
+      out.set(p.hostId, { answer: d.value, receivedAt: r.receivedAt });
+    });
     return out;
   }
 
@@ -101,7 +112,7 @@ export class PeerClient implements PeerTransport {
     return this.queryPeers(peers, nonce, timeoutMs);
   }
 
-  private ask(p: PeerEndpoint, body: string, timeoutMs: number): Promise<{ body: Buffer; receivedAt: number } | { drop: PeerDropReason; detail: string }> {
+  private ask(p: PeerEndpoint, body: string, timeoutMs: number, roundMs: number): Promise<{ body: Buffer; receivedAt: number } | { drop: PeerDropReason; detail: string }> {
     const addr = splitPeerAddress(p.address);
     if (!addr) return Promise.resolve({ drop: 'bad-address', detail: `not host:port: ${JSON.stringify(p.address.slice(0, 100))}` });
     const { clock } = this.o;
@@ -116,7 +127,7 @@ export class PeerClient implements PeerTransport {
         ac.abort();
         resolve(v);
       };
-      const timer = clock.setTimer(timeoutMs, () => finish({ drop: 'timeout', detail: `no answer within ${timeoutMs} ms` }));
+      const timer = clock.setTimer(timeoutMs, () => finish({ drop: 'timeout', detail: `no answer within ${roundMs} ms` }));
       const req = request(
         {
           host: addr.host,
