@@ -7,6 +7,8 @@ import { decodeHostRecord, encodeHostRecord } from '../../src/domain/codec.js';
 import { isPeerAddress } from '../../src/domain/codec/peer-address.js';
 import { TetherError } from '../../src/domain/errors.js';
 import { DEFAULT_TIMINGS } from '../../src/domain/gc-timing.js';
+import { Keyspace } from '../../src/domain/keyspace.js';
+import { registrationTxn } from '../../src/domain/registration-txn.js';
 import type { HostRecord, HostRecordState } from '../../src/domain/host-record.js';
 import { decodePersistedPool, encodePersistedPool, PeerPool } from '../../src/domain/peer-pool.js';
 import type { HostEntry, HostWatchEvent, HostsSnapshot, WatchHandlers } from '../../src/ports/controller-store.js';
@@ -39,6 +41,18 @@ describe('peer address on the host record', () => {
       if (!d.ok) expect(d.error.field).toBe('peerAddress');
     }
     for (const good of ['127.0.0.1:1', '[::1]:65535', 'node-7.example.org:9443']) expect(isPeerAddress(good), good).toBe(true);
+  });
+
+  it('is written by each registration as the agent gives it, and dropped when it gives none', () => {
+    const keys = new Keyspace('/t/');
+    const { state: _s, epoch: _e, hold: _h, updatedAt: _u, ...fields } = rec('h1', 'attached', '10.0.0.1:9443');
+    const reg = { hostId: 'h1', mode: 'ready' as const, epoch: 1, agentId: 'a1', holder: 'test', holdApplied: false, record: fields, lease: '7' };
+    const cur = { record: rec('h1', 'fenced', '10.0.0.9:1'), modRevision: 5 };
+    const with_ = registrationTxn(keys, reg, cur, undefined, 1);
+    expect(with_.ok && with_.record.peerAddress).toBe('10.0.0.1:9443');
+    const { peerAddress: _p, ...none } = fields;
+    const without = registrationTxn(keys, { ...reg, record: none }, cur, undefined, 1);
+    expect(without.ok && 'peerAddress' in without.record).toBe(false);
   });
 });
 
