@@ -36,8 +36,6 @@ import { Incarnations, SimMachine, seededGuests } from './substrate.js';
 import { MemoryInventory } from './inventory.js';
 import { SimNetwork } from './transport.js';
 import { SimPeerNet, simDirectory } from './peers.js';
-import { DEFAULT_FREEZE_SHARE } from '../../domain/mass-freeze.js';
-import type { FreezeContract } from '../../domain/freeze-contract.js';
 import type { PeerCheckSettings } from '../../domain/peer-check.js';
 
 /** How the simulator builds the real stores over a `Kv` (src/adapters/kv). */
@@ -307,7 +305,7 @@ export class SimWorld {
             peerCheck: {
               transport: this.peers.transport(proc, node, clock),
               directory: simDirectory(hostId, [...this.hosts.keys()]),
-              contract: () => this.freezeContract(),
+              // No `contract`: each agent relies on the contract its hold sync acknowledged (the real path).
               settings: this.peerSettings,
               nonce: () => this.nonce(),
             },
@@ -435,17 +433,6 @@ export class SimWorld {
   crashController(i: number): void {
     const s = this.controllers[i]!;
     s.proc?.kill();
-  }
-
-  /**
-   * The freeze contract every host holds: what the simulated controllers apply (their default share,
-   * a resume delay of the pool's fence window, every host of the world in the pool).
-   * TODO(issue 11, helper C): use the contract the host acknowledged (the accessor under
-   * src/agent/gc/ that reads `controller/freeze-contract` while attached) once it exists; until then a
-   * host holds this one from its start, even before it ever attached.
-   */
-  freezeContract(): FreezeContract {
-    return { version: 1, share: DEFAULT_FREEZE_SHARE, resumeDelay: this.t.fenceWindow, poolSize: this.hosts.size };
   }
 
   /** 32 hex digits for a peer round's nonce (its own stream: rounds do not shift event ids or uids). */
