@@ -4,6 +4,8 @@
  * acknowledged, and the commitments C1-C4 — each a table of (state, input) -> effects.
  */
 import { describe, expect, it } from 'vitest';
+import { CONTROLLER_SCHEMA, toControllerConfig } from '../../src/cli/commands/controller.js';
+import { resolveConfig } from '../../src/cli/config-schema.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
 import { countPool, type PoolMember } from '../../src/domain/mass-freeze.js';
 import { calls, Driver, entry, ok, ops, T, timersSet, unavailable } from '../support/controller-step.js';
@@ -256,9 +258,7 @@ describe('C2: a fence only on a host view caught up with the pre-fence read', ()
 });
 
 describe('tether controller --resume-delay', () => {
-  it('0 by default (the pool\'s longest fence window); a duration otherwise', async () => {
-    const { CONTROLLER_SCHEMA, toControllerConfig } = await import('../../src/cli/commands/controller.js');
-    const { resolveConfig } = await import('../../src/cli/config-schema.js');
+  it('0 by default (the pool\'s longest fence window); a duration otherwise', () => {
     expect(toControllerConfig(resolveConfig(CONTROLLER_SCHEMA, { etcdEndpoints: 'http://e:1' }, {})).resumeDelay).toBe(0);
     expect(toControllerConfig(resolveConfig(CONTROLLER_SCHEMA, { etcdEndpoints: 'http://e:1' }, { TETHER_RESUME_DELAY: '60s' })).resumeDelay).toBe(60_000);
   });
