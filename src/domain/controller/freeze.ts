@@ -2,8 +2,10 @@
  * The mass-disruption freeze as the controller runs it ({@link evaluateFreeze} of `mass-freeze.ts`):
  * host changes mark the freeze dirty and one evaluation follows {@link FREEZE_DEBOUNCE_MS} later (it
  * scans every host); fence and sweep decisions evaluate first when it is dirty, so they never act on a
- * stale share. While frozen, and for a full fence window after the share falls back, nothing is
- * fenced or rescheduled; on resumption every fence whose deadline passed meanwhile is taken up.
+ * stale share. While frozen, and for the freeze contract's resume delay (at least the pool's longest
+ * fence window) after the share falls back, nothing is fenced or rescheduled; on resumption every
+ * fence whose deadline passed meanwhile is taken up. The count follows C1 and C3 of
+ * docs/peer-check.md, the share and delay the contract rule (`contract.ts`).
  */
 import { DEFAULT_TIMINGS } from '../gc-timing.js';
 import { effectiveFenceWindow } from '../fence-window.js';
