@@ -1,3 +1,4 @@
+import { peerCheckBudgetProblem } from '../domain/peer-check.js';
 import { availableParallelism, homedir, hostname, totalmem } from 'node:os';
 import type { ApiSecuritySettings } from '../api/auth/api-security.js';
 import { DEFAULT_CREATE_LIMITS } from '../api/grpc/create-admission.js';
@@ -138,5 +139,9 @@ export function toAgentConfig(v: ConfigValues): AgentConfig {
     }
   }
   const peerChannel = resolvePeerChannel(v as Parameters<typeof resolvePeerChannel>[0]);
+  // The peer check must notice a lapse and stop every VM within the freeze's resume delay, which is
+  // at least this host's fence window (docs/peer-check.md "The host's rule", budget).
+  const budget = peerChannel ? peerCheckBudgetProblem(timings, peerChannel.check, timings.fenceWindow) : undefined;
+  if (budget !== undefined) throw new TetherError('UNSAFE_CONFIG', `the peer check could never hold a fence back: ${budget} (resumeDelay is at least fenceWindow)`);
   return { ...(v as unknown as AgentConfig), timings, heartbeatScaling, fleetSize: Number(v.fleetSize ?? 0), peerChannel };
 }

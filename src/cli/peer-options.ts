@@ -16,6 +16,8 @@ export const PEER_CHANNEL_SCHEMA: readonly ConfigKey[] = [
   { key: 'peerTlsKey', type: 'string', default: '', description: "private key of --peer-tls-cert; '' = --tls-key" },
   { key: 'peerClientCert', type: 'string', default: '', description: "certificate this agent presents to its peers (PEM, clientAuth); '' = --etcd-cert" },
   { key: 'peerClientKey', type: 'string', default: '', description: "private key of --peer-client-cert; '' = --etcd-key" },
+  { key: 'peerCheckInterval', type: 'duration', default: 1000, description: 'while detached, time between two rounds of questions to the peers (docs/peer-check.md)' },
+  { key: 'peerTimeout', type: 'duration', default: 1000, description: 'a peer answer later than this after its question does not count' },
   { key: 'peerTlsCa', type: 'string', default: '', description: "the cluster CA both ends of the peer channel must chain to (PEM); '' = --etcd-ca, else --tls-client-ca" },
 ];
 
@@ -28,6 +30,8 @@ export interface PeerChannelConfig {
   readonly peerClientCert: string;
   readonly peerClientKey: string;
   readonly peerTlsCa: string;
+  readonly peerCheckInterval: number;
+  readonly peerTimeout: number;
 }
 
 /** The peer channel, ready to start. */
@@ -41,6 +45,8 @@ export interface PeerChannelSettings {
    */
   readonly advertise: string | undefined;
   readonly files: PeerTlsFiles;
+  /** Rounds of the peer check while detached (docs/peer-check.md "The host's rule"). */
+  readonly check: { readonly interval: number; readonly timeout: number };
 }
 
 /** What the defaults come from (other agent settings). */
@@ -94,5 +100,12 @@ export function resolvePeerChannel(v: Partial<PeerChannelConfig> & Fallbacks & {
       clientKey: pick('peerClientKey', ['etcdKey']),
       ca: pick('peerTlsCa', ['etcdCa', 'tlsClientCa']),
     },
+    check: { interval: positive(v.peerCheckInterval, 'peerCheckInterval'), timeout: positive(v.peerTimeout, 'peerTimeout') },
   };
+}
+
+function positive(v: unknown, field: string): number {
+  const n = v === undefined || v === '' ? 1000 : Number(v);
+  if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(field, `must be a duration > 0, got ${JSON.stringify(v)}`);
+  return n;
 }

@@ -12,8 +12,10 @@ export interface PeerEndpoint {
 
 /** The pool peers this host knows (learned while attached, kept across restarts). */
 export interface PeerDirectory {
-  /** Pool hosts other than this one. */
+  /** Pool hosts other than this one that advertise a peer address (the ones to ask). */
   peers(): readonly PeerEndpoint[];
+  /** Every pool host other than this one, with or without a peer address (the pool it counts). */
+  peerIds(): readonly string[];
 }
 
 /** Asks peers one question. */

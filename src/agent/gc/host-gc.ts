@@ -61,6 +61,8 @@ export interface HostGcOptions {
   readonly onTransition?: (from: HostPhase, to: HostPhase, reason: string) => void;
   /** Counters for the metrics endpoint. */
   readonly metrics?: GcMetrics;
+  /** Where this host's peer channel listens, written in its record (`HostRecord.peerAddress`); absent: none. */
+  readonly peerAddress?: string;
   /** The peer check (issue 11, docs/peer-check.md); absent: a detached host fences on time, whatever its peers say. */
   readonly peerCheck?: PeerCheckDeps;
 }

@@ -97,7 +97,7 @@ export class PeerRounds {
         lastAck: st.lastAck!,
         timings: this.s.t,
         contract: this.contract(),
-        peers: peers.map((p) => p.hostId),
+        peers: this.deps.directory.peerIds(),
         settings,
         round: { nonce, sentAt, answers },
       });

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { hostname, setPriority } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
@@ -172,6 +172,9 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
     gc = new HostGc(ctx, store, {
       // Read by the registration (RegistrantInfo.peerAddress), which HostGc hands these options to.
       ...(peer ? { peerAddress: peer.advertise } : {}),
+      ...(peer && cfg.peerChannel
+        ? { peerCheck: { transport: peer.client, directory: peer.list, settings: cfg.peerChannel.check, nonce: () => randomBytes(16).toString('hex') } }
+        : {}),
       timings: cfg.timings,
       bootId: boot,
       ...(guardian ? { guardian } : {}),
