@@ -168,6 +168,23 @@ describe('C3: while frozen or resuming, the pool is the one at the freeze', () =
     expect(d.s.freeze.mode).toBe('frozen');
   });
 
+  it('frozen again while resuming: still the pool of the first freeze', () => {
+    const d = frozen();
+    let r = 300;
+    for (const id of ['h0', 'h1', 'h2']) d.hostEvent({ kind: 'alive', hostId: id, alive: { epoch: 1, agentVersion: 't', lease: `l-${id}` }, revision: String(r++) });
+    d.at(LOSS + 400).fire('freeze-check');
+    expect(d.s.freeze.mode).toBe('resuming');
+    for (let i = 0; i < 6; i++) {
+      d.hostEvent({ kind: 'record', hostId: `n${i}`, record: entry(`n${i}`).record!, revision: String(r++) });
+      d.hostEvent({ kind: 'alive', hostId: `n${i}`, alive: { epoch: 1, agentVersion: 't', lease: `ln${i}` }, revision: String(r++) });
+    }
+    for (const id of ['h0', 'h1', 'h2']) d.hostEvent({ kind: 'alive-deleted', hostId: id, revision: String(r++) });
+    d.at(LOSS + 600).fire('freeze-check');
+    expect(d.s.detachedCount).toEqual({ detached: 3, total: 4 });
+    expect(d.s.freeze.mode).toBe('frozen');
+    expect([...d.s.freezePool!].sort()).toEqual(['h0', 'h1', 'h2', 'h3']);
+  });
+
   it('over once back to normal: the pool is the current one again', () => {
     const d = frozen();
     let r = 300;
@@ -245,6 +262,19 @@ describe('C2: a fence only on a host view caught up with the pre-fence read', ()
     const fx = d.input({ kind: 'hosts-progress', watch: d.watch, revision: '151' });
     expect(ops(fx)).not.toContain('commit:host-fenced');
     expect(d.s.freeze.mode).toBe('frozen');
+    expect(d.s.fencesInFlight).toBe(0);
+  });
+
+  it('stepping down forgets a parked fence, the view revision and the contract state', () => {
+    const { d, read } = due();
+    d.reply(read.req, { op: 'get-host', host: { hostId: 'a' }, revision: '150' });
+    expect(d.s.fenceParked.size).toBe(1);
+    const ka = calls(d.at(d.mono + 1000).fire('keepalive'), 'keep-leadership')[0]!;
+    d.reply(ka.req, { op: 'keep-leadership', answer: 'lost' });
+    expect(d.s.leader).toBe(false);
+    expect(d.s.fenceParked.size).toBe(0);
+    expect(d.s.hostsRev).toBe(0n);
+    expect(d.s.contractKnown).toBe(false);
     expect(d.s.fencesInFlight).toBe(0);
   });
 
