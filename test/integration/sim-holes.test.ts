@@ -44,6 +44,12 @@ interface Hole {
   readonly faultMs?: number;
   /** etcd's `--max-txn-ops` in the run (default 128): see `SimConfig.maxTxnOps`. */
   readonly maxTxnOps?: number;
+  /**
+   * Set when the simulator is known NOT to catch this hole within any budget tried (docs/sim.md says
+   * what was tried and why): the test is listed, skipped, with this reason. Never a reason to weaken
+   * an invariant.
+   */
+  readonly notCaught?: string;
 }
 
 const HOLES: readonly Hole[] = [
@@ -57,6 +63,22 @@ const HOLES: readonly Hole[] = [
   // VMs stay on the fenced host until it comes back. A txn limit of 16 lets 20 VMs per host reach it;
   // the fault phase is long enough for a fenced host to stay away past the fence-progress grace.
   { name: 'one lost-marking txn for all VMs (summed txn ops)', patch: 'summed-txn-ops.replace.json', kinds: ['power-off-fence', 'partition'], hosts: 3, vms: 60, maxTxnOps: 16, faultMs: 90_000, catches: ['fence-progress'] },
+  // Issue 11, the peer check. One witness is enough: in a pool of 4 (3 detached hosts needed), two
+  // hosts cut from etcd together hold back on each other while the controller (2 of 4: no freeze)
+  // fences them and runs their VMs elsewhere.
+  { name: 'peer check: one witness is enough (share condition weakened)', patch: 'peer-one-witness.replace.json', kinds: ['group-cut', 'partition', 'peer-partition'], hosts: 4, vms: 8 },
+  {
+    name: 'peer check: the witness bound ignored (any silent peer counts)',
+    patch: 'peer-bound-ignored.replace.json',
+    kinds: ['group-cut', 'partition', 'partition-to-etcd', 'leader-change'],
+    notCaught: 'no seed found (docs/sim.md, "Peer-check holes not caught"): with probe-first heartbeats a silent peer sent one unanswered keepalive, so its lease is gone long before the 2-TTL bound; only a buffered keepalive applied in a sub-second window could outlive the host fence',
+  },
+  {
+    name: 'peer check: a witness renews its lease after answering silent',
+    patch: 'peer-witness-renews.replace.json',
+    kinds: ['partition', 'group-cut', 'leader-change', 'etcd-outage', 'partition-to-etcd'],
+    notCaught: 'no seed found (docs/sim.md, "Peer-check holes not caught"): the witness bound makes a counted witness lease expire well before the host fence, so a renewal is seen by the next round early enough to fence in time',
+  },
 ];
 
 /** Applies `file` (test/sim-holes/*.replace.json) in `dir`; throws unless every `find` occurs exactly once. */
@@ -94,10 +116,10 @@ function huntPatched(patch: string, kinds: readonly FaultKind[], faultMs: number
   }
 }
 
-describe('simulator catches each re-introduced hole of issue 7', () => {
+describe('simulator catches each re-introduced hole (issues 7 and 11)', () => {
   for (const h of HOLES) {
     const budget = h.budget ?? BUDGET;
-    it(`${h.name}: a violation within ${budget} seeds, none on the same seeds without the hole`, async () => {
+    (h.notCaught === undefined ? it : it.skip)(`${h.name}: a violation within ${budget} seeds, none on the same seeds without the hole${h.notCaught === undefined ? '' : ` (NOT CAUGHT: ${h.notCaught})`}`, async () => {
       const faultMs = h.faultMs ?? 45_000;
       const size = { hosts: h.hosts ?? 3, vms: h.vms ?? 6 };
       const t0 = performance.now();
