@@ -179,5 +179,6 @@ export class SimPeerNet {
 /** The directory of one host: every other host of the world (with a made-up peer address). */
 export function simDirectory(self: string, hostIds: readonly string[]): PeerDirectory {
   const peers = hostIds.filter((h) => h !== self).map((h) => ({ hostId: h, address: `${h}:7443` }));
-  return { peers: () => peers };
+  const ids = peers.map((p) => p.hostId);
+  return { peers: () => peers, peerIds: () => ids };
 }
