@@ -136,6 +136,21 @@ describe('C1: a pool host whose alive key is gone counts as detached', () => {
   });
 });
 
+describe('C6: no missed peak', () => {
+  it('two witnesses revoked and back within one debounce window: the freeze is entered and left through resuming', () => {
+    const d = new Driver();
+    d.leading(hosts(4));
+    d.at(LOSS);
+    let r = 101;
+    // h0 lost earlier; h1 and h2 (its witnesses) lose their leases and re-register in one batch
+    for (const id of ['h0', 'h1', 'h2']) d.hostEvent({ kind: 'alive-deleted', hostId: id, revision: String(r++) });
+    for (const id of ['h1', 'h2']) d.hostEvent({ kind: 'alive', hostId: id, alive: { epoch: 1, agentVersion: 't', lease: `l2-${id}` }, revision: String(r++) });
+    d.at(LOSS + 200).fire('freeze-check');
+    // without C6 the debounced evaluation sees 1 of 4 detached and never freezes
+    expect(d.s.freeze.mode).toBe('resuming');
+  });
+});
+
 describe('C3: while frozen or resuming, the pool is the one at the freeze', () => {
   const frozen = () => {
     const d = new Driver();

@@ -51,6 +51,7 @@ export function resetFreezeExtras(s: ControllerState): void {
 export function evaluateFreeze(c: Ctx): void {
   const s = c.s;
   s.freezeDirty = false;
+  s.freezeRose = false;
   if (!s.leader || !s.synced) return;
   let window = 0;
   let ttl = 0;

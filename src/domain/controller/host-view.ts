@@ -4,6 +4,7 @@
  * triggers. Watch events older than what was applied for a key are ignored; a host with neither
  * record nor `alive` key is forgotten.
  */
+import { inPool } from '../mass-freeze.js';
 import { decideHost, timingProblems } from '../fence-window.js';
 import { isSchedulable } from '../placement.js';
 import type { HostRecord } from '../host-record.js';
@@ -119,6 +120,10 @@ export function hostEvent(c: Ctx, watch: number, e: HostWatchEvent, at: Now): vo
   const s = c.s;
   if (!s.synced || watch !== s.watch) return;
   const t = track(c, e.hostId);
+  // C6: a return right after a rise (a witness's revoke and its re-registration in one batch) is
+  // preceded by an evaluation, so the freeze sees the peak and leaves it only through `resuming`.
+  if (s.freezeRose && mayLowerShare(t, e)) evaluateFreeze(c);
+  const before = shareContribution(t);
   const r = rev(e.revision);
   if (r - 1n > s.hostsRev) s.hostsRev = r - 1n; // C2: every change before this one was delivered (one txn's changes may span events)
   const wasSchedulable = isSchedulable(t.record, t.alive !== undefined);
@@ -154,7 +159,24 @@ export function hostEvent(c: Ctx, watch: number, e: HostWatchEvent, at: Now): vo
   if (!t.record && !t.alive) forget(c, t);
   else reconcile(c, t);
   if (!wasSchedulable && isSchedulable(t.record, t.alive !== undefined)) requestSweep(c);
+  const after = shareContribution(t);
+  if ((after.detached && !before.detached) || (before.pool && !after.pool)) s.freezeRose = true;
   markFreezeDirty(c);
+}
+
+/** What one host adds to the freeze count (C1: a pool host without its `alive` key is detached). */
+function shareContribution(t: HostTrack): { pool: boolean; detached: boolean } {
+  const pool = inPool(t.record?.state);
+  return { pool, detached: pool && (t.record?.state === 'detached' || t.alive === undefined) };
+}
+
+/** True when `e` may lower the detached share: a host's `alive` key reappears, or its record joins or returns to the pool as attached/ready. */
+function mayLowerShare(t: HostTrack, e: HostWatchEvent): boolean {
+  if (e.kind === 'alive') return t.alive === undefined;
+  if (e.kind !== 'record') return false;
+  const next = e.record.state;
+  if (next !== 'attached' && next !== 'ready') return false;
+  return !inPool(t.record?.state) || t.record?.state === 'detached';
 }
 
 /**

@@ -137,6 +137,7 @@ export function stepDown(c: Ctx, why: string): void {
   s.freeze = NOT_FROZEN;
   s.freezeResumeAtWall = undefined;
   s.freezeDirty = false;
+  s.freezeRose = false;
   resetFreezeExtras(s);
   s.sweep = undefined;
   s.sweepQueued = false;

@@ -148,6 +148,7 @@ export function initialState(cfg: CoreConfig): ControllerState {
     freeze: NOT_FROZEN,
     detachedCount: { detached: 0, total: 0 },
     freezeDirty: false,
+    freezeRose: false,
     freezeRev: 0n,
     contractKnown: false,
     contractWriting: false,

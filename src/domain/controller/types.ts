@@ -338,6 +338,11 @@ export interface ControllerState {
   freezeResumeAtWall?: number;
   /** Host states changed since the freeze was last evaluated. */
   freezeDirty: boolean;
+  /**
+   * C6 (docs/peer-check.md): a host event raised the detached share since the last evaluation; an
+   * event that may lower it is then preceded by an evaluation, so that no peak is missed.
+   */
+  freezeRose: boolean;
   /** C3: the pool when the freeze began (while frozen or resuming): only these hosts count. */
   freezePool?: Set<string>;
   /** The rule applied at the last evaluation: tightest(published, acknowledged by pool hosts, configured). */
