@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import type { HoldSync } from '../../src/agent/gc/hold-sync.js';
-import { loadFreezeContract } from '../../src/agent/gc/hold-sync.js';
+import { CONTRACT_POLL_EVERY, loadFreezeContract } from '../../src/agent/gc/hold-sync.js';
 import { HostGc } from '../../src/agent/gc/host-gc.js';
 import type { FreezeContract } from '../../src/domain/freeze-contract.js';
 import { blendForHost, contractAckTxn, nextContractStep } from '../../src/domain/freeze-contract-ack.js';
@@ -64,13 +64,14 @@ describe('freeze contract, agent: learned in the hold poll, acknowledged, persis
     expect(s.gc.phase).toBe('attached');
     expect(s.holds.contract()).toBeUndefined();
     publish(s.cluster, v(1, 0.55, 10_000, 4));
-    for (let i = 0; i < 12; i++) await s.clock.advance(T.heartbeatInterval);
+    // the contract is read on every CONTRACT_POLL_EVERY-th hold poll (one per 5 acks): 25 acks at most
+    for (let i = 0; i < 5 * CONTRACT_POLL_EVERY + 2; i++) await s.clock.advance(T.heartbeatInterval);
     expect(s.cluster.record()?.freezeContractSeen).toBe(1);
     expect(s.holds.contract()).toEqual(v(1, 0.55, 10_000, 4));
     expect(loadFreezeContract(s.inventory)).toEqual(v(1, 0.55, 10_000, 4));
 
     publish(s.cluster, v(2, 0.5, 20_000, 4));
-    for (let i = 0; i < 12; i++) await s.clock.advance(T.heartbeatInterval);
+    for (let i = 0; i < 5 * CONTRACT_POLL_EVERY + 2; i++) await s.clock.advance(T.heartbeatInterval);
     expect(s.cluster.record()?.freezeContractSeen).toBe(2);
     expect(s.holds.contract()).toEqual(v(2, 0.5, 20_000, 4));
     s.gc.stop();

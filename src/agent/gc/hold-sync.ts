@@ -10,6 +10,9 @@ import type { Inventory } from '../../ports/inventory.js';
 import type { GcSession } from './gc-session.js';
 import { localHoldSet, setLocalHold } from './persisted-state.js';
 
+/** The freeze contract is read on every this-many-th hold poll (and when the record lacks its acknowledgement). */
+export const CONTRACT_POLL_EVERY = 5;
+
 /** Inventory meta key of the freeze contract this host relies on (JSON; '' or absent: none). */
 const META_FREEZE_CONTRACT = 'gc.freezeContract';
 
@@ -38,6 +41,7 @@ export function loadFreezeContract(inventory: Inventory): FreezeContract | undef
 export class HoldSync {
   private chain: Promise<void> = Promise.resolve();
   private held: FreezeContract | undefined;
+  private polls = 0;
 
   constructor(
     private readonly s: GcSession,
@@ -69,7 +73,11 @@ export class HoldSync {
       const rec = await s.store.getHost(s.ctx.hostId, s.t.heartbeatInterval);
       if (!rec || !holdReadCounts(rec.epoch, s.state.epoch, lease === s.lease)) return;
       await this.step(nextHoldStep(rec.hold, s.state.held, rec.holdSeen ?? false), lease);
-      await this.contractStep(rec, lease);
+      // The contract changes rarely and a late acknowledgement only keeps the controller on the
+      // tighter rule: read it on the first poll and every CONTRACT_POLL_EVERY-th one after (issue 9:
+      // a steady-state agent's reads), or whenever the record lacks the version this host relies on.
+      const due = this.polls++ % CONTRACT_POLL_EVERY === 0 || rec.freezeContractSeen !== this.held?.version;
+      if (due) await this.contractStep(rec, lease);
     } catch (err) {
       s.ctx.logger.debug({ err: messageOf(err) }, 'hold sync failed; the next poll retries');
     }
