@@ -55,7 +55,9 @@ interface Hole {
 const HOLES: readonly Hole[] = [
   { name: 'watchdog inside the agent only (no guardian)', noGuardian: true, kinds: ['agent-hang', 'agent-crash', 'partition'] },
   { name: 'unpublished local hold (applied without holdSeen)', patch: 'unpublished-hold.patch', kinds: ['hold', 'partition'], faultMs: 90_000 },
-  { name: 'early lease revoke not allowed for', patch: 'early-revoke.patch', kinds: ['early-revoke', 'partition'] },
+  // With the peer check (issue 11) an early-revoked host often has a cut peer as a witness and the
+  // controller freezes instead of fencing early: the hole needs more seeds (40 at 418dc44) than before.
+  { name: 'early lease revoke not allowed for', patch: 'early-revoke.patch', kinds: ['early-revoke', 'partition'], budget: 100 },
   // A second agent with the host id (a clone of its state dir on another machine) accepted while the
   // holder lives, or taking the record's epoch over from another machine.
   { name: 'duplicate agent accepted while the holder lives', patch: 'duplicate-agent.replace.json', kinds: ['cloned-agent', 'partition'] },

@@ -1,7 +1,7 @@
 /**
  * The peer check in the simulator (issue 11): a full etcd outage longer than the watchdog is not a
  * host failure. In a world whose only fault is one etcd outage (every member down or without quorum,
- * 10 to 20 s, longer than the 8 s watchdog), no VM stops — the very same process (uid, host, pid)
+ * 10 to 20 s, longer than the 8 s watchdog; 60 s of fault phase), no VM stops — the very same process (uid, host, pid)
  * runs before the outage and at the end of the run — and every host is attached again (agent and
  * record) 10 s after etcd is back, before the simulator's heal could help. Without the peer check
  * the same outage stops VMs (the test can fail). Liveness, not an invariant of the random seeds:
@@ -24,9 +24,15 @@ interface OutageRun {
   readonly vmsBefore: number;
 }
 
-/** One seed with a single etcd outage: at 6-15 s, for 10-20 s (derived from the seed). */
+/** Fault phase of these runs: long enough for the check 10 s after the latest outage's end. */
+const FAULT_MS = 60_000;
+
+/**
+ * One seed with a single etcd outage: at 15-24 s (every VM placed and running: a controller may wait
+ * up to a fence window after it takes over before it places), for 10-20 s (derived from the seed).
+ */
 async function outage(seed: number, noPeerCheck = false): Promise<OutageRun> {
-  const at = 6000 + ((seed * 7919) % 9000);
+  const at = 15_000 + ((seed * 7919) % 9000);
   const durationMs = 10_000 + ((seed * 104_729) % 10_001);
   const schedule: FaultOp[] = [{ at, kind: 'etcd-outage', target: 'etcd', durationMs }];
   const procs = (w: SimWorld) => new Map([...w.ledger.running()].map(([k, ps]) => [k, ps.map((p) => `${p.uid}@${p.hostId}#${p.pid}`).sort().join(',')]));
@@ -38,6 +44,7 @@ async function outage(seed: number, noPeerCheck = false): Promise<OutageRun> {
     stores: kvStores,
     schedule,
     stopAtFirst: false,
+    faultMs: FAULT_MS,
     ...(noPeerCheck ? { noPeerCheck: true } : {}),
     onWorld: (w) => {
       w.sched.at(at - 1, 'test: VM processes before the outage', () => (before = procs(w)));
@@ -47,7 +54,7 @@ async function outage(seed: number, noPeerCheck = false): Promise<OutageRun> {
           if (s.agent?.gc.phase !== 'attached' || rec?.state !== 'attached') notAttached.push(`${s.hostId} (agent ${s.agent?.gc.phase ?? 'none'}, record ${rec?.state ?? 'none'})`);
         }
       });
-      w.sched.at(104_999, 'test: VM processes at the end', () => (after = procs(w)));
+      w.sched.at(FAULT_MS + 59_999, 'test: VM processes at the end', () => (after = procs(w)));
     },
   });
   const restarted = [...before].filter(([k, p]) => after.get(k) !== p).map(([k, p]) => `${k}: ${p} -> ${after.get(k) ?? 'none'}`);
