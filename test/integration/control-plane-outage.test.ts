@@ -379,21 +379,26 @@ describe('control-plane outage, peer channel on (issue 11; real agents, guardian
   /**
    * Cuts `h` off (`cut`), then checks from outside that every VM it ran was gone by the bound and ran
    * again on another host only after the controller's fence deadline, never twice; that `h` never held
-   * its fence back; and that it rejoins ready at a new epoch once healed (`heal`).
+   * its fence back; and that it rejoins ready at a new epoch once healed (`heal`). Returns the peer
+   * check verdicts `h` showed while detached.
    */
-  async function selfFences(h: H, what: string, cut: () => Promise<void>, heal: () => Promise<void>): Promise<void> {
+  async function selfFences(h: H, what: string, cut: () => Promise<void>, heal: () => Promise<void>): Promise<NonNullable<GcStatus['peerCheck']>[]> {
     const onH = (await rig.settled()).filter((v) => v.hostId === rig.ids[h]);
     expect(onH.length, `VMs on ${h}`).toBeGreaterThan(0);
     const epoch = (await rig.status(h)).epoch;
     const faultAt = Date.now();
     await cut();
     const held: string[] = [];
+    const verdicts: NonNullable<GcStatus['peerCheck']>[] = [];
     let sampling = true;
     const watcher = (async () => {
       while (sampling) {
         const s = await rig.status(h).catch(() => undefined);
         if (s?.peerCheck?.holdingBack) held.push(`+${Date.now() - faultAt} ms: ${s.peerCheck.detail}`);
-        if (s?.peerCheck && s.phase === 'detached') log(`on: ${what}: ${h} +${((Date.now() - faultAt) / 1000).toFixed(1)}s detached: ${s.peerCheck.detail}`);
+        if (s?.peerCheck && s.phase === 'detached') {
+          verdicts.push(s.peerCheck);
+          log(`on: ${what}: ${h} +${((Date.now() - faultAt) / 1000).toFixed(1)}s detached: ${s.peerCheck.detail}; rejected ${JSON.stringify(s.peerCheck.rejected)}`);
+        }
         await sleep(1000);
       }
     })();
@@ -428,16 +433,20 @@ describe('control-plane outage, peer channel on (issue 11; real agents, guardian
     }, 60_000, 100);
     expect(rig.sampler.doubles).toEqual([]);
     expect(rig.doublesNow()).toEqual([]);
+    expect(verdicts.length, `${h}: peer check verdicts while detached`).toBeGreaterThan(0);
+    return verdicts;
   }
 
   it('2. one host cut off from etcd while its peers reach it: it self-fences on time, its VM runs elsewhere, never twice', async () => {
-    await selfFences('b', 'b cut from etcd', () => rig.etcdProxies.b.blackhole(), () => rig.etcdProxies.b.heal());
+    const verdicts = await selfFences('b', 'b cut from etcd', () => rig.etcdProxies.b.blackhole(), () => rig.etcdProxies.b.heal());
+    // Its peers answered (the peer channel worked): they reach etcd, so they are no witnesses.
+    expect(verdicts.some((v) => v.rejected.filter((r) => r.why === 'reaches etcd').length === 2), JSON.stringify(verdicts)).toBe(true);
   }, 240_000);
 
   it('4. one host fully isolated (cut from etcd and from every peer listener): it self-fences on time', async () => {
     // The peers' addresses (their advertised proxies) are unreachable from C, and C's from them; A and B
     // stay attached to etcd, so their own peer links do not matter to them.
-    await selfFences(
+    const verdicts = await selfFences(
       'c',
       'c isolated',
       async () => {
@@ -447,6 +456,8 @@ describe('control-plane outage, peer channel on (issue 11; real agents, guardian
         await Promise.all([rig.etcdProxies.c.heal(), ...HOSTS.map((x) => rig.peerProxies[x].heal())]);
       },
     );
+    // No peer's answer reached it (the isolation held on the peer channel too).
+    expect(verdicts.every((v) => v.witnesses.length === 0 && v.rejected.length === 0), JSON.stringify(verdicts)).toBe(true);
   }, 240_000);
 });
 
