@@ -53,6 +53,7 @@ export const FAULT_KINDS = {
   'peer-partition': 3,
   'stale-answers': 2,
   'partial-answers': 2,
+  'late-keepalives': 2,
 } as const;
 
 /** A kind of fault. */
@@ -285,6 +286,12 @@ export function applyFault(w: SimWorld, op: FaultOp, index: number): void {
       // The host's answers arrive after the round that asked (a timeout plus up to 3 s late).
       start(() => w.peers.delayAnswers(op.target, w.peerSettings.timeout + w.rng.range(0, 3000)));
       end(() => w.peers.delayAnswers(op.target, 0));
+      return;
+    case 'late-keepalives':
+      // Every keepalive of the host reaches etcd just before its lease would expire (a TTL less 50 ms
+      // to 1.5 s): applied, renewing the lease, long after the agent gave up on it (trap 1 without a cut).
+      start(() => w.net.slowKeepalivesOf(op.target, w.t.ttl - w.rng.range(50, 1500)));
+      end(() => w.net.slowKeepalivesOf(op.target, 0));
       return;
     case 'partial-answers': {
       // The host is asked and answers (a witness's promise is made), but the answers never arrive.

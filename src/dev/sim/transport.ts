@@ -64,6 +64,8 @@ export class SimNetwork implements SimModelTransport {
   private readonly held = new Map<string, { to: string; watchId: number; deliver: () => void }[]>();
   /** Nodes whose cut way to etcd buffers keepalives (delivered at the heal). */
   private readonly buffering = new Set<string>();
+  /** Nodes whose keepalives reach etcd this late (ms), however the link is (`late-keepalives`). */
+  private readonly slowKeepalives = new Map<string, number>();
   /** Keepalives held in a buffering cut, per node, in send order. */
   private readonly heldRequests = new Map<string, (() => void)[]>();
   /** Requests sent / applied / never applied / applied but unanswered in time / refused. */
@@ -90,6 +92,16 @@ export class SimNetwork implements SimModelTransport {
     this.sched.trace.add(this.sched.now, `net cut ${node} ${dir}${bufferKeepalives ? ' (keepalives buffered)' : ''}`);
   }
 
+  /**
+   * `node`'s lease keepalives reach etcd `ms` after they are sent (0: as usual): a congested link or
+   * a retransmitted TCP segment; their answers come back after the caller's deadline.
+   */
+  slowKeepalivesOf(node: string, ms: number): void {
+    if (ms > 0) this.slowKeepalives.set(node, ms);
+    else this.slowKeepalives.delete(node);
+    this.sched.trace.add(this.sched.now, `net keepalives of ${node} ${ms > 0 ? `reach etcd ${Math.round(ms)} ms late` : 'on time'}`);
+  }
+
   /** Heals every cut way of `node`; held watch notifications flow again, in order. */
   heal(node: string): void {
     this.cuts.delete(`${node}>${ETCD}`);
@@ -106,6 +118,7 @@ export class SimNetwork implements SimModelTransport {
 
   /** Heals everything. */
   healAll(): void {
+    this.slowKeepalives.clear();
     const nodes = new Set([...this.cuts].map((c) => c.split('>').find((x) => x !== ETCD)!));
     for (const n of [...nodes].sort()) this.heal(n);
   }
@@ -147,8 +160,9 @@ export class SimNetwork implements SimModelTransport {
         },
         c.proc,
       );
+      const slow = what === 'leaseKeepAlive' ? this.slowKeepalives.get(node) : undefined;
       const deliver = (): void => {
-        this.sched.after(this.latency(node), `apply ${from} ${what}`, () => {
+        this.sched.after(slow ?? this.latency(node), `apply ${from} ${what}`, () => {
           this.counts.applied++;
           let ok = true;
           let value: T | undefined;
