@@ -47,6 +47,10 @@ import { AgentProcess, killHostLeftovers, processesWith, qemusOf, removeDir, req
  * 2s, fence window 12s (9 + 3 + 2 + 1 <= 3 + 12; peer check budget 1 + 1 + 3 + 2 + 1 <= 12).
  *
  * Set TETHER_OUTAGE_KEEP_LOGS=<dir> to copy the agent and controller logs there before cleanup.
+ *
+ * Scenario 1 is what found, on real parts, the re-registration race of docs/sim.md: when etcd
+ * returns, the hosts whose registration lands first answer `reachesEtcd`, and a host past its
+ * watchdog whose own registration is a moment behind got a negative verdict and fenced at once.
  */
 const T = { ttl: 3000, watchdog: 9000, grace: 3000, kill: 2000, fenceWindow: 12_000 };
 const TIMINGS = ['--ttl', '3s', '--heartbeat-interval', '1s', '--detach-after', '2s', '--watchdog-timeout', '9s', '--stop-grace', '3s', '--kill-timeout', '2s', '--fence-window', '12s'];
