@@ -5,7 +5,7 @@
  * a {@link PeerDirectory} (the other hosts of the world).
  *
  * A question from A to B travels A→B with seeded latency (lost when that way is cut); it is answered
- * in an entry owned by B's current agent process, by its real `HostGc.peerAnswer(nonce)` — so a dead
+ * in an entry owned by B's current agent process, by its real `HostGc.peerAnswer(ask)` — so a dead
  * agent never answers and a hung one answers only when it resumes (long after the round: its answer
  * is late); the answer travels B→A (lost when cut, dropped by a `partial-answers` fault, delayed past
  * the round by a `stale-answers` fault) and is received in an entry owned by the asking process, at
@@ -26,8 +26,16 @@ import type { ProcessClock } from './clock.js';
 import type { Prng } from './prng.js';
 import type { Scheduler, SimProcess } from './scheduler.js';
 
+/** The question a round asks (the port's: its nonce, and what else the asking host sends). */
+export type PeerAsk = Parameters<PeerTransport['query']>[1];
+
+/** The nonce of a question (a bare nonce, or the question that carries it). */
+function nonceOf(ask: PeerAsk): string {
+  return typeof ask === 'string' ? ask : (ask as { readonly nonce: string }).nonce;
+}
+
 /** Who answers for a host id now: its agent process and its answer function (undefined: no agent). */
-export type PeerResponder = (hostId: string) => { readonly proc: SimProcess; readonly node: string; answer(nonce: string): PeerAnswer } | undefined;
+export type PeerResponder = (hostId: string) => { readonly proc: SimProcess; readonly node: string; answer(ask: PeerAsk): PeerAnswer } | undefined;
 
 interface OpenQuery {
   readonly nonce: string;
@@ -106,10 +114,11 @@ export class SimPeerNet {
 
   /** The transport of one asking process on `node`, receiving at its `clock`. */
   transport(proc: SimProcess, node: string, clock: ProcessClock): PeerTransport {
-    return { query: (peers, nonce, timeoutMs) => this.query(proc, node, clock, peers, nonce, timeoutMs) };
+    return { query: (peers, ask, timeoutMs) => this.query(proc, node, clock, peers, ask, timeoutMs) };
   }
 
-  private query(proc: SimProcess, node: string, clock: ProcessClock, peers: readonly PeerEndpoint[], nonce: string, timeoutMs: number): Promise<Map<string, ReceivedAnswer>> {
+  private query(proc: SimProcess, node: string, clock: ProcessClock, peers: readonly PeerEndpoint[], ask: PeerAsk, timeoutMs: number): Promise<Map<string, ReceivedAnswer>> {
+    const nonce = nonceOf(ask);
     return new Promise((resolve) => {
       const answers = new Map<string, ReceivedAnswer>();
       const waiting = new Set(peers.map((p) => p.hostId));
@@ -132,11 +141,11 @@ export class SimPeerNet {
         q.finish();
         return;
       }
-      for (const p of peers) this.ask(proc, node, clock, p.hostId, nonce);
+      for (const p of peers) this.ask(proc, node, clock, p.hostId, ask);
     });
   }
 
-  private ask(asker: SimProcess, from: string, clock: ProcessClock, hostId: string, nonce: string): void {
+  private ask(asker: SimProcess, from: string, clock: ProcessClock, hostId: string, question: PeerAsk): void {
     this.counts.asked++;
     const target = this.responder(hostId);
     if (target === undefined || this.cuts.has(`${from}>${target.node}`)) {
@@ -146,7 +155,7 @@ export class SimPeerNet {
     const to = target.node;
     // The question is handled by the target's agent process (a dead one never, a hung one on resume).
     this.sched.after(this.latency(from, to), `peer ask ${from}>${hostId}`, () => {
-      const answer = target.answer(nonce);
+      const answer = target.answer(question);
       if (this.cuts.has(`${to}>${from}`) || this.dropped.has(`${to}>${from}`)) {
         this.counts.lost++;
         return;

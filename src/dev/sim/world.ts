@@ -190,7 +190,7 @@ export class SimWorld {
       const slot = this.hosts.get(hostId);
       const a = slot?.agent;
       if (!slot || !a || !slot.poweredOn) return undefined;
-      return { proc: a.proc, node: slot.node, answer: (nonce) => a.gc.peerAnswer(nonce) };
+      return { proc: a.proc, node: slot.node, answer: (ask) => a.gc.peerAnswer(ask) };
     });
     this.nonces = this.rng.fork('nonces');
     this.peerSettings = { interval: this.t.heartbeatInterval, timeout: this.t.heartbeatInterval };
