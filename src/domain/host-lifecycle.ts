@@ -16,9 +16,9 @@
  * - a registration refused as `duplicate`, or a `taken-over` alive key, never makes this host fence
  *   VMs for the other agent's sake and never makes it register again in a loop: it just stops
  *   renewing, and its own watchdog (measured from its own last acknowledged heartbeat) decides;
- * - the peer check (docs/peer-check.md) only ever postpones the watchdog's fence while a verdict
- *   from {@link ../domain/peer-check.ts} holds (`heldBack.until` not passed); a negative verdict, or no
- *   new verdict by `until`, fences at once, and the guardian is fed the held-back deadline that the
+ * - the peer check (docs/peer-check.md) only ever postpones the watchdog's fence while a positive
+ *   verdict of src/domain/peer-check.ts holds (`heldBack.until` not passed): without a new positive
+ *   verdict by `until` the host fences, and the guardian is fed the held-back deadline that the
  *   verdict proved safe.
  */
 import type { GcTimings } from './gc-timing.js';
@@ -262,13 +262,9 @@ export function evaluate(t: GcTimings, s: HostState, e: HostEvent, now: number):
     }
     case 'peer-verdict': {
       if (s.phase !== 'detached' || s.heldAtDetach) return { state: s, effects: [] };
-      if (!e.holdBack) {
-        const { heldBack, ...rest } = s;
-        if (heldBack !== undefined && s.lastAck !== undefined && now >= s.lastAck + t.watchdogTimeout) {
-          return startFence(rest, now, 'watchdog', `watchdog expired and the peer check no longer holds the fence back: ${e.detail}`);
-        }
-        return evaluate(t, rest, { kind: 'tick' }, now);
-      }
+      // A negative verdict does not shorten a positive one: what a positive round proved holds until
+      // its `until` (the controller cannot fence before); the tick fences then.
+      if (!e.holdBack) return evaluate(t, s, { kind: 'tick' }, now);
       const heldBack: HeldBack = { since: s.heldBack?.since ?? now, until: e.until, guardianDeadline: e.guardianDeadline, detail: e.detail };
       // A verdict that came too late (its `until` passed) holds nothing: the tick decides.
       if (e.until <= now) return evaluate(t, s, { kind: 'tick' }, now);

@@ -31,6 +31,17 @@ export interface PeerAnswer {
   readonly unanswered: number;
   /** Its lease TTL (ms). */
   readonly ttl: number;
+  /**
+   * While `silent`: for how long from this answer it promises not to register again (ms, its clock):
+   * the question's `stayAwayMs`. 0 when not silent.
+   */
+  readonly promisedMs: number;
+}
+
+/** What a host asks its peers: the nonce to echo, and how long a witness must promise to stay away (ms). */
+export interface PeerAsk {
+  readonly nonce: string;
+  readonly stayAwayMs: number;
 }
 
 /** An answer as received: when (our clock). */
@@ -39,9 +50,10 @@ export interface ReceivedAnswer {
   readonly receivedAt: number;
 }
 
-/** One round of questions: its nonce, when it was sent, what came back. */
+/** One round of questions: its nonce and asked stay-away, when it was sent, what came back. */
 export interface PeerRound {
   readonly nonce: string;
+  readonly stayAwayMs: number;
   readonly sentAt: number;
   readonly answers: ReadonlyMap<string, ReceivedAnswer>;
 }
@@ -88,6 +100,8 @@ export interface PeerCheckVerdict {
   readonly rejected: readonly Rejection[];
   /** One line for status: "fence held back: 7 of 10 hosts ..." or why not. */
   readonly detail: string;
+  /** While holding back: until when this verdict holds the fence back ({@link heldBackUntil}). */
+  readonly until?: number;
   /** While holding back: the guardian's deadline (see {@link heldBackGuardianDeadline}). */
   readonly guardianDeadline?: number;
 }
@@ -113,32 +127,62 @@ export function witnessLeaseGoneBy(a: ReceivedAnswer, pool: number): number | un
 }
 
 /**
- * The guardian's deadline while holding back on a round sent at `roundSentAt`: the count of detached
- * hosts can only fall after that (a witness's registration, sent after its answer), and the
- * controller resumes fencing `resumeDelay` after it fell; the guardian fires half a `killTimeout`
- * before that minus the drift margin, so its SIGKILL lands in time even when the agent is dead.
+ * How long a witness must promise to stay away when asked at `sentAt`: until this host's earliest
+ * cluster fence, plus the drift margin (docs/peer-check.md "The witness": without it a witness could
+ * return before the controller ever counted it, and the controller would fence this host unfrozen).
  */
-export function heldBackGuardianDeadline(t: Pick<GcTimings, 'killTimeout' | 'clockDriftMargin'>, contract: Pick<FreezeContract, 'resumeDelay'>, roundSentAt: number): number {
-  return roundSentAt + contract.resumeDelay - t.clockDriftMargin - t.killTimeout / 2;
+export function stayAwayFor(t: Pick<GcTimings, 'ttl' | 'fenceWindow' | 'clockDriftMargin'>, lastAck: number, sentAt: number): number {
+  return Math.max(0, Math.ceil(earliestClusterFence(t, lastAck) + t.clockDriftMargin - sentAt));
+}
+
+/**
+ * How long after a positive round (sent at `sentAt`) the controller cannot fence this host:
+ * `min(resumeDelay, fenceWindow)` (docs/peer-check.md "Why a VM still cannot run twice": the
+ * detached count falls only through a witness's return, after its answer, and then fencing resumes
+ * only `resumeDelay` later; or the host's own loss is observed after the witnesses' promise ended,
+ * and the controller waits a fence window from there).
+ */
+export function protectedFor(t: Pick<GcTimings, 'fenceWindow'>, contract: Pick<FreezeContract, 'resumeDelay'>): number {
+  return Math.min(contract.resumeDelay, t.fenceWindow);
+}
+
+/**
+ * Until when a positive verdict on a round sent at `roundSentAt` holds the fence back: the host must
+ * have stopped every VM by `roundSentAt + protectedFor - clockDriftMargin`, so it starts its fence
+ * `stopGrace + killTimeout` before that.
+ */
+export function heldBackUntil(t: Pick<GcTimings, 'fenceWindow' | 'stopGrace' | 'killTimeout' | 'clockDriftMargin'>, contract: Pick<FreezeContract, 'resumeDelay'>, roundSentAt: number): number {
+  return roundSentAt + protectedFor(t, contract) - t.clockDriftMargin - t.stopGrace - t.killTimeout;
+}
+
+/**
+ * The guardian's deadline while holding back on a round sent at `roundSentAt`: half a `killTimeout`
+ * before the end of the protection (minus the drift margin), so its SIGKILL lands in time even when
+ * the agent is dead.
+ */
+export function heldBackGuardianDeadline(t: Pick<GcTimings, 'fenceWindow' | 'killTimeout' | 'clockDriftMargin'>, contract: Pick<FreezeContract, 'resumeDelay'>, roundSentAt: number): number {
+  return roundSentAt + protectedFor(t, contract) - t.clockDriftMargin - t.killTimeout / 2;
 }
 
 /**
  * The start-time rule of the peer check, violated (a message with the inequality and the numbers)
- * or undefined: a lapse must be noticed and every VM stopped within the resume delay:
- * `interval + timeout + stopGrace + killTimeout + clockDriftMargin <= resumeDelay`.
+ * or undefined: the next round must come in before a positive verdict stops protecting:
+ * `interval + timeout + stopGrace + killTimeout + clockDriftMargin <= min(resumeDelay, fenceWindow)`.
  */
 export function peerCheckBudgetProblem(t: GcTimings, s: PeerCheckSettings, resumeDelay: number): string | undefined {
   const lhs = s.interval + s.timeout + t.stopGrace + t.killTimeout + t.clockDriftMargin;
-  if (lhs <= resumeDelay) return undefined;
-  return `peerCheckInterval + peerTimeout + stopGrace + killTimeout + clockDriftMargin <= resumeDelay is violated (${s.interval} + ${s.timeout} + ${t.stopGrace} + ${t.killTimeout} + ${t.clockDriftMargin} = ${lhs} > ${resumeDelay})`;
+  const rhs = protectedFor(t, { resumeDelay });
+  if (lhs <= rhs) return undefined;
+  return `peerCheckInterval + peerTimeout + stopGrace + killTimeout + clockDriftMargin <= min(resumeDelay, fenceWindow) is violated (${s.interval} + ${s.timeout} + ${t.stopGrace} + ${t.killTimeout} + ${t.clockDriftMargin} = ${lhs} > ${rhs})`;
 }
 
 /**
  * Decides. Holds back only when: a contract is held and the budget rule holds; the round is fresh
  * (sent within `interval + timeout` of now); and this host plus its witnesses are strictly more than
  * `share × pool`. A witness: a known peer whose answer echoes the nonce, came within `timeout`, says
- * it does not reach etcd and is silent, and whose lease is revoked by
- * `earliestClusterFence − clockDriftMargin`.
+ * it does not reach etcd and is silent, promised to stay away at least {@link stayAwayFor}, and whose
+ * lease is revoked by `earliestClusterFence − clockDriftMargin`. A positive verdict holds until
+ * {@link heldBackUntil}.
  *
  * Invariants: no contract, no round, a stale round or a budget violation ⇒ `holdBack: false`; an
  * answer from a host not in `peers`, with another nonce, or late ⇒ never a witness; more answers can
@@ -169,7 +213,7 @@ export function checkPeers(i: PeerCheckInput): PeerCheckVerdict {
   const pct = `${Math.round(c.share * 100)} %`;
   const summary = `${detached} of ${pool} hosts report etcd unreachable (freeze share ${pct}, ${needed} needed)`;
   if (detached < needed) return no(`fence not held back: only ${summary}`, witnesses, rejected);
-  return { holdBack: true, witnesses, needed, pool, rejected, detail: `fence held back: ${summary}`, guardianDeadline: heldBackGuardianDeadline(i.timings, c, r.sentAt) };
+  return { holdBack: true, witnesses, needed, pool, rejected, detail: `fence held back: ${summary}`, until: heldBackUntil(i.timings, c, r.sentAt), guardianDeadline: heldBackGuardianDeadline(i.timings, c, r.sentAt) };
 }
 
 function rejectWhy(id: string, a: ReceivedAnswer, r: PeerRound, known: ReadonlySet<string>, i: PeerCheckInput, limit: number, pool: number): string | undefined {
@@ -179,6 +223,8 @@ function rejectWhy(id: string, a: ReceivedAnswer, r: PeerRound, known: ReadonlyS
   if (a.receivedAt - r.sentAt > i.settings.timeout || a.receivedAt < r.sentAt) return 'answered too late';
   if (a.answer.reachesEtcd) return 'reaches etcd';
   if (!a.answer.silent) return 'not silent (it sent a keepalive or registration since)';
+  const stay = stayAwayFor(i.timings, i.lastAck, r.sentAt);
+  if (a.answer.promisedMs < stay) return `promised to stay away ${a.answer.promisedMs} ms, ${stay} ms needed`;
   const goneBy = witnessLeaseGoneBy(a, pool);
   if (goneBy === undefined) return 'never acknowledged';
   if (!Number.isFinite(goneBy) || goneBy > limit) return `its lease may outlive this host's fence deadline by ${Math.ceil(goneBy - limit)} ms`;

@@ -2,7 +2,7 @@
  * The peer channel as the host GC sees it (issue 11, docs/peer-check.md): who the peers are, and how
  * to ask them all one question. The transport (mutual TLS) lives in src/agent/peer/.
  */
-import type { ReceivedAnswer } from '../domain/peer-check.js';
+import type { PeerAsk, ReceivedAnswer } from '../domain/peer-check.js';
 
 /** A peer: its host id and the address of its peer listener (`host:port`). */
 export interface PeerEndpoint {
@@ -21,9 +21,9 @@ export interface PeerDirectory {
 /** Asks peers one question. */
 export interface PeerTransport {
   /**
-   * Asks every peer at once; resolves within about `timeoutMs` with the answers that came back
-   * authenticated, well-formed and echoing `nonce` (`receivedAt`: the asker's monotonic clock).
-   * Never rejects for one peer's failure.
+   * Asks every peer `ask` at once; resolves within about `timeoutMs` with the answers that came
+   * back authenticated, well-formed and echoing its nonce (`receivedAt`: the asker's monotonic
+   * clock). Never rejects for one peer's failure.
    */
-  query(peers: readonly PeerEndpoint[], nonce: string, timeoutMs: number): Promise<Map<string, ReceivedAnswer>>;
+  query(peers: readonly PeerEndpoint[], ask: PeerAsk, timeoutMs: number): Promise<Map<string, ReceivedAnswer>>;
 }

@@ -27,7 +27,7 @@ import { decodePersistedPool } from '../../src/domain/peer-pool.js';
 import { PEER_STATUS_PATH, PeerServer } from '../../src/agent/peer/peer-server.js';
 import type { PeerTls } from '../../src/agent/peer/peer-tls.js';
 import { devCerts, type DevCerts } from '../../src/dev/certs.js';
-import type { PeerAnswer } from '../../src/domain/peer-check.js';
+import type { PeerAnswer, PeerAsk } from '../../src/domain/peer-check.js';
 import { FakeClock } from '../support/fake-clock.js';
 import { silentLogger } from '../support/fake-ports.js';
 import { AgentProcess, killHostLeftovers, removeDir, requireRealParts, testDir, testHostId, until } from '../support/real-host.js';
@@ -42,7 +42,7 @@ const rawServers: (HttpsServer | NetServer)[] = [];
 const rawSockets = new Set<Socket>();
 
 const nonce = (): string => randomBytes(16).toString('hex');
-const answerOf = (hostId: string) => (n: string): PeerAnswer => ({ hostId, nonce: n, epoch: 2, phase: 'detached', reachesEtcd: false, silent: true, ackAgeMs: 1500, unanswered: 1, ttl: 6000 });
+const answerOf = (hostId: string) => (q: PeerAsk): PeerAnswer => ({ hostId, nonce: q.nonce, epoch: 2, phase: 'detached', reachesEtcd: false, silent: true, ackAgeMs: 1500, unanswered: 1, ttl: 6000, promisedMs: q.stayAwayMs });
 
 async function peerServer(hostId: string, opts: { host?: string; serverTls?: PeerTls; requestTimeoutMs?: number } = {}): Promise<{ server: PeerServer; address: string }> {
   const server = new PeerServer({ tls: opts.serverTls ?? tls, source: answerOf(hostId), logger: silentLogger(), clock: new SystemClock(), ...(opts.requestTimeoutMs ? { requestTimeoutMs: opts.requestTimeoutMs } : {}) });
@@ -130,9 +130,9 @@ describe('peer channel (real TLS)', () => {
     const clock = new FakeClock();
     await clock.advance(12_345);
     const n = nonce();
-    const got = await client(clock).queryPeers([{ hostId: 'h2', address: a.address }, { hostId: 'h3', address: b.address }], n, 5000);
+    const got = await client(clock).queryPeers([{ hostId: 'h2', address: a.address }, { hostId: 'h3', address: b.address }], { nonce: n, stayAwayMs: 0 }, 5000);
     expect([...got.keys()].sort()).toEqual(['h2', 'h3']);
-    expect(got.get('h2')).toEqual({ answer: answerOf('h2')(n), receivedAt: 12_345 });
+    expect(got.get('h2')).toEqual({ answer: answerOf('h2')({ nonce: n, stayAwayMs: 0 }), receivedAt: 12_345 });
     expect(a.server.stats.answered).toBe(1);
     expect(b.server.stats.answered).toBe(1);
   });
@@ -149,7 +149,7 @@ describe('peer channel (real TLS)', () => {
     // The same through PeerClient with the other CA's client certificate: no answer counted.
     const drops: [string, PeerDropReason, string][] = [];
     const other: PeerTls = { ...tls, client: { cert: readFileSync(certs.otherClientCert), key: readFileSync(certs.otherClientKey) } };
-    expect((await client(new SystemClock(), other, drops).queryPeers([{ hostId: 'h2', address }], nonce(), 5000)).size).toBe(0);
+    expect((await client(new SystemClock(), other, drops).queryPeers([{ hostId: 'h2', address }], { nonce: nonce(), stayAwayMs: 0 }, 5000)).size).toBe(0);
     expect(drops.map((d) => d[0])).toEqual(['h2']);
     expect(server.stats.answered).toBe(1);
   });
@@ -162,7 +162,7 @@ describe('peer channel (real TLS)', () => {
     const drops: [string, PeerDropReason, string][] = [];
     const got = await client(new SystemClock(), tls, drops).queryPeers(
       [{ hostId: 'h2', address: foreign.address }, { hostId: 'h3', address: misnamed.address }, { hostId: 'h4', address: good.address }],
-      nonce(),
+      { nonce: nonce(), stayAwayMs: 0 },
       5000,
     );
     expect([...got.keys()]).toEqual(['h4']);
@@ -174,8 +174,8 @@ describe('peer channel (real TLS)', () => {
 
   it('a stale nonce, a malformed answer and an HTTP error are dropped; the good answer is kept', async () => {
     const n = nonce();
-    const stale = await rawPeer(JSON.stringify(answerOf('h2')(nonce())));
-    const malformed = await rawPeer(JSON.stringify({ ...answerOf('h3')(n), ttl: -1 }));
+    const stale = await rawPeer(JSON.stringify(answerOf('h2')({ nonce: nonce(), stayAwayMs: 0 })));
+    const malformed = await rawPeer(JSON.stringify({ ...answerOf('h3')({ nonce: n, stayAwayMs: 0 }), ttl: -1 }));
     const notJson = await rawPeer('<html>');
     const good = await peerServer('h5');
     const drops: [string, PeerDropReason, string][] = [];
@@ -187,7 +187,7 @@ describe('peer channel (real TLS)', () => {
         { hostId: 'h5', address: good.address },
         { hostId: 'h6', address: 'not an address' },
       ],
-      n,
+      { nonce: n, stayAwayMs: 0 },
       5000,
     );
     expect([...got.keys()]).toEqual(['h5']);
@@ -204,7 +204,7 @@ describe('peer channel (real TLS)', () => {
     let result: Map<string, unknown> | undefined;
     const drops: [string, PeerDropReason, string][] = [];
     const q = client(clock, tls, drops)
-      .queryPeers([{ hostId: 'h2', address: good.address }, { hostId: 'hole', address: holeAddr }], nonce(), 1000)
+      .queryPeers([{ hostId: 'h2', address: good.address }, { hostId: 'hole', address: holeAddr }], { nonce: nonce(), stayAwayMs: 0 }, 1000)
       .then((m) => (result = m));
     await until('good peer answered', () => good.server.stats.answered === 1, 10_000, 20);
     await until('hole connected', () => rawSockets.size > 0, 10_000, 20);
@@ -224,14 +224,14 @@ describe('peer channel (real TLS)', () => {
     const peers = await Promise.all(['h2', 'h3', 'h4'].map((h) => peerServer(h)));
     const one = (clock: FakeClock | SystemClock, drops?: [string, PeerDropReason, string][]) =>
       new PeerClient({ hostId: 'asker', tls, clock, logger: silentLogger(), maxConcurrent: 1, ...(drops ? { onDropped: (h, r, d) => drops.push([h, r, d]) } : {}) });
-    const got = await one(new SystemClock()).queryPeers(peers.map((p, i) => ({ hostId: `h${i + 2}`, address: p.address })), nonce(), 5000);
+    const got = await one(new SystemClock()).queryPeers(peers.map((p, i) => ({ hostId: `h${i + 2}`, address: p.address })), { nonce: nonce(), stayAwayMs: 0 }, 5000);
     expect([...got.keys()].sort()).toEqual(['h2', 'h3', 'h4']);
     // One slot, taken by a peer that never answers: the round still ends at its deadline.
     const holeAddr = await listenRaw(createNetServer((c) => c.resume()));
     const clock = new FakeClock();
     const drops: [string, PeerDropReason, string][] = [];
     let done = false;
-    const q = one(clock, drops).queryPeers([{ hostId: 'hole', address: holeAddr }, { hostId: 'h2', address: peers[0]!.address }], nonce(), 1000).then((m) => ((done = true), m));
+    const q = one(clock, drops).queryPeers([{ hostId: 'hole', address: holeAddr }, { hostId: 'h2', address: peers[0]!.address }], { nonce: nonce(), stayAwayMs: 0 }, 1000).then((m) => ((done = true), m));
     await until('hole connected', () => rawSockets.size > 0, 10_000, 20);
     await clock.advance(1000);
     const m = await q;
@@ -339,10 +339,10 @@ describe('peer channel between real agents on real etcd', () => {
     }
     // Asked with the cluster's client certificate, both answer for themselves, echoing the nonce.
     const n = nonce();
-    const got = await client().queryPeers(agents.map((a) => ({ hostId: a.hostId, address: a.peer! })), n, 5000);
+    const got = await client().queryPeers(agents.map((a) => ({ hostId: a.hostId, address: a.peer! })), { nonce: n, stayAwayMs: 0 }, 5000);
     for (const a of agents) expect(got.get(a.hostId)?.answer).toMatchObject({ hostId: a.hostId, nonce: n, phase: 'attached', reachesEtcd: true });
     // A client of another CA gets nothing from a real agent either.
     const other: PeerTls = { ...tls, client: { cert: readFileSync(certs.otherClientCert), key: readFileSync(certs.otherClientKey) } };
-    expect((await client(new SystemClock(), other).queryPeers(agents.map((a) => ({ hostId: a.hostId, address: a.peer! })), nonce(), 5000)).size).toBe(0);
+    expect((await client(new SystemClock(), other).queryPeers(agents.map((a) => ({ hostId: a.hostId, address: a.peer! })), { nonce: nonce(), stayAwayMs: 0 }, 5000)).size).toBe(0);
   }, 180_000);
 });

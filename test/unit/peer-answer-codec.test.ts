@@ -13,7 +13,7 @@ import type { PeerAnswer } from '../../src/domain/peer-check.js';
 /** The peer channel's wire codec: valid messages round-trip, every malformed one is refused naming its field. */
 
 const NONCE = '0123456789abcdef0123456789abcdef';
-const ANSWER: PeerAnswer = { hostId: 'h2', nonce: NONCE, epoch: 3, phase: 'detached', reachesEtcd: false, silent: true, ackAgeMs: 4200, unanswered: 1, ttl: 6000 };
+const ANSWER: PeerAnswer = { hostId: 'h2', nonce: NONCE, epoch: 3, phase: 'detached', reachesEtcd: false, silent: true, ackAgeMs: 4200, unanswered: 1, ttl: 6000, promisedMs: 17_000 };
 
 describe('peer answer codec', () => {
   it('round-trips a valid answer (fresh object, optional ackAgeMs absent too)', () => {
@@ -74,16 +74,18 @@ describe('peer answer codec', () => {
 
 describe('peer question codec', () => {
   it('round-trips and checks from and nonce', () => {
-    expect(decodePeerQuestion(encodePeerQuestion({ from: 'h1', nonce: NONCE }))).toEqual({ ok: true, value: { from: 'h1', nonce: NONCE } });
+    expect(decodePeerQuestion(encodePeerQuestion({ from: 'h1', nonce: NONCE, stayAwayMs: 16_500 }))).toEqual({ ok: true, value: { from: 'h1', nonce: NONCE, stayAwayMs: 16_500 } });
     const f = (v: unknown) => {
       const d = decodePeerQuestion(JSON.stringify(v));
       return d.ok ? 'ok' : d.error.field;
     };
-    expect(f({ from: 'h1', nonce: 'zz' })).toBe('nonce');
-    expect(f({ from: '', nonce: NONCE })).toBe('from');
-    expect(f({ from: 'a b', nonce: NONCE })).toBe('from');
+    expect(f({ from: 'h1', nonce: 'zz', stayAwayMs: 0 })).toBe('nonce');
+    expect(f({ from: '', nonce: NONCE, stayAwayMs: 0 })).toBe('from');
+    expect(f({ from: 'a b', nonce: NONCE, stayAwayMs: 0 })).toBe('from');
     expect(f({ nonce: NONCE })).toBe('from');
-    expect(f({ from: 'h1', nonce: NONCE, extra: 1 })).toBe('extra');
+    expect(f({ from: 'h1', nonce: NONCE, stayAwayMs: 0, extra: 1 })).toBe('extra');
+    expect(f({ from: 'h1', nonce: NONCE })).toBe('stayAwayMs');
+    expect(f({ from: 'h1', nonce: NONCE, stayAwayMs: 3_600_001 })).toBe('stayAwayMs');
     expect(decodePeerQuestion('x'.repeat(PEER_WIRE_LIMITS.maxQuestionBytes + 1)).ok).toBe(false);
   });
 

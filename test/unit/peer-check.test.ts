@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_TIMINGS as T } from '../../src/domain/gc-timing.js';
 import { evaluate, guardianDeadline, nextDeadline, type HostState } from '../../src/domain/host-lifecycle.js';
-import { checkPeers, peerCheckBudgetProblem, type PeerAnswer, type PeerCheckInput, type ReceivedAnswer } from '../../src/domain/peer-check.js';
+import { checkPeers, heldBackUntil, peerCheckBudgetProblem, stayAwayFor, type PeerAnswer, type PeerCheckInput, type ReceivedAnswer } from '../../src/domain/peer-check.js';
 import { parseFreezeContract, tightest, type FreezeContract } from '../../src/domain/freeze-contract.js';
 
 // Host h0 lost contact: last ack sent at 1000; the controller may fence it from 1000 + 6000 + 10000.
@@ -12,7 +12,7 @@ const NOW = LAST_ACK + T.watchdogTimeout;
 const SENT = NOW - 500;
 
 function answer(id: string, over: Partial<PeerAnswer> = {}): PeerAnswer {
-  return { hostId: id, nonce: 'n1', epoch: 1, phase: 'detached', reachesEtcd: false, silent: true, ackAgeMs: NOW - 300 - (LAST_ACK + 200), unanswered: 1, ttl: T.ttl, ...over };
+  return { hostId: id, nonce: 'n1', epoch: 1, phase: 'detached', reachesEtcd: false, silent: true, ackAgeMs: NOW - 300 - (LAST_ACK + 200), unanswered: 1, ttl: T.ttl, promisedMs: 20_000, ...over };
 }
 function got(a: PeerAnswer, receivedAt = NOW - 300): [string, ReceivedAnswer] {
   return [a.hostId, { answer: a, receivedAt }];
@@ -26,7 +26,7 @@ function input(answers: [string, ReceivedAnswer][], over: Partial<PeerCheckInput
     contract: CONTRACT,
     peers: ['h1', 'h2'],
     settings: SETTINGS,
-    round: { nonce: 'n1', sentAt: SENT, answers: new Map(answers) },
+    round: { nonce: 'n1', stayAwayMs: 20_000, sentAt: SENT, answers: new Map(answers) },
     ...over,
   };
 }
@@ -38,7 +38,7 @@ describe('checkPeers (docs/peer-check.md "The host\'s rule")', () => {
     expect(v.witnesses).toEqual(['h1', 'h2']);
     expect(v.needed).toBe(2); // floor(0.55 * 3) + 1
     expect(v.detail).toMatch(/fence held back: 3 of 3 hosts report etcd unreachable \(freeze share 55 %/);
-    expect(v.guardianDeadline).toBe(SENT + CONTRACT.resumeDelay - T.clockDriftMargin - T.killTimeout / 2);
+    expect(v.guardianDeadline).toBe(SENT + Math.min(CONTRACT.resumeDelay, T.fenceWindow) - T.clockDriftMargin - T.killTimeout / 2);
   });
 
   it('one witness of two peers is enough for 55 % of 3, not for 55 % of 4 (a larger published pool)', () => {
@@ -56,7 +56,9 @@ describe('checkPeers (docs/peer-check.md "The host\'s rule")', () => {
     expect(checkPeers(input(a, { now: SENT + SETTINGS.interval + SETTINGS.timeout + 1 })).holdBack).toBe(false);
     const v = checkPeers(input(a, { contract: { ...CONTRACT, resumeDelay: 8000 } }));
     expect(v.holdBack).toBe(false);
-    expect(v.detail).toMatch(/peerCheckInterval \+ peerTimeout \+ stopGrace \+ killTimeout \+ clockDriftMargin <= resumeDelay is violated \(1000 \+ 1000 \+ 4000 \+ 2000 \+ 1000 = 9000 > 8000\)/);
+    expect(v.detail).toMatch(/peerCheckInterval \+ peerTimeout \+ stopGrace \+ killTimeout \+ clockDriftMargin <= min\(resumeDelay, fenceWindow\) is violated \(1000 \+ 1000 \+ 4000 \+ 2000 \+ 1000 = 9000 > 8000\)/);
+    // a long resume delay does not help when the fence window is short: min(resumeDelay, fenceWindow)
+    expect(checkPeers(input(a, { contract: { ...CONTRACT, resumeDelay: 60_000 }, timings: { ...T, fenceWindow: 8000, ttl: 8000 } })).detail).toMatch(/= 9000 > 8000/);
   });
 
   it.each([
@@ -72,6 +74,21 @@ describe('checkPeers (docs/peer-check.md "The host\'s rule")', () => {
     expect(v.witnesses).toEqual([]);
     expect(v.holdBack).toBe(false);
     expect(v.rejected).toHaveLength(1);
+  });
+
+  it('a witness must promise to stay away until this host\'s earliest cluster fence (plus the drift margin)', () => {
+    const need = stayAwayFor(T, LAST_ACK, SENT); // lastAck + ttl + fenceWindow + drift - sentAt
+    expect(need).toBe(LAST_ACK + T.ttl + T.fenceWindow + T.clockDriftMargin - SENT);
+    expect(checkPeers(input([got(answer('h1', { promisedMs: need }))])).witnesses).toEqual(['h1']);
+    const v = checkPeers(input([got(answer('h1', { promisedMs: need - 1 }))]));
+    expect(v.witnesses).toEqual([]);
+    expect(v.rejected[0]!.why).toMatch(/promised to stay away/);
+  });
+
+  it('a positive verdict holds until sentAt + min(resumeDelay, fenceWindow) - drift - stopGrace - killTimeout', () => {
+    const v = checkPeers(input([got(answer('h1')), got(answer('h2'))]));
+    expect(v.until).toBe(SENT + Math.min(CONTRACT.resumeDelay, T.fenceWindow) - T.clockDriftMargin - T.stopGrace - T.killTimeout);
+    expect(heldBackUntil(T, { resumeDelay: 30_000 }, SENT)).toBe(SENT + T.fenceWindow - T.clockDriftMargin - T.stopGrace - T.killTimeout);
   });
 
   it('an answer received after the timeout is no witness', () => {
@@ -127,12 +144,15 @@ describe('lifecycle: the held-back state', () => {
     expect(late.effects).toContainEqual({ kind: 'stop-vms', reason: 'watchdog' });
   });
 
-  it('a negative verdict after the watchdog deadline fences at once; before it, nothing changes', () => {
+  it('a negative verdict does not shorten a positive one: the host fences at the positive one\'s `until`', () => {
     const held = evaluate(T, detached, verdict(true, NOW + 1500), NOW - 1000).state;
     expect(evaluate(T, held, verdict(false, NOW + 2000), NOW - 500).state.phase).toBe('detached');
-    const r = evaluate(T, held, verdict(false, NOW + 2000), NOW + 200);
+    const after = evaluate(T, held, verdict(false, NOW + 2000), NOW + 200).state;
+    expect(after.phase).toBe('detached');
+    expect(after.heldBack?.until).toBe(NOW + 1500);
+    const r = evaluate(T, after, { kind: 'tick' }, NOW + 1500);
     expect(r.state.phase).toBe('fencing');
-    expect(r.effects[0]).toMatchObject({ kind: 'transition', to: 'fencing', reason: expect.stringMatching(/no longer holds the fence back: only 1 of 3/) });
+    expect(r.effects[0]).toMatchObject({ kind: 'transition', to: 'fencing', reason: expect.stringMatching(/no longer holds the fence back/) });
   });
 
   it('without a verdict the watchdog fences on time (today\'s behaviour)', () => {

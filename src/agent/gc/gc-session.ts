@@ -28,9 +28,13 @@ export class GcSession {
   membershipUnresolved = false;
   /**
    * The lease this agent answered `silent` about: it never sends a keepalive on it again, and it
-   * registers again only once etcd no longer knows it (persisted: ./persisted-state.ts).
+   * registers again only once etcd no longer knows it (persisted: ./persisted-state.ts `Silence`).
    */
   silencedLease: LeaseId | undefined;
+  /** No registration before this (monotonic ms): the stay-away promised to peers; undefined: none. */
+  silentUntil: number | undefined;
+  /** The longest stay-away promised in the current promise (persisted for another boot). */
+  promisedMs = 0;
   stopped = false;
 
   constructor(

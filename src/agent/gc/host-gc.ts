@@ -1,4 +1,5 @@
-import type { PeerAnswer } from '../../domain/peer-check.js';
+import type { PeerAnswer, PeerAsk } from '../../domain/peer-check.js';
+import { STAY_AWAY_MAX_MS } from '../../domain/codec/peer-answer.js';
 import { PeerRounds, type PeerCheckDeps } from './peer-rounds.js';
 import { afterTransition } from '../../domain/agent-transition.js';
 import { admissionRefusal, gcStatus, type GcStatus } from '../../domain/agent-status.js';
@@ -25,7 +26,7 @@ import { GcRun, type GcMetrics } from './gc-run.js';
 import { GuardianSupervisor } from './guardian-supervisor.js';
 import { Heartbeat } from './heartbeat.js';
 import { HoldSync } from './hold-sync.js';
-import { loadHostState, localHoldSet, saveHostState, setSilencedLease, silencedLease } from './persisted-state.js';
+import { loadHostState, loadSilence, localHoldSet, saveHostState, saveSilence } from './persisted-state.js';
 import { Registrar } from './registration.js';
 
 export type { GcMetrics } from './gc-run.js';
@@ -112,7 +113,10 @@ export class HostGc {
     this.holds = new HoldSync(this.session, pollEvery);
     this.heartbeat = new Heartbeat(this.session, this.guardian, this.holds, pollEvery);
     this.registrar = new Registrar(this.session, opts, this.holds);
-    this.session.silencedLease = silencedLease(ctx.inventory);
+    const silence = loadSilence(ctx.inventory, opts.bootId, ctx.clock.nowMono());
+    this.session.silencedLease = silence?.lease;
+    this.session.silentUntil = silence?.until;
+    this.session.promisedMs = silence?.promisedMs ?? 0;
     if (opts.peerCheck) this.peers = new PeerRounds(this.session, opts.peerCheck, () => this.holds.contract());
   }
 
@@ -171,18 +175,28 @@ export class HostGc {
    * `silent` — a witness — only when it is detached or later, has no registration in flight or
    * unresolved, no other agent holds its host id, and it has received an acknowledgement; answering
    * `silent` is a promise, recorded (persisted) BEFORE the answer leaves: no keepalive on the current
-   * lease ever again, and no registration until etcd no longer knows that lease.
+   * lease ever again, and no registration until etcd no longer knows that lease and `stayAwayMs` has
+   * passed (the longest stay-away asked wins).
    */
-  peerAnswer(nonce: string): PeerAnswer {
+  peerAnswer(ask: PeerAsk): PeerAnswer {
+    const { nonce } = ask;
     const st = this.state;
     const ss = this.session;
     const now = this.ctx.clock.nowMono();
     const witnessPhase = st.phase === 'detached' || st.phase === 'fencing' || st.phase === 'cleaning' || st.phase === 'clean';
     const silent = witnessPhase && ss.lastAckReceivedAt !== undefined && !ss.membershipUnresolved && ss.duplicateOf === undefined;
-    if (silent && ss.lease !== undefined && ss.silencedLease !== ss.lease) {
-      setSilencedLease(this.ctx.inventory, ss.lease);
-      ss.silencedLease = ss.lease;
-      this.ctx.logger.info({ lease: ss.lease }, 'answered a peer as a witness: this lease is never renewed again; the host registers anew once etcd no longer knows it');
+    const stay = Math.max(0, Math.min(Math.ceil(ask.stayAwayMs), STAY_AWAY_MAX_MS));
+    if (silent) {
+      const until = Math.max(ss.silentUntil ?? -Infinity, now + stay);
+      const lease = ss.lease ?? ss.silencedLease;
+      if (lease !== ss.silencedLease || until !== ss.silentUntil) {
+        const first = ss.silencedLease === undefined && ss.silentUntil === undefined;
+        ss.promisedMs = Math.max(ss.promisedMs, stay);
+        saveSilence(this.ctx.inventory, { ...(lease !== undefined ? { lease } : {}), until, promisedMs: ss.promisedMs, bootId: this.opts.bootId });
+        ss.silencedLease = lease;
+        ss.silentUntil = until;
+        if (first) this.ctx.logger.info({ lease, stayAwayMs: stay }, 'answered a peer as a witness: this lease is never renewed again; the host registers anew once etcd no longer knows it and the promised stay-away has passed');
+      }
     }
     return {
       hostId: this.ctx.hostId,
@@ -194,6 +208,7 @@ export class HostGc {
       ...(silent ? { ackAgeMs: Math.max(0, Math.round(now - ss.lastAckReceivedAt!)) } : {}),
       unanswered: ss.unanswered,
       ttl: this.t.ttl,
+      promisedMs: silent ? stay : 0,
     };
   }
 

@@ -1,4 +1,4 @@
-import { checkPeers, type PeerCheckSettings, type PeerCheckVerdict } from '../../domain/peer-check.js';
+import { checkPeers, stayAwayFor, type PeerCheckSettings, type PeerCheckVerdict } from '../../domain/peer-check.js';
 import type { FreezeContract } from '../../domain/freeze-contract.js';
 import { messageOf } from '../../domain/errors.js';
 import type { TimerHandle } from '../../ports/clock.js';
@@ -83,9 +83,10 @@ export class PeerRounds {
     try {
       const peers = this.deps.directory.peers();
       const nonce = this.deps.nonce();
+      const stayAwayMs = stayAwayFor(this.s.t, this.s.state.lastAck!, sentAt);
       let answers: Awaited<ReturnType<PeerTransport['query']>> = new Map();
       try {
-        answers = peers.length > 0 ? await this.deps.transport.query(peers, nonce, settings.timeout) : new Map();
+        answers = peers.length > 0 ? await this.deps.transport.query(peers, { nonce, stayAwayMs }, settings.timeout) : new Map();
       } catch (err) {
         logger.warn({ err: messageOf(err) }, 'peer round failed');
       }
@@ -99,7 +100,7 @@ export class PeerRounds {
         contract: this.contract(),
         peers: this.deps.directory.peerIds(),
         settings,
-        round: { nonce, sentAt, answers },
+        round: { nonce, stayAwayMs, sentAt, answers },
       });
       const before = this.last?.holdBack ?? false;
       this.last = v;
@@ -110,7 +111,7 @@ export class PeerRounds {
       } else {
         logger.debug({ witnesses: v.witnesses.length, needed: v.needed, rejected: v.rejected }, v.detail);
       }
-      this.s.dispatch({ kind: 'peer-verdict', holdBack: v.holdBack, until: sentAt + settings.interval + settings.timeout, guardianDeadline: v.guardianDeadline ?? 0, detail: v.detail });
+      this.s.dispatch({ kind: 'peer-verdict', holdBack: v.holdBack, until: v.until ?? 0, guardianDeadline: v.guardianDeadline ?? 0, detail: v.detail });
     } finally {
       this.running = false;
       if (this.wanted()) this.schedule(Math.max(0, sentAt + settings.interval - clock.nowMono()));

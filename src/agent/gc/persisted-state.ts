@@ -5,7 +5,7 @@ import type { Inventory } from '../../ports/inventory.js';
 /** Inventory meta keys of the host GC. */
 const META_STATE = 'gc.state';
 const META_LOCAL_HOLD = 'gc.localHold';
-const META_SILENCED_LEASE = 'gc.silencedLease';
+const META_SILENCE = 'gc.witnessPromise';
 
 /**
  * The lifecycle state as persisted in the inventory (what it holds: src/domain/persisted-host-state.ts).
@@ -31,15 +31,35 @@ export function setLocalHold(inventory: Inventory, on: boolean): void {
 }
 
 /**
- * The lease this agent promised its peers never to renew (docs/peer-check.md "The witness"); it
- * survives restarts, so a restarted agent keeps the promise. '' or absent: none.
+ * The promise this agent made its peers as a witness (docs/peer-check.md "The witness"): never renew
+ * `lease` again, and register again only once etcd no longer knows it and not before `until`
+ * (monotonic ms of boot `bootId`; on another boot, `promisedMs` from the agent's start). It survives
+ * restarts, so a restarted agent keeps the promise.
  */
-export function silencedLease(inventory: Inventory): string | undefined {
-  const v = inventory.getMeta(META_SILENCED_LEASE);
-  return v === undefined || v === '' ? undefined : v;
+export interface Silence {
+  readonly lease?: string;
+  readonly until: number;
+  readonly promisedMs: number;
+  readonly bootId: string;
 }
 
-/** Records (or clears, with undefined) the silenced lease; written before the answer that promises it. */
-export function setSilencedLease(inventory: Inventory, lease: string | undefined): void {
-  inventory.setMeta(META_SILENCED_LEASE, lease ?? '');
+/** The persisted promise, with `until` on this boot's clock (`nowMono` + `promisedMs` for another boot), or undefined. */
+export function loadSilence(inventory: Inventory, bootId: string, nowMono: number): Silence | undefined {
+  const v = inventory.getMeta(META_SILENCE);
+  if (v === undefined || v === '') return undefined;
+  try {
+    const p = JSON.parse(v) as Partial<Silence>;
+    const promisedMs = Number(p.promisedMs);
+    const until = Number(p.until);
+    if (!Number.isFinite(promisedMs) || !Number.isFinite(until)) return { until: nowMono + 3_600_000, promisedMs: 3_600_000, bootId };
+    return { ...(typeof p.lease === 'string' ? { lease: p.lease } : {}), promisedMs, bootId, until: p.bootId === bootId ? until : nowMono + promisedMs };
+  } catch {
+    // unreadable: keep the longest promise a question may ask for
+    return { until: nowMono + 3_600_000, promisedMs: 3_600_000, bootId };
+  }
+}
+
+/** Records (or clears, with undefined) the promise; written before the answer that makes it. */
+export function saveSilence(inventory: Inventory, s: Silence | undefined): void {
+  inventory.setMeta(META_SILENCE, s === undefined ? '' : JSON.stringify(s));
 }

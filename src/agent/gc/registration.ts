@@ -9,7 +9,7 @@ import {
 } from '../../domain/registration-loop.js';
 import type { GcSession } from './gc-session.js';
 import type { HoldSync } from './hold-sync.js';
-import { localHoldSet, setLocalHold, setSilencedLease } from './persisted-state.js';
+import { localHoldSet, saveSilence, setLocalHold } from './persisted-state.js';
 
 /** What this agent registers as (HostGcOptions). */
 export interface RegistrantInfo {
@@ -67,14 +67,20 @@ export class Registrar {
         try {
           // A lease this host vouched for to its peers must be gone before the host is put back
           // (docs/peer-check.md "The witness"): else the controller might never count it detached.
-          if (s.silencedLease !== undefined) {
-            if (await s.store.leaseExists(s.silencedLease, t.heartbeatInterval)) {
-              await clock.sleep(t.heartbeatInterval);
-              continue;
-            }
-            logger.info({ lease: s.silencedLease }, 'the lease this host vouched for is gone: registering again');
+          if (s.silentUntil !== undefined && clock.nowMono() < s.silentUntil) {
+            await clock.sleep(Math.min(t.heartbeatInterval, s.silentUntil - clock.nowMono()));
+            continue;
+          }
+          if (s.silencedLease !== undefined && (await s.store.leaseExists(s.silencedLease, t.heartbeatInterval))) {
+            await clock.sleep(t.heartbeatInterval);
+            continue;
+          }
+          if (s.silencedLease !== undefined || s.silentUntil !== undefined) {
+            logger.info({ lease: s.silencedLease }, 'the promise made to peers as a witness is kept (lease gone, stay-away over): registering again');
             s.silencedLease = undefined;
-            setSilencedLease(inventory, undefined);
+            s.silentUntil = undefined;
+            s.promisedMs = 0;
+            saveSilence(inventory, undefined);
           }
           // From here until a definite answer this host may be put back: it vouches for nothing.
           s.membershipUnresolved = true;

@@ -1,5 +1,5 @@
 import { TetherError } from '../../domain/errors.js';
-import type { PeerAnswer } from '../../domain/peer-check.js';
+import type { PeerAnswer, PeerAsk } from '../../domain/peer-check.js';
 import type { Clock } from '../../ports/clock.js';
 import type { Logger } from '../../ports/logger.js';
 import { PeerClient } from './peer-client.js';
@@ -19,7 +19,7 @@ export interface PeerChannelOptions {
   readonly clock: Clock;
   readonly logger: Logger;
   /** What this agent answers (undefined while its GC is not built yet: the question is refused, 500). */
-  readonly answer: () => ((nonce: string) => PeerAnswer) | undefined;
+  readonly answer: () => ((ask: PeerAsk) => PeerAnswer) | undefined;
   /** The controller store the peer list follows. */
   readonly store: PeerListStore;
   /** True while the host is attached (the peer list learns only then). */
@@ -58,10 +58,10 @@ export async function startPeerChannel(o: PeerChannelOptions): Promise<PeerChann
     tls,
     clock: o.clock,
     logger,
-    source: (nonce) => {
+    source: (ask) => {
       const answer = o.answer();
       if (!answer) throw new TetherError('UNAVAILABLE', 'the agent is still starting', { retryable: true });
-      return answer(nonce);
+      return answer(ask);
     },
   });
   const bound = await server.listen(o.listenHost, o.listenPort);

@@ -4,7 +4,7 @@ import { isPeerAddress } from '../../domain/codec/peer-address.js';
 import { PEER_WIRE_LIMITS, decodePeerAnswer, encodePeerQuestion } from '../../domain/codec/peer-answer.js';
 import { messageOf } from '../../domain/errors.js';
 import { forEachLimited } from '../../domain/for-each-limited.js';
-import type { ReceivedAnswer } from '../../domain/peer-check.js';
+import type { PeerAsk, ReceivedAnswer } from '../../domain/peer-check.js';
 import type { PeerEndpoint } from '../../domain/peer-pool.js';
 import type { PeerTransport } from '../../ports/peers.js';
 import type { Clock } from '../../ports/clock.js';
@@ -70,14 +70,15 @@ export class PeerClient implements PeerTransport {
   constructor(private readonly o: PeerClientOptions) {}
 
   /**
-   * Asks every peer `POST /v1/peer/status {from, nonce}` (at most `maxConcurrent` at a time); resolves within `timeoutMs` (on
+   * Asks every peer `POST /v1/peer/status {from, nonce, stayAwayMs}` (at most `maxConcurrent` at a time); resolves within `timeoutMs` (on
    * the Clock) with the answers that count, keyed by the peer's host id.
    */
-  async queryPeers(peers: readonly PeerEndpoint[], nonce: string, timeoutMs: number): Promise<Map<string, ReceivedAnswer>> {
+  async queryPeers(peers: readonly PeerEndpoint[], ask: PeerAsk, timeoutMs: number): Promise<Map<string, ReceivedAnswer>> {
     const out = new Map<string, ReceivedAnswer>();
+    const { nonce } = ask;
     let body: string;
     try {
-      body = encodePeerQuestion({ from: this.o.hostId, nonce });
+      body = encodePeerQuestion({ from: this.o.hostId, nonce, stayAwayMs: ask.stayAwayMs });
     } catch (err) {
       this.o.logger.error({ err: messageOf(err) }, 'peer channel: cannot ask with this nonce or host id');
       return out;
@@ -108,8 +109,8 @@ export class PeerClient implements PeerTransport {
   }
 
   /** {@link PeerTransport.query}: the same as {@link queryPeers}. */
-  query(peers: readonly PeerEndpoint[], nonce: string, timeoutMs: number): Promise<Map<string, ReceivedAnswer>> {
-    return this.queryPeers(peers, nonce, timeoutMs);
+  query(peers: readonly PeerEndpoint[], ask: PeerAsk, timeoutMs: number): Promise<Map<string, ReceivedAnswer>> {
+    return this.queryPeers(peers, ask, timeoutMs);
   }
 
   private ask(p: PeerEndpoint, body: string, timeoutMs: number, roundMs: number): Promise<{ body: Buffer; receivedAt: number } | { drop: PeerDropReason; detail: string }> {

@@ -4,7 +4,7 @@ import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { PEER_WIRE_LIMITS, decodePeerQuestion, encodePeerAnswer } from '../../domain/codec/peer-answer.js';
 import { InvalidArgumentError, TetherError, messageOf } from '../../domain/errors.js';
-import type { PeerAnswer } from '../../domain/peer-check.js';
+import type { PeerAnswer, PeerAsk } from '../../domain/peer-check.js';
 import type { Clock } from '../../ports/clock.js';
 import type { Logger } from '../../ports/logger.js';
 import type { PeerTls } from './peer-tls.js';
@@ -25,8 +25,8 @@ export interface PeerServerStats {
 /** Options of {@link PeerServer}. */
 export interface PeerServerOptions {
   readonly tls: PeerTls;
-  /** What this agent answers to a question with `nonce` (the agent: `(n) => hostGc.peerAnswer(n)`). */
-  readonly source: (nonce: string) => PeerAnswer;
+  /** What this agent answers to a question (the agent: `(q) => hostGc.peerAnswer(q)`). */
+  readonly source: (ask: PeerAsk) => PeerAnswer;
   readonly logger: Logger;
   /** Times the per-connection deadline. */
   readonly clock: Clock;
@@ -174,7 +174,7 @@ export class PeerServer {
       if (!q.ok) return this.refuse(res, 400, q.error.message, { remote, field: q.error.field });
       let body: string;
       try {
-        const answer = this.o.source(q.value.nonce);
+        const answer = this.o.source({ nonce: q.value.nonce, stayAwayMs: q.value.stayAwayMs });
         if (answer.nonce !== q.value.nonce) throw new InvalidArgumentError('nonce', 'the answer source did not echo the question nonce');
         body = encodePeerAnswer(answer);
       } catch (err) {

@@ -162,7 +162,7 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
           ...cfg.peerChannel,
           clock,
           logger,
-          answer: () => (gc ? (n) => gc!.peerAnswer(n) : undefined),
+          answer: () => (gc ? (q) => gc!.peerAnswer(q) : undefined),
           store: vmStore,
           attached: () => gc?.phase === 'attached' || gc?.phase === 'suspect',
           intervalMs: cfg.timings.heartbeatInterval * 2,

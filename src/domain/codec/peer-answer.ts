@@ -39,10 +39,14 @@ export function isPeerNonce(s: unknown): s is string {
   return typeof s === 'string' && PEER_NONCE_RE.test(s);
 }
 
-/** `POST /v1/peer/status` body: who asks (display and logs only: not authenticated) and the nonce to echo. */
+/**
+ * `POST /v1/peer/status` body: who asks (display and logs only: not authenticated), the nonce to
+ * echo, and how long a witness must promise not to register again (ms; docs/peer-check.md).
+ */
 export interface PeerQuestion {
   readonly from: string;
   readonly nonce: string;
+  readonly stayAwayMs: number;
 }
 
 /** A peer message (question or answer) that failed its schema: code `INVALID_RECORD`, never retryable. */
@@ -74,11 +78,14 @@ const PHASES = {
   rejoining: true,
 } as const satisfies Record<HostPhase, true>;
 
+/** The longest stay-away a question may ask (1 h): a witness never promises more. */
+export const STAY_AWAY_MAX_MS = 3_600_000;
+
 const nonceSchema = z.string().max(64).regex(PEER_NONCE_RE, 'must be 32 lowercase hex digits');
 const duration = z.number().min(0).max(RECORD_LIMITS.maxDurationMs);
 
 /** Schema of {@link PeerQuestion}. */
-export const peerQuestionSchema = z.strictObject({ from: nameOf('host-id'), nonce: nonceSchema });
+export const peerQuestionSchema = z.strictObject({ from: nameOf('host-id'), nonce: nonceSchema, stayAwayMs: z.int().min(0).max(STAY_AWAY_MAX_MS) });
 
 /** Schema of {@link PeerAnswer}. */
 export const peerAnswerSchema = z.strictObject({
@@ -91,6 +98,7 @@ export const peerAnswerSchema = z.strictObject({
   ackAgeMs: duration.optional(),
   unanswered: z.int().min(0).max(1_000_000),
   ttl: z.number().gt(0).max(RECORD_LIMITS.maxDurationMs),
+  promisedMs: z.int().min(0).max(STAY_AWAY_MAX_MS),
 });
 
 /** Decodes a question body. Never throws. */
