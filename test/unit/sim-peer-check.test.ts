@@ -62,13 +62,9 @@ async function outage(seed: number, noPeerCheck = false): Promise<OutageRun> {
 }
 
 describe('simulator: a full etcd outage longer than the watchdog (issue 11)', () => {
-  // KNOWN FINDING (docs/sim.md, "Known finding: the re-registration race after an outage"): after
-  // the outage every held-back host waits for its silenced lease to expire, then registers; the first
-  // hosts to register answer `reachesEtcd`, and a host whose own registration is a few ms behind gets
-  // a negative verdict and fences at once (17 of 30 seeds when found). Expected to fail until the
-  // lifecycle keeps a positive verdict's cover while a negative one comes in (the diff in the report);
-  // with that diff all 30 seeds pass: then make this `it` again.
-  it.fails(`${SEEDS} seeds: no VM stops, every host attached again, no violation`, async () => {
+  // Found failing here (docs/sim.md, "Fixed finding: the re-registration race after an outage"): 17
+  // to 20 of 30 seeds lost VMs until a positive verdict kept protecting while a negative one came in.
+  it(`${SEEDS} seeds: no VM stops, every host attached again, no violation`, async () => {
     const failures: string[] = [];
     for (let seed = 1; seed <= SEEDS; seed++) {
       const r = await outage(seed);
