@@ -380,6 +380,35 @@ describe('control-plane outage, peer channel on (issue 11; real agents, guardian
     expect(rig.sampler.doubles).toEqual([]);
   }, 300_000);
 
+  it('extra: a blip shorter than the watchdog on two hosts at once (3 s cut from etcd): no VM stops, no epoch changes, nothing fenced', async () => {
+    const base = await rig.settled();
+    const epochs = Object.fromEntries(await Promise.all(HOSTS.map(async (h) => [h, (await rig.status(h)).epoch] as const))) as Record<H, number>;
+    const since = Date.now();
+    const t0 = Date.now();
+    await Promise.all([rig.etcdProxies.a.blackhole(), rig.etcdProxies.c.blackhole()]);
+    const watching = rig.watch(T.ttl + T.fenceWindow + 5000, t0, base, ['a', 'c']);
+    try {
+      await sleep(3000);
+    } finally {
+      await Promise.all([rig.etcdProxies.a.heal(), rig.etcdProxies.c.heal()]);
+    }
+    const healedAt = Date.now();
+    const back = {} as Record<string, number>;
+    await Promise.all((['a', 'c'] as const).map(async (h) => {
+      await until(`${h} attached after the blip`, async () => (await rig.status(h).catch(() => undefined))?.phase === 'attached', 60_000, 50);
+      back[h] = Date.now() - healedAt;
+    }));
+    await watching;
+    log(`on: 3 s blip on a and c: attached again after the heal (ms): ${JSON.stringify(back)}; VM pids changed: ${JSON.stringify(rig.changed(base))}`);
+    expect(rig.changed(base)).toEqual([]);
+    for (const h of HOSTS) expect((await rig.status(h)).epoch, `${h} epoch`).toBe(epochs[h]);
+    await rig.expectRecordsKept(base);
+    const ev = await rig.clusterEvents(since);
+    log(`on: 3 s blip on a and c: controller events ${JSON.stringify(ev.map((e) => e.kind))}`);
+    expect(ev.filter((e) => e.kind === 'host-fenced' || e.kind === 'vm-lost' || e.kind === 'host-vms-lost')).toEqual([]);
+    expect(rig.sampler.doubles).toEqual([]);
+  }, 180_000);
+
   /**
    * Cuts `h` off (`cut`), then checks from outside that every VM it ran was gone by the bound and ran
    * again on another host only after the controller's fence deadline, never twice; that `h` never held
