@@ -51,6 +51,8 @@ export function countDetached(states: Iterable<HostRecordState>): DetachedCount 
 export interface PoolMember {
   readonly state: HostRecordState | undefined;
   readonly alive: boolean;
+  /** C7: it left the pool (fenced, retired) within the leave grace: it still counts, as detached. */
+  readonly leftRecently?: boolean;
 }
 
 /** True for the states of the pool (`attached`, `ready`, `detached`). */
@@ -65,6 +67,9 @@ export function inPool(state: HostRecordState | undefined): boolean {
  *   a host first registered since counts in neither number, and one of them now fenced, retired or
  *   without a record (an operator's doing: the controller fences nothing while frozen) counts as
  *   detached.
+ *
+ * - C7: outside a freeze, a host that left the pool (fenced, retired) within the leave grace still
+ *   counts, as detached (a peer may have counted it as a witness just before it was fenced).
  *
  * `member(id)` looks a host up; `ids` are every host the controller knows (used without `atFreeze`).
  * Invariants: `detached <= total`; with `atFreeze`, `total = atFreeze.size`; a host counts as attached
@@ -83,7 +88,14 @@ export function countPool(member: (id: string) => PoolMember | undefined, ids: I
   }
   for (const id of ids) {
     const m = member(id);
-    if (m === undefined || !inPool(m.state)) continue;
+    if (m === undefined) continue;
+    if (!inPool(m.state)) {
+      if (m.leftRecently === true) {
+        total++;
+        detached++;
+      }
+      continue;
+    }
     total++;
     if (m.state === 'detached' || !m.alive) detached++;
   }

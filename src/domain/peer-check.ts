@@ -180,7 +180,7 @@ export function peerCheckBudgetProblem(t: GcTimings, s: PeerCheckSettings, resum
  * Decides. Holds back only when: a contract is held and the budget rule holds; the round is fresh
  * (sent within `interval + timeout` of now); and this host plus its witnesses are strictly more than
  * `share × pool`. A witness: a known peer whose answer echoes the nonce, came within `timeout`, says
- * it does not reach etcd and is silent, promised to stay away at least {@link stayAwayFor}, and whose
+ * it does not reach etcd, is still `detached` (not fencing or later) and silent, promised to stay away at least {@link stayAwayFor}, and whose
  * lease is revoked by `earliestClusterFence − clockDriftMargin`. A positive verdict holds until
  * {@link heldBackUntil}.
  *
@@ -222,6 +222,10 @@ function rejectWhy(id: string, a: ReceivedAnswer, r: PeerRound, known: ReadonlyS
   if (a.answer.nonce !== r.nonce) return 'answers another question (stale)';
   if (a.receivedAt - r.sentAt > i.settings.timeout || a.receivedAt < r.sentAt) return 'answered too late';
   if (a.answer.reachesEtcd) return 'reaches etcd';
+  // A host that fenced itself may be fenced by the controller at any time and leave its pool; only
+  // one still `detached` (before its watchdog, or held back by its own proof) stays countable long
+  // enough (C7's leave grace covers the rest: docs/peer-check.md).
+  if (a.answer.phase !== 'detached') return `it fenced itself (${a.answer.phase})`;
   if (!a.answer.silent) return 'not silent (it sent a keepalive or registration since)';
   const stay = stayAwayFor(i.timings, i.lastAck, r.sentAt);
   if (a.answer.promisedMs < stay) return `promised to stay away ${a.answer.promisedMs} ms, ${stay} ms needed`;

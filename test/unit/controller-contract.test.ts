@@ -151,6 +151,24 @@ describe('C6: no missed peak', () => {
   });
 });
 
+describe('C7: a host that left the pool keeps counting as detached for the leave grace', () => {
+  it('fenced outside a freeze: counts as detached until ttl + fenceWindow + 2 drift after, then not', () => {
+    const d = new Driver();
+    d.leading(hosts(3));
+    d.at(LOSS);
+    // h0 was fenced (no freeze: 1 of 3); a peer (h1) that counted it as a witness is cut off next
+    d.hostEvent({ kind: 'record', hostId: 'h0', record: { ...d.s.hosts.get('h0')!.record!, state: 'fenced' }, revision: '300' });
+    d.hostEvent({ kind: 'alive-deleted', hostId: 'h1', revision: '301' });
+    d.at(LOSS + 200).fire('freeze-check');
+    expect(d.s.detachedCount).toEqual({ detached: 2, total: 3 });
+    expect(d.s.freeze.mode).toBe('frozen');
+    const grace = T.ttl + T.fenceWindow + 2 * T.clockDriftMargin;
+    d.at(LOSS + grace + 1).fire('freeze-check');
+    expect(d.s.detachedCount).toEqual({ detached: 1, total: 2 });
+    expect(d.s.freeze.mode).toBe('resuming');
+  });
+});
+
 describe('C3: while frozen or resuming, the pool is the one at the freeze', () => {
   const frozen = () => {
     const d = new Driver();

@@ -64,6 +64,7 @@ describe('checkPeers (docs/peer-check.md "The host\'s rule")', () => {
   it.each([
     ['reaches etcd', answer('h1', { reachesEtcd: true })],
     ['not silent', answer('h1', { silent: false })],
+    ['a host that fenced itself', answer('h1', { phase: 'clean' })],
     ['a stale nonce', answer('h1', { nonce: 'n0' })],
     ['never acknowledged', answer('h1', { ackAgeMs: undefined })],
     ['another host id', answer('h9')],

@@ -81,10 +81,10 @@ describe('simulator: a full etcd outage longer than the watchdog (issue 11)', ()
   // takes it out of the controller's pool. host-3, cut at 29 s (so even a real peer list still names
   // host-2), counts host-2 — detached, silent, its lease long gone — as its witness (2 of 3 > 55 %) and
   // holds its fence back; the controller sees 1 of 2 detached, fences host-3 at 44.0 s and runs vm-3
-  // and vm-6 on host-1 while host-3 still runs them. Expected to fail until the rule or the controller
-  // stops counting differently (a fenced peer is no witness, or a host the controller fenced stays in
-  // its pool as detached); then make this `it` again.
-  it.fails('a peer the controller fenced before the freeze is no witness: no double run (seed 1, two partitions)', async () => {
+  // and vm-6 on host-1 while host-3 still runs them. Fixed by both halves: a peer that fenced itself is
+  // no witness (peer-check.ts), and a host that left the pool counts as detached for the leave grace
+  // (C7, controller/freeze.ts).
+  it('a peer the controller fenced before the freeze is no witness: no double run (seed 1, two partitions)', async () => {
     const schedule: FaultOp[] = [
       { at: 15_602, kind: 'partition', target: 'host-2', durationMs: 35_052 },
       { at: 29_000, kind: 'partition', target: 'host-3', durationMs: 36_274 },

@@ -73,12 +73,21 @@ export function evaluateFreeze(c: Ctx): void {
   const wanted = wantedContract(c, window);
   const rule = freezeRule(c, wanted, acks);
   s.freezeRule = rule;
+  // C7: a host that left the pool within the leave grace still counts, as detached
+  const grace = leaveGrace(ttl, window, maxDrift(s));
+  let nextExpiry: number | undefined;
   const member = (id: string): PoolMember | undefined => {
     const t = s.hosts.get(id);
-    return t === undefined ? undefined : { state: t.record?.state, alive: t.alive !== undefined };
+    if (t === undefined) return undefined;
+    const left = t.leftPoolMono;
+    const leftRecently = left !== undefined && c.now.mono < left + grace;
+    if (leftRecently) nextExpiry = Math.min(nextExpiry ?? Infinity, left + grace);
+    return { state: t.record?.state, alive: t.alive !== undefined, leftRecently };
   };
   const count = countPool(member, s.hosts.keys(), s.freezePool);
   s.detachedCount = count;
+  // the count falls when a leave grace ends: evaluate again then
+  if (nextExpiry !== undefined && !timerSet(c, 'freeze-check')) setTimer(c, 'freeze-check', Math.max(1, nextExpiry - c.now.mono));
   s.freezeRev = s.hostsRev;
   const nowMono = c.now.mono;
   const prevMode = s.freeze.mode;
@@ -123,4 +132,19 @@ export function evaluateFreeze(c: Ctx): void {
 
 function finite(x: number | undefined): number {
   return x !== undefined && Number.isFinite(x) && x > 0 ? x : 0;
+}
+
+/**
+ * C7's leave grace (docs/peer-check.md): how long a host that left the pool still counts as
+ * detached: the longest stay-away a peer can have asked of it as a witness (`ttl + fenceWindow +
+ * clockDriftMargin`) plus the drift margin again. Invariant: >= the pool's `ttl + fenceWindow`.
+ */
+export function leaveGrace(ttl: number, fenceWindow: number, drift: number): number {
+  return ttl + fenceWindow + 2 * drift;
+}
+
+function maxDrift(s: ControllerState): number {
+  let d = 0;
+  for (const t of s.hosts.values()) d = Math.max(d, finite(t.record?.timings?.clockDriftMargin));
+  return d;
 }

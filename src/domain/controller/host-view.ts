@@ -134,6 +134,9 @@ export function hostEvent(c: Ctx, watch: number, e: HostWatchEvent, at: Now): vo
     const prevEpoch = t.record?.epoch;
     s.staleDirty.add(t.hostId);
     const returned = setRecord(t, e.kind === 'record' ? e.record : undefined, e.kind === 'record' ? e.revision : undefined);
+    // C7: the moment it left the pool (fenced or retired); a return to the pool clears it
+    if (inPool(prevState) && !inPool(t.record?.state)) t.leftPoolMono = at.mono;
+    else if (inPool(t.record?.state)) t.leftPoolMono = undefined;
     if (returned && t.record) {
       log(c, 'info', { hostId: t.hostId, epoch: t.record.epoch, state: t.record.state }, 'host came back before the fence: its fence is cancelled');
       emitEvent(c, { kind: 'host-returned', hostId: t.hostId, epoch: t.record.epoch, detail: `host ${t.hostId} re-registered (${t.record.state}, epoch ${t.record.epoch}) before its fence deadline` });

@@ -184,6 +184,11 @@ export interface HostTrack {
   /** When the `alive` key was seen deleted (the observed lease expiry). */
   goneWall?: number;
   goneMono?: number;
+  /**
+   * C7 (docs/peer-check.md): when its record left the pool (fenced or retired), controller monotonic
+   * ms; it keeps counting as detached for the freeze's leave grace after that. Cleared on return.
+   */
+  leftPoolMono?: number;
   /** The loss this replica's fence deadline counts from. */
   lossWall?: number;
   lossMono?: number;
