@@ -75,8 +75,9 @@ export class HoldSync {
       await this.step(nextHoldStep(rec.hold, s.state.held, rec.holdSeen ?? false), lease);
       // The contract changes rarely and a late acknowledgement only keeps the controller on the
       // tighter rule: read it on the first poll and every CONTRACT_POLL_EVERY-th one after (issue 9:
-      // a steady-state agent's reads), or whenever the record lacks the version this host relies on.
-      const due = this.polls++ % CONTRACT_POLL_EVERY === 0 || rec.freezeContractSeen !== this.held?.version;
+      // a steady-state agent's reads), or while this host relies on none, or whenever the record
+      // lacks the version this host relies on.
+      const due = this.polls++ % CONTRACT_POLL_EVERY === 0 || this.held === undefined || rec.freezeContractSeen !== this.held.version;
       if (due) await this.contractStep(rec, lease);
     } catch (err) {
       s.ctx.logger.debug({ err: messageOf(err) }, 'hold sync failed; the next poll retries');
