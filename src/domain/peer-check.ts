@@ -106,6 +106,16 @@ export interface PeerCheckVerdict {
   readonly guardianDeadline?: number;
 }
 
+/**
+ * When a detached host's peer-check window opens (monotonic ms): one round before its watchdog
+ * (`lastAck + watchdogTimeout - interval - timeout`). It asks nothing before (a blip shorter than
+ * that never involves peers), and it vouches as a witness only from then on: a witness's promise
+ * (no renewal, stay away) would otherwise turn a peer's short blip into its own re-registration.
+ */
+export function peerWindowOpensAt(t: Pick<GcTimings, 'watchdogTimeout'>, s: PeerCheckSettings, lastAck: number): number {
+  return lastAck + t.watchdogTimeout - s.interval - s.timeout;
+}
+
 /** etcd's lessor revokes expired leases on 500 ms ticks, at most 1,000 per second: 1 s + pool / 1000 s. */
 export function revokeSlack(pool: number): number {
   return 1000 + Math.max(0, pool);
@@ -211,7 +221,7 @@ export function checkPeers(i: PeerCheckInput): PeerCheckVerdict {
   witnesses.sort();
   const detached = witnesses.length + 1;
   const pct = `${Math.round(c.share * 100)} %`;
-  const summary = `${detached} of ${pool} hosts report etcd unreachable (freeze share ${pct}, ${needed} needed)`;
+  const summary = `${detached} of ${pool} hosts report etcd unreachable (freeze share ${pct}, ${needed} needed; ${r.answers.size} of ${i.peers.length} peers answered)`;
   if (detached < needed) return no(`fence not held back: only ${summary}`, witnesses, rejected);
   return { holdBack: true, witnesses, needed, pool, rejected, detail: `fence held back: ${summary}`, until: heldBackUntil(i.timings, c, r.sentAt), guardianDeadline: heldBackGuardianDeadline(i.timings, c, r.sentAt) };
 }

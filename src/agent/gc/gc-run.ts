@@ -10,6 +10,8 @@ export interface GcMetrics {
   vmStopped(method: string): void;
   cleanupFailed(count: number): void;
   auditLeaks(count: number): void;
+  /** The peer check held the fence back (`held-back`) or stopped holding it back (`ended`). */
+  peerCheck?(event: 'held-back' | 'ended'): void;
 }
 
 const META_REPORT = 'gc.report';

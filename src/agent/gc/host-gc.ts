@@ -1,4 +1,4 @@
-import type { PeerAnswer, PeerAsk } from '../../domain/peer-check.js';
+import { peerWindowOpensAt, type PeerAnswer, type PeerAsk } from '../../domain/peer-check.js';
 import { STAY_AWAY_MAX_MS } from '../../domain/codec/peer-answer.js';
 import { PeerRounds, type PeerCheckDeps } from './peer-rounds.js';
 import { afterTransition } from '../../domain/agent-transition.js';
@@ -117,7 +117,7 @@ export class HostGc {
     this.session.silencedLease = silence?.lease;
     this.session.silentUntil = silence?.until;
     this.session.promisedMs = silence?.promisedMs ?? 0;
-    if (opts.peerCheck) this.peers = new PeerRounds(this.session, opts.peerCheck, () => this.holds.contract());
+    if (opts.peerCheck) this.peers = new PeerRounds(this.session, opts.peerCheck, () => this.holds.contract(), opts.metrics);
   }
 
   /** Current phase. */
@@ -183,8 +183,11 @@ export class HostGc {
     const st = this.state;
     const ss = this.session;
     const now = this.ctx.clock.nowMono();
-    const witnessPhase = st.phase === 'detached' || st.phase === 'fencing' || st.phase === 'cleaning' || st.phase === 'clean';
-    const silent = witnessPhase && ss.lastAckReceivedAt !== undefined && !ss.membershipUnresolved && ss.duplicateOf === undefined;
+    // A witness is still `detached` (a host that fenced itself is no witness) and inside its own
+    // peer-check window: a peer's question during this host's short blip must not commit it.
+    const settings = this.opts.peerCheck?.settings ?? { interval: this.t.heartbeatInterval, timeout: this.t.heartbeatInterval };
+    const inWindow = st.lastAck !== undefined && now >= peerWindowOpensAt(this.t, settings, st.lastAck);
+    const silent = st.phase === 'detached' && inWindow && ss.lastAckReceivedAt !== undefined && !ss.membershipUnresolved && ss.duplicateOf === undefined;
     const stay = Math.max(0, Math.min(Math.ceil(ask.stayAwayMs), STAY_AWAY_MAX_MS));
     if (silent) {
       const until = Math.max(ss.silentUntil ?? -Infinity, now + stay);

@@ -1,8 +1,9 @@
-import { checkPeers, stayAwayFor, type PeerCheckSettings, type PeerCheckVerdict } from '../../domain/peer-check.js';
+import { checkPeers, peerWindowOpensAt, stayAwayFor, type PeerCheckSettings, type PeerCheckVerdict } from '../../domain/peer-check.js';
 import type { FreezeContract } from '../../domain/freeze-contract.js';
 import { messageOf } from '../../domain/errors.js';
 import type { TimerHandle } from '../../ports/clock.js';
 import type { PeerDirectory, PeerTransport } from '../../ports/peers.js';
+import type { GcMetrics } from './gc-run.js';
 import type { GcSession } from './gc-session.js';
 
 /** What the peer check needs from the agent (HostGcOptions.peerCheck). */
@@ -39,6 +40,7 @@ export class PeerRounds {
     private readonly s: GcSession,
     private readonly deps: PeerCheckDeps,
     acknowledged: () => FreezeContract | undefined,
+    private readonly metrics?: GcMetrics,
   ) {
     this.contract = deps.contract ?? acknowledged;
   }
@@ -52,7 +54,9 @@ export class PeerRounds {
   start(): void {
     if (this.timer !== undefined || this.running) return;
     this.last = undefined;
-    this.schedule(0);
+    const lastAck = this.s.state.lastAck;
+    const opens = lastAck === undefined ? 0 : peerWindowOpensAt(this.s.t, this.deps.settings, lastAck);
+    this.schedule(Math.max(0, opens - this.s.ctx.clock.nowMono()));
   }
 
   /** Stops the rounds (left `detached`). */
@@ -81,7 +85,8 @@ export class PeerRounds {
     const { settings } = this.deps;
     const sentAt = clock.nowMono();
     try {
-      const peers = this.deps.directory.peers();
+      // Without a contract nothing can be held back: ask nobody (an answer commits the witness).
+      const peers = this.contract() === undefined ? [] : this.deps.directory.peers();
       const nonce = this.deps.nonce();
       const stayAwayMs = stayAwayFor(this.s.t, this.s.state.lastAck!, sentAt);
       let answers: Awaited<ReturnType<PeerTransport['query']>> = new Map();
@@ -108,6 +113,7 @@ export class PeerRounds {
         const kind = v.holdBack ? 'fence-held-back' : 'fence-hold-back-ended';
         logger.warn({ witnesses: v.witnesses, needed: v.needed, pool: v.pool }, v.detail);
         inventory.addEvent(kind, clock.now(), { detail: v.detail, witnesses: v.witnesses, needed: v.needed, pool: v.pool });
+        this.metrics?.peerCheck?.(v.holdBack ? 'held-back' : 'ended');
       } else {
         logger.debug({ witnesses: v.witnesses.length, needed: v.needed, rejected: v.rejected }, v.detail);
       }

@@ -9,6 +9,8 @@ export interface MetricsSource {
   lastAckAgeMs(): number | undefined;
   watchdogRemainingMs(): number | undefined;
   vmCount(): number;
+  /** The peer check's last verdict while detached (issue 11), if any. */
+  peerCheck?(): { readonly holdingBack: boolean; readonly witnesses: readonly string[] } | undefined;
 }
 
 /** The agent's Prometheus metrics; counters are bumped by the agent, gauges read at scrape time. */
@@ -17,6 +19,8 @@ export class AgentMetrics {
   readonly vmsStopped: Counter<'method'>;
   readonly cleanupFailures: Counter;
   readonly auditLeaks: Gauge;
+  /** Peer check transitions: `held-back` (a fence held back), `ended` (no longer). */
+  readonly peerCheckEvents: Counter<'event'>;
 
   constructor(src: MetricsSource) {
     const r = this.registry;
@@ -56,6 +60,24 @@ export class AgentMetrics {
         this.set(src.vmCount());
       },
     });
+    new Gauge({
+      name: 'tether_fence_held_back',
+      help: 'Peer check (issue 11): 1 while a detached host holds its fence back on its peers\' answers, else 0',
+      registers: [r],
+      collect() {
+        this.set(src.peerCheck?.()?.holdingBack === true ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'tether_peer_witnesses',
+      help: 'Peer check: peers that counted as witnesses in the last round while detached; -1 when no round',
+      registers: [r],
+      collect() {
+        const v = src.peerCheck?.();
+        this.set(v === undefined ? -1 : v.witnesses.length);
+      },
+    });
+    this.peerCheckEvents = new Counter({ name: 'tether_fence_hold_back_total', help: 'Peer check: fences held back (event="held-back") and hold-backs ended (event="ended")', labelNames: ['event'], registers: [r] });
     this.vmsStopped = new Counter({ name: 'tether_gc_vms_stopped_total', help: 'VMs stopped by the fencer, by method', labelNames: ['method'], registers: [r] });
     this.cleanupFailures = new Counter({ name: 'tether_gc_cleanup_failures_total', help: 'Cleanup steps that failed', registers: [r] });
     this.auditLeaks = new Gauge({ name: 'tether_gc_audit_leaks', help: 'Leaks found by the last audit', registers: [r] });

@@ -120,6 +120,7 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
     lastAckAgeMs: () => gc?.status().lastAckAgeMs,
     watchdogRemainingMs: () => gc?.status().watchdogRemainingMs,
     vmCount: () => inventory.listVms().length,
+    peerCheck: () => gc?.status().peerCheck,
   });
   const etcdSecurity = toEtcdSecurity(cfg);
   if (cfg.etcdEndpoints.length > 0) reportEtcdSecurityOnce(cfg.etcdEndpoints, etcdSecurity, (level, m) => logger[level]({ etcd: cfg.etcdEndpoints }, m));
@@ -187,6 +188,7 @@ export async function runAgent(cfg: AgentConfig): Promise<void> {
         vmStopped: (m) => metrics.vmsStopped.inc({ method: m }),
         cleanupFailed: (n) => metrics.cleanupFailures.inc(n),
         auditLeaks: (n) => metrics.auditLeaks.set(n),
+        peerCheck: (e) => metrics.peerCheckEvents.inc({ event: e }),
       },
     });
   }
