@@ -14,7 +14,7 @@
  * afterAll stops etcd, the proxies and the sync, and checks no etcd process is left and its data dir
  * is gone.
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SystemClock } from '../../src/adapters/clock/system-clock.js';
 import { EtcdControllerStore } from '../../src/adapters/etcd/etcd-controller-store.js';
@@ -25,10 +25,11 @@ import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
 import { TetherError } from '../../src/domain/errors.js';
 import { DEFAULT_TIMINGS } from '../../src/domain/gc-timing.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
-import { findEtcdBinary, findProcessesByMark, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
+import { findEtcdBinary, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
 import { InstantVmService } from '../../src/dev/instant-vm-service.js';
 import { FaultProxyGroup } from '../../src/dev/tcp-proxy.js';
 import { bareSpec, fakeHost } from '../support/host-harness.js';
+import { stopTestEtcd } from '../support/etcd-teardown.js';
 
 const PREFIX = '/agent-index/';
 const DL = 5000;
@@ -63,13 +64,7 @@ describe('agent index sync on real etcd 3.4 with auto-compaction every second', 
 
   afterAll(async () => {
     for (const c of closers.reverse()) await c();
-    if (!cluster) {
-      rmSync(dataDir, { recursive: true, force: true });
-      return;
-    }
-    await cluster.stop();
-    expect(findProcessesByMark(cluster.mark)).toEqual([]);
-    expect(existsSync(dataDir)).toBe(false);
+    await stopTestEtcd(cluster, dataDir);
   });
 
   it("the agent's view stays right across compactions, while watching and after its connections were cut", async () => {

@@ -7,17 +7,18 @@
  *
  * afterAll stops etcd and asserts that no process carries its mark and its data dir is gone.
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { Etcd3 } from 'etcd3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SystemClock } from '../../src/adapters/clock/system-clock.js';
 import { EtcdControllerStore } from '../../src/adapters/etcd/etcd-controller-store.js';
 import { Controller } from '../../src/controller/controller.js';
-import { findEtcdBinary, findProcessesByMark, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
+import { findEtcdBinary, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
 import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
 import type { ControllerState } from '../../src/domain/controller/types.js';
 import { silentLogger } from '../support/fake-ports.js';
 import { bareSpec } from '../support/host-harness.js';
+import { stopTestEtcd } from '../support/etcd-teardown.js';
 
 const PREFIX = '/cache/';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -82,13 +83,7 @@ describe('controller VM cache on real etcd', () => {
     for (const c of controllers) await c.stop().catch(() => undefined);
     for (const s of stores) await s.close().catch(() => undefined);
     raw?.close();
-    if (!cluster) {
-      rmSync(dataDir, { recursive: true, force: true });
-      return;
-    }
-    await cluster.stop();
-    expect(findProcessesByMark(cluster.mark)).toEqual([]);
-    expect(existsSync(dataDir)).toBe(false);
+    await stopTestEtcd(cluster, dataDir);
   });
 
   it('equals a fresh listing across changes, compactions, a member restart and a takeover', async () => {

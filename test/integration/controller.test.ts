@@ -9,7 +9,7 @@
  *
  * afterAll stops the cluster and asserts that no process carries its mark and its data dir is gone.
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { SystemClock } from '../../src/adapters/clock/system-clock.js';
@@ -18,12 +18,13 @@ import { EtcdClusterStore } from '../../src/adapters/etcd/etcd-cluster-store.js'
 import { EtcdControllerStore } from '../../src/adapters/etcd/etcd-controller-store.js';
 import { Controller, type ControllerOptions } from '../../src/controller/controller.js';
 import { setHostHold } from '../../src/controller/operator.js';
-import { findEtcdBinary, findProcessesByMark, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
+import { findEtcdBinary, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
 import type { ClusterEvent } from '../../src/domain/cluster-event.js';
 import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
 import { checkTimings, type GcTimings } from '../../src/domain/gc-timing.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
 import { silentLogger } from '../support/fake-ports.js';
+import { stopTestEtcd } from '../support/etcd-teardown.js';
 
 const T: GcTimings = {
   ttl: 3000,
@@ -217,13 +218,7 @@ describe('controller against real etcd (3 members)', () => {
 
   afterAll(async () => {
     for (const close of closers.reverse()) await close().catch(() => undefined);
-    if (!cluster) {
-      rmSync(dataDir, { recursive: true, force: true });
-      return;
-    }
-    await cluster.stop();
-    expect(findProcessesByMark(cluster.mark)).toEqual([]);
-    expect(existsSync(dataDir)).toBe(false);
+    await stopTestEtcd(cluster, dataDir);
   });
 
   it('detaches a host soon after its lease expires and fences it only after the deadline, once; its VM is rescheduled', async () => {

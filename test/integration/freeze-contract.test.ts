@@ -7,16 +7,17 @@
  *
  * afterAll stops etcd and asserts that no process carries its mark and its data dir is gone.
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SystemClock } from '../../src/adapters/clock/system-clock.js';
 import { EtcdClusterStore } from '../../src/adapters/etcd/etcd-cluster-store.js';
 import { EtcdControllerStore } from '../../src/adapters/etcd/etcd-controller-store.js';
 import { Controller } from '../../src/controller/controller.js';
-import { findEtcdBinary, findProcessesByMark, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
+import { findEtcdBinary, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
 import { DEFAULT_TIMINGS as T } from '../../src/domain/gc-timing.js';
 import type { Subscription } from '../../src/ports/controller-store.js';
 import { silentLogger } from '../support/fake-ports.js';
+import { stopTestEtcd } from '../support/etcd-teardown.js';
 
 const PREFIX = '/contract/';
 const DL = 5000;
@@ -44,13 +45,7 @@ describe('freeze contract on real etcd', () => {
 
   afterAll(async () => {
     for (const c of closers.reverse()) await c().catch(() => undefined);
-    if (!cluster) {
-      rmSync(dataDir, { recursive: true, force: true });
-      return;
-    }
-    await cluster.stop();
-    expect(findProcessesByMark(cluster.mark)).toEqual([]);
-    expect(existsSync(dataDir)).toBe(false);
+    await stopTestEtcd(cluster, dataDir);
   });
 
   it('published once synced; a host reads it and acknowledges it in its record', async () => {

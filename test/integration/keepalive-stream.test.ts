@@ -11,13 +11,14 @@
  * afterAll stops the cluster and checks that no process carries its mark and its data dir is gone.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EtcdKv } from '../../src/adapters/etcd/etcd-kv.js';
-import { findEtcdBinary, findProcessesByMark, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
+import { findEtcdBinary, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
 import { httpText } from '../../src/dev/etcd-http.js';
 import { FaultProxyGroup } from '../../src/dev/tcp-proxy.js';
 import { TetherError } from '../../src/domain/errors.js';
+import { stopTestEtcd } from '../support/etcd-teardown.js';
 
 let cluster: LocalEtcdCluster | undefined;
 let dataDir = '';
@@ -96,13 +97,7 @@ describe('EtcdKv lease keepalives: one long-lived stream per client (real etcd 3
 
   afterAll(async () => {
     for (const kv of kvs) await kv.close().catch(() => undefined);
-    if (!cluster) {
-      rmSync(dataDir, { recursive: true, force: true });
-      return;
-    }
-    await cluster.stop();
-    expect(findProcessesByMark(cluster.mark)).toEqual([]);
-    expect(existsSync(dataDir)).toBe(false);
+    await stopTestEtcd(cluster, dataDir);
   });
 
   it('N keepalives of several leases, sequential and concurrent (several per lease at once), go on ONE stream; each answer is its own lease', async () => {

@@ -7,14 +7,15 @@
  *
  * afterAll stops the cluster and checks that no process carries its mark and its data dir is gone.
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EtcdKv } from '../../src/adapters/etcd/etcd-kv.js';
-import { findEtcdBinary, findProcessesByMark, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
+import { findEtcdBinary, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
 import { TetherError } from '../../src/domain/errors.js';
 import type { Kv, KvHeader, KvOp, KvWatchEvent } from '../../src/ports/kv.js';
 import { expectCode } from '../support/expect-code.js';
 import { describeKvConformance } from '../support/kv-conformance.js';
+import { stopTestEtcd } from '../support/etcd-teardown.js';
 
 const DL = 5000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -265,13 +266,7 @@ describe('EtcdKv against real etcd 3.4 (3 members, TLS)', () => {
 
   afterAll(async () => {
     for (const kv of kvs) await kv.close().catch(() => undefined);
-    if (!cluster) {
-      rmSync(dataDir, { recursive: true, force: true });
-      return;
-    }
-    await cluster.stop();
-    expect(findProcessesByMark(cluster.mark)).toEqual([]);
-    expect(existsSync(dataDir)).toBe(false);
+    await stopTestEtcd(cluster, dataDir);
   });
 
   // The shared table the etcd model is held to (test/support/kv-conformance.ts), on this real etcd.

@@ -8,7 +8,7 @@
  *
  * afterAll stops the cluster and checks that no process carries its mark and its data dir is gone.
  */
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EtcdKv } from '../../src/adapters/etcd/etcd-kv.js';
 import { KvControllerStore } from '../../src/adapters/kv/kv-controller-store.js';
@@ -16,7 +16,7 @@ import { rangePaged } from '../../src/adapters/kv/range-paged.js';
 import { SystemClock } from '../../src/adapters/clock/system-clock.js';
 import { listClusterVms } from '../../src/cli/cluster-vm-list.js';
 import { hostList } from '../../src/cli/commands/host.js';
-import { findEtcdBinary, findProcessesByMark, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
+import { findEtcdBinary, LocalEtcdCluster } from '../../src/dev/etcd-cluster.js';
 import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
 import { ETCD_CLIENT_MAX_RECV_BYTES } from '../../src/domain/kv-read-limits.js';
 import type { KvOp } from '../../src/ports/kv.js';
@@ -24,6 +24,7 @@ import { rec } from '../support/controller-step.js';
 import { expectCode } from '../support/expect-code.js';
 import { bareSpec } from '../support/host-harness.js';
 import { counterIds } from '../support/model-cluster.js';
+import { stopTestEtcd } from '../support/etcd-teardown.js';
 
 const DL = 30_000;
 const GRPC_DEFAULT = 4 * 1024 * 1024;
@@ -81,13 +82,7 @@ describe('lists over 4 MiB on real etcd', () => {
 
   afterAll(async () => {
     for (const kv of kvs) await kv.close().catch(() => undefined);
-    if (!cluster) {
-      rmSync(dataDir, { recursive: true, force: true });
-      return;
-    }
-    await cluster.stop();
-    expect(findProcessesByMark(cluster.mark)).toEqual([]);
-    expect(existsSync(dataDir)).toBe(false);
+    await stopTestEtcd(cluster, dataDir);
   });
 
   it('one range of vms/ fails at the 4 MiB default exactly like the issue measured; Tether\'s 64 MiB client reads it', async () => {
