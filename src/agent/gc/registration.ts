@@ -71,10 +71,17 @@ export class Registrar {
             await clock.sleep(Math.min(t.heartbeatInterval, s.silentUntil - clock.nowMono()));
             continue;
           }
-          if (s.silencedLease !== undefined && (await s.store.leaseExists(s.silencedLease, t.heartbeatInterval))) {
-            await clock.sleep(t.heartbeatInterval);
-            continue;
+          const vouched = s.silencedLease;
+          if (vouched !== undefined) {
+            if (await s.store.leaseExists(vouched, t.heartbeatInterval)) {
+              await clock.sleep(t.heartbeatInterval);
+              continue;
+            }
+            // A peer's question answered during that read may have extended the promise.
+            if (s.silencedLease !== vouched || (s.silentUntil !== undefined && clock.nowMono() < s.silentUntil)) continue;
           }
+          // No await from the checks above to `membershipUnresolved = true` below: an answer given
+          // after this point says `silent: false` and promises nothing.
           if (s.silencedLease !== undefined || s.silentUntil !== undefined) {
             logger.info({ lease: s.silencedLease }, 'the promise made to peers as a witness is kept (lease gone, stay-away over): registering again');
             s.silencedLease = undefined;
