@@ -139,7 +139,7 @@ describe('peer channel (real TLS)', () => {
 
   it('a client without a certificate, or with one of another CA, is refused at the TLS layer', async () => {
     const { server, address } = await peerServer('h2');
-    const body = JSON.stringify({ from: 'h9', nonce: nonce() });
+    const body = JSON.stringify({ from: 'h9', nonce: nonce(), stayAwayMs: 0 });
     expect(await post(address, body, { cert: tls.client.cert, key: tls.client.key })).toBe(200); // the path works
     const none = await post(address, body, {});
     const foreign = await post(address, body, { cert: readFileSync(certs.otherClientCert), key: readFileSync(certs.otherClientKey) });
@@ -244,9 +244,9 @@ describe('peer channel (real TLS)', () => {
   it('the server cuts off oversized bodies, bad questions and slow clients', async () => {
     const { server, address } = await peerServer('h2', { requestTimeoutMs: 500 });
     const creds = { cert: tls.client.cert, key: tls.client.key };
-    expect(await post(address, JSON.stringify({ from: 'h1', nonce: nonce(), pad: 'x'.repeat(2048) }), creds)).toBe(413);
-    expect(await post(address, JSON.stringify({ from: 'h1', nonce: 'ABC' }), creds)).toBe(400);
-    expect(await post(address, JSON.stringify({ from: '../x', nonce: nonce() }), creds)).toBe(400);
+    expect(await post(address, JSON.stringify({ from: 'h1', nonce: nonce(), stayAwayMs: 0, pad: 'x'.repeat(2048) }), creds)).toBe(413);
+    expect(await post(address, JSON.stringify({ from: 'h1', nonce: 'ABC', stayAwayMs: 0 }), creds)).toBe(400);
+    expect(await post(address, JSON.stringify({ from: '../x', nonce: nonce(), stayAwayMs: 0 }), creds)).toBe(400);
     expect(server.stats.answered).toBe(0);
     // A client that completes TLS and then sends half a request: disconnected by the server.
     const [host, port] = address.split(':');
