@@ -78,6 +78,8 @@ const HOLES: readonly Hole[] = [
   // The witness bound ignored: host-1 cut from etcd; host-2's keepalives reach etcd just before its
   // lease would expire, so host-2 is detached and silent while its lease outlives host-1's fence
   // deadline. Random schedules reach it rarely (docs/sim.md): this fixed one reaches it at once.
+  // host-2's trouble starts 0.5 s after host-1's cut: it must be inside its own peer-check window
+  // (one round before its watchdog) when host-1 asks, and not yet past its watchdog.
   {
     name: 'peer check: the witness bound ignored (any silent peer counts)',
     patch: 'peer-bound-ignored.replace.json',
@@ -86,7 +88,7 @@ const HOLES: readonly Hole[] = [
     budget: 10,
     schedule: [
       { at: 30_000, kind: 'partition', target: 'host-1', durationMs: 30_000 },
-      { at: 32_500, kind: 'late-keepalives', target: 'host-2', durationMs: 20_000 },
+      { at: 30_500, kind: 'late-keepalives', target: 'host-2', durationMs: 20_000 },
     ],
   },
   {
