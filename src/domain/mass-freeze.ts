@@ -60,6 +60,11 @@ export function inPool(state: HostRecordState | undefined): boolean {
   return state === 'attached' || state === 'ready' || state === 'detached';
 }
 
+/** C1: a pool host counts as detached when its record says so or its `alive` key is gone. */
+export function countsDetached(m: Pick<PoolMember, 'state' | 'alive'>): boolean {
+  return inPool(m.state) && (m.state === 'detached' || !m.alive);
+}
+
 /**
  * Counts the pool with the controller's commitments of docs/peer-check.md (issue 11):
  * - C1: a pool host whose `alive` key is gone counts as detached, whatever its record says;
@@ -97,7 +102,7 @@ export function countPool(member: (id: string) => PoolMember | undefined, ids: I
       continue;
     }
     total++;
-    if (m.state === 'detached' || !m.alive) detached++;
+    if (countsDetached(m)) detached++;
   }
   return { detached, total };
 }

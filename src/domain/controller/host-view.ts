@@ -4,7 +4,7 @@
  * triggers. Watch events older than what was applied for a key are ignored; a host with neither
  * record nor `alive` key is forgotten.
  */
-import { inPool } from '../mass-freeze.js';
+import { countsDetached, inPool } from '../mass-freeze.js';
 import { decideHost, timingProblems } from '../fence-window.js';
 import { isSchedulable } from '../placement.js';
 import type { HostRecord } from '../host-record.js';
@@ -169,8 +169,8 @@ export function hostEvent(c: Ctx, watch: number, e: HostWatchEvent, at: Now): vo
 
 /** What one host adds to the freeze count (C1: a pool host without its `alive` key is detached). */
 function shareContribution(t: HostTrack): { pool: boolean; detached: boolean } {
-  const pool = inPool(t.record?.state);
-  return { pool, detached: pool && (t.record?.state === 'detached' || t.alive === undefined) };
+  const m = { state: t.record?.state, alive: t.alive !== undefined };
+  return { pool: inPool(m.state), detached: countsDetached(m) };
 }
 
 /** True when `e` may lower the detached share: a host's `alive` key reappears, or its record joins or returns to the pool as attached/ready. */
