@@ -172,8 +172,9 @@ export class HostGc {
 
   /**
    * This host's answer to a peer's question (issue 11, docs/peer-check.md "The witness"). It is
-   * `silent` — a witness — only when it is detached or later, has no registration in flight or
-   * unresolved, no other agent holds its host id, and it has received an acknowledgement; answering
+   * `silent` — a witness — only when it is `detached` and inside its own peer-check window, has no
+   * registration in flight or unresolved, no other agent holds its host id, and it has received an
+   * acknowledgement; answering
    * `silent` is a promise, recorded (persisted) BEFORE the answer leaves: no keepalive on the current
    * lease ever again, and no registration until etcd no longer knows that lease and `stayAwayMs` has
    * passed (the longest stay-away asked wins).
