@@ -13,12 +13,10 @@
  * Invariant: the contract returned to rely on is never tighter (lower share, longer resume delay,
  * smaller pool) than the one the controller applies for this host at any moment of the change.
  */
-import { encodeHostRecord } from './codec.js';
 import type { FreezeContract } from './freeze-contract.js';
-import type { HostRecord } from './host-record.js';
 import type { Keyspace } from './keyspace.js';
-import { modIs, put, type KvLeaseId } from './kv-txn.js';
-import type { HoldAckPlan, ReadAlive, ReadRecord } from './registration-txn.js';
+import type { KvLeaseId } from './kv-txn.js';
+import { hostAckTxn, type HoldAckPlan, type ReadAlive, type ReadRecord } from './registration-txn.js';
 
 /** The contract that is safe to rely on while changing from `held` to `next`: the looser one for this host, field by field. */
 export function blendForHost(held: FreezeContract, next: FreezeContract): FreezeContract {
@@ -62,14 +60,6 @@ export function contractAckTxn(
   alive: ReadAlive | undefined,
   now: number,
 ): HoldAckPlan {
-  const { hostId, epoch, lease, version } = ack;
-  if (!cur) return { done: { ok: false, detail: `host ${hostId} has no record` } };
-  if (cur.record.epoch !== epoch || (cur.record.state !== 'attached' && cur.record.state !== 'ready')) {
-    return { done: { ok: false, detail: `record is ${cur.record.state} at epoch ${cur.record.epoch}, this host is at epoch ${epoch}` } };
-  }
-  if (!alive || alive.holder.lease !== lease) return { done: { ok: false, detail: `hosts/${hostId}/alive is not on this host's lease ${lease}` } };
-  if (cur.record.freezeContractSeen === version) return { done: { ok: true } };
-  const key = keys.hostRecord(hostId);
-  const next: HostRecord = { ...cur.record, freezeContractSeen: version, updatedAt: now };
-  return { txn: { compare: [modIs(key, cur.modRevision), modIs(keys.hostAlive(hostId), alive.modRevision)], success: [put(key, encodeHostRecord(keys.rel(key), next))] } };
+  const { version } = ack;
+  return hostAckTxn(keys, ack, cur, alive, (r) => r.freezeContractSeen === version, (r) => ({ ...r, freezeContractSeen: version, updatedAt: now }));
 }

@@ -108,16 +108,33 @@ export function holdAckTxn(
   alive: ReadAlive | undefined,
   now: number,
 ): HoldAckPlan {
-  const { hostId, epoch, lease, holdSeen } = ack;
+  const { holdSeen } = ack;
+  return hostAckTxn(keys, ack, cur, alive, (r) => (r.holdSeen ?? false) === holdSeen, (r) => ({ ...r, holdSeen, updatedAt: now }));
+}
+
+/**
+ * An acknowledgement this host writes in its own record (`holdSeen`, `freezeContractSeen`): nothing
+ * when `written(record)` already holds, else `write(record)`, comparing the record's and the `alive`
+ * key's `mod_revision`. Refused (nothing written) unless the record is at `epoch`, `attached` or
+ * `ready`, and `alive` is on `lease`.
+ */
+export function hostAckTxn(
+  keys: Keyspace,
+  ack: { readonly hostId: string; readonly epoch: number; readonly lease: KvLeaseId },
+  cur: ReadRecord | undefined,
+  alive: ReadAlive | undefined,
+  written: (r: HostRecord) => boolean,
+  write: (r: HostRecord) => HostRecord,
+): HoldAckPlan {
+  const { hostId, epoch, lease } = ack;
   if (!cur) return { done: { ok: false, detail: `host ${hostId} has no record` } };
   if (cur.record.epoch !== epoch || (cur.record.state !== 'attached' && cur.record.state !== 'ready')) {
     return { done: { ok: false, detail: `record is ${cur.record.state} at epoch ${cur.record.epoch}, this host is at epoch ${epoch}` } };
   }
   if (!alive || alive.holder.lease !== lease) return { done: { ok: false, detail: `hosts/${hostId}/alive is not on this host's lease ${lease}` } };
-  if ((cur.record.holdSeen ?? false) === holdSeen) return { done: { ok: true } };
+  if (written(cur.record)) return { done: { ok: true } };
   const key = keys.hostRecord(hostId);
-  const next: HostRecord = { ...cur.record, holdSeen, updatedAt: now };
-  return { txn: { compare: [modIs(key, cur.modRevision), modIs(keys.hostAlive(hostId), alive.modRevision)], success: [put(key, encodeHostRecord(keys.rel(key), next))] } };
+  return { txn: { compare: [modIs(key, cur.modRevision), modIs(keys.hostAlive(hostId), alive.modRevision)], success: [put(key, encodeHostRecord(keys.rel(key), write(cur.record)))] } };
 }
 
 /** The operator hold `hold` on the record `cur` of `hostId` (compared by `mod_revision`), and the record it writes. */

@@ -4,7 +4,7 @@ import { contractAckTxn } from '../../domain/freeze-contract-ack.js';
 import { parseFreezeContract, type FreezeContract } from '../../domain/freeze-contract.js';
 import type { HostRecord } from '../../domain/host-record.js';
 import { Keyspace } from '../../domain/keyspace.js';
-import { holdAckTxn, registrationTxn, setHoldTxn, type ReadAlive, type ReadRecord } from '../../domain/registration-txn.js';
+import { holdAckTxn, registrationTxn, setHoldTxn, type HoldAckPlan, type ReadAlive, type ReadRecord } from '../../domain/registration-txn.js';
 import type { Clock } from '../../ports/clock.js';
 import type { ClusterStore, HoldAckResult, KeepaliveAnswer, LeaseId, Registration, RegistrationResult } from '../../ports/cluster-store.js';
 import type { Kv } from '../../ports/kv.js';
@@ -93,14 +93,19 @@ export class KvClusterStore implements ClusterStore {
   }
 
   async ackHold(hostId: string, epoch: number, lease: LeaseId, holdSeen: boolean, deadlineMs: number): Promise<HoldAckResult> {
+    return this.ackInRecord(hostId, deadlineMs, 'hold acknowledgement', (cur, alive) => holdAckTxn(this.keys, { hostId, epoch, lease, holdSeen }, cur, alive, this.clock.now()));
+  }
+
+  /** Reads the record and `alive`, plans the acknowledgement, writes it; again when the record changed meanwhile. */
+  private async ackInRecord(hostId: string, deadlineMs: number, what: string, plan: (cur: ReadRecord | undefined, alive: ReadAlive | undefined) => HoldAckPlan): Promise<HoldAckResult> {
     for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
       const [cur, alive] = await Promise.all([this.readRecord(hostId, deadlineMs), this.readAlive(hostId, deadlineMs)]);
-      const plan = holdAckTxn(this.keys, { hostId, epoch, lease, holdSeen }, cur, alive, this.clock.now());
-      if ('done' in plan) return plan.done;
-      const res = await this.kv.txn(plan.txn, deadlineMs);
+      const p = plan(cur, alive);
+      if ('done' in p) return p.done;
+      const res = await this.kv.txn(p.txn, deadlineMs);
       if (res.succeeded) return { ok: true };
     }
-    throw new TetherError('UNAVAILABLE', `hold acknowledgement of ${hostId}: record kept changing`, { retryable: true });
+    throw new TetherError('UNAVAILABLE', `${what} of ${hostId}: record kept changing`, { retryable: true });
   }
 
   async getFreezeContract(deadlineMs: number): Promise<FreezeContract | undefined> {
@@ -116,14 +121,7 @@ export class KvClusterStore implements ClusterStore {
   }
 
   async ackFreezeContract(hostId: string, epoch: number, lease: LeaseId, version: number, deadlineMs: number): Promise<HoldAckResult> {
-    for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
-      const [cur, alive] = await Promise.all([this.readRecord(hostId, deadlineMs), this.readAlive(hostId, deadlineMs)]);
-      const plan = contractAckTxn(this.keys, { hostId, epoch, lease, version }, cur, alive, this.clock.now());
-      if ('done' in plan) return plan.done;
-      const res = await this.kv.txn(plan.txn, deadlineMs);
-      if (res.succeeded) return { ok: true };
-    }
-    throw new TetherError('UNAVAILABLE', `freeze contract acknowledgement of ${hostId}: record kept changing`, { retryable: true });
+    return this.ackInRecord(hostId, deadlineMs, 'freeze contract acknowledgement', (cur, alive) => contractAckTxn(this.keys, { hostId, epoch, lease, version }, cur, alive, this.clock.now()));
   }
 
   async getHost(hostId: string, deadlineMs: number): Promise<HostRecord | undefined> {
