@@ -3,7 +3,8 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync } from 'node:f
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { AgentCredentials } from '../api/auth/client-credentials.js';
-import type { AdminTarget } from '../api/http/admin-server.js';
+import { adminCall, type AdminTarget } from '../api/http/admin-server.js';
+import type { GcStatus } from '../domain/agent-status.js';
 import { MicroVmApiClient } from '../cli/microvm-client.js';
 import { agentClientCredentials, agentSecurityArgs, devApiSecurity, type AgentApiSecurity } from './api-credentials.js';
 import { findFreePorts } from './free-ports.js';
@@ -148,6 +149,18 @@ export class AgentProcess {
       if (!this.running) throw new Error(`agent exited (${this.proc?.signalCode ?? this.proc?.exitCode}): ${readFileSync(this.log, 'utf8').slice(-2000)}`);
       return this.api().list().then(() => true, () => false);
     }, 20_000, 100);
+  }
+
+  /**
+   * Waits until the agent takes new VMs (`timeoutMs`, default 30 s): attached (at `minEpoch` or
+   * later) and, when it has a guardian, the guardian confirmed running. Admission refuses VMs
+   * before that, so a test that creates a VM as soon as the host says `attached` races the guardian.
+   */
+  async waitTakesVms(timeoutMs = 30_000, minEpoch = 0): Promise<GcStatus> {
+    return until(`agent ${this.hostId} attached with its guardian running`, async () => {
+      const s = await adminCall<GcStatus>(this.admin, 'GET', 'gc/status', undefined, 3000).catch(() => undefined);
+      return s?.phase === 'attached' && s.epoch >= minEpoch && s.guardianRunning !== false ? s : undefined;
+    }, timeoutMs, 50);
   }
 
   api(): MicroVmApiClient {

@@ -51,6 +51,7 @@ async function vmRecord(key: string): Promise<ClusterVmRecord | undefined> {
   return (await store.listVms(3000)).find((v) => v.key === key)?.record;
 }
 async function createOnA(name: string): Promise<{ uid: string; pid: number }> {
+  await agents.a.waitTakesVms();
   const vm = await agents.a.api().create({ id: name, namespace: 'af', vcpu: 1, memory_in_mb: 96, kernel: { image: '', cmdline: {} }, interfaces: [{ device_id: 'eth0', type: 'TAP' }] });
   await until(`${name} running on a`, async () => (await vmRecord(`af/${name}`))?.phase === 'running', 60_000, 200);
   return { uid: vm.spec.uid, pid: qemusOf(ids.a).get(vm.spec.uid)! };

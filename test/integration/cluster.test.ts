@@ -96,6 +96,7 @@ describe('cluster: partition, fence window, reschedule, rejoin (real hosts, cont
   let bRevisionBefore = '';
 
   it('VMs created through an agent API become cluster records placed on that host, and run there', async () => {
+    await agents.b.waitTakesVms();
     const vm = await agents.b.api().create({ id: 'web', namespace: 'cl', vcpu: 1, memory_in_mb: 96, kernel: { image: '', cmdline: {} }, interfaces: [{ device_id: 'eth0', type: 'TAP' }] });
     oldUid = vm.spec.uid;
     const rec = await until('web running on b', async () => {
@@ -157,6 +158,7 @@ describe('cluster: partition, fence window, reschedule, rejoin (real hosts, cont
     );
     expect(stale.ok).toBe(false);
     expect(await vmRecord('cl/zombie')).toBeUndefined();
+    await agents.b.waitTakesVms();
     const fresh = await agents.b.api().create({ id: 'after', namespace: 'cl', vcpu: 1, memory_in_mb: 96, kernel: { image: '', cmdline: {} } });
     const rec = await until('after running on b', async () => {
       const r = await vmRecord('cl/after');
@@ -170,6 +172,7 @@ describe('cluster: partition, fence window, reschedule, rejoin (real hosts, cont
   }, 120_000);
 
   it('hold on C: acknowledged by C before it applies; cut off past its watchdog and the fence window, and released while cut off: C does not self-fence, nothing is fenced or rescheduled', async () => {
+    await agents.c.waitTakesVms();
     const vm = await agents.c.api().create({ id: 'held', namespace: 'cl', vcpu: 1, memory_in_mb: 96, kernel: { image: '', cmdline: {} } });
     await until('held running on c', async () => (await vmRecord('cl/held'))?.phase === 'running', 60_000, 200);
     const pid = qemusOf(ids.c).get(vm.spec.uid);

@@ -139,6 +139,7 @@ class Rig {
   /** One VM on every host, running in the cluster's records; remembers uid and QEMU pid. */
   async createVms(): Promise<void> {
     for (const h of HOSTS) {
+      await this.agents[h].waitTakesVms();
       const vm = await this.agents[h].api().create({ id: `vm-${h}`, namespace: 'outage', vcpu: 1, memory_in_mb: 96, kernel: { image: '', cmdline: {} } });
       this.vms[h] = { key: `outage/vm-${h}`, uid: vm.spec.uid };
     }

@@ -74,6 +74,7 @@ function sampler() {
 
 async function createVm(name: string, cmdline: Record<string, string> = {}): Promise<FlintlockMicroVM> {
   const s: MicroVmSpecIn = { id: name, namespace: 'gc', vcpu: 1, memory_in_mb: 96, kernel: { image: '', cmdline }, interfaces: [{ device_id: 'eth0', type: 'TAP' }] };
+  await agent.waitTakesVms();
   const vm = await agent.api().create(s);
   return until(`vm ${name} running`, async () => {
     const v = await agent.api().get(vm.spec.uid);
@@ -101,9 +102,7 @@ beforeAll(async () => {
   client = new Etcd3({ hosts: etcd.endpoints(), ...etcd3Security(etcd.endpoints(), etcd.clientTls()), faultHandling: { host: () => noop, global: noop } });
   agent = new AgentProcess(hostId, join(dir, 'state'), [...etcd.agentArgs(proxies.endpoints()), ...TIMINGS]);
   await agent.start();
-  await phase('attached', 20_000);
-  // new VMs are admitted once the guardian is known to run (it may come up after the attach under load)
-  await until('guardian running', async () => ((await status().catch(() => undefined))?.guardianRunning === true ? true : undefined), 30_000, 50);
+  await agent.waitTakesVms();
 }, 120_000);
 
 afterAll(async () => {

@@ -81,11 +81,7 @@ beforeAll(async () => {
   store = new EtcdControllerStore({ endpoints: etcd.endpoints(), security: etcd.clientTls(), prefix: PREFIX });
   agent = new AgentProcess(hostId, stateDir, [...etcd.agentArgs(), '--etcd-prefix', PREFIX, '--lock-dir', join(dir, 'locks'), '--accel', 'tcg', ...TIMINGS]);
   await agent.start();
-  // Ready to take VMs: attached, and its guardian confirmed running (admission refuses until then).
-  await until('agent attached, guardian running', async () => {
-    const st = await status().catch(() => undefined);
-    return st?.phase === 'attached' && st.guardianRunning === true;
-  }, 30_000, 100);
+  await agent.waitTakesVms();
 }, 120_000);
 
 afterAll(async () => {

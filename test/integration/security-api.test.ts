@@ -72,11 +72,7 @@ beforeAll(async () => {
   agent = new AgentProcess(hostId, join(dir, 'agent'), [...etcd.agentArgs(), '--lock-dir', join(dir, 'locks'), '--accel', 'tcg', '--metrics-listen', metricsAddr, ...TIMINGS]);
   await agent.start();
   good = agent.credentials!;
-  // Ready to take VMs: attached, and its guardian confirmed running (admission refuses until then).
-  await until('agent attached, guardian running', async () => {
-    const st = await status().catch(() => undefined);
-    return st?.phase === 'attached' && st.guardianRunning === true;
-  }, 30_000, 100);
+  await agent.waitTakesVms();
 }, 120_000);
 
 afterAll(async () => {
