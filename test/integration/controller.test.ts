@@ -498,11 +498,18 @@ describe('controller against real etcd (3 members)', () => {
   it('a lease lost within one TTL of a raft leader change (etcd 3.4 early revoke) gets ttl + window; the term comes from real response headers', async () => {
     const prefix = '/t7/';
     const obs = observer(prefix);
-    const [a] = await healthyHosts(prefix, ['a', 'b', 'c']);
+    // Host a's TTL is long (8 s): the revoke below must land within one TTL of the term change the
+    // controller saw, and on a loaded CI the kill, the election and the test's retried revoke took
+    // 4.2 s (a 3 s TTL made that a lost race, not a controller fault).
+    const TA: GcTimings = { ...T, ttl: 8000 };
+    expect(checkTimings(TA)).toEqual([]);
+    const a = new SimHost('a', prefix, TA);
+    await Promise.all([a.register(), healthyHosts(prefix, ['b', 'c'])]);
     const logs: string[] = [];
     const { c } = controller(prefix, 'c1', {}, logs);
     await waitFor(() => c.isLeader, 5000 + SLACK, 'leadership');
-    await sleep(T.ttl + 300);
+    // past one TTL of the controller's first term observation (which counts as a change)
+    await sleep(TA.ttl + 300);
     expect(c.view().status?.store?.version).toMatch(/^3\.4\./);
     // The clients spread calls over the three members and do not fail over within a call: while a
     // member is down, the test's own calls are retried.
@@ -526,7 +533,7 @@ describe('controller against real etcd (3 members)', () => {
     // What a deposed leader's lessor does to a live host (etcd #15247): its lease goes at once after
     // the election (the rule covers losses within one TTL of the term change as the controller saw
     // it: waiting here for this test's own client to see the term made the loss late now and then).
-    await retrying(() => a!.revoke());
+    await retrying(() => a.revoke());
     // Liveness under a dead etcd member (watch reconnect, perhaps a leadership change): more slack.
     await waitFor(async () => (await obs.getHost('a', OBS_DL).catch(() => ({ record: undefined }))).record?.state === 'detached', 3 * SLACK, 'detached');
     // The window includes the TTL: either the detach already saw the new term, or the controller
@@ -536,7 +543,7 @@ describe('controller against real etcd (3 members)', () => {
     let rec: HostRecord | undefined;
     await waitFor(async () => {
       rec = (await obs.getHost('a', OBS_DL).catch(() => ({ record: undefined }))).record;
-      return rec?.fenceDeadline !== undefined && rec.detachedAt !== undefined && rec.fenceDeadline - rec.detachedAt >= T.ttl + T.fenceWindow;
+      return rec?.fenceDeadline !== undefined && rec.detachedAt !== undefined && rec.fenceDeadline - rec.detachedAt >= TA.ttl + TA.fenceWindow;
     }, 3 * SLACK, 'the window lengthened by the TTL').catch(async (err: unknown) => {
       // With a member dead the controller may stay without an answer for a while (its calls are not
       // failed over within a call); it must not fence meanwhile. The logs say where it waited.
@@ -548,11 +555,11 @@ describe('controller against real etcd (3 members)', () => {
     if (!rec) throw new Error('no record');
     const det = (await retrying(() => events(obs, 'host-detached', 'a'))) as Extract<ClusterEvent, { kind: 'host-detached' }>[];
     const ext = (await retrying(() => events(obs, 'fence-deadline-extended', 'a'))) as Extract<ClusterEvent, { kind: 'fence-deadline-extended' }>[];
-    console.log(`[controller] leader ${leader} killed; lease revoked after the new term; window ${rec.fenceDeadline! - rec.detachedAt!} ms (ttl ${T.ttl} + window ${T.fenceWindow}), ${det[0]?.termChange ? 'at the detach' : 'extended after it'}`);
+    console.log(`[controller] leader ${leader} killed; lease revoked after the new term; window ${rec.fenceDeadline! - rec.detachedAt!} ms (ttl ${TA.ttl} + window ${TA.fenceWindow}), ${det[0]?.termChange ? 'at the detach' : 'extended after it'}`);
     expect(det).toHaveLength(1);
     const takenOver = ext.some((e) => e.why !== 'raft-term-change');
     if (det[0]!.termChange) {
-      expect(det[0]!.termChange).toMatchObject({ extendedByMs: T.ttl });
+      expect(det[0]!.termChange).toMatchObject({ extendedByMs: TA.ttl });
       expect(det[0]!.termChange.term).toBeGreaterThan(before);
       expect(det[0]!.detail).toMatch(/raft term change/);
     } else if (!takenOver) {
@@ -561,9 +568,9 @@ describe('controller against real etcd (3 members)', () => {
     // Never fenced before the lengthened deadline: past the unlengthened one, it is either not fenced
     // yet or was fenced only after loss + ttl + window (a freeze from the other hosts' own trouble
     // during the election may hold the fence longer: not this test's concern).
-    await sleep(Math.max(0, rec.detachedAt! + T.fenceWindow + 1000 - Date.now()));
+    await sleep(Math.max(0, rec.detachedAt! + TA.fenceWindow + 1000 - Date.now()));
     const fenced = (await retrying(() => events(obs, 'host-fenced', 'a'))) as Extract<ClusterEvent, { kind: 'host-fenced' }>[];
-    for (const f of fenced) expect(f.at).toBeGreaterThanOrEqual(rec.detachedAt! + T.ttl + T.fenceWindow);
+    for (const f of fenced) expect(f.at).toBeGreaterThanOrEqual(rec.detachedAt! + TA.ttl + TA.fenceWindow);
     await cluster!.restart(leader);
     await cluster!.waitForHealthy(10_000 + SLACK);
   }, 150_000);

@@ -282,22 +282,23 @@ describe('EtcdKv against real etcd 3.4 (3 members, TLS)', () => {
     const victim = (await c.waitForLeader(10_000)) === 0 ? 1 : 0; // a follower: quorum and leader stay
     await c.stopMember(victim);
     try {
-      let failures = 0;
+      const failures: string[] = [];
       for (let i = 0; i < 30; i++) {
         try {
-          await kv.range({ key: 'dead-member' }, 3000);
-          await kv.txn({ compare: [], success: [{ op: 'put', key: `dead-member/${i}`, value: 'x' }] }, 3000);
-        } catch {
-          failures++;
+          // Deadlines far above a loaded CI's latency: what is checked is that a dead member never fails a call.
+          await kv.range({ key: 'dead-member' }, 10_000);
+          await kv.txn({ compare: [], success: [{ op: 'put', key: `dead-member/${i}`, value: 'x' }] }, 10_000);
+        } catch (err) {
+          failures.push(`#${i}: ${err instanceof Error ? err.message : String(err)}`);
         }
       }
       // Without the retry, about a third of the calls went to the dead member and failed.
-      expect(failures).toBe(0);
+      expect(failures).toEqual([]);
     } finally {
       await c.restart(victim);
       await c.waitForHealthy(30_000);
     }
-  }, 90_000);
+  }, 180_000);
 
   kvCases('EtcdKv', {
     kv: newKv,
