@@ -36,17 +36,6 @@ export type FreezeTransition = 'entered' | 'fell-back' | 'resumed';
 /** Initial state: not frozen. */
 export const NOT_FROZEN: FreezeState = { mode: 'normal' };
 
-/** Counts the pool (see the module doc) from record states. */
-export function countDetached(states: Iterable<HostRecordState>): DetachedCount {
-  let detached = 0;
-  let total = 0;
-  for (const s of states) {
-    if (s === 'attached' || s === 'ready' || s === 'detached') total++;
-    if (s === 'detached') detached++;
-  }
-  return { detached, total };
-}
-
 /** One host as the freeze counts it: its record's state (undefined: no record any more) and whether its `alive` key exists. */
 export interface PoolMember {
   readonly state: HostRecordState | undefined;

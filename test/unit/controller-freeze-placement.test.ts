@@ -3,7 +3,7 @@ import type { ClusterVmRecord } from '../../src/domain/cluster-vm.js';
 import { holdsCapacity, lostWithHost, markLost, restartPolicyOf, staleOnRejoinedHost } from '../../src/domain/cluster-vm.js';
 import { DEFAULT_TIMINGS } from '../../src/domain/gc-timing.js';
 import type { HostRecord } from '../../src/domain/host-record.js';
-import { aboveLimit, countDetached, evaluateFreeze, fencingAllowed, NOT_FROZEN, type FreezeState } from '../../src/domain/mass-freeze.js';
+import { aboveLimit, countPool, evaluateFreeze, fencingAllowed, NOT_FROZEN, type FreezeState } from '../../src/domain/mass-freeze.js';
 import { isSchedulable, placeVms } from '../../src/domain/placement.js';
 import type { VmSpec } from '../../src/domain/vm.js';
 import { bareSpec } from '../support/host-harness.js';
@@ -12,7 +12,8 @@ describe('mass-disruption freeze (pure)', () => {
   const opts = { limit: 0.55, window: 10_000 };
 
   it('counts the pool: attached, ready and detached; fenced and retired are out', () => {
-    expect(countDetached(['attached', 'ready', 'detached', 'fenced', 'retired'])).toEqual({ detached: 1, total: 3 });
+    const states = { a: 'attached', r: 'ready', d: 'detached', f: 'fenced', x: 'retired' } as const;
+    expect(countPool((id) => ({ state: states[id as keyof typeof states], alive: true }), Object.keys(states))).toEqual({ detached: 1, total: 3 });
   });
 
   it('is strictly above the limit: 1/2 and 0/0 are not, 2/3 and 1/1 are', () => {

@@ -1,5 +1,5 @@
-import { peerWindowOpensAt, type PeerAnswer, type PeerAsk } from '../../domain/peer-check.js';
-import { STAY_AWAY_MAX_MS } from '../../domain/codec/peer-answer.js';
+import type { PeerAnswer, PeerAsk } from '../../domain/peer-check.js';
+import { answerAsWitness } from '../../domain/peer-witness.js';
 import { PeerRounds, type PeerCheckDeps } from './peer-rounds.js';
 import { afterTransition } from '../../domain/agent-transition.js';
 import { admissionRefusal, gcStatus, type GcStatus } from '../../domain/agent-status.js';
@@ -171,49 +171,39 @@ export class HostGc {
   }
 
   /**
-   * This host's answer to a peer's question (issue 11, docs/peer-check.md "The witness"). It is
-   * `silent` — a witness — only when it is `detached` and inside its own peer-check window, has no
-   * registration in flight or unresolved, no other agent holds its host id, and it has received an
-   * acknowledgement; answering
-   * `silent` is a promise, recorded (persisted) BEFORE the answer leaves: no keepalive on the current
-   * lease ever again, and no registration until etcd no longer knows that lease and `stayAwayMs` has
-   * passed (the longest stay-away asked wins).
+   * This host's answer to a peer's question (issue 11, docs/peer-check.md "The witness"), decided by
+   * {@link answerAsWitness}. Answering `silent` is a promise, recorded (persisted) BEFORE the answer
+   * leaves: no keepalive on the current lease ever again, and no registration until etcd no longer
+   * knows that lease and `stayAwayMs` has passed (the longest stay-away asked wins).
    */
   peerAnswer(ask: PeerAsk): PeerAnswer {
-    const { nonce } = ask;
     const st = this.state;
     const ss = this.session;
-    const now = this.ctx.clock.nowMono();
-    // A witness is still `detached` (a host that fenced itself is no witness) and inside its own
-    // peer-check window: a peer's question during this host's short blip must not commit it.
-    const settings = this.opts.peerCheck?.settings ?? { interval: this.t.heartbeatInterval, timeout: this.t.heartbeatInterval };
-    const inWindow = st.lastAck !== undefined && now >= peerWindowOpensAt(this.t, settings, st.lastAck);
-    const silent = st.phase === 'detached' && inWindow && ss.lastAckReceivedAt !== undefined && !ss.membershipUnresolved && ss.duplicateOf === undefined;
-    const stay = Math.max(0, Math.min(Math.ceil(ask.stayAwayMs), STAY_AWAY_MAX_MS));
-    if (silent) {
-      const until = Math.max(ss.silentUntil ?? -Infinity, now + stay);
-      const lease = ss.lease ?? ss.silencedLease;
-      if (lease !== ss.silencedLease || until !== ss.silentUntil) {
-        const first = ss.silencedLease === undefined && ss.silentUntil === undefined;
-        ss.promisedMs = Math.max(ss.promisedMs, stay);
-        saveSilence(this.ctx.inventory, { ...(lease !== undefined ? { lease } : {}), until, promisedMs: ss.promisedMs, bootId: this.opts.bootId });
-        ss.silencedLease = lease;
-        ss.silentUntil = until;
-        if (first) this.ctx.logger.info({ lease, stayAwayMs: stay }, 'answered a peer as a witness: this lease is never renewed again; the host registers anew once etcd no longer knows it and the promised stay-away has passed');
-      }
-    }
-    return {
+    const { answer, promise } = answerAsWitness({
+      now: this.ctx.clock.nowMono(),
       hostId: this.ctx.hostId,
-      nonce,
-      epoch: st.epoch,
+      ask,
+      timings: this.t,
+      settings: this.opts.peerCheck?.settings ?? { interval: this.t.heartbeatInterval, timeout: this.t.heartbeatInterval },
       phase: st.phase,
-      reachesEtcd: st.phase === 'attached',
-      silent,
-      ...(silent ? { ackAgeMs: Math.max(0, Math.round(now - ss.lastAckReceivedAt!)) } : {}),
+      epoch: st.epoch,
+      lastAck: st.lastAck,
+      lastAckReceivedAt: ss.lastAckReceivedAt,
       unanswered: ss.unanswered,
-      ttl: this.t.ttl,
-      promisedMs: silent ? stay : 0,
-    };
+      membershipUnresolved: ss.membershipUnresolved,
+      duplicate: ss.duplicateOf !== undefined,
+      lease: ss.lease,
+      promise: { lease: ss.silencedLease, until: ss.silentUntil, promisedMs: ss.promisedMs },
+    });
+    if (promise !== undefined) {
+      // persisted before the answer leaves: a restarted agent keeps the promise
+      saveSilence(this.ctx.inventory, { ...(promise.lease !== undefined ? { lease: promise.lease } : {}), until: promise.until, promisedMs: promise.promisedMs, bootId: this.opts.bootId });
+      ss.silencedLease = promise.lease;
+      ss.silentUntil = promise.until;
+      ss.promisedMs = promise.promisedMs;
+      if (promise.first) this.ctx.logger.info({ lease: promise.lease, stayAwayMs: answer.promisedMs }, 'answered a peer as a witness: this lease is never renewed again; the host registers anew once etcd no longer knows it and the promised stay-away has passed');
+    }
+    return answer;
   }
 
   /** The last GC run, if any. */

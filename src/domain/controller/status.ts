@@ -4,8 +4,7 @@
  * Published when it changed (ignoring its timestamp), at most every {@link STATUS_DEBOUNCE_MS}.
  */
 import { decideHost, timingProblems } from '../fence-window.js';
-import type { HostRecord } from '../host-record.js';
-import { countDetached, describeFreeze, fencingAllowed } from '../mass-freeze.js';
+import { describeFreeze, fencingAllowed } from '../mass-freeze.js';
 import type { ControllerHostStatus, ControllerStatus } from '../../ports/controller-store.js';
 import { call, log, setTimer, timerSet } from './effects.js';
 import type { CallError, ControllerState, Ctx, Now } from './types.js';
@@ -13,10 +12,13 @@ import type { CallError, ControllerState, Ctx, Now } from './types.js';
 /** Status is published at most this often. */
 export const STATUS_DEBOUNCE_MS = 250;
 
-/** The status document of `s` at `now` (pure). */
+/**
+ * The status document of `s` at `now` (pure). Its freeze counts are the ones the freeze applied at
+ * its last evaluation (C1 lease gone, C3 pool at freeze, C7 leave grace of docs/peer-check.md), so
+ * the share shown is the share that decides.
+ */
 export function statusOf(s: ControllerState, now: Now): ControllerStatus {
-  const records = [...s.hosts.values()].map((t) => t.record).filter((r): r is HostRecord => r !== undefined);
-  const count = countDetached(records.map((r) => r.state));
+  const count = s.detachedCount;
   const frozen = !fencingAllowed(s.freeze);
   const freezeReason = describeFreeze(s.freeze, s.freezeRule?.share ?? s.cfg.freezeShare, now.mono);
   const hosts: ControllerHostStatus[] = [];
