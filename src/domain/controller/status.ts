@@ -7,6 +7,7 @@ import { decideHost, timingProblems } from '../fence-window.js';
 import { describeFreeze, fencingAllowed } from '../mass-freeze.js';
 import type { ControllerHostStatus, ControllerStatus } from '../../ports/controller-store.js';
 import { call, log, setTimer, timerSet } from './effects.js';
+import { evaluateFreeze } from './freeze.js';
 import type { CallError, ControllerState, Ctx, Now } from './types.js';
 
 /** Status is published at most this often. */
@@ -58,10 +59,16 @@ export function scheduleStatus(c: Ctx): void {
   if (c.s.leader && c.s.synced && !timerSet(c, 'status')) setTimer(c, 'status', STATUS_DEBOUNCE_MS);
 }
 
-/** The status timer fired: publish when the document changed. */
+/**
+ * The status timer fired: publish when the document changed. Not while a fresh listing is still
+ * being reconciled (its freeze count is not evaluated yet: the next input schedules the status
+ * again); a pending freeze evaluation runs first, so the counts shown are the current view's.
+ */
 export function publishStatus(c: Ctx): void {
   const s = c.s;
-  if (!s.synced || !s.leader) return;
+  if (!s.synced || !s.leader || s.reconcileQueue !== undefined) return;
+  if (s.freezeDirty) evaluateFreeze(c);
+  if (!s.leader) return;
   const doc = statusOf(s, c.now);
   const sig = JSON.stringify({ ...doc, at: 0, freeze: { ...doc.freeze, reason: doc.freeze.mode } });
   if (sig === s.lastStatus) return;
