@@ -2,15 +2,16 @@ import { hostRecordKey } from '../domain/codec.js';
 import type { InvalidRecordReport } from '../domain/codec/invalid-record-log.js';
 import { toRecordText } from '../domain/codec/names.js';
 import { isRetryable, messageOf } from '../domain/errors.js';
-import { HostVmCache, planIsEmpty, planSync, watchRecovery, type IndexChange, type UnreadableVm } from '../domain/cluster-vm-sync.js';
+import { HostVmCache, planIsEmpty, planSync, type IndexChange, type UnreadableVm } from '../domain/cluster-vm-sync.js';
 import { DEFAULT_TXN_LIMITS, type ClusterChange } from '../domain/cluster-change.js';
 import type { ClusterVmRecord } from '../domain/cluster-vm.js';
 import { groupBySize, merge } from '../domain/controller/batch.js';
-import type { ControllerStore, HostEntry, Subscription, VmEntry } from '../ports/controller-store.js';
+import type { ControllerStore, HostEntry, VmEntry } from '../ports/controller-store.js';
 import type { TimerHandle } from '../ports/clock.js';
-import type { HostVmEvent, HostVmIndexStore } from '../ports/host-vm-index.js';
+import type { HostVmBatch, HostVmEvent, HostVmIndexStore } from '../ports/host-vm-index.js';
 import type { HostContext } from './host-context.js';
 import type { AgentVmService } from './vm-service.js';
+import { WatchFeed } from './watch-feed.js';
 
 /** What the sync needs of the cluster store: its host record, commits, and its own VM index (never `vms/` whole). */
 export type AgentClusterStore = Pick<ControllerStore, 'getHost' | 'commit' | 'invalidRecords'> & Partial<Pick<ControllerStore, 'txnLimits'>> & HostVmIndexStore;
@@ -53,8 +54,8 @@ export interface IndexFeedStats {
  *
  * Its view of the records is the host's OWN index (`hostvms/<hostId>/`, a copy of each record placed
  * here, written in the record's txn): listed once, then watched from the list's revision + 1
- * ({@link HostVmCache}). A watch error resumes from the last revision seen; only COMPACTED (that
- * revision is gone) lists again ({@link watchRecovery}). A round runs on each watch batch and every
+ * ({@link HostVmCache}) through a {@link WatchFeed}: a watch error resumes from the last revision seen;
+ * only COMPACTED (that revision is gone) lists again. A round runs on each watch batch and every
  * `intervalMs` (to follow local phase changes); it plans from the cache and the local inventory only,
  * and touches etcd (one host-record read as the guard, then its writes) only when the plan asks for
  * something: a steady-state host costs etcd nothing but its watch. A round acts only while its watch
@@ -79,12 +80,9 @@ export class ClusterVmSync {
   private readonly keptReported = new Map<string, string>();
   private lastFailure: string | undefined;
   private cache: HostVmCache | undefined;
-  /** The feed of the cache: `down` (no watch), `starting` (list and/or watch under way), `up`. */
-  private feed: 'down' | 'starting' | 'up' = 'down';
-  private sub: Subscription | undefined;
-  /** The last watch failure's code: decides resume or re-list ({@link watchRecovery}). */
-  private lastWatchError: string | undefined;
-  private readonly stats = { lists: 0, watches: 0, watchErrors: 0, guardReads: 0, recordReads: 0 };
+  /** The feed of the cache (list, watch, resume, list again after a compaction). */
+  private readonly feed: WatchFeed<HostVmBatch>;
+  private readonly reads = { guardReads: 0, recordReads: 0 };
   /** Whether the previous round found the host attached (a new attachment re-establishes the watch). */
   private wasAttached = false;
   /** Local uids kept because their record is missing from the index, already reported. */
@@ -98,6 +96,26 @@ export class ClusterVmSync {
     private readonly intervalMs: number,
   ) {
     this.unsubscribe = store.invalidRecords.subscribe((r) => this.reportInvalid(r));
+    const { hostId } = ctx;
+    this.feed = new WatchFeed<HostVmBatch>(
+      {
+        revision: () => this.cache?.revision,
+        relist: async (deadlineMs) => {
+          const list = await store.listHostVms(hostId, deadlineMs);
+          this.cache = new HostVmCache(
+            Number(list.revision),
+            list.entries.map((e) => ({ key: e.key, record: e.record, revision: e.revision })),
+            list.invalid.map((e) => ({ key: e.key.slice('vms/'.length), revision: e.revision ?? '', field: e.field, message: e.message })),
+          );
+        },
+        watch: (from, handlers, deadlineMs) => store.watchHostVms(hostId, from, handlers, deadlineMs),
+        apply: (b) => {
+          if (this.cache?.apply(Number(b.revision), b.events.map(toIndexChange))) void this.syncOnce();
+        },
+      },
+      ctx.logger,
+      'index watch',
+    );
   }
 
   start(): void {
@@ -108,15 +126,12 @@ export class ClusterVmSync {
     this.stopped = true;
     this.unsubscribe();
     if (this.timer) this.ctx.clock.clearTimer(this.timer);
-    const sub = this.sub;
-    this.sub = undefined;
-    this.feed = 'down';
-    void sub?.close().catch(() => undefined);
+    void this.feed.close();
   }
 
   /** How the index view was fed so far. */
   feedStats(): IndexFeedStats {
-    return { ...this.stats };
+    return { ...this.feed.stats, ...this.reads };
   }
 
   /** The cached copy of this host's incarnation `uid` (undefined when not cached or unknown). */
@@ -143,7 +158,7 @@ export class ClusterVmSync {
 
   /** The host's own entry, if its record is attached or ready at `epoch` (else undefined: write nothing). */
   async guard(epoch: number): Promise<HostEntry | undefined> {
-    this.stats.guardReads++;
+    this.reads.guardReads++;
     const host = await this.store.getHost(this.ctx.hostId, this.intervalMs);
     const rec = host.record;
     // An unreadable own record (reported by the store's log) is no guard: write nothing, delete nothing.
@@ -159,66 +174,6 @@ export class ClusterVmSync {
     });
   }
 
-  /**
-   * Brings the index feed up when it is down: lists the index when there is no cache or the last
-   * watch error was COMPACTED, then watches from the cache's revision + 1. Failures leave it down
-   * (the next round tries again: resume, or list after COMPACTED).
-   */
-  private async ensureFeed(): Promise<void> {
-    if (this.feed !== 'down' || this.stopped) return;
-    this.feed = 'starting';
-    const { hostId } = this.ctx;
-    try {
-      if (watchRecovery(this.cache?.revision, this.lastWatchError).kind === 'relist') {
-        this.stats.lists++;
-        const list = await this.store.listHostVms(hostId, this.intervalMs);
-        this.cache = new HostVmCache(
-          Number(list.revision),
-          list.entries.map((e) => ({ key: e.key, record: e.record, revision: e.revision })),
-          list.invalid.map((e) => ({ key: e.key.slice('vms/'.length), revision: e.revision ?? '', field: e.field, message: e.message })),
-        );
-        this.lastWatchError = undefined;
-      }
-      const cache = this.cache!;
-      let failed = false;
-      const ref: { sub?: Subscription } = {};
-      this.stats.watches++;
-      const sub: Subscription = await this.store.watchHostVms(
-        hostId,
-        String(cache.revision + 1),
-        {
-          onEvent: (b) => {
-            if (this.cache !== cache || failed) return;
-            const changed = cache.apply(Number(b.revision), b.events.map(toIndexChange));
-            if (changed) void this.syncOnce();
-          },
-          onError: (err) => {
-            if (failed) return;
-            failed = true;
-            this.stats.watchErrors++;
-            this.lastWatchError = codeOf(err);
-            if (ref.sub !== undefined && this.sub === ref.sub) this.sub = undefined;
-            if (this.feed === 'up') this.feed = 'down';
-            this.ctx.logger.debug({ err: messageOf(err), code: this.lastWatchError, revision: cache.revision }, 'index watch ended; next round resumes it (or lists again after a compaction)');
-          },
-        },
-        this.intervalMs,
-      );
-      if (failed || this.stopped) {
-        void sub.close().catch(() => undefined);
-        this.feed = 'down';
-        return;
-      }
-      ref.sub = sub;
-      this.sub = sub;
-      this.feed = 'up';
-    } catch (err) {
-      this.lastWatchError = codeOf(err);
-      this.feed = 'down';
-      throw err;
-    }
-  }
-
   private async round(): Promise<void> {
     const { attached, epoch } = this.standing();
     if (!attached || epoch === 0) {
@@ -227,19 +182,13 @@ export class ClusterVmSync {
     }
     const { inventory, clock, logger } = this.ctx;
     try {
-      if (!this.wasAttached && this.feed === 'up') {
-        // Attached again (after a detach, a fence or a rejoin): the watch may have outlived a partition
-        // without an error on its stream; resume it from the cache's revision (a watch, not a list).
-        const sub = this.sub;
-        this.sub = undefined;
-        this.feed = 'down';
-        this.lastWatchError = undefined;
-        await sub?.close().catch(() => undefined);
-      }
+      // Attached again (after a detach, a fence or a rejoin): the watch may have outlived a partition
+      // without an error on its stream; it is re-opened from the cache's revision (a watch, not a list).
+      if (!this.wasAttached) await this.feed.reattached();
       this.wasAttached = true;
-      await this.ensureFeed();
+      await this.feed.ensure(this.intervalMs);
       const cache = this.cache;
-      if (this.feed !== 'up' || !cache) return;
+      if (!this.feed.up || !cache) return;
       const unreadable = cache.unreadable();
       const records = cache.entries();
       const local = inventory.listVms().map((vm) => ({ uid: vm.uid, phase: vm.phase, desired: vm.desired, key: `${vm.spec.id.namespace}/${vm.spec.id.name}` }));
@@ -314,7 +263,7 @@ export class ClusterVmSync {
    * record: never in a steady state. Said once per uid at error level.
    */
   private async missingFromIndex(uid: string, key: string, epoch: number): Promise<boolean> {
-    this.stats.recordReads++;
+    this.reads.recordReads++;
     const read = await this.store.getVm(key, this.intervalMs);
     if (read.kind === 'invalid') return true; // exists, unreadable: kept, as planSync keeps one it sees (reported by the store's log)
     const r = read.kind === 'found' ? read.entry.record : undefined;
@@ -358,8 +307,3 @@ function toIndexChange(e: HostVmEvent): IndexChange {
   return e;
 }
 
-/** The stable code of an error, if it has one. */
-function codeOf(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | undefined)?.code;
-  return typeof code === 'string' ? code : undefined;
-}

@@ -1,12 +1,12 @@
 import { closeSync, fsyncSync, openSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { watchRecovery } from '../../domain/cluster-vm-sync.js';
 import { messageOf } from '../../domain/errors.js';
 import { decodePersistedPool, encodePersistedPool, PeerPool, type PeerEndpoint } from '../../domain/peer-pool.js';
 import type { Clock, TimerHandle } from '../../ports/clock.js';
-import type { ControllerStore, HostWatchEvent, Subscription } from '../../ports/controller-store.js';
+import type { ControllerStore, HostWatchEvent } from '../../ports/controller-store.js';
 import type { Logger } from '../../ports/logger.js';
 import type { PeerDirectory } from '../../ports/peers.js';
+import { WatchFeed, type WatchFeedStats } from '../watch-feed.js';
 
 /** What the peer list needs of the controller store. */
 export type PeerListStore = Pick<ControllerStore, 'listHosts' | 'watchHosts'>;
@@ -29,10 +29,7 @@ export interface PeerListOptions {
 }
 
 /** How the list was fed (tests, metrics). */
-export interface PeerListStats {
-  lists: number;
-  watches: number;
-  watchErrors: number;
+export interface PeerListStats extends WatchFeedStats {
   saves: number;
 }
 
@@ -40,11 +37,9 @@ export interface PeerListStats {
  * The pool peers this agent asks in a peer check (issue 11): hosts whose records are `attached`,
  * `ready` or `detached`, other than itself, with their `peerAddress` (pure part: src/domain/peer-pool.ts).
  *
- * Learned while attached from the controller store: `listHosts` (paged by the store), then
- * `watchHosts` from the listing's revision + 1. A watch error resumes from the last revision seen;
- * only COMPACTED lists again (the rule of the VM index sync, `watchRecovery`). Attached again after a
- * detachment, the watch is re-established from the last revision (a watch may outlive a partition
- * without an error).
+ * Learned while attached from the controller store through a {@link WatchFeed}: `listHosts` (paged
+ * by the store), then `watchHosts` from the listing's revision + 1, resumed after errors, listed
+ * again only after a compaction, re-opened when attached again.
  *
  * Invariants: every change of the pool is written to `<stateDir>/peers.json` atomically (temp file
  * created 0600, fsync, rename, fsync of the folder) as soon as it is applied; the file is loaded at construction, so an agent restarted while detached knows its peers; a file
@@ -60,16 +55,34 @@ export class PeerList implements PeerDirectory {
   private started = false;
   /** Highest store revision applied (undefined: never listed in this process). */
   private revision: number | undefined;
-  private lastWatchError: string | undefined;
-  private feed: 'down' | 'starting' | 'up' = 'down';
-  private sub: Subscription | undefined;
+  private readonly feed: WatchFeed<HostWatchEvent>;
   private wasAttached = false;
   private lastFailure: string | undefined;
-  readonly stats: PeerListStats = { lists: 0, watches: 0, watchErrors: 0, saves: 0 };
+  private saves = 0;
 
   constructor(private readonly o: PeerListOptions) {
     this.file = join(o.stateDir, PEER_LIST_FILE);
     this.pool = new PeerPool(o.hostId, this.load());
+    this.feed = new WatchFeed<HostWatchEvent>(
+      {
+        revision: () => this.revision,
+        relist: async (deadlineMs) => {
+          const snap = await o.store.listHosts(deadlineMs);
+          if (this.stopped) return;
+          this.revision = Number(snap.revision);
+          if (this.pool.reset(snap.hosts)) this.save();
+        },
+        watch: (from, handlers, deadlineMs) => o.store.watchHosts(from, handlers, deadlineMs),
+        apply: (e) => this.apply(e),
+      },
+      o.logger,
+      'peer list: host watch',
+    );
+  }
+
+  /** How the list was fed so far. */
+  get stats(): PeerListStats {
+    return { ...this.feed.stats, saves: this.saves };
   }
 
   /** Pool peers that can be asked (an address known), sorted by host id. */
@@ -99,10 +112,7 @@ export class PeerList implements PeerDirectory {
     this.stopped = true;
     if (this.timer) this.o.clock.clearTimer(this.timer);
     this.timer = undefined;
-    const sub = this.sub;
-    this.sub = undefined;
-    this.feed = 'down';
-    await sub?.close().catch(() => undefined);
+    await this.feed.close();
   }
 
   private schedule(ms: number): void {
@@ -121,71 +131,14 @@ export class PeerList implements PeerDirectory {
       return;
     }
     try {
-      if (!this.wasAttached && this.feed === 'up') {
-        const sub = this.sub;
-        this.sub = undefined;
-        this.feed = 'down';
-        this.lastWatchError = undefined;
-        await sub?.close().catch(() => undefined);
-      }
+      if (!this.wasAttached) await this.feed.reattached();
       this.wasAttached = true;
-      await this.ensureFeed();
+      await this.feed.ensure(this.o.intervalMs);
       this.lastFailure = undefined;
     } catch (err) {
       const msg = messageOf(err);
       if (msg !== this.lastFailure) this.o.logger.debug({ err: msg }, 'peer list: could not follow the host records; retrying');
       this.lastFailure = msg;
-    }
-  }
-
-  private async ensureFeed(): Promise<void> {
-    if (this.feed !== 'down' || this.stopped) return;
-    this.feed = 'starting';
-    try {
-      const rec = watchRecovery(this.revision, this.lastWatchError);
-      if (rec.kind === 'relist') {
-        this.stats.lists++;
-        const snap = await this.o.store.listHosts(this.o.intervalMs);
-        if (this.stopped) return;
-        this.revision = Number(snap.revision);
-        this.lastWatchError = undefined;
-        if (this.pool.reset(snap.hosts)) this.save();
-      }
-      let failed = false;
-      const ref: { sub?: Subscription } = {};
-      this.stats.watches++;
-      const sub = await this.o.store.watchHosts(
-        String(this.revision! + 1),
-        {
-          onEvent: (e) => {
-            if (failed || this.stopped) return;
-            this.apply(e);
-          },
-          onError: (err) => {
-            if (failed) return;
-            failed = true;
-            this.stats.watchErrors++;
-            this.lastWatchError = codeOf(err);
-            if (ref.sub !== undefined && this.sub === ref.sub) this.sub = undefined;
-            if (this.feed === 'up') this.feed = 'down';
-            this.o.logger.debug({ err: messageOf(err), code: this.lastWatchError, revision: this.revision }, 'peer list: host watch ended; resuming (or listing again after a compaction)');
-          },
-        },
-        this.o.intervalMs,
-      );
-      if (failed || this.stopped) {
-        void sub.close().catch(() => undefined);
-        this.feed = 'down';
-        return;
-      }
-      ref.sub = sub;
-      this.sub = sub;
-      this.feed = 'up';
-    } catch (err) {
-      // A failed list after a compaction must not turn the next attempt into a resume.
-      if (this.lastWatchError !== 'COMPACTED') this.lastWatchError = codeOf(err);
-      this.feed = 'down';
-      throw err;
     }
   }
 
@@ -231,15 +184,10 @@ export class PeerList implements PeerDirectory {
       } finally {
         closeSync(dfd);
       }
-      this.stats.saves++;
+      this.saves++;
     } catch (err) {
       this.o.logger.error({ file: this.file, err: messageOf(err) }, 'peer list: could not save the pool (a restart while detached would not know its peers)');
     }
   }
 }
 
-/** The stable code of an error, if it has one. */
-function codeOf(err: unknown): string | undefined {
-  const code = (err as { code?: unknown } | undefined)?.code;
-  return typeof code === 'string' ? code : undefined;
-}
