@@ -278,22 +278,27 @@ describe('EtcdKv against real etcd 3.4 (3 members, TLS)', () => {
   it('a dead member costs a retry, not the call: reads and txns keep succeeding while one of three refuses connections', async () => {
     const c = cluster!;
     const kv = newKv();
-    await kv.range({ key: 'warm' }, 2000); // connections up
+    const termBefore = (await kv.range({ key: 'warm' }, 2000)).header.raftTerm; // connections up
     const victim = (await c.waitForLeader(10_000)) === 0 ? 1 : 0; // a follower: quorum and leader stay
     await c.stopMember(victim);
     try {
       const failures: string[] = [];
+      const terms = new Set<number>([termBefore]);
       for (let i = 0; i < 30; i++) {
         try {
           // Deadlines far above a loaded CI's latency: what is checked is that a dead member never fails a call.
-          await kv.range({ key: 'dead-member' }, 10_000);
-          await kv.txn({ compare: [], success: [{ op: 'put', key: `dead-member/${i}`, value: 'x' }] }, 10_000);
+          terms.add((await kv.range({ key: 'dead-member' }, 10_000)).header.raftTerm);
+          terms.add((await kv.txn({ compare: [], success: [{ op: 'put', key: `dead-member/${i}`, value: 'x' }] }, 10_000)).header.raftTerm);
         } catch (err) {
           failures.push(`#${i}: ${err instanceof Error ? err.message : String(err)}`);
         }
       }
-      // Without the retry, about a third of the calls went to the dead member and failed.
-      expect(failures).toEqual([]);
+      terms.add((await kv.range({ key: 'dead-member' }, 10_000)).header.raftTerm);
+      // Without the retry, about a third of the calls went to the dead member and failed. An election
+      // among the two live members (a starved CI can cause one) fails a call with etcd's own "leader
+      // changed" / "no leader": not this test's concern, and excused only when the term did change.
+      const excusable = (f: string) => terms.size > 1 && /leader changed|no leader/.test(f);
+      expect(failures.filter((f) => !excusable(f))).toEqual([]);
     } finally {
       await c.restart(victim);
       await c.waitForHealthy(30_000);
