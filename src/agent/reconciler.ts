@@ -115,8 +115,10 @@ export class Reconciler {
         log.info({ tookMs: Math.round(clock.nowMono() - t0) }, 'vm running');
       }
     } catch (err) {
-      log.error({ err: messageOf(err) }, 'create failed; removing what it made');
-      if (inventory.getVm(uid)?.desired === 'present') inventory.setPhase(uid, 'failed', clock.now(), messageOf(err));
+      if (inventory.getVm(uid)?.desired === 'present') {
+        log.error({ err: messageOf(err) }, 'create failed; removing what it made');
+        inventory.setPhase(uid, 'failed', clock.now(), messageOf(err));
+      } else log.info({ err: messageOf(err) }, 'create abandoned: the VM is no longer wanted; removing what it made');
       await this.cleanupFailed(uid);
     }
   }

@@ -58,8 +58,12 @@ export interface StopResult {
 export interface Vmm {
   /** Launches the VM (daemonised, survives the agent). Resolves once the process runs. */
   start(spec: VmLaunchSpec): Promise<{ pid: number }>;
-  /** Resolves when the ready marker appears on the serial log, rejects after `timeoutMs`. */
-  waitReady(stateDir: string, timeoutMs: number): Promise<void>;
+  /**
+   * Resolves when the ready marker appears on the serial log, rejects after `timeoutMs`, or as soon as
+   * `abandon()` (checked on every poll) returns true: the VM is no longer wanted (a delete must not
+   * wait for a slow boot), rejected with FAILED_PRECONDITION, not retryable.
+   */
+  waitReady(stateDir: string, timeoutMs: number, abandon?: () => boolean): Promise<void>;
   /** Status of the VM whose state folder is `stateDir` and whose uid is `uid`. */
   status(uid: string, stateDir: string): Promise<VmProcessStatus>;
   /** Graceful stop with a deadline, then forced. Already stopped: `already-stopped`. */

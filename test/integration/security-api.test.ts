@@ -226,7 +226,7 @@ describe('the legitimate client, after every attack', () => {
     const released = await adminCall<GcStatus>(agent.admin, 'POST', 'gc/hold', { held: false }, 5000);
     expect(released.held).toBe(false);
     expect(readFileSync(agent.log, 'utf8')).not.toContain(secret); // after the boot and the delete too
-  });
+  }, 120_000);
 });
 
 describe('start-time refusals', () => {

@@ -166,6 +166,17 @@ describe('QemuVmm.waitReady', () => {
     expect(clock.nowMono() - t0).toBeGreaterThanOrEqual(140);
   });
 
+  it('stops waiting with FAILED_PRECONDITION (not retryable) once abandon() says the VM is no longer wanted', async () => {
+    const sd = await mkdtemp(join(dir, 'vm-'));
+    await writeFile(join(sd, 'serial.log'), 'Booting\n');
+    let polls = 0;
+    const err = (await vmm.waitReady(sd, 5000, () => ++polls >= 3).catch((e: unknown) => e)) as TetherError;
+    expect(err.code).toBe('FAILED_PRECONDITION');
+    expect(err.retryable).toBe(false);
+    expect(err.message).toMatch(/no longer wanted/);
+    expect(polls).toBe(3);
+  });
+
   it('fails early with VMM_ERROR when the pid file names a process that is gone', async () => {
     const child = spawn('true');
     await new Promise((r) => child.on('exit', r));

@@ -391,7 +391,7 @@ export class QemuVmm implements Vmm {
    * retryable) after `timeoutMs`, or with VMM_ERROR as soon as the pid file names a process that
    * is no longer a marked QEMU (the VM died); both carry the serial log's tail.
    */
-  async waitReady(stateDir: string, timeoutMs: number): Promise<void> {
+  async waitReady(stateDir: string, timeoutMs: number, abandon?: () => boolean): Promise<void> {
     const paths = vmStatePaths(stateDir);
     const scanner = new LogScanner(paths.serialLog, READY_MARKER);
     const t0 = this.clock.nowMono();
@@ -404,6 +404,12 @@ export class QemuVmm implements Vmm {
       if ((await exists(paths.readyFile)) || (await scanner.poll())) {
         this.logger?.debug({ stateDir, tookMs: Math.round(this.clock.nowMono() - t0) }, 'VM ready');
         return;
+      }
+      if (abandon?.() === true) {
+        throw new TetherError('FAILED_PRECONDITION', `VM in ${stateDir} is no longer wanted: stopped waiting for its ready marker after ${Math.round(this.clock.nowMono() - t0)} ms`, {
+          retryable: false,
+          details: { stateDir },
+        });
       }
       if (i % 10 === 9 && (await this.launchedAndGone(paths.pidFile))) {
         await this.pumps.get(resolve(stateDir))?.pump?.stop();

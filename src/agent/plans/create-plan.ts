@@ -121,7 +121,8 @@ async function allCreateSteps(ctx: HostContext, vm: VmRow): Promise<Step[]> {
     name: `vm-ready:${uid}`,
     shouldDo: async () => ctx.inventory.getVm(uid)?.phase !== 'running',
     do: async () => {
-      await ctx.vmm.waitReady(dir, ctx.readyTimeoutMs);
+      // A delete (or the host GC's wipe) while the guest boots ends the wait: it must not wait for the boot.
+      await ctx.vmm.waitReady(dir, ctx.readyTimeoutMs, () => ctx.inventory.getVm(uid)?.desired !== 'present');
       ctx.inventory.setPhase(uid, 'running', ctx.clock.now());
     },
     verify: async () => (await ctx.vmm.status(uid, dir)).ready,
