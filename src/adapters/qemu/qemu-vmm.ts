@@ -389,7 +389,8 @@ export class QemuVmm implements Vmm {
   /**
    * Resolves once the serial log holds {@link READY_MARKER}. Rejects with TIMEOUT (not
    * retryable) after `timeoutMs`, or with VMM_ERROR as soon as the pid file names a process that
-   * is no longer a marked QEMU (the VM died); both carry the serial log's tail.
+   * is no longer a marked QEMU (the VM died); both carry the serial log's tail. Rejects with
+   * FAILED_PRECONDITION (not retryable) as soon as `abandon()` is true (the VM is no longer wanted).
    */
   async waitReady(stateDir: string, timeoutMs: number, abandon?: () => boolean): Promise<void> {
     const paths = vmStatePaths(stateDir);

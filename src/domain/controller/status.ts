@@ -68,7 +68,6 @@ export function publishStatus(c: Ctx): void {
   const s = c.s;
   if (!s.synced || !s.leader || s.reconcileQueue !== undefined) return;
   if (s.freezeDirty) evaluateFreeze(c);
-  if (!s.leader) return;
   const doc = statusOf(s, c.now);
   const sig = JSON.stringify({ ...doc, at: 0, freeze: { ...doc.freeze, reason: doc.freeze.mode } });
   if (sig === s.lastStatus) return;
