@@ -8,11 +8,21 @@ if [ "$(id -u)" != 0 ]; then
   echo "[test] the integration tests drive real taps and QEMU processes: run as root" >&2
   exit 1
 fi
+# One test run per machine: two would share test host ids, taps and the leak check. A run killed
+# midway leaves its pid file naming a dead (or reused, non-test) pid, which does not count.
+run_pid=/run/tether-test-run.pid
+if other=$(cat "$run_pid" 2>/dev/null) && [ "$other" != $$ ] && tr '\0' ' ' < "/proc/$other/cmdline" 2>/dev/null | grep -q 'scripts/test\.sh'; then
+  echo "[test] another test run (pid $other, $run_pid) is in progress on this machine: wait for it or stop it" >&2
+  exit 1
+fi
+echo $$ > "$run_pid"
 bash scripts/ensure-deps.sh
+# What an earlier, interrupted run left (named as it goes) would otherwise be blamed on this one.
+bash scripts/check-leaks.sh --remove-stale
 echo "[test] lint"
 npm run --silent lint
 out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+trap 'rm -rf "$out"; [ "$(cat "$run_pid" 2>/dev/null)" = $$ ] && rm -f "$run_pid"' EXIT
 status=0
 echo "[test] unit + integration tests"
 npx vitest run --reporter=default --reporter=json --outputFile.json="$out/results.json" "$@" || status=$?

@@ -158,7 +158,9 @@ describe('guardian anchors: watchdog device (FIFO stand-in) and sd_notify (datag
     mkdirSync(stateDir);
     const feed = new GuardianFeed(stateDir, testHostId('anch'), bootId, clock, silentLogger());
     const r = await feed.ensureRunning();
-    rmSync(stateDir, { recursive: true, force: true });
+    // The live guardian may append to its journal while the tree is being removed (ENOTEMPTY on the
+    // last rmdir, CI ac8bf80): retry until the removal wins; once the dir is gone its writes fail.
+    rmSync(stateDir, { recursive: true, force: true, maxRetries: 20, retryDelay: 25 });
     await until('guardian exits', () => {
       try {
         return !readFileSync(`/proc/${r.pid}/cmdline`, 'utf8').includes('guardian');
