@@ -19,6 +19,8 @@ echo $$ > "$run_pid"
 bash scripts/ensure-deps.sh
 # What an earlier, interrupted run left (named as it goes) would otherwise be blamed on this one.
 bash scripts/check-leaks.sh --remove-stale
+kept_logs=/tmp/tether-failed-logs   # test/support/keep-failed-logs.ts: logs of failed tests' folders
+rm -rf "$kept_logs"
 echo "[test] lint"
 npm run --silent lint
 out=$(mktemp -d)
@@ -31,6 +33,12 @@ const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
 console.log(`tests: ${r.numPassedTests} passed, ${r.numFailedTests} failed` + (r.numPendingTests ? `, ${r.numPendingTests} skipped` : ""));
 if (r.numTotalTests === 0) process.exitCode = 1;
 ' "$out/results.json" || status=1
+if [ -d "$kept_logs" ]; then
+  echo "[test] the logs of the failed tests' folders are kept in $kept_logs; their last lines:"
+  find "$kept_logs" -type f | sort | head -n 12 | while read -r f; do
+    echo "--- ${f#"$kept_logs"/}"; tail -n 12 "$f" | cut -c1-400
+  done
+fi
 # A short chaos run on real parts (docs/chaos.md): fails on a double run, non-convergence or a leftover.
 # Only on a full run (no test files named); TETHER_SKIP_CHAOS=1 skips it, CHAOS_SEED picks the seed.
 if [ $# -eq 0 ] && [ "${TETHER_SKIP_CHAOS:-0}" != 1 ]; then
