@@ -63,7 +63,9 @@ const JOURNALED: Partial<Record<string, JournalEvent>> = {
  * - a fire writes `fired.json` (state `killing`) BEFORE the first signal, then kills every
  *   verified VM of the host and verifies each gone within `killTimeoutMs`, then rewrites
  *   `fired.json` with what it killed and how long it took;
- * - while the deadline stays passed, any VM of the host that shows up is killed too;
+ * - while the deadline stays passed, any VM of the host that shows up is killed too, and
+ *   `fired.json` rewritten with it; a pass that killed nothing never rewrites it (an acknowledged,
+ *   i.e. deleted, record stays deleted until a VM is actually killed again);
  * - the watchdog device is petted only while the decision is idle, suspended or wait;
  * - it exits only on a shutdown feed with no VM of the host left, when its state dir is gone,
  *   when another guardian holds its lock, or on SIGTERM/SIGINT.
@@ -165,6 +167,12 @@ export class Guardian {
       const t0 = clock.nowMono();
       this.o.journal.write('fired', { seq: d.seq, again: true, lateMs: Math.round(d.lateMs) });
       const pass = await killer.killAll(t0, killTimeoutMs);
+      // Every process it saw was gone before its kill (a straggler exiting): nothing changed, and
+      // rewriting fired.json would revive a record the agent may have acknowledged (deleted) already.
+      if (pass.killed.length === 0) {
+        this.o.journal.write('verify', { gone: 0, survivors: [], tookMs: Math.round(clock.nowMono() - t0), nothingKilled: true });
+        return;
+      }
       this.fire = {
         ...this.fire,
         state: pass.survivors.length > 0 ? 'incomplete' : this.fire.state,

@@ -6,8 +6,8 @@
  * a run and prints the tails of what was kept after it.
  *
  * Test files run one at a time (vitest.config.ts), so the live folders are the failing file's own.
- * Bounded: files named `*.log` or `journal` (not disks or sockets), at most 8 levels deep, the last
- * 4 MiB of each.
+ * Bounded: files named `*.log`, `*.jsonl` (guardian journals) or `fired.json` (not disks or sockets),
+ * at most 8 levels deep, the last 4 MiB of each.
  */
 import { closeSync, cpSync, mkdirSync, openSync, readdirSync, readSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -27,7 +27,7 @@ function logFiles(dir: string, depth: number, out: string[]): void {
   for (const e of entries) {
     const p = join(dir, e.name);
     if (e.isDirectory()) logFiles(p, depth + 1, out);
-    else if (e.isFile() && (e.name.endsWith('.log') || e.name === 'journal')) out.push(p);
+    else if (e.isFile() && (e.name.endsWith('.log') || e.name.endsWith('.jsonl') || e.name === 'fired.json')) out.push(p);
   }
 }
 
