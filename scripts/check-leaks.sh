@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# After the tests: fails if any test left a QEMU process, guardian, tap, lock, cgroup or temp folder.
+# After the tests: fails if any test left a QEMU or etcd process, agent, guardian, tap, lock, cgroup or
+# temp folder.
 # Test host ids start with "test-"; a developer's own dev cluster is not counted.
 #
 # With --remove-stale (scripts/test.sh, before any test starts): the same scan, but what it finds is
 # the leftover of an earlier, interrupted test run (nothing of this run exists yet), so it is named and
 # removed, and the run starts clean. Only test-marked things are touched: processes whose command line
-# carries "tether:test-", guardians of /tmp/tether-test-* dirs, taps aliased "tether:test-*",
+# carries "tether:test-", agents and guardians of /tmp/tether-test-* dirs, taps aliased "tether:test-*",
 # /run/tether/host-test-*.lock, tether/test-* cgroups and /tmp/tether-test-* folders.
 set -uo pipefail
 remove=0
@@ -17,16 +18,22 @@ found() { # $1 what, $2 list (one per line)
   leaks=1
 }
 procs=$(pgrep -af 'tether:test-' | grep -v pgrep || true)
-# Guardians (docs/guardian.md) serving a test state dir: detached, so nothing else would stop them.
+# Agents and guardians (docs/guardian.md) serving a test state dir: their command lines carry no
+# "tether:test-" mark, and a guardian is detached, so nothing else would stop them.
+served='tether\.js (agent|guardian) .*--state-dir[ =]/tmp/tether-test-'
+agents=$(pgrep -af 'tether\.js agent .*--state-dir[ =]/tmp/tether-test-' | grep -v pgrep || true)
 guardians=$(pgrep -af 'tether\.js guardian .*--state-dir[ =]/tmp/tether-test-' | grep -v pgrep || true)
 [ -n "$procs" ] && found processes "$procs"
+[ -n "$agents" ] && found "agent processes" "$agents"
 [ -n "$guardians" ] && found "guardian processes" "$guardians"
-if [ $remove = 1 ] && [ -n "$procs$guardians" ]; then
-  # Guardians first: a live guardian would otherwise take the kill of a VM for a fire of its own.
-  [ -n "$guardians" ] && kill -9 $(echo "$guardians" | awk '{print $1}') 2>/dev/null
-  [ -n "$procs" ] && kill -9 $(echo "$procs" | awk '{print $1}') 2>/dev/null
+if [ $remove = 1 ] && [ -n "$procs$agents$guardians" ]; then
+  # Agents first (a live agent restarts its guardian), then guardians (a live guardian would take
+  # the kill of a VM for a fire of its own), then the marked processes (VMs, etcd, controllers).
+  for list in "$agents" "$guardians" "$procs"; do
+    [ -n "$list" ] && kill -9 $(echo "$list" | awk '{print $1}') 2>/dev/null
+  done
   for _ in $(seq 50); do
-    [ -z "$(pgrep -f 'tether:test-|tether\.js guardian .*--state-dir[ =]/tmp/tether-test-' | grep -v "^$$\$" || true)" ] && break
+    [ -z "$(pgrep -f "tether:test-|$served" || true)" ] && break
     sleep 0.1
   done
 fi
@@ -53,5 +60,5 @@ if [ $remove = 1 ]; then
   [ $leaks = 1 ] && exec bash "$0"
   exit 0
 fi
-[ $leaks = 0 ] && echo "[leaks] none: no test process, guardian, tap, lock, cgroup or temp folder left"
+[ $leaks = 0 ] && echo "[leaks] none: no test process, agent, guardian, tap, lock, cgroup or temp folder left"
 exit $leaks
