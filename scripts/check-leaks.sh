@@ -17,12 +17,13 @@ found() { # $1 what, $2 list (one per line)
   echo "$2"
   leaks=1
 }
-procs=$(pgrep -af 'tether:test-' | grep -v pgrep || true)
+marked() { pgrep -af 'tether:test-' | grep -v pgrep || true; }
 # Agents and guardians (docs/guardian.md) serving a test state dir: their command lines carry no
 # "tether:test-" mark, and a guardian is detached, so nothing else would stop them.
-served='tether\.js (agent|guardian) .*--state-dir[ =]/tmp/tether-test-'
-agents=$(pgrep -af 'tether\.js agent .*--state-dir[ =]/tmp/tether-test-' | grep -v pgrep || true)
-guardians=$(pgrep -af 'tether\.js guardian .*--state-dir[ =]/tmp/tether-test-' | grep -v pgrep || true)
+serving() { pgrep -af "tether\\.js $1 .*--state-dir[ =]/tmp/tether-test-" | grep -v pgrep || true; }
+procs=$(marked)
+agents=$(serving agent)
+guardians=$(serving guardian)
 [ -n "$procs" ] && found processes "$procs"
 [ -n "$agents" ] && found "agent processes" "$agents"
 [ -n "$guardians" ] && found "guardian processes" "$guardians"
@@ -33,7 +34,7 @@ if [ $remove = 1 ] && [ -n "$procs$agents$guardians" ]; then
     [ -n "$list" ] && kill -9 $(echo "$list" | awk '{print $1}') 2>/dev/null
   done
   for _ in $(seq 50); do
-    [ -z "$(pgrep -f "tether:test-|$served" || true)" ] && break
+    [ -z "$(marked)$(serving '(agent|guardian)')" ] && break
     sleep 0.1
   done
 fi

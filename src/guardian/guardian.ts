@@ -167,21 +167,20 @@ export class Guardian {
       const t0 = clock.nowMono();
       this.o.journal.write('fired', { seq: d.seq, again: true, lateMs: Math.round(d.lateMs) });
       const pass = await killer.killAll(t0, killTimeoutMs);
-      // Every process it saw was gone before its kill (a straggler exiting): nothing changed, and
+      // A pass whose processes were all gone before their kill (a straggler exiting) changed nothing:
       // rewriting fired.json would revive a record the agent may have acknowledged (deleted) already.
-      if (pass.killed.length === 0) {
-        this.o.journal.write('verify', { gone: 0, survivors: [], tookMs: Math.round(clock.nowMono() - t0), nothingKilled: true });
-        return;
+      const killedAny = pass.killed.length > 0;
+      if (killedAny) {
+        this.fire = {
+          ...this.fire,
+          state: pass.survivors.length > 0 ? 'incomplete' : this.fire.state,
+          killed: [...this.fire.killed, ...pass.killed],
+          survivors: [...this.fire.survivors, ...pass.survivors],
+          leaks: pass.leaks,
+        };
+        this.writeFired(this.fire);
       }
-      this.fire = {
-        ...this.fire,
-        state: pass.survivors.length > 0 ? 'incomplete' : this.fire.state,
-        killed: [...this.fire.killed, ...pass.killed],
-        survivors: [...this.fire.survivors, ...pass.survivors],
-        leaks: pass.leaks,
-      };
-      this.writeFired(this.fire);
-      this.o.journal.write('verify', { gone: pass.killed.length - pass.survivors.length, survivors: pass.survivors, tookMs: Math.round(clock.nowMono() - t0) });
+      this.o.journal.write('verify', { gone: pass.killed.length - pass.survivors.length, survivors: pass.survivors, tookMs: Math.round(clock.nowMono() - t0), ...(killedAny ? {} : { nothingKilled: true }) });
       return;
     }
     const t0 = clock.nowMono();
